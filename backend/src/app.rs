@@ -1,0 +1,70 @@
+//! What every connection of one running server shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::history::MemoryStore;
+use crate::hub::Hub;
+
+/// Shared server state.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub hub: Hub,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Every task the server spawns, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Open WebSocket sessions (for `/healthz`).
+    pub sessions: AtomicUsize,
+}
+
+impl App {
+    /// The state for `config`, with the in-memory history store.
+    pub fn new(config: Config) -> Arc<Self> {
+        let store = Arc::new(MemoryStore::new(config.limits.history_per_room));
+        let hub = Hub::new(store, config.limits.clone());
+        Arc::new(Self {
+            config,
+            hub,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            sessions: AtomicUsize::new(0),
+        })
+    }
+
+    /// Open WebSocket sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a session while it lives.
+#[derive(Debug)]
+pub struct SessionCount(Arc<App>);
+
+impl SessionCount {
+    /// Counts one more session until dropped.
+    pub fn new(app: Arc<App>) -> Self {
+        app.sessions.fetch_add(1, Ordering::Relaxed);
+        Self(app)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the Unix epoch, for event timestamps.
+pub fn now_ms() -> natter_shared::Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    natter_shared::Timestamp(ms)
+}

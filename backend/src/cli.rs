@@ -1,0 +1,208 @@
+//! Command-line flags and environment variables → [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{self, Config, ConfigError, RateConfig, RoomLimits, Timing, WsConfig};
+use crate::origin::OriginPolicy;
+
+/// Natter: a self-hosted real-time group chat server.
+///
+/// Serves the chat page from --bundle-dir and the WebSocket endpoint at /ws.
+/// Every flag can also be set with the environment variable shown.
+/// Durations take a unit: 500ms, 20s, 5m (a bare number means seconds).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "natter", version, about, long_about)]
+pub struct Cli {
+    /// Address to listen on (use 0.0.0.0:8080 to accept connections from other machines).
+    #[arg(long, env = "NATTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory of the built chat page (trunk's output, holding index.html).
+    #[arg(long, env = "NATTER_BUNDLE_DIR", default_value = config::DEFAULT_BUNDLE_DIR)]
+    pub bundle_dir: PathBuf,
+
+    /// Another origin whose pages may connect, e.g. https://chat.example.com (repeatable,
+    /// or comma-separated in the variable). The server's own origin is always allowed;
+    /// '*' allows any page (development only).
+    #[arg(
+        long = "allow-origin",
+        env = "NATTER_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allow_origins: Vec<String>,
+
+    /// Most open connections; more get HTTP 503.
+    #[arg(long, env = "NATTER_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Most rooms at once; joining a new room beyond it is refused.
+    #[arg(long, env = "NATTER_MAX_ROOMS", default_value_t = config::DEFAULT_MAX_ROOMS)]
+    pub max_rooms: usize,
+
+    /// Most members in one room.
+    #[arg(long, env = "NATTER_MAX_MEMBERS_PER_ROOM", default_value_t = config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
+    pub max_members_per_room: usize,
+
+    /// Events kept per room by the in-memory history.
+    #[arg(long, env = "NATTER_HISTORY_PER_ROOM", default_value_t = config::DEFAULT_HISTORY_PER_ROOM)]
+    pub history_per_room: usize,
+
+    /// Recent events sent to someone joining.
+    #[arg(long, env = "NATTER_WELCOME_HISTORY", default_value_t = config::DEFAULT_WELCOME_HISTORY)]
+    pub welcome_history: usize,
+
+    /// Most events replayed when a client resumes; beyond it the latest plus a count of missed ones.
+    #[arg(long, env = "NATTER_REPLAY_MAX", default_value_t = config::DEFAULT_REPLAY_MAX)]
+    pub replay_max: usize,
+
+    /// Frames queued for one slow client before it is closed as lagged (code 4000) and must resume.
+    #[arg(long, env = "NATTER_OUTBOUND_QUEUE", default_value_t = config::DEFAULT_OUTBOUND_QUEUE)]
+    pub outbound_queue: usize,
+
+    /// Messages per second one connection may send, sustained.
+    #[arg(long, env = "NATTER_RATE_PER_SEC", default_value_t = config::DEFAULT_RATE_PER_SEC)]
+    pub rate_per_sec: u32,
+
+    /// Messages one connection may send in a burst.
+    #[arg(long, env = "NATTER_RATE_BURST", default_value_t = config::DEFAULT_RATE_BURST)]
+    pub rate_burst: u32,
+
+    /// Refused messages in a row (error rate_limited) before the connection is closed with 1008.
+    #[arg(long, env = "NATTER_RATE_STRIKES", default_value_t = config::DEFAULT_RATE_STRIKES)]
+    pub rate_strikes: u32,
+
+    /// How often to ping each client.
+    #[arg(long, env = "NATTER_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long to wait for an answer to a ping before dropping the client.
+    #[arg(long, env = "NATTER_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub pong_timeout: Duration,
+
+    /// How long a dropped client may take to reconnect before others see "timed out".
+    #[arg(long, env = "NATTER_LEAVE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub leave_grace: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for connections to close.
+    #[arg(long, env = "NATTER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Parses `500ms`, `20s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (digits, unit) = raw.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 500ms, 20s or 5m"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        other => Err(format!(
+            "unknown unit {other:?} in {raw:?}; use ms, s, m or h"
+        )),
+    }
+}
+
+impl Cli {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        let config = Config {
+            bundle_dir: self.bundle_dir.clone(),
+            origins: OriginPolicy::new(&self.allow_origins)?,
+            max_connections: self.max_connections,
+            limits: RoomLimits {
+                outbound_queue: self.outbound_queue,
+                history_per_room: self.history_per_room,
+                welcome_history: self.welcome_history,
+                replay_max: self.replay_max,
+                max_rooms: self.max_rooms,
+                max_members_per_room: self.max_members_per_room,
+            },
+            rate: RateConfig {
+                per_sec: self.rate_per_sec,
+                burst: self.rate_burst,
+                strikes: self.rate_strikes,
+            },
+            timing: Timing {
+                ping_interval: self.ping_interval,
+                pong_timeout: self.pong_timeout,
+                leave_grace: self.leave_grace,
+                shutdown_timeout: self.shutdown_timeout,
+                ..defaults.timing
+            },
+            ws: WsConfig { ..defaults.ws },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_need_sensible_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_config_defaults() {
+        let cli = Cli::try_parse_from(["natter"]).expect("parses");
+        let config = cli.config().expect("valid");
+        let defaults = Config::default();
+        assert_eq!(cli.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(config.timing.ping_interval, defaults.timing.ping_interval);
+        assert_eq!(config.timing.pong_timeout, defaults.timing.pong_timeout);
+        assert_eq!(config.timing.leave_grace, defaults.timing.leave_grace);
+        assert_eq!(config.rate.per_sec, defaults.rate.per_sec);
+        assert_eq!(config.limits.outbound_queue, defaults.limits.outbound_queue);
+    }
+
+    #[test]
+    fn flags_reach_the_config_and_bad_values_are_refused() {
+        let cli = Cli::try_parse_from([
+            "natter",
+            "--allow-origin",
+            "https://a.example,https://b.example",
+            "--leave-grace",
+            "250ms",
+        ])
+        .expect("parses");
+        let config = cli.config().expect("valid");
+        assert_eq!(config.timing.leave_grace, Duration::from_millis(250));
+        assert!(
+            config
+                .origins
+                .check(Some("https://b.example"), Some("x"))
+                .is_ok()
+        );
+        let bad = Cli::try_parse_from(["natter", "--allow-origin", "b.example"]).expect("parses");
+        assert!(bad.config().is_err());
+        assert!(Cli::try_parse_from(["natter", "--listen", "nowhere"]).is_err());
+        let zero = Cli::try_parse_from(["natter", "--rate-per-sec", "0"]).expect("parses");
+        assert!(zero.config().is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Server configuration: every limit, timeout and bound in one plain struct,
+//! with the defaults as named constants. `cli.rs` fills it from flags and the
+//! environment; tests build it directly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use natter_shared::limits::MAX_FRAME_BYTES;
+
+use crate::origin::OriginPolicy;
+
+/// Default listen address: loopback only, so a fresh start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default directory of the built page (trunk's output).
+pub const DEFAULT_BUNDLE_DIR: &str = "dist";
+/// Open TCP connections (HTTP and WebSocket) above which new ones get 503.
+/// Stays below the 20,000 open-file limit of our machines.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
+/// Frames queued for one connection before it counts as lagged and is closed
+/// with the `lagged` code (policy: close and let it resume; never grow, never drop silently).
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Events the in-memory history keeps per room (older ones are forgotten).
+pub const DEFAULT_HISTORY_PER_ROOM: usize = 500;
+/// Events sent in `welcome` on a fresh join.
+pub const DEFAULT_WELCOME_HISTORY: usize = 100;
+/// Most events replayed on a resume; beyond it the latest ones plus `missed`.
+pub const DEFAULT_REPLAY_MAX: usize = 500;
+/// Rooms the server holds at once; `hello` to a new room beyond it gets `too_many_rooms`.
+pub const DEFAULT_MAX_ROOMS: usize = 2_000;
+/// Members one room holds; beyond it `hello` gets `room_full`.
+pub const DEFAULT_MAX_MEMBERS_PER_ROOM: usize = 5_000;
+/// Token bucket: sustained client frames per second.
+pub const DEFAULT_RATE_PER_SEC: u32 = 5;
+/// Token bucket: burst size.
+pub const DEFAULT_RATE_BURST: u32 = 10;
+/// Frames refused in a row with `rate_limited` before the connection is closed with 1008.
+pub const DEFAULT_RATE_STRIKES: u32 = 10;
+/// How often the server pings a connection.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long the server waits for any frame (normally the pong) after a ping.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a dropped connection may take to resume before `timed_out` is announced.
+pub const DEFAULT_LEAVE_GRACE: Duration = Duration::from_secs(5);
+/// On shutdown, how long to wait for connections to flush and close.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a close handshake (our close frame out, the peer's back) may take.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one write to a client may block before the client counts as gone.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to send its HTTP request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// tungstenite's read buffer per WebSocket. Its default (128 KiB, allocated
+/// eagerly) would dominate idle memory; chat frames are small.
+pub const DEFAULT_WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite gathers before writing to the socket; a flush always
+/// writes everything, so this only merges frames of one batch.
+pub const DEFAULT_WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// Everything the server needs to know. `Default` is the documented default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the built page; served at `/` when it holds `index.html`.
+    pub bundle_dir: PathBuf,
+    /// Which browser origins may open a WebSocket.
+    pub origins: OriginPolicy,
+    pub max_connections: usize,
+    pub limits: RoomLimits,
+    pub rate: RateConfig,
+    pub timing: Timing,
+    pub ws: WsConfig,
+}
+
+/// Bounds on rooms, members and history.
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    pub outbound_queue: usize,
+    pub history_per_room: usize,
+    pub welcome_history: usize,
+    pub replay_max: usize,
+    pub max_rooms: usize,
+    pub max_members_per_room: usize,
+}
+
+/// Per-connection flood control (a token bucket).
+#[derive(Debug, Clone, Copy)]
+pub struct RateConfig {
+    pub per_sec: u32,
+    pub burst: u32,
+    pub strikes: u32,
+}
+
+/// Heartbeats, grace periods and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub leave_grace: Duration,
+    pub shutdown_timeout: Duration,
+    pub close_timeout: Duration,
+    pub write_timeout: Duration,
+    pub header_read_timeout: Duration,
+}
+
+/// WebSocket framing limits and buffer sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct WsConfig {
+    pub max_message_bytes: usize,
+    pub read_buffer: usize,
+    pub write_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bundle_dir: PathBuf::from(DEFAULT_BUNDLE_DIR),
+            origins: OriginPolicy::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: RoomLimits::default(),
+            rate: RateConfig::default(),
+            timing: Timing::default(),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        Self {
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            history_per_room: DEFAULT_HISTORY_PER_ROOM,
+            welcome_history: DEFAULT_WELCOME_HISTORY,
+            replay_max: DEFAULT_REPLAY_MAX,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            max_members_per_room: DEFAULT_MAX_MEMBERS_PER_ROOM,
+        }
+    }
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            per_sec: DEFAULT_RATE_PER_SEC,
+            burst: DEFAULT_RATE_BURST,
+            strikes: DEFAULT_RATE_STRIKES,
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+            leave_grace: DEFAULT_LEAVE_GRACE,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: MAX_FRAME_BYTES,
+            read_buffer: DEFAULT_WS_READ_BUFFER,
+            write_buffer: DEFAULT_WS_WRITE_BUFFER,
+        }
+    }
+}
+
+/// A configuration that cannot work, found before the server starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} must be at least {min} (got {value})")]
+    TooSmall {
+        name: &'static str,
+        min: u64,
+        value: u64,
+    },
+    #[error("--allow-origin {0:?} is not an origin like https://chat.example.com[:port] (or *)")]
+    BadOrigin(String),
+}
+
+impl Config {
+    /// Checks the bounds that would make the server misbehave rather than
+    /// refuse clearly (a zero queue, a zero rate).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(&'static str, u64, u64); 10] = [
+            ("max connections", 1, self.max_connections as u64),
+            ("outbound queue", 2, self.limits.outbound_queue as u64),
+            ("history per room", 1, self.limits.history_per_room as u64),
+            ("replay max", 1, self.limits.replay_max as u64),
+            ("max rooms", 1, self.limits.max_rooms as u64),
+            (
+                "max members per room",
+                1,
+                self.limits.max_members_per_room as u64,
+            ),
+            ("rate per second", 1, u64::from(self.rate.per_sec)),
+            ("rate burst", 1, u64::from(self.rate.burst)),
+            ("max message bytes", 1024, self.ws.max_message_bytes as u64),
+            ("read buffer bytes", 256, self.ws.read_buffer as u64),
+        ];
+        for (name, min, value) in checks {
+            if value < min {
+                return Err(ConfigError::TooSmall { name, min, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_zero_queue_is_refused() {
+        let mut config = Config::default();
+        config.limits.outbound_queue = 0;
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::TooSmall {
+                name: "outbound queue",
+                min: 2,
+                value: 0
+            })
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Plain HTTP: the built page (static files with the right caching and an SPA
+//! fallback), `/healthz`, and a helpful page when the page has not been built.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use warp::filters::BoxedFilter;
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::App;
+
+/// Every response body the server sends.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// `Cache-Control` for files whose name carries a content hash.
+pub const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` for everything else: always revalidate.
+pub const CACHE_REVALIDATE: &str = "no-cache";
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A plain-text response.
+pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Converts warp's response into ours.
+pub fn from_warp(resp: warp::reply::Response) -> Response<Body> {
+    resp.map(|body| {
+        body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            .boxed()
+    })
+}
+
+/// True for a file name trunk gave a content hash (`app-0123456789abcdef_bg.wasm`):
+/// its content never changes, so browsers may cache it for good.
+pub fn is_hashed_asset(name: &str) -> bool {
+    name.match_indices('-').any(|(i, _)| {
+        let rest = &name[i + 1..];
+        rest.len() > 16
+            && rest[..16].bytes().all(|b| b.is_ascii_hexdigit())
+            && matches!(rest.as_bytes()[16], b'.' | b'_')
+    })
+}
+
+/// The `Cache-Control` value for a file of the bundle.
+pub fn cache_policy(path: &Path) -> &'static str {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if is_hashed_asset(name) {
+        CACHE_IMMUTABLE
+    } else {
+        CACHE_REVALIDATE
+    }
+}
+
+/// True for paths the page routes itself (no file extension in the last segment).
+pub fn is_app_route(path: &str) -> bool {
+    !path.rsplit('/').next().unwrap_or_default().contains('.')
+}
+
+const NO_BUNDLE_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Natter — page not built</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}
+code{background:#8882;padding:.1em .3em;border-radius:4px}</style></head>
+<body><h1>Natter is running, but the chat page has not been built</h1>
+<p>The server is up (the WebSocket endpoint is <code>/ws</code>), but it found no
+<code>index.html</code> in its bundle directory (<code>--bundle-dir</code>, now <code>BUNDLE_DIR</code>).</p>
+<p>From the repository, <code>cargo xtask run</code> builds the page and starts the server.
+To build only the page: <code>trunk build --release</code>.</p></body></html>
+"#;
+
+fn with_headers(reply: impl Reply, cache: &'static str) -> warp::reply::Response {
+    let mut resp = reply.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// All plain-HTTP routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
+    let dir = app.config.bundle_dir.clone();
+    let index = dir.join("index.html");
+    let get_or_head = warp::get().or(warp::head()).unify().boxed();
+
+    let health_app = app.clone();
+    let healthz = warp::path!("healthz")
+        .and(get_or_head.clone())
+        .map(move || {
+            let body = serde_json::json!({
+                "status": "ok",
+                "sessions": health_app.session_count(),
+                "rooms": health_app.hub.room_count(),
+            });
+            with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
+        });
+
+    let files = get_or_head
+        .clone()
+        .and(warp::fs::dir(dir.clone()))
+        .map(|file: warp::fs::File| {
+            let cache = cache_policy(file.path());
+            with_headers(file, cache)
+        });
+
+    let spa = get_or_head
+        .clone()
+        .and(warp::path::full())
+        .and_then(|path: warp::path::FullPath| async move {
+            if is_app_route(path.as_str()) {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(warp::fs::file(index.clone()))
+        .map(|file: warp::fs::File| with_headers(file, CACHE_REVALIDATE));
+
+    let page = NO_BUNDLE_PAGE.replace("BUNDLE_DIR", &html_escape(&dir.display().to_string()));
+    let no_bundle =
+        get_or_head
+            .and(warp::path::full())
+            .and_then(move |path: warp::path::FullPath| {
+                let page = page.clone();
+                let index = index.clone();
+                async move {
+                    if is_app_route(path.as_str()) && !index.exists() {
+                        let reply = warp::reply::with_status(
+                            warp::reply::html(page),
+                            StatusCode::SERVICE_UNAVAILABLE,
+                        );
+                        Ok(with_headers(reply, CACHE_REVALIDATE))
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                }
+            });
+
+    healthz
+        .or(files)
+        .unify()
+        .or(spa)
+        .unify()
+        .or(no_bundle)
+        .unify()
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let (status, text) = if err.is_not_found() {
+        (StatusCode::NOT_FOUND, "not found")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else {
+        (StatusCode::BAD_REQUEST, "bad request")
+    };
+    let reply = warp::reply::with_status(format!("{text}\n"), status);
+    Ok(with_headers(reply, CACHE_REVALIDATE))
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk_hashed_names_are_immutable() {
+        for hashed in [
+            "natter-frontend-0123456789abcdef_bg.wasm",
+            "natter-frontend-0123456789abcdef.js",
+            "style-89abcdef01234567.css",
+        ] {
+            assert!(is_hashed_asset(hashed), "{hashed}");
+            assert_eq!(cache_policy(Path::new(hashed)), CACHE_IMMUTABLE);
+        }
+        for plain in [
+            "index.html",
+            "favicon.ico",
+            "natter-frontend.js",
+            "a-0123.css",
+            "x-0123456789abcdeg.js",
+        ] {
+            assert!(!is_hashed_asset(plain), "{plain}");
+            assert_eq!(cache_policy(Path::new(plain)), CACHE_REVALIDATE);
+        }
+    }
+
+    #[test]
+    fn app_routes_have_no_extension() {
+        assert!(is_app_route("/"));
+        assert!(is_app_route("/r/lobby"));
+        assert!(!is_app_route("/missing.js"));
+        assert!(!is_app_route("/assets/app.wasm"));
+    }
+
+    #[test]
+    fn escapes_html() {
+        assert_eq!(html_escape("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+    }
+}

@@ -1,0 +1,67 @@
+//! All rooms of the server, created on first use, up to the configured number.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use natter_shared::RoomName;
+
+use crate::config::RoomLimits;
+use crate::history::{HistoryError, HistoryStore};
+use crate::room::Room;
+
+/// Why a room could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the server holds its maximum number of rooms")]
+    TooManyRooms,
+    #[error(transparent)]
+    Storage(#[from] HistoryError),
+}
+
+/// The room registry. Lock order: the registry before any room, never the
+/// reverse; neither is held across an `.await`.
+#[derive(Debug)]
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
+    store: Arc<dyn HistoryStore>,
+    limits: RoomLimits,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    /// An empty hub whose rooms keep their history in `store`.
+    pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            store,
+            limits,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh id for a connection or a membership.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The room called `name`, created if it does not exist yet.
+    pub fn room(&self, name: &RoomName) -> Result<Arc<Room>, HubError> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        if rooms.len() >= self.limits.max_rooms {
+            return Err(HubError::TooManyRooms);
+        }
+        let history = self.store.open(name)?;
+        let room = Arc::new(Room::new(name.clone(), history, self.limits.clone()));
+        rooms.insert(name.clone(), room.clone());
+        Ok(room)
+    }
+
+    /// How many rooms exist.
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}

@@ -1,0 +1,419 @@
+//! One room: its members, its history and the order of its events.
+//!
+//! Every change to a room happens under its lock, and every frame it sends is
+//! queued (never awaited) under that lock, so all members see the same events
+//! in the same seq order. The lock is a plain mutex held for microseconds and
+//! never across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use natter_shared::{
+    Ack, ChatMessage, ClientMsgId, Color, Member, MessageText, Notice, NoticeKind, ResumeToken,
+    RoomEvent, RoomName, Seq, ServerMsg, Timestamp, TypingUpdate, UserName, Welcome, color_for,
+    limits::TYPING_REFRESH_MS,
+};
+use tokio::time::Instant;
+
+use crate::config::RoomLimits;
+use crate::history::{HistoryError, RoomHistory, SenderKey};
+use crate::outbound::{CloseReason, ConnHandle, ConnId, encode};
+
+/// Identifies one membership (a name in a room, across resumes).
+pub type MemberId = u64;
+
+/// What a session holds to act as a member of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub member_id: MemberId,
+    /// The name's case-insensitive key.
+    pub key: String,
+    pub name: UserName,
+}
+
+/// A `hello` that passed validation.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub name: UserName,
+    pub resume_token: Option<ResumeToken>,
+    pub last_seq: Option<Seq>,
+}
+
+/// How a join went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    /// A new member; `joined` was announced.
+    Joined,
+    /// The same browser took its session back with its token; nothing announced.
+    Resumed,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the name is taken in this room")]
+    NameTaken,
+    #[error("the room is full")]
+    RoomFull,
+    #[error(transparent)]
+    Storage(#[from] HistoryError),
+}
+
+/// The outcome of a `say`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Said {
+    /// Stored and delivered under this seq.
+    New(Seq),
+    /// Already stored under this seq (a re-send): acknowledged again only.
+    Duplicate(Seq),
+}
+
+#[derive(Debug)]
+struct MemberEntry {
+    id: MemberId,
+    name: UserName,
+    color: Color,
+    token: ResumeToken,
+    /// `None` while the member's connection is gone and the grace period runs.
+    conn: Option<ConnHandle>,
+    /// Changes whenever a connection attaches or detaches, so a stale grace
+    /// timer can tell that the member came back.
+    epoch: u64,
+    typing_since: Option<Instant>,
+}
+
+impl MemberEntry {
+    fn wire(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            color: self.color.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RoomState {
+    members: HashMap<String, MemberEntry>,
+    history: Box<dyn RoomHistory>,
+    last_ts: Timestamp,
+}
+
+/// A chat room.
+#[derive(Debug)]
+pub struct Room {
+    pub name: RoomName,
+    limits: RoomLimits,
+    state: Mutex<RoomState>,
+}
+
+impl Room {
+    /// An empty room over `history`.
+    pub fn new(name: RoomName, history: Box<dyn RoomHistory>, limits: RoomLimits) -> Self {
+        Self {
+            name,
+            limits,
+            state: Mutex::new(RoomState {
+                members: HashMap::new(),
+                history,
+                last_ts: Timestamp(0),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a single step), so keep serving instead of cascading.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Joins (or resumes) and queues the `welcome` on `conn`. A new member is
+    /// announced to the others with a `joined` notice, which is also the last
+    /// event of the joiner's welcome history.
+    pub fn join(
+        &self,
+        req: JoinRequest,
+        conn: &ConnHandle,
+        new_member_id: MemberId,
+        token: ResumeToken,
+        now: Timestamp,
+    ) -> Result<(Membership, JoinKind), JoinError> {
+        let key = req.name.key();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+
+        let (membership, kind) = match state.members.get_mut(&key) {
+            Some(existing) if req.resume_token.as_ref() == Some(&existing.token) => {
+                // Take the session back; an older connection still attached is replaced.
+                if let Some(old) = existing.conn.replace(conn.clone()) {
+                    old.kick(CloseReason::Replaced);
+                }
+                existing.epoch += 1;
+                existing.typing_since = None;
+                let m = Membership {
+                    member_id: existing.id,
+                    key: key.clone(),
+                    name: existing.name.clone(),
+                };
+                (m, JoinKind::Resumed)
+            }
+            Some(_) => return Err(JoinError::NameTaken),
+            None => {
+                if state.members.len() >= self.limits.max_members_per_room {
+                    return Err(JoinError::RoomFull);
+                }
+                let color = color_for(&req.name);
+                let notice = RoomEvent::Notice(Notice {
+                    seq: state.history.head().next(),
+                    ts: state.stamp(now),
+                    kind: NoticeKind::Joined,
+                    name: req.name.clone(),
+                    color: color.clone(),
+                });
+                state.history.append(notice.clone(), None)?;
+                state.broadcast(&encode(&notice.into()), None);
+                state.members.insert(
+                    key.clone(),
+                    MemberEntry {
+                        id: new_member_id,
+                        name: req.name.clone(),
+                        color,
+                        token,
+                        conn: Some(conn.clone()),
+                        epoch: 0,
+                        typing_since: None,
+                    },
+                );
+                let m = Membership {
+                    member_id: new_member_id,
+                    key: key.clone(),
+                    name: req.name,
+                };
+                (m, JoinKind::Joined)
+            }
+        };
+
+        let replay = match req.last_seq {
+            // A seq beyond the head comes from a history this server does not
+            // have (e.g. an in-memory store after a restart): start afresh.
+            Some(last) if last <= state.history.head() => {
+                state.history.after(last, self.limits.replay_max)
+            }
+            _ => crate::history::Replay {
+                events: state.history.latest(self.limits.welcome_history),
+                missed: 0,
+            },
+        };
+        let me = &state.members[&key];
+        let mut members: Vec<Member> = state.members.values().map(MemberEntry::wire).collect();
+        members.sort_by_key(|m| m.name.key());
+        let welcome = ServerMsg::Welcome(Welcome {
+            you: me.wire(),
+            room: self.name.clone(),
+            seq_head: state.history.head(),
+            members,
+            history: replay.events,
+            resume_token: me.token.clone(),
+            missed: (replay.missed > 0).then_some(replay.missed),
+        });
+        conn.send_msg(&welcome);
+        Ok((membership, kind))
+    }
+
+    /// Stores and delivers a message: `ack` to the sender, `message` to the
+    /// others. A re-sent `cid` is acknowledged with its original seq only.
+    pub fn say(
+        &self,
+        who: &Membership,
+        conn: &ConnHandle,
+        cid: ClientMsgId,
+        text: MessageText,
+        now: Timestamp,
+    ) -> Result<Said, HistoryError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let sender: SenderKey = (who.key.clone(), cid);
+        if let Some((seq, ts)) = state.history.find_sent(&sender) {
+            conn.send_msg(&ServerMsg::Ack(Ack {
+                cid: sender.1,
+                seq,
+                ts,
+            }));
+            return Ok(Said::Duplicate(seq));
+        }
+        let Some(member) = state
+            .members
+            .get_mut(&who.key)
+            .filter(|m| m.id == who.member_id)
+        else {
+            // The membership ended (timed out) while this frame was in flight.
+            return Err(HistoryError::Unavailable("membership ended".into()));
+        };
+        member.typing_since = None;
+        let color = member.color.clone();
+        let seq = state.history.head().next();
+        let ts = state.stamp(now);
+        let message = ChatMessage {
+            seq,
+            ts,
+            name: who.name.clone(),
+            color,
+            text,
+            cid: Some(sender.1.clone()),
+        };
+        let cid = sender.1.clone();
+        state
+            .history
+            .append(RoomEvent::Message(message.clone()), Some(sender))?;
+        conn.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
+        state.broadcast(&encode(&ServerMsg::Message(message)), Some(who.member_id));
+        Ok(Said::New(seq))
+    }
+
+    /// Tells the others that `who` started or stopped typing, dropping
+    /// refreshes that come faster than [`TYPING_REFRESH_MS`] and repeated stops.
+    pub fn typing(&self, who: &Membership, active: bool, now: Instant) -> bool {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(member) = state
+            .members
+            .get_mut(&who.key)
+            .filter(|m| m.id == who.member_id)
+        else {
+            return false;
+        };
+        let refresh = std::time::Duration::from_millis(TYPING_REFRESH_MS);
+        let send = match (active, member.typing_since) {
+            (true, Some(since)) => now.saturating_duration_since(since) >= refresh,
+            (true, None) => true,
+            (false, Some(_)) => true,
+            (false, None) => false,
+        };
+        if !send {
+            return false;
+        }
+        member.typing_since = active.then_some(now);
+        let update = ServerMsg::Typing(TypingUpdate {
+            name: who.name.clone(),
+            active,
+        });
+        state.broadcast(&encode(&update), Some(who.member_id));
+        true
+    }
+
+    /// Ends the membership at once with a `left` notice, if `conn` is still
+    /// the member's connection (a resumed session is left alone).
+    pub fn leave(
+        &self,
+        who: &Membership,
+        conn: ConnId,
+        now: Timestamp,
+    ) -> Result<bool, HistoryError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let attached = state.members.get(&who.key).is_some_and(|m| {
+            m.id == who.member_id && m.conn.as_ref().is_some_and(|c| c.id == conn)
+        });
+        if !attached {
+            return Ok(false);
+        }
+        state.remove_and_announce(&who.key, NoticeKind::Left, now)?;
+        Ok(true)
+    }
+
+    /// Detaches the member's connection and starts its grace period. Returns
+    /// the epoch to pass to [`Room::expire`], or `None` if `conn` was not the
+    /// member's connection any more.
+    pub fn detach(&self, who: &Membership, conn: ConnId) -> Option<u64> {
+        let mut guard = self.lock();
+        let member = guard
+            .members
+            .get_mut(&who.key)
+            .filter(|m| m.id == who.member_id)?;
+        if member.conn.as_ref().is_none_or(|c| c.id != conn) {
+            return None;
+        }
+        member.conn = None;
+        member.typing_since = None;
+        member.epoch += 1;
+        Some(member.epoch)
+    }
+
+    /// After the grace period: if the member is still detached since `epoch`,
+    /// removes it and announces `timed_out`.
+    pub fn expire(
+        &self,
+        who: &Membership,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<bool, HistoryError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let still_gone = state
+            .members
+            .get(&who.key)
+            .is_some_and(|m| m.id == who.member_id && m.epoch == epoch && m.conn.is_none());
+        if !still_gone {
+            return Ok(false);
+        }
+        state.remove_and_announce(&who.key, NoticeKind::TimedOut, now)?;
+        Ok(true)
+    }
+
+    /// Members (attached or in their grace period).
+    pub fn member_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// The room's latest seq.
+    pub fn head(&self) -> Seq {
+        self.lock().history.head()
+    }
+}
+
+impl RoomState {
+    /// A timestamp for the next event: never earlier than the previous one,
+    /// even if the wall clock steps back.
+    fn stamp(&mut self, now: Timestamp) -> Timestamp {
+        self.last_ts = self.last_ts.max(now);
+        self.last_ts
+    }
+
+    /// Queues one shared frame for every attached member except `except`.
+    fn broadcast(
+        &self,
+        frame: &tokio_tungstenite::tungstenite::Utf8Bytes,
+        except: Option<MemberId>,
+    ) {
+        for member in self.members.values() {
+            if Some(member.id) == except {
+                continue;
+            }
+            if let Some(conn) = &member.conn {
+                conn.send(frame);
+            }
+        }
+    }
+
+    fn remove_and_announce(
+        &mut self,
+        key: &str,
+        kind: NoticeKind,
+        now: Timestamp,
+    ) -> Result<(), HistoryError> {
+        let Some(member) = self.members.remove(key) else {
+            return Ok(());
+        };
+        let notice = RoomEvent::Notice(Notice {
+            seq: self.history.head().next(),
+            ts: self.stamp(now),
+            kind,
+            name: member.name,
+            color: member.color,
+        });
+        self.history.append(notice.clone(), None)?;
+        self.broadcast(&encode(&notice.into()), None);
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! A real server on port 0 and real WebSocket clients, for the integration tests.
+//! Every wait is bounded, so a broken server fails a test instead of hanging it.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use natter_backend::Config;
+use natter_shared::{ClientMsg, Hello, PROTOCOL_VERSION, Say, Seq, ServerMsg, Welcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any one expected frame.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure that nothing arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), natter_backend::ServerError>>>,
+}
+
+/// A config for tests: fast timings are set by each test that needs them.
+pub fn config() -> Config {
+    Config {
+        bundle_dir: std::env::temp_dir().join("natter-test-no-bundle"),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(natter_backend::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Signals shutdown and waits (bounded) for `run` to return.
+    pub async fn shutdown(mut self) -> Result<(), natter_backend::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let handle = self.handle.take().expect("not yet shut down");
+        tokio::time::timeout(Duration::from_secs(15), handle)
+            .await
+            .expect("server stops within 15 s")
+            .expect("server task did not panic")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await
+    }
+
+    /// A client that has joined `room` as `name`.
+    pub async fn joined(&self, name: &str, room: &str) -> (Client, Welcome) {
+        let mut c = self.client().await;
+        let w = c.hello(name, room).await;
+        (c, w)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the protocol.
+pub struct Client {
+    pub ws: Socket,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Close(u16, String),
+    CloseWithoutFrame,
+    Eof,
+    Error(String),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("websocket connects");
+        Self { ws }
+    }
+
+    /// Connects with extra request headers; returns the handshake error if refused.
+    pub async fn try_connect_with(url: &str, headers: &[(&str, &str)]) -> Result<Self, WsError> {
+        let mut req = url.into_client_request().expect("valid url");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake in time")?;
+        Ok(Self { ws })
+    }
+
+    pub async fn send(&mut self, msg: &ClientMsg) {
+        let json = serde_json::to_string(msg).expect("serialize");
+        self.send_text(&json).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn hello_with(&mut self, hello: Hello) -> ServerMsg {
+        self.send(&ClientMsg::Hello(hello)).await;
+        self.recv().await
+    }
+
+    /// Joins and returns the welcome (panics on anything else).
+    pub async fn hello(&mut self, name: &str, room: &str) -> Welcome {
+        match self.hello_with(hello(name, room)).await {
+            ServerMsg::Welcome(w) => w,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn say(&mut self, cid: &str, text: &str) {
+        self.send(&ClientMsg::Say(Say {
+            cid: cid.into(),
+            text: text.into(),
+        }))
+        .await;
+    }
+
+    /// The next protocol message (skipping pings); panics on timeout or close.
+    pub async fn recv(&mut self) -> ServerMsg {
+        match self.try_recv(RECV_TIMEOUT).await {
+            Some(msg) => msg,
+            None => panic!("no message within {RECV_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next protocol message within `limit`, or `None`.
+    pub async fn try_recv(&mut self, limit: Duration) -> Option<ServerMsg> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(
+                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")),
+                    );
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    /// Asserts that no protocol message arrives for `QUIET`.
+    pub async fn expect_quiet(&mut self) {
+        if let Some(msg) = self.try_recv(QUIET).await {
+            panic!("expected silence, got {msg:?}");
+        }
+    }
+
+    /// Reads until the connection ends, skipping other frames; returns how it ended.
+    pub async fn closed(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT * 3;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("connection not closed in time"),
+                Ok(None) => return Ended::Eof,
+                Ok(Some(Ok(Message::Close(Some(CloseFrame { code, reason }))))) => {
+                    return Ended::Close(code.into(), reason.to_string());
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return Ended::CloseWithoutFrame,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Ended::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Sends a Close frame and waits for the server's answer.
+    pub async fn close(mut self) {
+        self.ws.close(None).await.expect("close");
+        let _ = tokio::time::timeout(RECV_TIMEOUT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
+    /// Drops the TCP connection without a Close frame (a crash or lost network).
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
+
+/// A `hello` for `name` in `room`.
+pub fn hello(name: &str, room: &str) -> Hello {
+    Hello {
+        v: PROTOCOL_VERSION,
+        room: Some(room.into()),
+        name: name.into(),
+        last_seq: None,
+        resume_token: None,
+    }
+}
+
+/// A `hello` that resumes after `last_seq`.
+pub fn resume(name: &str, room: &str, last_seq: Seq, token: Option<&str>) -> Hello {
+    Hello {
+        last_seq: Some(last_seq),
+        resume_token: token.map(str::to_owned),
+        ..hello(name, room)
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status, headers (lowercased names) and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends a raw request and parses the response (read until the server closes).
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The value of a header from [`http_get`].
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}

@@ -1,0 +1,213 @@
+//! The messages. Every frame is one JSON object tagged by `"type"`.
+//!
+//! Client input carries raw strings (`Hello::name`, `Say::text`, …) so the
+//! server can answer each invalid field with its own error code; the server
+//! turns them into the validated types of [`crate::ids`] with `parse`. Server
+//! messages carry validated types only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+use crate::error::ErrorCode;
+use crate::ids::{ClientMsgId, MessageText, ResumeToken, RoomName, Seq, Timestamp, UserName};
+
+/// The protocol version a client states in `hello`. Bumped on any change an
+/// older peer could misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Hello(Hello),
+    Say(Say),
+    Typing(Typing),
+}
+
+/// Join a room (first message on a connection), or rejoin after a drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks: [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The room; [`crate::limits::DEFAULT_ROOM`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// The display name, validated by [`UserName::parse`].
+    pub name: String,
+    /// The last seq this client has seen in this room: the server replays
+    /// every event after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<Seq>,
+    /// The token from an earlier `welcome`: reclaims the name at once after a
+    /// dropped connection, without a leave/join notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+}
+
+/// Send a chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Say {
+    /// Client-chosen id; a re-send with the same id is acknowledged again
+    /// with the original seq and not delivered twice.
+    pub cid: String,
+    pub text: String,
+}
+
+/// The user started (`true`) or stopped (`false`) typing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    pub active: bool,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Welcome(Welcome),
+    Ack(Ack),
+    /// A chat message (the tutorial's `usermsg`).
+    Message(ChatMessage),
+    /// A system notice (the tutorial's `system`).
+    Notice(Notice),
+    Typing(TypingUpdate),
+    Error(ErrorMsg),
+}
+
+/// A room event with a seq: what history holds and resume replays. Its JSON
+/// is exactly the live `message` / `notice` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    Message(ChatMessage),
+    Notice(Notice),
+}
+
+impl RoomEvent {
+    /// The event's seq.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Self::Message(m) => m.seq,
+            Self::Notice(n) => n.seq,
+        }
+    }
+
+    /// The event's server timestamp.
+    pub fn ts(&self) -> Timestamp {
+        match self {
+            Self::Message(m) => m.ts,
+            Self::Notice(n) => n.ts,
+        }
+    }
+}
+
+impl From<RoomEvent> for ServerMsg {
+    fn from(event: RoomEvent) -> Self {
+        match event {
+            RoomEvent::Message(m) => ServerMsg::Message(m),
+            RoomEvent::Notice(n) => ServerMsg::Notice(n),
+        }
+    }
+}
+
+/// A member of a room as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: UserName,
+    pub color: Color,
+}
+
+/// The answer to a successful `hello`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The joined user, as the room sees them.
+    pub you: Member,
+    pub room: RoomName,
+    /// The room's latest seq at the moment of joining; every later event
+    /// arrives live, in order.
+    pub seq_head: Seq,
+    /// Everyone in the room, including `you`.
+    pub members: Vec<Member>,
+    /// Recent events (a fresh join) or the events after `last_seq` (a resume),
+    /// oldest first.
+    pub history: Vec<RoomEvent>,
+    /// Present this in the next `hello` after a dropped connection.
+    pub resume_token: ResumeToken,
+    /// How many events after `last_seq` are not in `history` (older than the
+    /// server keeps, or more than one replay holds). Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+}
+
+/// The sender's confirmation that a `say` is stored under `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub cid: ClientMsgId,
+    pub seq: Seq,
+    pub ts: Timestamp,
+}
+
+/// A chat message as delivered to the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub seq: Seq,
+    pub ts: Timestamp,
+    pub name: UserName,
+    pub color: Color,
+    pub text: MessageText,
+    /// The sender's client id, so the sender recognises its own message
+    /// even when the `ack` was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<ClientMsgId>,
+}
+
+/// What a notice reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// Someone joined the room.
+    Joined,
+    /// Someone closed their page or left on purpose.
+    Left,
+    /// Someone's connection dropped and did not come back within the grace period.
+    TimedOut,
+}
+
+/// A system notice as delivered to the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub seq: Seq,
+    pub ts: Timestamp,
+    pub kind: NoticeKind,
+    pub name: UserName,
+    pub color: Color,
+}
+
+/// Someone else started or stopped typing. Ephemeral: no seq, not stored.
+/// An `active: true` expires after [`crate::limits::TYPING_TTL_MS`] unless refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingUpdate {
+    pub name: UserName,
+    pub active: bool,
+}
+
+/// A refused request. The connection stays open unless a close follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    pub code: ErrorCode,
+    /// Human-readable explanation, safe to show to the user.
+    pub message: String,
+    /// The `cid` of the `say` this error refuses, if it refuses one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+}
+
+impl ServerMsg {
+    /// An `error` reply that does not refer to a particular `say`.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMsg::Error(ErrorMsg {
+            code,
+            message: message.into(),
+            cid: None,
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! Golden JSON for every message: these strings are the protocol. A change
+//! here is a protocol change and needs a new `PROTOCOL_VERSION`.
+
+use natter_shared::*;
+
+fn name(s: &str) -> UserName {
+    UserName::parse(s).expect("valid name")
+}
+
+fn color(s: &str) -> Color {
+    Color(s.to_owned())
+}
+
+/// Serializes, compares with the golden string, and decodes it back.
+fn golden_server(msg: ServerMsg, json: &str) {
+    assert_eq!(serde_json::to_string(&msg).expect("serialize"), json);
+    let back: ServerMsg = serde_json::from_str(json).expect("decode golden");
+    assert_eq!(back, msg);
+}
+
+fn golden_client(msg: ClientMsg, json: &str) {
+    assert_eq!(serde_json::to_string(&msg).expect("serialize"), json);
+    let back: ClientMsg = serde_json::from_str(json).expect("decode golden");
+    assert_eq!(back, msg);
+}
+
+fn chat_message() -> ChatMessage {
+    ChatMessage {
+        seq: Seq(42),
+        ts: Timestamp(1_764_000_000_123),
+        name: name("Ada"),
+        color: color("#1e77d0"),
+        text: MessageText::parse("hello <b>world</b> \"quoted\"\nline 2").expect("valid"),
+        cid: Some(ClientMsgId::parse("c-1").expect("valid")),
+    }
+}
+
+fn notice(kind: NoticeKind) -> Notice {
+    Notice {
+        seq: Seq(7),
+        ts: Timestamp(1000),
+        kind,
+        name: name("Bob"),
+        color: color("#e12b2b"),
+    }
+}
+
+#[test]
+fn hello_minimal_and_full() {
+    golden_client(
+        ClientMsg::Hello(Hello {
+            v: 1,
+            room: None,
+            name: "Ada".into(),
+            last_seq: None,
+            resume_token: None,
+        }),
+        r##"{"type":"hello","v":1,"name":"Ada"}"##,
+    );
+    golden_client(
+        ClientMsg::Hello(Hello {
+            v: 1,
+            room: Some("dev-team".into()),
+            name: "Ada".into(),
+            last_seq: Some(Seq(17)),
+            resume_token: Some("tok_1".into()),
+        }),
+        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada","last_seq":17,"resume_token":"tok_1"}"##,
+    );
+}
+
+#[test]
+fn say_and_typing() {
+    golden_client(
+        ClientMsg::Say(Say {
+            cid: "c-1".into(),
+            text: "hi ✓".into(),
+        }),
+        r##"{"type":"say","cid":"c-1","text":"hi ✓"}"##,
+    );
+    golden_client(
+        ClientMsg::Typing(Typing { active: true }),
+        r##"{"type":"typing","active":true}"##,
+    );
+}
+
+#[test]
+fn welcome() {
+    let ada = Member {
+        name: name("Ada"),
+        color: color("#1e77d0"),
+    };
+    let bob = Member {
+        name: name("Bob"),
+        color: color("#e12b2b"),
+    };
+    golden_server(
+        ServerMsg::Welcome(Welcome {
+            you: ada.clone(),
+            room: RoomName::parse("lobby").expect("valid"),
+            seq_head: Seq(42),
+            members: vec![bob, ada],
+            history: vec![
+                RoomEvent::Notice(notice(NoticeKind::Joined)),
+                RoomEvent::Message(chat_message()),
+            ],
+            resume_token: ResumeToken::parse("abc123").expect("valid"),
+            missed: Some(3),
+        }),
+        concat!(
+            r##"{"type":"welcome","you":{"name":"Ada","color":"#1e77d0"},"room":"lobby","seq_head":42,"##,
+            r##""members":[{"name":"Bob","color":"#e12b2b"},{"name":"Ada","color":"#1e77d0"}],"##,
+            r##""history":[{"type":"notice","seq":7,"ts":1000,"kind":"joined","name":"Bob","color":"#e12b2b"},"##,
+            r##"{"type":"message","seq":42,"ts":1764000000123,"name":"Ada","color":"#1e77d0","text":"hello <b>world</b> \"quoted\"\nline 2","cid":"c-1"}],"##,
+            r##""resume_token":"abc123","missed":3}"##
+        ),
+    );
+}
+
+#[test]
+fn welcome_without_missed_omits_the_field() {
+    let json = serde_json::to_string(&ServerMsg::Welcome(Welcome {
+        you: Member {
+            name: name("Ada"),
+            color: color("#1e77d0"),
+        },
+        room: RoomName::default(),
+        seq_head: Seq(0),
+        members: vec![],
+        history: vec![],
+        resume_token: ResumeToken::parse("t").expect("valid"),
+        missed: None,
+    }))
+    .expect("serialize");
+    assert!(!json.contains("missed"), "{json}");
+}
+
+#[test]
+fn ack() {
+    golden_server(
+        ServerMsg::Ack(Ack {
+            cid: ClientMsgId::parse("c-9").expect("valid"),
+            seq: Seq(43),
+            ts: Timestamp(5),
+        }),
+        r##"{"type":"ack","cid":"c-9","seq":43,"ts":5}"##,
+    );
+}
+
+#[test]
+fn message_with_and_without_cid() {
+    golden_server(
+        ServerMsg::Message(chat_message()),
+        r##"{"type":"message","seq":42,"ts":1764000000123,"name":"Ada","color":"#1e77d0","text":"hello <b>world</b> \"quoted\"\nline 2","cid":"c-1"}"##,
+    );
+    let mut m = chat_message();
+    m.cid = None;
+    golden_server(
+        ServerMsg::Message(m),
+        r##"{"type":"message","seq":42,"ts":1764000000123,"name":"Ada","color":"#1e77d0","text":"hello <b>world</b> \"quoted\"\nline 2"}"##,
+    );
+}
+
+#[test]
+fn notices_of_every_kind() {
+    for (kind, wire) in [
+        (NoticeKind::Joined, "joined"),
+        (NoticeKind::Left, "left"),
+        (NoticeKind::TimedOut, "timed_out"),
+    ] {
+        golden_server(
+            ServerMsg::Notice(notice(kind)),
+            &format!(
+                r##"{{"type":"notice","seq":7,"ts":1000,"kind":"{wire}","name":"Bob","color":"#e12b2b"}}"##
+            ),
+        );
+    }
+}
+
+#[test]
+fn typing_update() {
+    golden_server(
+        ServerMsg::Typing(TypingUpdate {
+            name: name("Bob"),
+            active: false,
+        }),
+        r##"{"type":"typing","name":"Bob","active":false}"##,
+    );
+}
+
+#[test]
+fn errors_with_and_without_cid() {
+    golden_server(
+        ServerMsg::error(
+            ErrorCode::NameTaken,
+            "someone in lobby is already called Ada",
+        ),
+        r##"{"type":"error","code":"name_taken","message":"someone in lobby is already called Ada"}"##,
+    );
+    golden_server(
+        ServerMsg::Error(ErrorMsg {
+            code: ErrorCode::TooLong,
+            message: "too long".into(),
+            cid: Some("c-2".into()),
+        }),
+        r##"{"type":"error","code":"too_long","message":"too long","cid":"c-2"}"##,
+    );
+}
+
+#[test]
+fn room_events_have_the_same_json_as_live_frames() {
+    let event = RoomEvent::Message(chat_message());
+    let live = ServerMsg::from(event.clone());
+    assert_eq!(
+        serde_json::to_string(&event).expect("json"),
+        serde_json::to_string(&live).expect("json")
+    );
+    assert_eq!(event.seq(), Seq(42));
+    assert_eq!(event.ts(), Timestamp(1_764_000_000_123));
+    let n = RoomEvent::Notice(notice(NoticeKind::Left));
+    assert_eq!(n.seq(), Seq(7));
+}
+
+#[test]
+fn decoding_refuses_bad_input() {
+    for bad in [
+        "",
+        "not json",
+        "[]",
+        r##"{"type":"shout","text":"x"}"##,
+        r##"{"text":"no type"}"##,
+        r##"{"type":"say","cid":"c"}"##,
+        r##"{"type":"say","cid":1,"text":"x"}"##,
+        r##"{"type":"hello","v":"one","name":"x"}"##,
+        r##"{"type":"typing","active":"yes"}"##,
+    ] {
+        assert!(
+            serde_json::from_str::<ClientMsg>(bad).is_err(),
+            "{bad:?} should not decode"
+        );
+    }
+    // Unknown extra fields are ignored (forward compatibility).
+    let msg: ClientMsg =
+        serde_json::from_str(r##"{"type":"typing","active":true,"future":1}"##).expect("decode");
+    assert_eq!(msg, ClientMsg::Typing(Typing { active: true }));
+}
+
+#[test]
+fn server_messages_with_invalid_fields_do_not_decode() {
+    // A validated field that breaks its rule is refused, not trusted.
+    let bad = r##"{"type":"notice","seq":1,"ts":1,"kind":"joined","name":"","color":"#000000"}"##;
+    assert!(serde_json::from_str::<ServerMsg>(bad).is_err());
+    let bad_kind =
+        r##"{"type":"notice","seq":1,"ts":1,"kind":"exploded","name":"a","color":"#000000"}"##;
+    assert!(serde_json::from_str::<ServerMsg>(bad_kind).is_err());
+}

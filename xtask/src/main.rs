@@ -1,0 +1,172 @@
+//! `cargo xtask`: Natter's one task runner.
+//!
+//! * `cargo xtask run [-- natter flags]` — install what is missing, build the
+//!   chat page and the server, start it, print the URL.
+//! * `cargo xtask test` — install what is missing, then formatting, clippy
+//!   (host and wasm32), and every test.
+//!
+//! Every step says what it does; installs happen only when a tool is missing
+//! or has the wrong version.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI whose job is to report
+
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+/// Where `cargo xtask run` serves by default.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("bundle") => tools::ensure_all(&root()).and_then(|env| build_bundle(&root(), &env)),
+        _ => {
+            eprintln!("usage: cargo xtask <run [-- natter flags] | test | bundle>");
+            eprintln!("  run     build the page and the server, start Natter, print its URL");
+            eprintln!("  test    fmt, clippy (host and wasm32) and every test");
+            eprintln!("  bundle  build only the chat page into dist/");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (the parent of `xtask/`).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Prints a step so the user knows what is happening.
+pub fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// Runs a command in `dir` with extra environment, failing on a non-zero exit.
+pub fn cmd(dir: &Path, env: &tools::ToolEnv, program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", &env.path)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_bundle(root: &Path, env: &tools::ToolEnv) -> Result<()> {
+    step("fetching crates for the offline page build (cargo fetch --locked)");
+    cmd(root, env, "cargo", &["fetch", "--locked"])?;
+    step("building the chat page into dist/ (trunk build --release --offline)");
+    cmd(root, env, "trunk", &["build", "--release", "--offline"])
+}
+
+fn run(extra: &[String]) -> Result<()> {
+    let root = root();
+    let env = tools::ensure_all(&root)?;
+    build_bundle(&root, &env)?;
+    step("building the server (cargo build --release -p natter-backend)");
+    cmd(
+        &root,
+        &env,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "natter-backend",
+            "--bin",
+            "natter",
+        ],
+    )?;
+    let extra: Vec<&str> = extra
+        .iter()
+        .map(String::as_str)
+        .skip_while(|a| *a == "--")
+        .collect();
+    let listen = extra
+        .windows(2)
+        .find(|w| w[0] == "--listen")
+        .map(|w| w[1].to_owned())
+        .or_else(|| std::env::var("NATTER_LISTEN").ok())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    println!();
+    println!("  Natter is starting at  http://{listen}/");
+    println!("  (history in memory; Ctrl-C stops it)");
+    println!();
+    let binary = root.join("target/release/natter");
+    let status = Command::new(&binary)
+        .arg("--bundle-dir")
+        .arg(root.join("dist"))
+        .args(&extra)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("could not start {}", binary.display()))?;
+    if !status.success() {
+        bail!("natter exited with {status}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    let root = root();
+    let env = tools::ensure_all(&root)?;
+    step("checking formatting (cargo fmt --check)");
+    cmd(&root, &env, "cargo", &["fmt", "--all", "--", "--check"])?;
+    step("linting the host build (cargo clippy --workspace --all-targets -D warnings)");
+    cmd(
+        &root,
+        &env,
+        "cargo",
+        &[
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("linting the wasm32 build (cargo clippy --target wasm32-unknown-unknown -D warnings)");
+    cmd(
+        &root,
+        &env,
+        "cargo",
+        &[
+            "clippy",
+            "--locked",
+            "-p",
+            "natter-frontend",
+            "-p",
+            "natter-shared",
+            "--all-targets",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("running every test (cargo test --workspace)");
+    cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
+    step("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Installs the pinned build tools when they are missing: the wasm32 target,
+//! trunk, wasm-bindgen-cli (the exact version in Cargo.lock) and wasm-opt
+//! (binaryen from the npm registry). Nothing is downloaded from anywhere else.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::step;
+
+/// The trunk release that builds with our Rust (0.22 needs a newer rustc).
+pub const TRUNK_VERSION: &str = "0.21.14";
+/// The binaryen release trunk's `[tools] wasm_opt` names (npm package `binaryen@132.0.0`).
+pub const WASM_OPT_VERSION: &str = "132";
+/// The wasm target the page is built for.
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// The environment the tools run in: `PATH` with cargo's bin directory and
+/// the npm tools first.
+#[derive(Debug, Clone)]
+pub struct ToolEnv {
+    pub path: std::ffi::OsString,
+}
+
+fn output(program: &str, args: &[&str], path: &std::ffi::OsStr) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", path)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    Ok(status.success())
+}
+
+/// The version of `name` recorded in Cargo.lock.
+pub fn locked_version(root: &Path, name: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    let header = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == header
+            && let Some(version) = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = \""))
+        {
+            return Ok(version.trim_end_matches('"').to_owned());
+        }
+    }
+    bail!("{name} is not in Cargo.lock")
+}
+
+/// Makes sure every tool is installed at its pinned version.
+pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let npm_bin = root.join("xtask/tools/node_modules/.bin");
+    let mut dirs = vec![home.join("bin"), npm_bin.clone()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(dirs).context("building PATH")?;
+
+    let targets = output("rustup", &["target", "list", "--installed"], &path).unwrap_or_default();
+    if !targets.lines().any(|t| t.trim() == WASM_TARGET) {
+        step(&format!(
+            "installing the {WASM_TARGET} Rust target (rustup target add)"
+        ));
+        if !run(root, "rustup", &["target", "add", WASM_TARGET], &path)? {
+            bail!("rustup could not add {WASM_TARGET}");
+        }
+    }
+
+    let trunk = output("trunk", &["--version"], &path).unwrap_or_default();
+    if !trunk.split_whitespace().any(|w| w == TRUNK_VERSION) {
+        step(&format!(
+            "installing trunk {TRUNK_VERSION} (cargo install; takes about 7 minutes, once)"
+        ));
+        if !run(
+            root,
+            "cargo",
+            &["install", "trunk", "--version", TRUNK_VERSION, "--locked"],
+            &path,
+        )? {
+            bail!("cargo install trunk {TRUNK_VERSION} failed");
+        }
+    }
+
+    let bindgen_version = locked_version(root, "wasm-bindgen")?;
+    let bindgen = output("wasm-bindgen", &["--version"], &path).unwrap_or_default();
+    if !bindgen.split_whitespace().any(|w| w == bindgen_version) {
+        step(&format!(
+            "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install; about 4 minutes, once)"
+        ));
+        let v = bindgen_version.as_str();
+        let locked = run(
+            root,
+            "cargo",
+            &[
+                "install",
+                "wasm-bindgen-cli",
+                "--version",
+                v,
+                "--locked",
+                "--force",
+            ],
+            &path,
+        )?;
+        if !locked {
+            step("retrying without --locked (this crates.io mirror lacks some locked versions)");
+            if !run(
+                root,
+                "cargo",
+                &["install", "wasm-bindgen-cli", "--version", v, "--force"],
+                &path,
+            )? {
+                bail!("cargo install wasm-bindgen-cli {v} failed");
+            }
+        }
+    }
+
+    let wasm_opt = output("wasm-opt", &["--version"], &path).unwrap_or_default();
+    if !npm_bin.join("wasm-opt").exists()
+        || !wasm_opt.contains(&format!("version {WASM_OPT_VERSION}"))
+    {
+        step(&format!(
+            "installing wasm-opt {WASM_OPT_VERSION} (npm ci of binaryen in xtask/tools)"
+        ));
+        if !run(
+            &root.join("xtask/tools"),
+            "npm",
+            &["ci", "--no-audit", "--no-fund"],
+            &path,
+        )? {
+            bail!("npm ci in xtask/tools failed; is Node.js with npm installed?");
+        }
+    }
+    Ok(ToolEnv { path })
+}
