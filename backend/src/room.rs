@@ -417,3 +417,310 @@ impl RoomState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use natter_shared::RoomEvent;
+
+    use super::*;
+    use crate::history::MemoryHistory;
+    use crate::outbound::{ConnReceiver, channel};
+
+    fn room() -> Room {
+        Room::new(
+            RoomName::default(),
+            Box::new(MemoryHistory::new(100)),
+            RoomLimits::default(),
+        )
+    }
+
+    fn token(s: &str) -> ResumeToken {
+        ResumeToken::parse(s).expect("valid token")
+    }
+
+    fn request(name: &str, resume_token: Option<&str>, last_seq: Option<u64>) -> JoinRequest {
+        JoinRequest {
+            name: UserName::parse(name).expect("valid name"),
+            resume_token: resume_token.map(token),
+            last_seq: last_seq.map(Seq),
+        }
+    }
+
+    /// Every frame queued so far, decoded.
+    fn drain(rx: &mut ConnReceiver) -> Vec<ServerMsg> {
+        let mut out = Vec::new();
+        while let Ok(frame) = rx.rx.try_recv() {
+            out.push(serde_json::from_str(frame.as_str()).expect("valid frame"));
+        }
+        out
+    }
+
+    fn join(room: &Room, id: u64, name: &str, tok: &str) -> (Membership, ConnHandle, ConnReceiver) {
+        let (conn, mut rx) = channel(id, 64);
+        let (m, kind) = room
+            .join(
+                request(name, None, None),
+                &conn,
+                id,
+                token(tok),
+                Timestamp(id),
+            )
+            .expect("joins");
+        assert_eq!(kind, JoinKind::Joined);
+        assert!(matches!(drain(&mut rx).as_slice(), [ServerMsg::Welcome(_)]));
+        (m, conn, rx)
+    }
+
+    #[test]
+    fn a_join_is_announced_to_others_and_ends_the_joiners_welcome() {
+        let room = room();
+        let (_, _, mut ada_rx) = join(&room, 1, "Ada", "t1");
+        let (bob_conn, mut bob_rx) = channel(2, 64);
+        room.join(
+            request("Bob", None, None),
+            &bob_conn,
+            2,
+            token("t2"),
+            Timestamp(5),
+        )
+        .expect("joins");
+        match drain(&mut bob_rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!(w.seq_head, Seq(2));
+                assert_eq!(w.members.len(), 2);
+                assert!(
+                    matches!(w.history.last(), Some(RoomEvent::Notice(n)) if n.name.as_str() == "Bob")
+                );
+            }
+            other => panic!("expected one welcome, got {other:?}"),
+        }
+        assert!(
+            matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Joined && n.seq == Seq(2))
+        );
+    }
+
+    #[test]
+    fn a_taken_name_is_refused_whatever_its_case() {
+        let room = room();
+        let _ada = join(&room, 1, "Ada", "t1");
+        let (conn, _rx) = channel(2, 8);
+        let err = room.join(
+            request("ADA", None, None),
+            &conn,
+            2,
+            token("t2"),
+            Timestamp(0),
+        );
+        assert!(matches!(err, Err(JoinError::NameTaken)));
+        let wrong = room.join(
+            request("ada", Some("wrong"), None),
+            &conn,
+            2,
+            token("t2"),
+            Timestamp(0),
+        );
+        assert!(
+            matches!(wrong, Err(JoinError::NameTaken)),
+            "a wrong token does not help"
+        );
+    }
+
+    #[test]
+    fn a_full_room_refuses_new_members() {
+        let limits = RoomLimits {
+            max_members_per_room: 1,
+            ..RoomLimits::default()
+        };
+        let room = Room::new(
+            RoomName::default(),
+            Box::new(MemoryHistory::new(10)),
+            limits,
+        );
+        let _ada = join(&room, 1, "Ada", "t1");
+        let (conn, _rx) = channel(2, 8);
+        assert!(matches!(
+            room.join(
+                request("Bob", None, None),
+                &conn,
+                2,
+                token("t2"),
+                Timestamp(0)
+            ),
+            Err(JoinError::RoomFull)
+        ));
+        assert_eq!(JoinError::RoomFull.to_string(), "the room is full");
+    }
+
+    #[test]
+    fn say_acks_the_sender_delivers_to_others_and_dedupes() {
+        let room = room();
+        let (ada, ada_conn, mut ada_rx) = join(&room, 1, "Ada", "t1");
+        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let cid = ClientMsgId::parse("c1").expect("valid");
+        let text = MessageText::parse("hi").expect("valid");
+        assert_eq!(
+            room.say(&ada, &ada_conn, cid.clone(), text.clone(), Timestamp(10))
+                .expect("stored"),
+            Said::New(Seq(3))
+        );
+        assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3)));
+        assert!(
+            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Message(m)] if m.seq == Seq(3))
+        );
+        assert_eq!(
+            room.say(&ada, &ada_conn, cid, text, Timestamp(20))
+                .expect("ok"),
+            Said::Duplicate(Seq(3))
+        );
+        assert!(
+            matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3) && a.ts == Timestamp(10))
+        );
+        assert!(drain(&mut bob_rx).is_empty());
+        assert_eq!(room.head(), Seq(3));
+    }
+
+    #[test]
+    fn timestamps_never_go_back() {
+        let room = room();
+        let (ada, conn, mut rx) = join(&room, 100, "Ada", "t1");
+        let said = |cid: &str, ts: u64| {
+            room.say(
+                &ada,
+                &conn,
+                ClientMsgId::parse(cid).expect("valid"),
+                MessageText::parse("x").expect("valid"),
+                Timestamp(ts),
+            )
+            .expect("stored")
+        };
+        said("a", 50); // the clock stepped back below the join's 100
+        said("b", 200);
+        let acks: Vec<u64> = drain(&mut rx)
+            .into_iter()
+            .filter_map(|m| {
+                if let ServerMsg::Ack(a) = m {
+                    Some(a.ts.0)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(acks, vec![100, 200]);
+    }
+
+    #[test]
+    fn leave_is_announced_at_once_and_only_for_the_current_connection() {
+        let room = room();
+        let (ada, ada_conn, _ada_rx) = join(&room, 1, "Ada", "t1");
+        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+        assert!(
+            !room
+                .leave(&ada, ada_conn.id + 100, Timestamp(0))
+                .expect("ok"),
+            "a stale connection does nothing"
+        );
+        assert!(room.leave(&ada, ada_conn.id, Timestamp(0)).expect("ok"));
+        assert!(
+            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Left)
+        );
+        assert_eq!(room.member_count(), 1);
+    }
+
+    #[test]
+    fn a_detached_member_times_out_unless_it_resumes() {
+        let room = room();
+        let (ada, ada_conn, _ada_rx) = join(&room, 1, "Ada", "t1");
+        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+        let epoch = room.detach(&ada, ada_conn.id).expect("was attached");
+        assert!(
+            drain(&mut bob_rx).is_empty(),
+            "nothing announced during the grace period"
+        );
+
+        // Resume with the token: no notice, and the old timer becomes stale.
+        let (new_conn, mut new_rx) = channel(3, 8);
+        let (again, kind) = room
+            .join(
+                request("ada", Some("t1"), Some(2)),
+                &new_conn,
+                99,
+                token("unused"),
+                Timestamp(0),
+            )
+            .expect("resumes");
+        assert_eq!(kind, JoinKind::Resumed);
+        assert_eq!(again.member_id, ada.member_id);
+        assert!(
+            matches!(drain(&mut new_rx).as_slice(), [ServerMsg::Welcome(w)] if w.you.name.as_str() == "Ada")
+        );
+        assert!(!room.expire(&ada, epoch, Timestamp(0)).expect("ok"));
+        assert!(drain(&mut bob_rx).is_empty());
+
+        // Dropped again and not back: timed out.
+        let epoch = room.detach(&again, new_conn.id).expect("attached");
+        assert!(room.expire(&again, epoch, Timestamp(0)).expect("ok"));
+        assert!(
+            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::TimedOut)
+        );
+    }
+
+    #[test]
+    fn resuming_kicks_a_connection_that_is_still_attached() {
+        let room = room();
+        let (_, old_conn, _old_rx) = join(&room, 1, "Ada", "t1");
+        let (new_conn, _new_rx) = channel(2, 8);
+        room.join(
+            request("Ada", Some("t1"), None),
+            &new_conn,
+            2,
+            token("x"),
+            Timestamp(0),
+        )
+        .expect("resumes");
+        assert_eq!(old_conn.kick_reason(), Some(CloseReason::Replaced));
+        assert_eq!(new_conn.kick_reason(), None);
+    }
+
+    #[test]
+    fn typing_goes_to_others_with_refreshes_limited() {
+        let room = room();
+        let (ada, _, mut ada_rx) = join(&room, 1, "Ada", "t1");
+        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let t0 = Instant::now();
+        assert!(room.typing(&ada, true, t0));
+        assert!(!room.typing(&ada, true, t0 + std::time::Duration::from_millis(100)));
+        assert!(room.typing(
+            &ada,
+            true,
+            t0 + std::time::Duration::from_millis(TYPING_REFRESH_MS)
+        ));
+        assert!(room.typing(&ada, false, t0));
+        assert!(!room.typing(&ada, false, t0));
+        assert_eq!(drain(&mut bob_rx).len(), 3);
+        assert!(drain(&mut ada_rx).is_empty(), "no echo to the typist");
+    }
+
+    #[test]
+    fn a_stale_last_seq_from_another_history_gets_a_fresh_welcome() {
+        let room = room();
+        let (conn, mut rx) = channel(1, 8);
+        room.join(
+            request("Ada", None, Some(500)),
+            &conn,
+            1,
+            token("t"),
+            Timestamp(0),
+        )
+        .expect("joins");
+        match drain(&mut rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!(w.seq_head, Seq(1));
+                assert_eq!(w.history.len(), 1, "the latest events instead of a replay");
+                assert_eq!(w.missed, None);
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+}

@@ -1,7 +1,17 @@
 //! The Natter chat page. Placeholder until the Leptos app lands (issue 3):
-//! it already depends on the shared protocol so the wasm32 build is checked.
+//! it says so in the page, and already builds with trunk and wasm-bindgen.
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console)]
+    fn log(text: &str);
+}
 
 fn main() {
-    // Touch the protocol so the wasm32 build compiles it for the browser.
-    let _version = natter_shared::PROTOCOL_VERSION;
+    log(&format!(
+        "Natter page placeholder (protocol v{})",
+        natter_shared::PROTOCOL_VERSION
+    ));
 }

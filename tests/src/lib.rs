@@ -1,1 +1,224 @@
-//! placeholder
+//! Helpers for end-to-end tests: the real `natter` binary as a child process
+//! and a WebSocket client that speaks the protocol.
+//!
+//! The binary is `$NATTER_BIN` if set, else `target/debug/natter` of this
+//! workspace (built by `cargo test --workspace` and by `cargo xtask test`).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use natter_shared::{ClientMsg, Hello, PROTOCOL_VERSION, ServerMsg};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long the binary may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a test waits for one frame or for the process to exit.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// The line the server logs once it listens; the address follows it.
+const READY_MARKER: &str = "Natter is running at http://";
+
+/// The `natter` binary under test.
+pub fn natter_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATTER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/natter")
+}
+
+/// A running `natter` process, killed when dropped.
+#[derive(Debug)]
+pub struct Natter {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Log lines the process printed (stdout and stderr).
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// Forwards a child's output lines to `tx`.
+fn forward(out: impl std::io::Read + Send + 'static, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Removes ANSI colour codes from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Natter {
+    /// Starts the binary on a free loopback port with `args`, waiting until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        let bin = natter_bin();
+        assert!(
+            bin.exists(),
+            "{} not found: run `cargo build -p natter-backend` or `cargo xtask test`",
+            bin.display()
+        );
+        let mut child = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn natter");
+        let (tx, lines) = mpsc::channel();
+        forward(child.stdout.take().expect("stdout"), tx.clone());
+        forward(child.stderr.take().expect("stderr"), tx);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match lines.recv_timeout(left) {
+                Ok(line) => plain(&line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "natter did not start listening; output:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            };
+            if let Some(rest) = line.split(READY_MARKER).nth(1) {
+                let addr = rest.trim().trim_end_matches('/');
+                break addr
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+            }
+            seen.push(line);
+        };
+        Self { child, addr, lines }
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends a signal (by name, e.g. `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natter did not exit within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Natter {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A protocol client for end-to-end tests.
+#[derive(Debug)]
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connects");
+        Self { ws }
+    }
+
+    /// Sends a protocol message.
+    pub async fn send(&mut self, msg: &ClientMsg) {
+        let json = serde_json::to_string(msg).expect("serialize");
+        self.ws.send(Message::text(json)).await.expect("send");
+    }
+
+    /// Joins `room` as `name`.
+    pub async fn hello(&mut self, name: &str, room: &str) -> ServerMsg {
+        let hello = Hello {
+            v: PROTOCOL_VERSION,
+            room: Some(room.into()),
+            name: name.into(),
+            last_seq: None,
+            resume_token: None,
+        };
+        self.send(&ClientMsg::Hello(hello)).await;
+        self.recv().await
+    }
+
+    /// The next protocol message, or a panic after [`WAIT`].
+    pub async fn recv(&mut self) -> ServerMsg {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(&t).expect("valid server message");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The close code the server sent, skipping other frames.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+}

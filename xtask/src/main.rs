@@ -165,6 +165,20 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    step("building the natter binary the end-to-end tests start (cargo build -p natter-backend)");
+    cmd(
+        &root,
+        &env,
+        "cargo",
+        &[
+            "build",
+            "--locked",
+            "-p",
+            "natter-backend",
+            "--bin",
+            "natter",
+        ],
+    )?;
     step("running every test (cargo test --workspace)");
     cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
     step("all checks passed");
