@@ -17,6 +17,9 @@ pub enum HistoryError {
 
 /// Creates the history of each room.
 pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Identifies this history: seqs from a history with another id are unrelated.
+    fn history_id(&self) -> &str;
+
     /// Opens (or creates) the history of `room`.
     fn open(&self, room: &RoomName) -> Result<Box<dyn RoomHistory>, HistoryError>;
 }
@@ -52,18 +55,27 @@ pub trait RoomHistory: Send + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     per_room: usize,
+    id: String,
 }
 
 impl MemoryStore {
-    /// A store keeping at most `per_room` events per room.
+    /// A store keeping at most `per_room` events per room, with a new random
+    /// history id (its seqs mean nothing to another process).
     pub fn new(per_room: usize) -> Self {
+        let id =
+            crate::random::random_hex(8).unwrap_or_else(|| format!("m{}", crate::app::now_ms().0));
         Self {
             per_room: per_room.max(1),
+            id,
         }
     }
 }
 
 impl HistoryStore for MemoryStore {
+    fn history_id(&self) -> &str {
+        &self.id
+    }
+
     fn open(&self, _room: &RoomName) -> Result<Box<dyn RoomHistory>, HistoryError> {
         Ok(Box::new(MemoryHistory::new(self.per_room)))
     }

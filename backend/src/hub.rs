@@ -55,7 +55,12 @@ impl Hub {
             return Err(HubError::TooManyRooms);
         }
         let history = self.store.open(name)?;
-        let room = Arc::new(Room::new(name.clone(), history, self.limits.clone()));
+        let room = Arc::new(Room::new(
+            name.clone(),
+            history,
+            self.store.history_id().to_owned(),
+            self.limits.clone(),
+        ));
         rooms.insert(name.clone(), room.clone());
         Ok(room)
     }

@@ -24,6 +24,7 @@ pub mod http;
 pub mod hub;
 pub mod origin;
 pub mod outbound;
+pub mod random;
 pub mod rate_limit;
 pub mod room;
 pub mod server;

@@ -37,6 +37,8 @@ pub struct JoinRequest {
     pub name: UserName,
     pub resume_token: Option<ResumeToken>,
     pub last_seq: Option<Seq>,
+    /// The history `last_seq` belongs to (from the client's last welcome).
+    pub history_id: Option<String>,
 }
 
 /// How a join went.
@@ -102,15 +104,22 @@ struct RoomState {
 #[derive(Debug)]
 pub struct Room {
     pub name: RoomName,
+    history_id: String,
     limits: RoomLimits,
     state: Mutex<RoomState>,
 }
 
 impl Room {
     /// An empty room over `history`.
-    pub fn new(name: RoomName, history: Box<dyn RoomHistory>, limits: RoomLimits) -> Self {
+    pub fn new(
+        name: RoomName,
+        history: Box<dyn RoomHistory>,
+        history_id: String,
+        limits: RoomLimits,
+    ) -> Self {
         Self {
             name,
+            history_id,
             limits,
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
@@ -194,10 +203,14 @@ impl Room {
             }
         };
 
+        let same_history = req
+            .history_id
+            .as_deref()
+            .is_none_or(|id| id == self.history_id);
         let replay = match req.last_seq {
-            // A seq beyond the head comes from a history this server does not
-            // have (e.g. an in-memory store after a restart): start afresh.
-            Some(last) if last <= state.history.head() => {
+            // A seq of another history (an in-memory server that restarted),
+            // or beyond the head, means nothing here: start afresh.
+            Some(last) if same_history && last <= state.history.head() => {
                 state.history.after(last, self.limits.replay_max)
             }
             _ => crate::history::Replay {
@@ -215,6 +228,7 @@ impl Room {
             members,
             history: replay.events,
             resume_token: me.token.clone(),
+            history_id: self.history_id.clone(),
             missed: (replay.missed > 0).then_some(replay.missed),
         });
         conn.send_msg(&welcome);
@@ -430,6 +444,7 @@ mod tests {
         Room::new(
             RoomName::default(),
             Box::new(MemoryHistory::new(100)),
+            "h1".into(),
             RoomLimits::default(),
         )
     }
@@ -443,6 +458,7 @@ mod tests {
             name: UserName::parse(name).expect("valid name"),
             resume_token: resume_token.map(token),
             last_seq: last_seq.map(Seq),
+            history_id: None,
         }
     }
 
@@ -534,6 +550,7 @@ mod tests {
         let room = Room::new(
             RoomName::default(),
             Box::new(MemoryHistory::new(10)),
+            "h1".into(),
             limits,
         );
         let _ada = join(&room, 1, "Ada", "t1");
@@ -700,6 +717,48 @@ mod tests {
         assert!(!room.typing(&ada, false, t0));
         assert_eq!(drain(&mut bob_rx).len(), 3);
         assert!(drain(&mut ada_rx).is_empty(), "no echo to the typist");
+    }
+
+    #[test]
+    fn a_last_seq_of_another_history_id_is_ignored() {
+        let room = room();
+        let (ada, conn, mut rx) = join(&room, 1, "Ada", "t1");
+        for cid in ["a", "b", "c"] {
+            room.say(
+                &ada,
+                &conn,
+                ClientMsgId::parse(cid).expect("valid"),
+                MessageText::parse("x").expect("valid"),
+                Timestamp(0),
+            )
+            .expect("stored");
+        }
+        drain(&mut rx);
+        let (other, mut other_rx) = channel(2, 8);
+        let mut req = request("Bob", None, Some(2));
+        req.history_id = Some("another".into());
+        room.join(req, &other, 2, token("t2"), Timestamp(0))
+            .expect("joins");
+        match drain(&mut other_rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!(
+                    w.history.len(),
+                    5,
+                    "the latest events, not a replay after seq 2"
+                );
+                assert_eq!(w.history_id, "h1");
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        let (third, mut third_rx) = channel(3, 8);
+        let mut req = request("Cat", None, Some(3));
+        req.history_id = Some("h1".into());
+        room.join(req, &third, 3, token("t3"), Timestamp(0))
+            .expect("joins");
+        assert!(
+            matches!(drain(&mut third_rx).as_slice(), [ServerMsg::Welcome(w)] if w.history.len() == 3),
+            "same history: replay after 3"
+        );
     }
 
     #[test]

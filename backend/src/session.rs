@@ -314,6 +314,7 @@ impl Session {
             name,
             resume_token,
             last_seq: hello.last_seq,
+            history_id: hello.history_id,
         };
         match room.join(request, &self.conn, hub.next_id(), token, now_ms()) {
             Ok((membership, kind)) => {
@@ -454,10 +455,7 @@ fn truncate_cid(cid: &str) -> String {
 
 /// 128 random bits as 32 hex characters.
 fn new_token() -> Option<ResumeToken> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).ok()?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    ResumeToken::parse(&hex).ok()
+    ResumeToken::parse(&crate::random::random_hex(16)?).ok()
 }
 
 /// Drains the queue into the socket in batches, pings, and sends the close

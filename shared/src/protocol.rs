@@ -42,6 +42,11 @@ pub struct Hello {
     /// dropped connection, without a leave/join notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<String>,
+    /// The `history_id` of the welcome that `last_seq` belongs to. When it is
+    /// not the server's current one (e.g. an in-memory server restarted), the
+    /// server ignores `last_seq` and sends a fresh welcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_id: Option<String>,
 }
 
 /// Send a chat message.
@@ -132,6 +137,9 @@ pub struct Welcome {
     pub history: Vec<RoomEvent>,
     /// Present this in the next `hello` after a dropped connection.
     pub resume_token: ResumeToken,
+    /// Identifies the history the seqs belong to. It changes only when the
+    /// server's history starts afresh; seqs of different ids are unrelated.
+    pub history_id: String,
     /// How many events after `last_seq` are not in `history` (older than the
     /// server keeps, or more than one replay holds). Absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -54,6 +54,7 @@ fn hello_minimal_and_full() {
             name: "Ada".into(),
             last_seq: None,
             resume_token: None,
+            history_id: None,
         }),
         r##"{"type":"hello","v":1,"name":"Ada"}"##,
     );
@@ -64,8 +65,9 @@ fn hello_minimal_and_full() {
             name: "Ada".into(),
             last_seq: Some(Seq(17)),
             resume_token: Some("tok_1".into()),
+            history_id: Some("h1".into()),
         }),
-        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada","last_seq":17,"resume_token":"tok_1"}"##,
+        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada","last_seq":17,"resume_token":"tok_1","history_id":"h1"}"##,
     );
 }
 
@@ -105,6 +107,7 @@ fn welcome() {
                 RoomEvent::Message(chat_message()),
             ],
             resume_token: ResumeToken::parse("abc123").expect("valid"),
+            history_id: "h1".into(),
             missed: Some(3),
         }),
         concat!(
@@ -112,7 +115,7 @@ fn welcome() {
             r##""members":[{"name":"Bob","color":"#e12b2b"},{"name":"Ada","color":"#1e77d0"}],"##,
             r##""history":[{"type":"notice","seq":7,"ts":1000,"kind":"joined","name":"Bob","color":"#e12b2b"},"##,
             r##"{"type":"message","seq":42,"ts":1764000000123,"name":"Ada","color":"#1e77d0","text":"hello <b>world</b> \"quoted\"\nline 2","cid":"c-1"}],"##,
-            r##""resume_token":"abc123","missed":3}"##
+            r##""resume_token":"abc123","history_id":"h1","missed":3}"##
         ),
     );
 }
@@ -129,6 +132,7 @@ fn welcome_without_missed_omits_the_field() {
         members: vec![],
         history: vec![],
         resume_token: ResumeToken::parse("t").expect("valid"),
+        history_id: "h".into(),
         missed: None,
     }))
     .expect("serialize");

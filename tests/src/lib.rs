@@ -187,6 +187,7 @@ impl WsClient {
             name: name.into(),
             last_seq: None,
             resume_token: None,
+            history_id: None,
         };
         self.send(&ClientMsg::Hello(hello)).await;
         self.recv().await

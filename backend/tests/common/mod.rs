@@ -235,6 +235,7 @@ pub fn hello(name: &str, room: &str) -> Hello {
         name: name.into(),
         last_seq: None,
         resume_token: None,
+        history_id: None,
     }
 }
 

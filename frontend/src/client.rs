@@ -1,0 +1,556 @@
+//! The socket client: the one place that owns the `WebSocket`. Components see
+//! only its signals (`chat`, `status`, `phase`, `now`) and call its methods.
+//!
+//! It joins with `hello`, resumes with `last_seq` and the resume token after
+//! any drop, reconnects with exponential backoff and full jitter (at once when
+//! the tab becomes visible or the network comes back), keeps an outbox that
+//! survives reloads, and closes cleanly on `pagehide` so the room sees "left"
+//! at once.
+
+use std::time::Duration;
+
+use leptos::prelude::*;
+use natter_shared::{
+    ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, RoomName, Say, ServerMsg, Typing, UserName,
+    close, limits::TYPING_REFRESH_MS,
+};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use crate::backoff;
+use crate::chat_state::ChatState;
+use crate::location;
+use crate::storage;
+
+/// After this long without a keystroke, the client says it stopped typing.
+pub const TYPING_IDLE: Duration = Duration::from_millis(4_000);
+/// How often the clock signal ticks (countdowns, typing expiry).
+pub const TICK: Duration = Duration::from_millis(1_000);
+/// Wait before resending messages the server refused as `rate_limited`.
+pub const RATE_LIMIT_RETRY: Duration = Duration::from_millis(1_500);
+
+/// The connection as the user sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// Not connected and not trying (before joining, or after leaving).
+    Idle,
+    Connecting,
+    Connected,
+    /// Waiting to reconnect; the next attempt is at `at_ms` (page clock).
+    Reconnecting {
+        at_ms: f64,
+    },
+    /// Stopped for good, with the reason to show.
+    Closed(String),
+}
+
+/// Which join field an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Name,
+    Room,
+    Form,
+}
+
+/// A reason the join view shows next to a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinProblem {
+    pub field: Field,
+    pub message: String,
+}
+
+/// Which view the page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Join(Option<JoinProblem>),
+    Chat,
+}
+
+/// An open socket and the callbacks it calls (kept alive with it).
+struct Socket {
+    ws: WebSocket,
+    _on_open: Closure<dyn FnMut()>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+impl Socket {
+    /// Detaches the callbacks and closes the socket with `code`.
+    fn shut(&self, code: u16, reason: &str) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        let _ = self.ws.close_with_code_and_reason(code, reason);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    url: String,
+    socket: Option<Socket>,
+    /// A socket retired from inside its own callback; dropped on the next
+    /// connect, never while its callback runs.
+    retired: Option<Socket>,
+    /// This socket received its `welcome`.
+    welcomed: bool,
+    attempt: u32,
+    retry: Option<TimeoutHandle>,
+    typing_since: Option<f64>,
+    typing_idle: Option<TimeoutHandle>,
+}
+
+/// The chat client. `Copy`: every field is a reactive handle.
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub chat: RwSignal<ChatState>,
+    pub status: RwSignal<Status>,
+    pub phase: RwSignal<Phase>,
+    /// Who and where we join: set by [`Client::join`].
+    pub target: RwSignal<Option<(UserName, RoomName)>>,
+    /// The page clock (ms since the epoch), ticking every second.
+    pub now: RwSignal<f64>,
+    inner: StoredValue<Inner, LocalStorage>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("status", &self.status.get_untracked())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// A fresh client message id: time plus randomness, unique per browser.
+pub fn new_cid() -> String {
+    let random = (js_sys::Math::random() * 1e12) as u64;
+    format!("{:x}-{:x}", now_ms() as u64, random)
+}
+
+impl Client {
+    /// A client for the server at `url` (see [`server_url`]); not connected yet.
+    pub fn new(url: String) -> Self {
+        let client = Self {
+            chat: RwSignal::new(ChatState::default()),
+            status: RwSignal::new(Status::Idle),
+            phase: RwSignal::new(Phase::Join(None)),
+            target: RwSignal::new(None),
+            now: RwSignal::new(now_ms()),
+            inner: StoredValue::new_local(Inner {
+                url,
+                ..Inner::default()
+            }),
+        };
+        let ticker = set_interval_with_handle(
+            move || {
+                client.now.set(now_ms());
+                if client.chat.with_untracked(ChatState::has_typing) {
+                    client.chat.update(|c| c.expire_typing(now_ms()));
+                }
+            },
+            TICK,
+        );
+        if let Ok(handle) = ticker {
+            on_cleanup(move || handle.clear());
+        }
+        client
+    }
+
+    /// Joins `room` as `name`: loads this name's saved outbox and connects.
+    pub fn join(self, name: UserName, room: RoomName) {
+        let outbox = storage::load_outbox(room.as_str(), &name.key());
+        self.chat.set(ChatState::with_outbox(outbox));
+        self.target.set(Some((name, room)));
+        if self.phase.get_untracked() != Phase::Chat {
+            self.phase.set(Phase::Join(None));
+        }
+        self.inner.update_value(|i| i.attempt = 0);
+        self.connect();
+    }
+
+    /// Leaves the room on purpose: others see "left" at once.
+    pub fn leave(self) {
+        self.shut(close::NORMAL, "left");
+        storage::set_active(None);
+        self.target.set(None);
+        self.status.set(Status::Idle);
+        self.phase.set(Phase::Join(None));
+    }
+
+    /// Connects now, cancelling a scheduled retry.
+    pub fn retry_now(self) {
+        if matches!(self.status.get_untracked(), Status::Reconnecting { .. }) {
+            self.connect();
+        }
+    }
+
+    /// Queues a message and sends it when connected. Returns the refusal
+    /// reason if the text breaks the protocol's rules.
+    pub fn send(self, text: &str) -> Result<(), String> {
+        let mut result = Ok(());
+        self.chat
+            .update(|c| result = c.queue(new_cid(), text).map_err(|e| e.to_string()));
+        result?;
+        self.stop_typing();
+        self.flush();
+        Ok(())
+    }
+
+    /// Sends a failed message again.
+    pub fn retry(self, cid: &str) {
+        self.chat.update(|c| c.retry(cid));
+        self.flush();
+    }
+
+    /// Gives up on a failed message.
+    pub fn discard(self, cid: &str) {
+        self.chat.update(|c| c.discard(cid));
+    }
+
+    /// The user typed: tells the room (at most every few seconds), and that
+    /// typing stopped after a pause.
+    pub fn typing(self, has_text: bool) {
+        if !has_text {
+            return self.stop_typing();
+        }
+        let now = now_ms();
+        let refresh = self.inner.with_value(|i| {
+            i.typing_since
+                .is_none_or(|since| now - since >= TYPING_REFRESH_MS as f64)
+        });
+        if refresh && self.send_msg(&ClientMsg::Typing(Typing { active: true })) {
+            self.inner.update_value(|i| i.typing_since = Some(now));
+        }
+        let idle = set_timeout_with_handle(move || self.stop_typing(), TYPING_IDLE).ok();
+        self.inner.update_value(|i| {
+            if let Some(old) = std::mem::replace(&mut i.typing_idle, idle) {
+                old.clear();
+            }
+        });
+    }
+
+    fn stop_typing(self) {
+        let was = self.inner.try_update_value(|i| {
+            if let Some(t) = i.typing_idle.take() {
+                t.clear();
+            }
+            i.typing_since.take().is_some()
+        });
+        if was == Some(true) {
+            self.send_msg(&ClientMsg::Typing(Typing { active: false }));
+        }
+    }
+
+    /// The page became hidden or visible.
+    pub fn visibility_changed(self, hidden: bool) {
+        self.chat.update(|c| c.set_hidden(hidden));
+        if !hidden {
+            self.retry_now();
+        }
+    }
+
+    /// The browser is online again.
+    pub fn online(self) {
+        self.retry_now();
+    }
+
+    /// The page is going away (closed, reloaded or put in the back/forward cache).
+    pub fn page_hidden(self) {
+        self.shut(close::GOING_AWAY, "page closed");
+    }
+
+    /// The page came back from the back/forward cache.
+    pub fn page_shown(self) {
+        if self.target.get_untracked().is_some() && self.inner.with_value(|i| i.socket.is_none()) {
+            self.inner.update_value(|i| i.attempt = 0);
+            self.connect();
+        }
+    }
+
+    /// Closes the socket on purpose (no reconnect).
+    fn shut(self, code: u16, reason: &str) {
+        self.stop_typing();
+        self.inner.update_value(|i| {
+            if let Some(t) = i.retry.take() {
+                t.clear();
+            }
+            if let Some(socket) = i.socket.take() {
+                socket.shut(code, reason);
+                i.retired = Some(socket);
+            }
+        });
+        self.chat.update(|c| c.disconnected());
+    }
+
+    fn connect(self) {
+        let Some((name, room)) = self.target.get_untracked() else {
+            return;
+        };
+        let url = self.inner.with_value(|i| i.url.clone());
+        self.inner.update_value(|i| {
+            if let Some(t) = i.retry.take() {
+                t.clear();
+            }
+            i.retired = None;
+            if let Some(old) = i.socket.take() {
+                old.shut(close::NORMAL, "reconnecting");
+            }
+            i.welcomed = false;
+        });
+        let ws = match WebSocket::new(&url) {
+            Ok(ws) => ws,
+            Err(e) => {
+                let reason = e
+                    .as_string()
+                    .unwrap_or_else(|| format!("cannot open {url}"));
+                self.status.set(Status::Closed(reason));
+                return;
+            }
+        };
+        self.status.set(Status::Connecting);
+        let on_open = Closure::<dyn FnMut()>::new(move || self.opened(&name, &room));
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            if let Some(text) = e.data().as_string() {
+                self.received(&text);
+            }
+        });
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+            self.closed(e.code(), &e.reason())
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        let socket = Socket {
+            ws,
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+        };
+        self.inner.update_value(|i| i.socket = Some(socket));
+    }
+
+    fn opened(self, name: &UserName, room: &RoomName) {
+        // Resume only with a history in memory; a fresh page gets the recent one.
+        let last_seq = self.chat.with_untracked(|c| c.me.as_ref().and(c.last_seq));
+        let token = self
+            .chat
+            .with_untracked(|c| c.resume_token.as_ref().map(|t| t.as_str().to_owned()))
+            .or_else(|| storage::token(room.as_str()));
+        let hello = Hello {
+            v: PROTOCOL_VERSION,
+            room: Some(room.to_string()),
+            name: name.to_string(),
+            last_seq,
+            resume_token: token,
+            history_id: self.chat.with_untracked(|c| c.history_id.clone()),
+        };
+        self.send_msg(&ClientMsg::Hello(hello));
+    }
+
+    fn received(self, text: &str) {
+        let msg: ServerMsg = match serde_json::from_str(text) {
+            Ok(msg) => msg,
+            Err(e) => {
+                web_sys::console::error_1(
+                    &format!("natter: unreadable server message: {e}").into(),
+                );
+                return;
+            }
+        };
+        let welcomed = self.inner.with_value(|i| i.welcomed);
+        match msg {
+            ServerMsg::Welcome(w) => {
+                let (room, name, token) = (
+                    w.room.clone(),
+                    w.you.name.clone(),
+                    w.resume_token.as_str().to_owned(),
+                );
+                self.chat
+                    .update(|c| c.apply(ServerMsg::Welcome(w), now_ms()));
+                self.inner.update_value(|i| {
+                    i.welcomed = true;
+                    i.attempt = 0;
+                });
+                storage::remember_join(name.as_str(), room.as_str());
+                storage::save_token(room.as_str(), &token);
+                storage::set_active(Some((name.as_str(), room.as_str())));
+                if let Some(window) = web_sys::window() {
+                    let _ = window.location().set_hash(&location::room_hash(&room)[1..]);
+                }
+                self.status.set(Status::Connected);
+                self.phase.set(Phase::Join(None)); // clears a stale problem
+                self.phase.set(Phase::Chat);
+                self.flush();
+            }
+            ServerMsg::Error(e) if e.cid.is_none() && !welcomed => {
+                self.join_refused(e.code, e.message)
+            }
+            ServerMsg::Error(e) if e.code == ErrorCode::RateLimited && e.cid.is_some() => {
+                self.chat.update(|c| c.apply(ServerMsg::Error(e), now_ms()));
+                let _ = set_timeout_with_handle(move || self.flush(), RATE_LIMIT_RETRY);
+            }
+            other => self.chat.update(|c| c.apply(other, now_ms())),
+        }
+    }
+
+    fn join_refused(self, code: ErrorCode, message: String) {
+        let field = match code {
+            ErrorCode::NameTaken | ErrorCode::InvalidName | ErrorCode::NameTooLong => Field::Name,
+            ErrorCode::InvalidRoom | ErrorCode::TooManyRooms | ErrorCode::RoomFull => Field::Room,
+            ErrorCode::RateLimited | ErrorCode::Internal => {
+                // Transient: try the join again after a pause.
+                self.retire_and_reconnect();
+                return;
+            }
+            _ => Field::Form,
+        };
+        self.shut(close::NORMAL, "join refused");
+        storage::set_active(None);
+        self.status.set(Status::Idle);
+        self.phase
+            .set(Phase::Join(Some(JoinProblem { field, message })));
+    }
+
+    fn closed(self, code: u16, reason: &str) {
+        self.retire();
+        self.chat.update(|c| c.disconnected());
+        match code {
+            close::REPLACED => {
+                self.status.set(Status::Closed(
+                    "This chat is open in another tab or window.".into(),
+                ));
+            }
+            _ => {
+                if !reason.is_empty() {
+                    web_sys::console::info_1(
+                        &format!("natter: connection closed ({code}: {reason})").into(),
+                    );
+                }
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    /// Moves the current socket aside (its callback may be running).
+    fn retire(self) {
+        self.inner.update_value(|i| {
+            if let Some(socket) = i.socket.take() {
+                socket.shut(close::NORMAL, "");
+                i.retired = Some(socket);
+            }
+        });
+    }
+
+    fn retire_and_reconnect(self) {
+        self.retire();
+        self.chat.update(|c| c.disconnected());
+        self.schedule_reconnect();
+    }
+
+    fn schedule_reconnect(self) {
+        let attempt = self.inner.with_value(|i| i.attempt);
+        let delay = backoff::delay_ms(attempt, js_sys::Math::random());
+        let handle =
+            set_timeout_with_handle(move || self.connect(), Duration::from_millis(delay as u64))
+                .ok();
+        self.inner.update_value(|i| {
+            i.attempt = i.attempt.saturating_add(1);
+            if let Some(old) = std::mem::replace(&mut i.retry, handle) {
+                old.clear();
+            }
+        });
+        self.status.set(Status::Reconnecting {
+            at_ms: now_ms() + delay,
+        });
+    }
+
+    /// Sends every waiting message, if joined.
+    fn flush(self) {
+        let ready = self.inner.with_value(|i| {
+            i.welcomed
+                && i.socket
+                    .as_ref()
+                    .is_some_and(|s| s.ws.ready_state() == WebSocket::OPEN)
+        });
+        if !ready {
+            return;
+        }
+        let mut outgoing = Vec::new();
+        self.chat.update(|c| outgoing = c.take_outgoing());
+        for (cid, text) in outgoing {
+            self.send_msg(&ClientMsg::Say(Say { cid, text }));
+        }
+    }
+
+    fn send_msg(self, msg: &ClientMsg) -> bool {
+        let Ok(json) = serde_json::to_string(msg) else {
+            return false;
+        };
+        self.inner.with_value(|i| {
+            i.socket
+                .as_ref()
+                .filter(|s| s.ws.ready_state() == WebSocket::OPEN)
+                .is_some_and(|s| s.ws.send_with_str(&json).is_ok())
+        })
+    }
+
+    /// Installs the page-lifecycle listeners (visibility, network, pagehide).
+    pub fn watch_page(self) {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let document = window.document();
+        let on_visibility = Closure::<dyn FnMut()>::new(move || {
+            let hidden = web_sys::window()
+                .and_then(|w| w.document())
+                .is_some_and(|d| d.hidden());
+            self.visibility_changed(hidden);
+        });
+        if let Some(document) = &document {
+            let _ = document.add_event_listener_with_callback(
+                "visibilitychange",
+                on_visibility.as_ref().unchecked_ref(),
+            );
+            self.chat.update(|c| c.set_hidden(document.hidden()));
+        }
+        let on_online = Closure::<dyn FnMut()>::new(move || self.online());
+        let on_pagehide = Closure::<dyn FnMut()>::new(move || self.page_hidden());
+        let on_pageshow = Closure::<dyn FnMut()>::new(move || self.page_shown());
+        let _ =
+            window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
+        let _ = window
+            .add_event_listener_with_callback("pagehide", on_pagehide.as_ref().unchecked_ref());
+        let _ = window
+            .add_event_listener_with_callback("pageshow", on_pageshow.as_ref().unchecked_ref());
+        // These live as long as the page.
+        on_visibility.forget();
+        on_online.forget();
+        on_pagehide.forget();
+        on_pageshow.forget();
+    }
+}
+
+/// The WebSocket URL for this page: the `<meta name="natter-server">` content
+/// if the deployment set one, else `/ws` on the page's own host.
+pub fn server_url() -> String {
+    let window = web_sys::window();
+    let configured = window
+        .as_ref()
+        .and_then(|w| w.document())
+        .and_then(|d| d.query_selector("meta[name=natter-server]").ok().flatten())
+        .and_then(|m| m.get_attribute("content"));
+    let (protocol, host) = window
+        .map(|w| w.location())
+        .map(|l| {
+            (
+                l.protocol().unwrap_or_default(),
+                l.host().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    location::ws_url(configured.as_deref(), &protocol, &host)
+}

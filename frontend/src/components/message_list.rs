@@ -1,0 +1,189 @@
+//! The message list: a polite live log, kept at the bottom only when the
+//! reader is there, with a "N new messages" button otherwise.
+
+use leptos::html::Ol;
+use leptos::prelude::*;
+use natter_shared::NoticeKind;
+
+use crate::chat_state::{Entry, Line, Pending, SendStatus};
+use crate::follow::Follow;
+use crate::time::{clock, iso};
+
+/// What a system notice says happened.
+pub fn notice_verb(kind: NoticeKind) -> &'static str {
+    match kind {
+        NoticeKind::Joined => "joined",
+        NoticeKind::Left => "left",
+        NoticeKind::TimedOut => "timed out",
+    }
+}
+
+/// The sentence of a system notice.
+pub fn notice_text(kind: NoticeKind, name: &str) -> String {
+    format!("{name} {}", notice_verb(kind))
+}
+
+/// A key that changes when a line's rendering must change.
+fn render_key(line: &Line) -> String {
+    match line {
+        Line::Pending(Pending { status, .. }) => format!("{}:{status:?}", line.key()),
+        _ => line.key(),
+    }
+}
+
+/// The list of lines.
+#[component]
+pub fn MessageList(
+    #[prop(into)] lines: Signal<Vec<Line>>,
+    on_retry: Callback<String>,
+    on_discard: Callback<String>,
+) -> impl IntoView {
+    let list = NodeRef::<Ol>::new();
+    let follow = RwSignal::new(Follow::default());
+    let scroll_to_bottom = move || {
+        if let Some(el) = list.get_untracked() {
+            el.set_scroll_top(el.scroll_height());
+        }
+    };
+    // New lines: follow them if the reader is at the bottom, else count them.
+    Effect::new(move |previous: Option<usize>| {
+        let count = lines.with(Vec::len);
+        let added = count.saturating_sub(previous.unwrap_or(0));
+        if added > 0 {
+            let mut scroll = false;
+            follow.update(|f| scroll = f.arrived(u32::try_from(added).unwrap_or(u32::MAX)));
+            if scroll || previous.is_none() {
+                request_animation_frame(scroll_to_bottom);
+            }
+        }
+        count
+    });
+    let on_scroll = move |_| {
+        if let Some(el) = list.get_untracked() {
+            let gap = f64::from(el.scroll_height() - el.scroll_top() - el.client_height());
+            follow.update(|f| f.scrolled(gap));
+        }
+    };
+    let jump = move |_| {
+        follow.update(Follow::jumped);
+        scroll_to_bottom();
+    };
+    let unseen = move || follow.with(|f| f.unseen);
+
+    view! {
+        <div class="messages-wrap">
+            <ol class="messages" role="log" aria-live="polite" aria-label="Messages" tabindex="0" node_ref=list on:scroll=on_scroll>
+                <For
+                    each=move || lines.get()
+                    key=render_key
+                    children=move |line| view! { <LineView line=line on_retry=on_retry on_discard=on_discard /> }
+                />
+            </ol>
+            <Show when=move || { unseen() > 0 }>
+                <button type="button" class="new-messages" on:click=jump>
+                    {move || match unseen() {
+                        1 => "1 new message ↓".to_owned(),
+                        n => format!("{n} new messages ↓"),
+                    }}
+                </button>
+            </Show>
+        </div>
+    }
+}
+
+/// One line of the list.
+#[component]
+fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>) -> impl IntoView {
+    match line {
+        Line::Event(Entry::Message {
+            ts,
+            name,
+            color,
+            text,
+            mine,
+            ..
+        }, _) => view! {
+            <li class="msg" class:mine=mine>
+                <span class="meta">
+                    <span class="name" style:color=color.0>{name.to_string()}</span>
+                    <time datetime=iso(ts)>{clock(ts)}</time>
+                    {mine.then(|| view! { <span class="state state-sent">"sent"</span> })}
+                </span>
+                <span class="text">{text}</span>
+            </li>
+        }
+        .into_any(),
+        Line::Event(Entry::Notice {
+            ts,
+            kind,
+            name,
+            color,
+            ..
+        }, _) => {
+            let class = match kind {
+                NoticeKind::Joined => "notice notice-joined",
+                NoticeKind::Left => "notice notice-left",
+                NoticeKind::TimedOut => "notice notice-timed-out",
+            };
+            view! {
+                <li class=class>
+                    <span class="notice-text">
+                        <span class="name" style:color=color.0>{name.to_string()}</span>
+                        " "
+                        {notice_verb(kind)}
+                    </span>
+                    <time datetime=iso(ts)>{clock(ts)}</time>
+                </li>
+            }
+            .into_any()
+        }
+        Line::Restarted(_) => view! {
+            <li class="notice divider">"The server restarted. Messages above are kept on this page only."</li>
+        }
+        .into_any(),
+        Line::Gap { missed, .. } => view! {
+            <li class="notice gap">
+                {match missed {
+                    1 => "1 earlier message is not available".to_owned(),
+                    n => format!("{n} earlier messages are not available"),
+                }}
+            </li>
+        }
+        .into_any(),
+        Line::Pending(Pending { cid, text, status }) => {
+            let (class, state) = match &status {
+                SendStatus::Waiting => ("msg mine pending", "waiting to send".to_owned()),
+                SendStatus::Sending => ("msg mine pending", "sending…".to_owned()),
+                SendStatus::Failed(reason) => ("msg mine failed", format!("not sent: {reason}")),
+            };
+            let failed = matches!(status, SendStatus::Failed(_));
+            let (retry_cid, discard_cid) = (cid.clone(), cid);
+            view! {
+                <li class=class>
+                    <span class="meta">
+                        <span class="name">"You"</span>
+                        <span class="state">{state}</span>
+                        {failed.then(|| view! {
+                            <button type="button" class="retry" on:click=move |_| on_retry.run(retry_cid.clone())>"Retry"</button>
+                            <button type="button" class="discard" on:click=move |_| on_discard.run(discard_cid.clone())>"Discard"</button>
+                        })}
+                    </span>
+                    <span class="text">{text}</span>
+                </li>
+            }
+            .into_any()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_read_like_the_tutorial() {
+        assert_eq!(notice_text(NoticeKind::Joined, "Ada"), "Ada joined");
+        assert_eq!(notice_text(NoticeKind::Left, "Ada"), "Ada left");
+        assert_eq!(notice_text(NoticeKind::TimedOut, "Ada"), "Ada timed out");
+    }
+}
