@@ -4,6 +4,8 @@
 //! The binary is `$NATTER_BIN` if set, else `target/debug/natter` of this
 //! workspace (built by `cargo test --workspace` and by `cargo xtask test`).
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +35,17 @@ pub fn natter_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     target.join("debug/natter")
+}
+
+/// The built page (`dist/` of the workspace), which `cargo xtask test` builds first.
+pub fn bundle_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    assert!(
+        dir.join("index.html").exists(),
+        "{} has no index.html: build the page with `cargo xtask bundle` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
 }
 
 /// A running `natter` process, killed when dropped.
@@ -76,6 +89,11 @@ fn plain(line: &str) -> String {
 impl Natter {
     /// Starts the binary on a free loopback port with `args`, waiting until it listens.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Starts the binary listening on `listen` (e.g. to restart on the same port).
+    pub fn start_on(listen: &str, args: &[&str]) -> Self {
         let bin = natter_bin();
         assert!(
             bin.exists(),
@@ -83,7 +101,7 @@ impl Natter {
             bin.display()
         );
         let mut child = Command::new(&bin)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -1,0 +1,209 @@
+//! The real page in headless Chromium against the real `natter` binary
+//! serving the real release bundle.
+
+use std::time::{Duration, Instant};
+
+use natter_e2e::browser::{Page, artifacts_dir, scenario};
+use natter_e2e::{Natter, bundle_dir};
+use natter_shared::{UserName, color_for};
+
+/// Each scenario's upper bound.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn start_server() -> Natter {
+    let bundle = bundle_dir();
+    Natter::start(&[
+        "--bundle-dir",
+        bundle.to_str().expect("utf-8 path"),
+        "--leave-grace",
+        "2s",
+    ])
+}
+
+/// `#rrggbb` as the `rgb(r, g, b)` a browser reports.
+fn rgb(hex: &str) -> String {
+    let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex");
+    format!("rgb({}, {}, {})", c(1), c(3), c(5))
+}
+
+#[tokio::test]
+async fn two_browsers_chat_a_third_room_sees_nothing_and_text_stays_text() {
+    let natter = start_server();
+    let url = format!("http://{}/", natter.addr);
+    scenario("chat", LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        let bob = Page::open(browsers.open("bob").await, &url).await;
+        let cat = Page::open(browsers.open("cat").await, &url).await;
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        cat.join("Cat", "elsewhere").await;
+        ada.wait_for_text(".messages .notice", "Bob joined").await;
+        ada.wait_for_text(".member-count", "2 members").await;
+
+        ada.say("Hello Bob, how are you?").await;
+        bob.wait_for_text(".messages .msg .text", "Hello Bob, how are you?").await;
+        bob.say("Fine, thanks!\u{E008}\u{E007}\u{E000}Second line").await; // Shift+Enter (then release Shift); Enter sends
+        ada.wait_for_text(".messages .msg .text", "Second line").await;
+        let texts = ada.texts(".messages .msg .text").await;
+        assert!(texts.contains(&"Fine, thanks!\nSecond line".to_owned()), "{texts:?}");
+
+        // Names and their colours.
+        let names = bob.texts(".messages .msg .name").await;
+        assert!(names.contains(&"Ada".to_owned()), "{names:?}");
+        let ada_color = color_for(&UserName::parse("Ada").expect("valid"));
+        let shown = bob
+            .js("return [...document.querySelectorAll('.messages .msg .name')].find(e => e.textContent === 'Ada').style.color")
+            .await;
+        assert_eq!(shown.as_str(), Some(rgb(ada_color.as_str()).as_str()));
+
+        // Markup is shown as text, never run or rendered.
+        let xss = "<img src=x onerror=\"window.__pwned=1\"><b>bold?</b>";
+        ada.say(xss).await;
+        bob.wait_for_text(".messages .msg .text", "<img src=x").await;
+        let texts = bob.texts(".messages .msg .text").await;
+        assert!(texts.contains(&xss.to_owned()), "{texts:?}");
+        assert_eq!(bob.js("return document.querySelectorAll('.messages img, .messages .text b').length").await, 0);
+        assert_eq!(bob.js("return window.__pwned === undefined").await, true);
+
+        // The other room saw none of it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(cat.texts(".messages .msg").await.is_empty(), "another room stays separate");
+        assert_eq!(cat.texts(".messages .notice .notice-text").await, vec!["Cat joined".to_owned()]);
+
+        // The README's screenshot.
+        let png = ada.client.screenshot().await.expect("screenshot");
+        let _ = std::fs::create_dir_all(artifacts_dir());
+        std::fs::write(artifacts_dir().join("chat.png"), png).expect("save screenshot");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_a_browser_shows_left_in_the_other_within_a_second() {
+    let natter = start_server();
+    let url = format!("http://{}/", natter.addr);
+    scenario("leave", LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        let bob_client = browsers.open("bob").await;
+        let bob = Page::open(bob_client.clone(), &url).await;
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        ada.wait_for_text(".messages .notice", "Bob joined").await;
+        let closed = Instant::now();
+        bob_client.close_window().await.expect("close Bob's page");
+        ada.wait_for_text(".messages .notice", "Bob left").await;
+        let took = closed.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "\"left\" shown after {took:?}"
+        );
+        ada.wait_for_text(".member-count", "1 member").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn both_pages_survive_a_server_restart_and_nothing_is_lost_or_doubled() {
+    let mut natter = start_server();
+    let addr = natter.addr.to_string();
+    let url = format!("http://{addr}/");
+    let bundle = bundle_dir();
+    scenario("restart", LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        let bob = Page::open(browsers.open("bob").await, &url).await;
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        ada.say("before the restart").await;
+        bob.wait_for_text(".messages .msg .text", "before the restart")
+            .await;
+
+        natter.signal("TERM");
+        assert!(natter.wait().success());
+        ada.wait_for_text(".status", "Reconnecting").await;
+        bob.wait_for_text(".status", "Reconnecting").await;
+        // Typed while the server is down: kept in the outbox.
+        ada.say("typed while the server was down").await;
+        ada.wait_for_text(".messages .pending .state", "waiting to send")
+            .await;
+
+        let _natter = Natter::start_on(
+            &addr,
+            &[
+                "--bundle-dir",
+                bundle.to_str().expect("utf-8"),
+                "--leave-grace",
+                "2s",
+            ],
+        );
+        ada.wait_for_text(".status", "Connected").await;
+        bob.wait_for_text(".status", "Connected").await;
+        bob.wait_for_text(".messages .msg .text", "typed while the server was down")
+            .await;
+        bob.say("and after it").await;
+        ada.wait_for_text(".messages .msg .text", "and after it")
+            .await;
+        ada.wait_texts(".messages .pending", "an empty outbox", |t| t.is_empty())
+            .await;
+
+        for page in [&ada, &bob] {
+            let texts = page.texts(".messages .msg .text").await;
+            for expected in [
+                "before the restart",
+                "typed while the server was down",
+                "and after it",
+            ] {
+                let n = texts.iter().filter(|t| t.as_str() == expected).count();
+                assert_eq!(n, 1, "{expected:?} shown {n} times in {texts:?}");
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_restores_the_name_and_the_history() {
+    let natter = start_server();
+    let url = format!("http://{}/", natter.addr);
+    scenario("reload", LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        ada.join("Ada", "dev-team").await;
+        ada.say("one").await;
+        ada.say("two").await;
+        ada.wait_for_text(".messages .msg.mine .state", "sent")
+            .await;
+        ada.wait_texts(".messages .msg .text", "both messages", |t| t.len() == 2)
+            .await;
+        assert!(
+            ada.js("return location.hash")
+                .await
+                .as_str()
+                .is_some_and(|h| h == "#/r/dev-team")
+        );
+
+        ada.client.refresh().await.expect("reload");
+        ada.wait_for_text(".status", "Connected").await;
+        ada.wait_for_text(".room-name", "#dev-team").await;
+        let texts = ada
+            .wait_texts(".messages .msg .text", "the history", |t| t.len() == 2)
+            .await;
+        assert_eq!(texts, ["one", "two"]);
+        let names = ada.texts(".messages .msg .name").await;
+        assert!(names.iter().all(|n| n == "Ada"), "{names:?}");
+
+        // A new page of the same browser remembers the name and the room.
+        ada.client
+            .goto(&format!("{url}?fresh=1"))
+            .await
+            .expect("navigate");
+        ada.click(".leave").await;
+        let name = ada
+            .js("return document.getElementById('join-name').value")
+            .await;
+        assert_eq!(name.as_str(), Some("Ada"));
+        let room = ada
+            .js("return document.getElementById('join-room').value")
+            .await;
+        assert_eq!(room.as_str(), Some("dev-team"));
+    })
+    .await;
+}
