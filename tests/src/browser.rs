@@ -164,6 +164,7 @@ impl Browsers {
         client
     }
 
+    #[allow(clippy::print_stderr)] // tells the person reading the failed test where to look
     async fn save_artifacts(&self) {
         let dir = artifacts_dir();
         let _ = std::fs::create_dir_all(&dir);
