@@ -157,6 +157,14 @@ impl Client {
         if let Ok(handle) = ticker {
             on_cleanup(move || handle.clear());
         }
+        // The outbox survives reloads: save it whenever it changes.
+        let outbox = Memo::new(move |_| client.chat.with(|c| c.pending().to_vec()));
+        Effect::new(move |_| {
+            let pending = outbox.get();
+            if let Some((name, room)) = client.target.get_untracked() {
+                storage::save_outbox(room.as_str(), &name.key(), &pending);
+            }
+        });
         client
     }
 
@@ -339,7 +347,7 @@ impl Client {
         let token = self
             .chat
             .with_untracked(|c| c.resume_token.as_ref().map(|t| t.as_str().to_owned()))
-            .or_else(|| storage::token(room.as_str()));
+            .or_else(|| storage::token(room.as_str(), &name.key()));
         let hello = Hello {
             v: PROTOCOL_VERSION,
             room: Some(room.to_string()),
@@ -376,7 +384,7 @@ impl Client {
                     i.attempt = 0;
                 });
                 storage::remember_join(name.as_str(), room.as_str());
-                storage::save_token(room.as_str(), &token);
+                storage::save_token(room.as_str(), &name.key(), &token);
                 storage::set_active(Some((name.as_str(), room.as_str())));
                 if let Some(window) = web_sys::window() {
                     let _ = window.location().set_hash(&location::room_hash(&room)[1..]);

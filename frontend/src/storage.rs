@@ -71,14 +71,14 @@ pub fn save_outbox(room: &str, name_key: &str, pending: &[Pending]) {
     }
 }
 
-/// This tab's resume token for `room`.
-pub fn token(room: &str) -> Option<String> {
-    get(session(), &format!("natter.token.{room}"))
+/// This tab's resume token for `name_key` in `room`.
+pub fn token(room: &str, name_key: &str) -> Option<String> {
+    get(session(), &format!("natter.token.{room}.{name_key}"))
 }
 
-/// Saves this tab's resume token for `room`.
-pub fn save_token(room: &str, token: &str) {
-    set(session(), &format!("natter.token.{room}"), token);
+/// Saves this tab's resume token for `name_key` in `room`.
+pub fn save_token(room: &str, name_key: &str, token: &str) {
+    set(session(), &format!("natter.token.{room}.{name_key}"), token);
 }
 
 /// The chat this tab was in (name, room), to rejoin after a reload.

@@ -19,6 +19,8 @@ use anyhow::{Context, Result, bail};
 
 /// Where `cargo xtask run` serves by default.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How long the test server may take to start listening.
+const SERVER_START: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -131,56 +133,106 @@ fn test() -> Result<()> {
     step("checking formatting (cargo fmt --check)");
     cmd(&root, &env, "cargo", &["fmt", "--all", "--", "--check"])?;
     step("linting the host build (cargo clippy --workspace --all-targets -D warnings)");
-    cmd(
-        &root,
-        &env,
-        "cargo",
-        &[
-            "clippy",
-            "--locked",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    let host = [
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    cmd(&root, &env, "cargo", &host)?;
     step("linting the wasm32 build (cargo clippy --target wasm32-unknown-unknown -D warnings)");
-    cmd(
-        &root,
-        &env,
-        "cargo",
-        &[
-            "clippy",
-            "--locked",
-            "-p",
-            "natter-frontend",
-            "-p",
-            "natter-shared",
-            "--all-targets",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    let wasm = [
+        "clippy",
+        "--locked",
+        "-p",
+        "natter-frontend",
+        "-p",
+        "natter-shared",
+        "--all-targets",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    cmd(&root, &env, "cargo", &wasm)?;
+    build_bundle(&root, &env)?;
     step("building the natter binary the end-to-end tests start (cargo build -p natter-backend)");
-    cmd(
-        &root,
-        &env,
-        "cargo",
-        &[
-            "build",
-            "--locked",
-            "-p",
-            "natter-backend",
-            "--bin",
-            "natter",
-        ],
-    )?;
-    step("running every test (cargo test --workspace)");
+    let build = [
+        "build",
+        "--locked",
+        "-p",
+        "natter-backend",
+        "--bin",
+        "natter",
+    ];
+    cmd(&root, &env, "cargo", &build)?;
+    step("running the unit, integration and end-to-end tests (cargo test --workspace)");
     cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
+    browser_tests(&root, &env)?;
     step("all checks passed");
+    Ok(())
+}
+
+/// Runs the page's wasm-bindgen tests in headless Chromium, with a natter
+/// server for the socket client to talk to.
+fn browser_tests(root: &Path, env: &tools::ToolEnv) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    step(&format!(
+        "starting natter on {listen} for the page's browser tests"
+    ));
+    let mut server = Command::new(root.join("target/debug/natter"))
+        .args(["--listen", &listen, "--allow-origin", "*"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("could not start target/debug/natter")?;
+    let result = run_browser_tests(root, env, &listen);
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn run_browser_tests(root: &Path, env: &tools::ToolEnv, listen: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + SERVER_START;
+    while std::net::TcpStream::connect(listen).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("natter did not listen on {listen} within {SERVER_START:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    step("running the page's tests in headless Chromium (wasm-bindgen-test)");
+    let args = [
+        "test",
+        "--locked",
+        "-p",
+        "natter-frontend",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--test",
+        "components",
+        "--test",
+        "client",
+    ];
+    let status = Command::new("cargo")
+        .args(args)
+        .current_dir(root)
+        .env("PATH", &env.path)
+        .env("CHROMEDRIVER", tools::CHROMEDRIVER)
+        .env(
+            "WASM_BINDGEN_TEST_WEBDRIVER_JSON",
+            root.join("frontend/webdriver.json"),
+        )
+        .env("NATTER_TEST_WS", format!("ws://{listen}/ws"))
+        .status()
+        .context("could not start cargo")?;
+    if !status.success() {
+        bail!("the page's browser tests failed ({status})");
+    }
     Ok(())
 }

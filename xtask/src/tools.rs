@@ -148,5 +148,44 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
             bail!("npm ci in xtask/tools failed; is Node.js with npm installed?");
         }
     }
+    ensure_chromium(root, &path)?;
     Ok(ToolEnv { path })
+}
+
+/// Debian's Chromium and its WebDriver, for the browser tests.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// chromedriver from Debian's `chromium-driver`.
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
+    if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
+        return Ok(());
+    }
+    step(
+        "installing Chromium and chromedriver for the browser tests (apt-get install chromium chromium-driver; about a minute)",
+    );
+    let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
+    let (program, prefix): (&str, &[&str]) = if root_user {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    let apt = |args: &[&str]| -> Result<bool> {
+        let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
+        run(root, program, &all, path)
+    };
+    let install = [
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chromium",
+        "chromium-driver",
+    ];
+    if !apt(&install)? {
+        step("refreshing the package lists (apt-get update) and retrying");
+        if !apt(&["update"])? || !apt(&install)? {
+            bail!("could not install chromium and chromium-driver with apt-get");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,261 @@
+//! Components in headless Chromium: mount, act, tick, assert.
+
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+
+use common::*;
+use leptos::mount::mount_to;
+use leptos::prelude::*;
+use leptos::task::tick;
+use natter_frontend::chat_state::{Entry, Line, Pending, SendStatus};
+use natter_frontend::client::{Field, JoinProblem, Status};
+use natter_frontend::components::composer::Composer;
+use natter_frontend::components::header::ChatHeader;
+use natter_frontend::components::join::JoinForm;
+use natter_frontend::components::message_list::MessageList;
+use natter_shared::limits::MESSAGE_MAX_CHARS;
+use natter_shared::{Color, NoticeKind, RoomName, Seq, Timestamp, UserName};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+#[wasm_bindgen_test]
+async fn join_form_checks_fields_and_shows_errors_next_to_them() {
+    let root = container();
+    let joined = RwSignal::new(None::<(UserName, RoomName)>);
+    let problem = RwSignal::new(None::<JoinProblem>);
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <JoinForm
+                initial_name=String::new()
+                initial_room="lobby".to_owned()
+                problem=problem
+                busy=false
+                note={ None::<String> }
+                on_join=Callback::new(move |j| joined.set(Some(j)))
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(
+        get(&root, "#join-room").get_attribute("id").as_deref(),
+        Some("join-room")
+    );
+    click(&root, "form.join button[type=submit]");
+    tick().await;
+    assert!(text(&root, "#join-name-error").contains("at least one visible character"));
+    assert_eq!(
+        get(&root, "#join-name")
+            .get_attribute("aria-invalid")
+            .as_deref(),
+        Some("true")
+    );
+    assert!(
+        joined.get_untracked().is_none(),
+        "nothing sent for an empty name"
+    );
+
+    type_into(&root, "#join-name", &"x".repeat(25));
+    click(&root, "form.join button[type=submit]");
+    tick().await;
+    assert!(text(&root, "#join-name-error").contains("at most 24"));
+
+    type_into(&root, "#join-name", "Ada");
+    type_into(&root, "#join-room", "Bad Room");
+    click(&root, "form.join button[type=submit]");
+    tick().await;
+    assert_eq!(text(&root, "#join-name-error"), "");
+    assert!(text(&root, "#join-room-error").contains("a–z"));
+
+    type_into(&root, "#join-room", "dev-team");
+    click(&root, "form.join button[type=submit]");
+    tick().await;
+    let (name, room) = joined.get_untracked().expect("joined");
+    assert_eq!((name.as_str(), room.as_str()), ("Ada", "dev-team"));
+
+    // The server's refusal shows next to its field.
+    problem.set(Some(JoinProblem {
+        field: Field::Name,
+        message: "someone in #dev-team is already called Ada".into(),
+    }));
+    tick().await;
+    assert!(text(&root, "#join-name-error").contains("already called Ada"));
+}
+
+#[wasm_bindgen_test]
+async fn composer_counts_sends_on_enter_and_says_why_it_cannot_send() {
+    let root = container();
+    let sent = RwSignal::new(Vec::<String>::new());
+    let blocked = RwSignal::new(None::<String>);
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <Composer
+                blocked=blocked
+                offline=false
+                on_send=Callback::new(move |t: String| {
+                    sent.update(|s| s.push(t));
+                    Ok(())
+                })
+                on_typing=Callback::new(|_: bool| {})
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(text(&root, ".counter"), format!("0 / {MESSAGE_MAX_CHARS}"));
+    type_into(&root, "#composer-text", "héllo");
+    tick().await;
+    assert_eq!(
+        text(&root, ".counter"),
+        format!("5 / {MESSAGE_MAX_CHARS}"),
+        "characters, not bytes"
+    );
+
+    // Shift+Enter is a new line, Enter sends.
+    assert!(
+        key(&root, "#composer-text", "Enter", true),
+        "Shift+Enter is not swallowed"
+    );
+    assert!(sent.get_untracked().is_empty());
+    assert!(
+        !key(&root, "#composer-text", "Enter", false),
+        "Enter is handled"
+    );
+    tick().await;
+    assert_eq!(sent.get_untracked(), ["héllo"]);
+    assert_eq!(
+        text(&root, ".counter"),
+        format!("0 / {MESSAGE_MAX_CHARS}"),
+        "cleared after sending"
+    );
+
+    type_into(&root, "#composer-text", &"a".repeat(MESSAGE_MAX_CHARS + 2));
+    tick().await;
+    assert!(get(&root, "button[type=submit]").has_attribute("disabled"));
+    assert!(text(&root, ".composer-problem").contains("2 characters too long"));
+    assert_eq!(count(&root, ".counter.over"), 1);
+    key(&root, "#composer-text", "Enter", false);
+    tick().await;
+    assert_eq!(sent.get_untracked().len(), 1, "over the limit is not sent");
+
+    blocked.set(Some("This chat is open in another tab or window.".into()));
+    tick().await;
+    assert!(get(&root, "#composer-text").has_attribute("disabled"));
+    assert!(text(&root, ".composer-problem").contains("another tab"));
+}
+
+fn name(s: &str) -> UserName {
+    UserName::parse(s).expect("valid")
+}
+
+#[wasm_bindgen_test]
+async fn message_list_renders_text_as_text_and_offers_retry() {
+    let root = container();
+    let retried = RwSignal::new(Vec::<String>::new());
+    let lines = RwSignal::new(vec![
+        Line::Event(
+            Entry::Notice {
+                seq: Seq(1),
+                ts: Timestamp(0),
+                kind: NoticeKind::Joined,
+                name: name("Bob"),
+                color: Color("#e12b2b".into()),
+            },
+            0,
+        ),
+        Line::Event(
+            Entry::Message {
+                seq: Seq(2),
+                ts: Timestamp(0),
+                name: name("Bob"),
+                color: Color("#e12b2b".into()),
+                text: "<img src=x onerror=alert(1)>".into(),
+                mine: false,
+            },
+            0,
+        ),
+        Line::Pending(Pending {
+            cid: "c1".into(),
+            text: "too long".into(),
+            status: SendStatus::Failed("nope".into()),
+        }),
+    ]);
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <MessageList
+                lines=lines
+                on_retry=Callback::new(move |cid: String| retried.update(|r| r.push(cid)))
+                on_discard=Callback::new(|_: String| {})
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(
+        get(&root, ".messages").get_attribute("role").as_deref(),
+        Some("log")
+    );
+    assert_eq!(
+        get(&root, ".messages")
+            .get_attribute("aria-live")
+            .as_deref(),
+        Some("polite")
+    );
+    assert_eq!(text(&root, ".notice-text"), "Bob joined");
+    assert_eq!(text(&root, ".msg .text"), "<img src=x onerror=alert(1)>");
+    assert_eq!(count(&root, "img"), 0, "never parsed as HTML");
+    assert!(text(&root, ".failed .state").contains("not sent: nope"));
+    click(&root, ".failed .retry");
+    tick().await;
+    assert_eq!(retried.get_untracked(), ["c1"]);
+
+    // A new line is rendered once, in order.
+    lines.update(|l| {
+        l.insert(
+            2,
+            Line::Event(
+                Entry::Message {
+                    seq: Seq(3),
+                    ts: Timestamp(0),
+                    name: name("Cat"),
+                    color: Color("#138383".into()),
+                    text: "third".into(),
+                    mine: false,
+                },
+                0,
+            ),
+        )
+    });
+    tick().await;
+    assert_eq!(count(&root, ".messages > li"), 4);
+}
+
+#[wasm_bindgen_test]
+async fn header_shows_the_countdown_and_retry_now() {
+    let root = container();
+    let retried = RwSignal::new(0);
+    let status = RwSignal::new(Status::Reconnecting { at_ms: 10_500.0 });
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <ChatHeader
+                room="lobby".to_owned()
+                member_count=3usize
+                status=status
+                now=1_000.0
+                members_open=RwSignal::new(false)
+                on_retry_now=Callback::new(move |()| retried.update(|n| *n += 1))
+                on_leave=Callback::new(|()| {})
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(text(&root, ".room-name"), "#lobby");
+    assert_eq!(text(&root, ".member-count"), "3 members");
+    assert_eq!(text(&root, ".status"), "Reconnecting in 10 s");
+    click(&root, ".retry-now");
+    tick().await;
+    assert_eq!(retried.get_untracked(), 1);
+    status.set(Status::Connected);
+    tick().await;
+    assert_eq!(text(&root, ".status"), "Connected");
+    assert_eq!(count(&root, ".retry-now"), 0);
+}
