@@ -229,6 +229,68 @@ async fn message_list_renders_text_as_text_and_offers_retry() {
     assert_eq!(count(&root, ".messages > li"), 4);
 }
 
+fn message(seq: u64) -> Line {
+    Line::Event(
+        Entry::Message {
+            seq: Seq(seq),
+            ts: Timestamp(0),
+            name: name("Bob"),
+            color: Color("#e12b2b".into()),
+            text: format!("message {seq}"),
+            mine: false,
+        },
+        0,
+    )
+}
+
+#[wasm_bindgen_test]
+async fn the_list_follows_new_messages_only_at_the_bottom() {
+    let document = web_sys::window()
+        .and_then(|w| w.document())
+        .expect("document");
+    let style = document.create_element("style").expect("style");
+    style.set_text_content(Some(".messages { display: block; height: 120px; overflow-y: auto; } .messages li { height: 30px; }"));
+    document
+        .head()
+        .expect("head")
+        .append_child(&style)
+        .expect("append");
+    let root = container();
+    let lines = RwSignal::new((1..=20).map(message).collect::<Vec<_>>());
+    let _mounted = mount_to(root.clone(), move || {
+        view! { <MessageList lines=lines on_retry=Callback::new(|_: String| {}) on_discard=Callback::new(|_: String| {}) /> }
+    });
+    let list = get(&root, ".messages");
+    let gap = || f64::from(list.scroll_height() - list.scroll_top() - list.client_height());
+    until("the list starts at the bottom", || gap() <= 1.0).await;
+
+    // At the bottom: a new message scrolls into view.
+    lines.update(|l| l.push(message(21)));
+    until("following the new message", || {
+        gap() <= 1.0 && count(&root, ".messages > li") == 21
+    })
+    .await;
+    assert_eq!(count(&root, ".new-messages"), 0);
+
+    // Scrolled up: new messages are counted, not scrolled to.
+    list.set_scroll_top(0);
+    list.dispatch_event(&web_sys::Event::new("scroll").expect("event"))
+        .expect("dispatch");
+    lines.update(|l| l.extend([message(22), message(23)]));
+    until("the new-messages button", || {
+        find(&root, ".new-messages").is_some()
+    })
+    .await;
+    assert_eq!(text(&root, ".new-messages"), "2 new messages ↓");
+    assert_eq!(list.scroll_top(), 0, "the reader stays where they were");
+
+    click(&root, ".new-messages");
+    until("jumped to the bottom", || {
+        gap() <= 1.0 && find(&root, ".new-messages").is_none()
+    })
+    .await;
+}
+
 #[wasm_bindgen_test]
 async fn header_shows_the_countdown_and_retry_now() {
     let root = container();

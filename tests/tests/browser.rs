@@ -40,7 +40,12 @@ async fn two_browsers_chat_a_third_room_sees_nothing_and_text_stays_text() {
         ada.wait_for_text(".messages .notice", "Bob joined").await;
         ada.wait_for_text(".member-count", "2 members").await;
 
-        ada.say("Hello Bob, how are you?").await;
+        // Typing shows up for the others.
+        let composer = ada.client.find(fantoccini::Locator::Css("#composer-text")).await.expect("composer");
+        composer.send_keys("Hello Bob").await.expect("type");
+        bob.wait_for_text(".typing", "Ada is typing…").await;
+        ada.say(", how are you?").await;
+        bob.wait_texts(".typing", "the typing line to clear", |t| t.iter().all(String::is_empty)).await;
         bob.wait_for_text(".messages .msg .text", "Hello Bob, how are you?").await;
         bob.say("Fine, thanks!\u{E008}\u{E007}\u{E000}Second line").await; // Shift+Enter (then release Shift); Enter sends
         ada.wait_for_text(".messages .msg .text", "Second line").await;
