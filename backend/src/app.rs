@@ -6,15 +6,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::history::MemoryStore;
+use crate::config::{Config, HistoryKind};
+use crate::history::{HistoryError, HistoryStore, MemoryStore, WriteQueue};
 use crate::hub::Hub;
+use crate::sqlite::{SqliteOptions, SqliteStore, StoreError};
 
 /// Shared server state.
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
     pub hub: Hub,
+    /// The way to the history writer.
+    pub writes: WriteQueue,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Every task the server spawns, so shutdown can wait for them.
@@ -24,17 +27,33 @@ pub struct App {
 }
 
 impl App {
-    /// The state for `config`, with the in-memory history store.
-    pub fn new(config: Config) -> Arc<Self> {
-        let store = Arc::new(MemoryStore::new(config.limits.history_per_room));
+    /// The state for `config`: opens the history store and starts its writer.
+    pub fn new(config: Config) -> Result<Arc<Self>, StoreError> {
+        let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match config.history {
+            HistoryKind::Memory => {
+                let (store, writes) = MemoryStore::start(config.limits.history_per_room, config.storage.write_queue);
+                (store, writes)
+            }
+            HistoryKind::Sqlite => {
+                let options = SqliteOptions::from(&config.storage);
+                let (store, writes) = SqliteStore::start(&config.storage.data_dir, options)?;
+                (store, writes)
+            }
+        };
         let hub = Hub::new(store, config.limits.clone());
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             config,
             hub,
+            writes,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
-        })
+        }))
+    }
+
+    /// Hands a draft to the history writer for `room`.
+    pub async fn submit(&self, room: Arc<crate::room::Room>, draft: crate::history::Draft) -> Result<(), HistoryError> {
+        self.writes.submit(room, draft).await
     }
 
     /// Open WebSocket sessions.

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use natter_shared::{RoomName, Seq};
 
-use crate::config::{self, Config, ConfigError, RateConfig, RoomLimits, Timing, WsConfig};
+use crate::config::{self, Config, ConfigError, HistoryKind, RateConfig, RoomLimits, StorageConfig, Timing, WsConfig};
 use crate::origin::OriginPolicy;
 
 /// Natter: a self-hosted real-time group chat server.
@@ -15,11 +16,91 @@ use crate::origin::OriginPolicy;
 /// Every flag can also be set with the environment variable shown.
 /// Durations take a unit: 500ms, 20s, 5m (a bare number means seconds).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "natter", version, about, long_about)]
+#[command(name = "natter", version, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Tasks besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Write a room's history to stdout as NDJSON (one event per line, the wire JSON).
+    Export(ExportArgs),
+    /// Read NDJSON events (as written by export) from stdin into a room of an empty database.
+    Import(ImportArgs),
+}
+
+/// `natter export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Directory holding the database.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The room to export.
+    #[arg(long, value_parser = parse_room)]
+    pub room: RoomName,
+    /// Only events after this seq.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+}
+
+impl ExportArgs {
+    /// The `--since` seq.
+    pub fn since(&self) -> Seq {
+        Seq(self.since)
+    }
+}
+
+/// `natter import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Directory holding the database (created if missing; must hold no events).
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The room to import into.
+    #[arg(long, value_parser = parse_room)]
+    pub room: RoomName,
+}
+
+fn parse_room(raw: &str) -> Result<RoomName, String> {
+    RoomName::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Serving flags (the default command).
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
     /// Address to listen on (use 0.0.0.0:8080 to accept connections from other machines).
     #[arg(long, env = "NATTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Where history is kept: sqlite (durable, in --data-dir) or memory (lost on restart).
+    #[arg(long, env = "NATTER_HISTORY", value_enum, default_value_t = HistoryKind::Sqlite)]
+    pub history: HistoryKind,
+
+    /// Directory for the database (created on first start).
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Keep at most this many events per room; older ones are deleted in the background (sqlite).
+    #[arg(long, env = "NATTER_RETAIN_COUNT")]
+    pub retain_count: Option<u64>,
+
+    /// Delete events older than this, e.g. 720h (sqlite).
+    #[arg(long, env = "NATTER_RETAIN_AGE", value_parser = parse_duration)]
+    pub retain_age: Option<Duration>,
+
+    /// How often retention runs.
+    #[arg(long, env = "NATTER_RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Most megabytes the database may use; beyond it new messages are refused
+    /// with storage_unavailable until space is freed (sqlite).
+    #[arg(long, env = "NATTER_MAX_DB_MB")]
+    pub max_db_mb: Option<u64>,
 
     /// Directory of the built chat page (trunk's output, holding index.html).
     #[arg(long, env = "NATTER_BUNDLE_DIR", default_value = config::DEFAULT_BUNDLE_DIR)]
@@ -28,11 +109,7 @@ pub struct Cli {
     /// Another origin whose pages may connect, e.g. https://chat.example.com (repeatable,
     /// or comma-separated in the variable). The server's own origin is always allowed;
     /// '*' allows any page (development only).
-    #[arg(
-        long = "allow-origin",
-        env = "NATTER_ALLOW_ORIGINS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-origin", env = "NATTER_ALLOW_ORIGINS", value_delimiter = ',')]
     pub allow_origins: Vec<String>,
 
     /// Most open connections; more get HTTP 503.
@@ -47,7 +124,7 @@ pub struct Cli {
     #[arg(long, env = "NATTER_MAX_MEMBERS_PER_ROOM", default_value_t = config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
     pub max_members_per_room: usize,
 
-    /// Events kept per room by the in-memory history.
+    /// Events kept per room by the in-memory history (--history memory).
     #[arg(long, env = "NATTER_HISTORY_PER_ROOM", default_value_t = config::DEFAULT_HISTORY_PER_ROOM)]
     pub history_per_room: usize,
 
@@ -97,21 +174,24 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 500ms, 20s or 5m"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{raw:?} is not a duration like 500ms, 20s or 5m"))?;
     match unit.trim() {
         "ms" => Ok(Duration::from_millis(n)),
         "" | "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        other => Err(format!(
-            "unknown unit {other:?} in {raw:?}; use ms, s, m or h"
-        )),
+        other => Err(format!("unknown unit {other:?} in {raw:?}; use ms, s, m or h")),
     }
 }
 
 impl Cli {
+    /// The server configuration the serving flags describe.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        self.serve.config()
+    }
+}
+
+impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let defaults = Config::default();
@@ -119,6 +199,15 @@ impl Cli {
             bundle_dir: self.bundle_dir.clone(),
             origins: OriginPolicy::new(&self.allow_origins)?,
             max_connections: self.max_connections,
+            history: self.history,
+            storage: StorageConfig {
+                data_dir: self.data_dir.clone(),
+                retain_count: self.retain_count,
+                retain_age: self.retain_age,
+                retention_interval: self.retention_interval,
+                max_db_bytes: self.max_db_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                ..StorageConfig::default()
+            },
             limits: RoomLimits {
                 outbound_queue: self.outbound_queue,
                 history_per_room: self.history_per_room,
@@ -127,11 +216,7 @@ impl Cli {
                 max_rooms: self.max_rooms,
                 max_members_per_room: self.max_members_per_room,
             },
-            rate: RateConfig {
-                per_sec: self.rate_per_sec,
-                burst: self.rate_burst,
-                strikes: self.rate_strikes,
-            },
+            rate: RateConfig { per_sec: self.rate_per_sec, burst: self.rate_burst, strikes: self.rate_strikes },
             timing: Timing {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
@@ -173,12 +258,29 @@ mod tests {
         let cli = Cli::try_parse_from(["natter"]).expect("parses");
         let config = cli.config().expect("valid");
         let defaults = Config::default();
-        assert_eq!(cli.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(cli.serve.listen.to_string(), config::DEFAULT_LISTEN);
+        assert_eq!(config.history, HistoryKind::Sqlite);
+        assert_eq!(config.storage.data_dir, PathBuf::from(config::DEFAULT_DATA_DIR));
         assert_eq!(config.timing.ping_interval, defaults.timing.ping_interval);
         assert_eq!(config.timing.pong_timeout, defaults.timing.pong_timeout);
         assert_eq!(config.timing.leave_grace, defaults.timing.leave_grace);
         assert_eq!(config.rate.per_sec, defaults.rate.per_sec);
         assert_eq!(config.limits.outbound_queue, defaults.limits.outbound_queue);
+    }
+
+    #[test]
+    fn export_and_import_are_subcommands() {
+        let cli = Cli::try_parse_from(["natter", "export", "--room", "lobby", "--since", "5"]).expect("parses");
+        match cli.command {
+            Some(Command::Export(e)) => assert_eq!((e.room.as_str(), e.since()), ("lobby", Seq(5))),
+            other => panic!("expected export, got {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["natter", "export", "--room", "Bad Room"]).is_err());
+        assert!(Cli::try_parse_from(["natter", "import", "--room", "lobby", "--data-dir", "/tmp/x"]).is_ok());
+        let mem = Cli::try_parse_from(["natter", "--history", "memory", "--max-db-mb", "2"]).expect("parses");
+        let config = mem.config().expect("valid");
+        assert_eq!(config.history, HistoryKind::Memory);
+        assert_eq!(config.storage.max_db_bytes, Some(2 * 1024 * 1024));
     }
 
     #[test]
@@ -193,12 +295,7 @@ mod tests {
         .expect("parses");
         let config = cli.config().expect("valid");
         assert_eq!(config.timing.leave_grace, Duration::from_millis(250));
-        assert!(
-            config
-                .origins
-                .check(Some("https://b.example"), Some("x"))
-                .is_ok()
-        );
+        assert!(config.origins.check(Some("https://b.example"), Some("x")).is_ok());
         let bad = Cli::try_parse_from(["natter", "--allow-origin", "b.example"]).expect("parses");
         assert!(bad.config().is_err());
         assert!(Cli::try_parse_from(["natter", "--listen", "nowhere"]).is_err());

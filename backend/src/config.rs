@@ -56,6 +56,55 @@ pub const DEFAULT_WS_READ_BUFFER: usize = 4 * 1024;
 /// writes everything, so this only merges frames of one batch.
 pub const DEFAULT_WS_WRITE_BUFFER: usize = 16 * 1024;
 
+/// Default directory for the database.
+pub const DEFAULT_DATA_DIR: &str = "natter-data";
+/// Writes queued for the history writer before senders wait.
+pub const DEFAULT_WRITE_QUEUE: usize = 65_536;
+/// Most events the writer stores in one transaction (group commit).
+pub const DEFAULT_WRITE_BATCH: usize = 4_096;
+/// How often retention looks for events to delete.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HistoryKind {
+    /// SQLite in the data directory: survives restarts and crashes.
+    #[default]
+    Sqlite,
+    /// In memory, bounded per room: lost on restart (tests, ephemeral rooms).
+    Memory,
+}
+
+/// Durable storage settings.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub write_queue: usize,
+    pub write_batch: usize,
+    /// Keep at most this many events per room (older ones are deleted).
+    pub retain_count: Option<u64>,
+    /// Delete events older than this.
+    pub retain_age: Option<Duration>,
+    pub retention_interval: Duration,
+    /// Most bytes the database may use; beyond it writes fail with
+    /// `storage_unavailable` until space is freed.
+    pub max_db_bytes: Option<u64>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            write_queue: DEFAULT_WRITE_QUEUE,
+            write_batch: DEFAULT_WRITE_BATCH,
+            retain_count: None,
+            retain_age: None,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            max_db_bytes: None,
+        }
+    }
+}
+
 /// Everything the server needs to know. `Default` is the documented default.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +113,8 @@ pub struct Config {
     /// Which browser origins may open a WebSocket.
     pub origins: OriginPolicy,
     pub max_connections: usize,
+    pub history: HistoryKind,
+    pub storage: StorageConfig,
     pub limits: RoomLimits,
     pub rate: RateConfig,
     pub timing: Timing,
@@ -115,6 +166,8 @@ impl Default for Config {
             bundle_dir: PathBuf::from(DEFAULT_BUNDLE_DIR),
             origins: OriginPolicy::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            history: HistoryKind::default(),
+            storage: StorageConfig::default(),
             limits: RoomLimits::default(),
             rate: RateConfig::default(),
             timing: Timing::default(),
@@ -138,11 +191,7 @@ impl Default for RoomLimits {
 
 impl Default for RateConfig {
     fn default() -> Self {
-        Self {
-            per_sec: DEFAULT_RATE_PER_SEC,
-            burst: DEFAULT_RATE_BURST,
-            strikes: DEFAULT_RATE_STRIKES,
-        }
+        Self { per_sec: DEFAULT_RATE_PER_SEC, burst: DEFAULT_RATE_BURST, strikes: DEFAULT_RATE_STRIKES }
     }
 }
 
@@ -174,11 +223,7 @@ impl Default for WsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name} must be at least {min} (got {value})")]
-    TooSmall {
-        name: &'static str,
-        min: u64,
-        value: u64,
-    },
+    TooSmall { name: &'static str, min: u64, value: u64 },
     #[error("--allow-origin {0:?} is not an origin like https://chat.example.com[:port] (or *)")]
     BadOrigin(String),
 }
@@ -187,17 +232,15 @@ impl Config {
     /// Checks the bounds that would make the server misbehave rather than
     /// refuse clearly (a zero queue, a zero rate).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, u64, u64); 10] = [
+        let checks: [(&'static str, u64, u64); 12] = [
+            ("write queue", 1, self.storage.write_queue as u64),
+            ("write batch", 1, self.storage.write_batch as u64),
             ("max connections", 1, self.max_connections as u64),
             ("outbound queue", 2, self.limits.outbound_queue as u64),
             ("history per room", 1, self.limits.history_per_room as u64),
             ("replay max", 1, self.limits.replay_max as u64),
             ("max rooms", 1, self.limits.max_rooms as u64),
-            (
-                "max members per room",
-                1,
-                self.limits.max_members_per_room as u64,
-            ),
+            ("max members per room", 1, self.limits.max_members_per_room as u64),
             ("rate per second", 1, u64::from(self.rate.per_sec)),
             ("rate burst", 1, u64::from(self.rate.burst)),
             ("max message bytes", 1024, self.ws.max_message_bytes as u64),
@@ -225,13 +268,6 @@ mod tests {
     fn a_zero_queue_is_refused() {
         let mut config = Config::default();
         config.limits.outbound_queue = 0;
-        assert_eq!(
-            config.validate(),
-            Err(ConfigError::TooSmall {
-                name: "outbound queue",
-                min: 2,
-                value: 0
-            })
-        );
+        assert_eq!(config.validate(), Err(ConfigError::TooSmall { name: "outbound queue", min: 2, value: 0 }));
     }
 }

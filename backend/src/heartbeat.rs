@@ -31,12 +31,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Starts at `now`: the first ping is due after `interval`.
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
-        Self {
-            interval,
-            timeout,
-            ping_sent: None,
-            next_ping: now + interval,
-        }
+        Self { interval, timeout, ping_sent: None, next_ping: now + interval }
     }
 
     /// When [`Heartbeat::on_deadline`] should next be called.
@@ -54,11 +49,7 @@ impl Heartbeat {
                 // Answered: schedule the next ping from the one that was answered.
                 self.ping_sent = None;
                 self.next_ping = sent + self.interval;
-                if now >= self.next_ping {
-                    self.send(now)
-                } else {
-                    Beat::Wait
-                }
+                if now >= self.next_ping { self.send(now) } else { Beat::Wait }
             }
             Some(sent) if now >= sent + self.timeout => Beat::TimedOut,
             Some(_) => Beat::Wait,
@@ -107,9 +98,6 @@ mod tests {
         let mut hb = Heartbeat::new(I, T, t0);
         assert_eq!(hb.on_deadline(t0 + Duration::from_secs(1), t0), Beat::Wait);
         assert_eq!(hb.on_deadline(t0 + I, t0), Beat::Ping);
-        assert_eq!(
-            hb.on_deadline(t0 + I + Duration::from_secs(1), t0),
-            Beat::Wait
-        );
+        assert_eq!(hb.on_deadline(t0 + I + Duration::from_secs(1), t0), Beat::Wait);
     }
 }

@@ -23,32 +23,21 @@ pub const CACHE_REVALIDATE: &str = "no-cache";
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+    Empty::new().map_err(|never: Infallible| match never {}).boxed()
 }
 
 /// A plain-text response.
 pub fn text_response(status: StatusCode, text: &str) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(format!("{text}\n")))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
+    let mut resp =
+        Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|never: Infallible| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 /// Converts warp's response into ours.
 pub fn from_warp(resp: warp::reply::Response) -> Response<Body> {
-    resp.map(|body| {
-        body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            .boxed()
-    })
+    resp.map(|body| body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed())
 }
 
 /// True for a file name trunk gave a content hash (`app-0123456789abcdef_bg.wasm`):
@@ -64,15 +53,8 @@ pub fn is_hashed_asset(name: &str) -> bool {
 
 /// The `Cache-Control` value for a file of the bundle.
 pub fn cache_policy(path: &Path) -> &'static str {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    if is_hashed_asset(name) {
-        CACHE_IMMUTABLE
-    } else {
-        CACHE_REVALIDATE
-    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if is_hashed_asset(name) { CACHE_IMMUTABLE } else { CACHE_REVALIDATE }
 }
 
 /// True for paths the page routes itself (no file extension in the last segment).
@@ -96,14 +78,8 @@ fn with_headers(reply: impl Reply, cache: &'static str) -> warp::reply::Response
     let mut resp = reply.into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
 }
 
@@ -114,69 +90,45 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
     let get_or_head = warp::get().or(warp::head()).unify().boxed();
 
     let health_app = app.clone();
-    let healthz = warp::path!("healthz")
-        .and(get_or_head.clone())
-        .map(move || {
-            let body = serde_json::json!({
-                "status": "ok",
-                "sessions": health_app.session_count(),
-                "rooms": health_app.hub.room_count(),
-            });
-            with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
+    let healthz = warp::path!("healthz").and(get_or_head.clone()).map(move || {
+        let body = serde_json::json!({
+            "status": "ok",
+            "sessions": health_app.session_count(),
+            "rooms": health_app.hub.room_count(),
         });
+        with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
+    });
 
-    let files = get_or_head
-        .clone()
-        .and(warp::fs::dir(dir.clone()))
-        .map(|file: warp::fs::File| {
-            let cache = cache_policy(file.path());
-            with_headers(file, cache)
-        });
+    let files = get_or_head.clone().and(warp::fs::dir(dir.clone())).map(|file: warp::fs::File| {
+        let cache = cache_policy(file.path());
+        with_headers(file, cache)
+    });
 
     let spa = get_or_head
         .clone()
         .and(warp::path::full())
         .and_then(|path: warp::path::FullPath| async move {
-            if is_app_route(path.as_str()) {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
+            if is_app_route(path.as_str()) { Ok(()) } else { Err(warp::reject::not_found()) }
         })
         .untuple_one()
         .and(warp::fs::file(index.clone()))
         .map(|file: warp::fs::File| with_headers(file, CACHE_REVALIDATE));
 
     let page = NO_BUNDLE_PAGE.replace("BUNDLE_DIR", &html_escape(&dir.display().to_string()));
-    let no_bundle =
-        get_or_head
-            .and(warp::path::full())
-            .and_then(move |path: warp::path::FullPath| {
-                let page = page.clone();
-                let index = index.clone();
-                async move {
-                    if is_app_route(path.as_str()) && !index.exists() {
-                        let reply = warp::reply::with_status(
-                            warp::reply::html(page),
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        );
-                        Ok(with_headers(reply, CACHE_REVALIDATE))
-                    } else {
-                        Err(warp::reject::not_found())
-                    }
-                }
-            });
+    let no_bundle = get_or_head.and(warp::path::full()).and_then(move |path: warp::path::FullPath| {
+        let page = page.clone();
+        let index = index.clone();
+        async move {
+            if is_app_route(path.as_str()) && !index.exists() {
+                let reply = warp::reply::with_status(warp::reply::html(page), StatusCode::SERVICE_UNAVAILABLE);
+                Ok(with_headers(reply, CACHE_REVALIDATE))
+            } else {
+                Err(warp::reject::not_found())
+            }
+        }
+    });
 
-    healthz
-        .or(files)
-        .unify()
-        .or(spa)
-        .unify()
-        .or(no_bundle)
-        .unify()
-        .recover(recover)
-        .unify()
-        .boxed()
+    healthz.or(files).unify().or(spa).unify().or(no_bundle).unify().recover(recover).unify().boxed()
 }
 
 async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
@@ -192,10 +144,7 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -212,13 +161,7 @@ mod tests {
             assert!(is_hashed_asset(hashed), "{hashed}");
             assert_eq!(cache_policy(Path::new(hashed)), CACHE_IMMUTABLE);
         }
-        for plain in [
-            "index.html",
-            "favicon.ico",
-            "natter-frontend.js",
-            "a-0123.css",
-            "x-0123456789abcdeg.js",
-        ] {
+        for plain in ["index.html", "favicon.ico", "natter-frontend.js", "a-0123.css", "x-0123456789abcdeg.js"] {
             assert!(!is_hashed_asset(plain), "{plain}");
             assert_eq!(cache_policy(Path::new(plain)), CACHE_REVALIDATE);
         }

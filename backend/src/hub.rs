@@ -32,12 +32,7 @@ pub struct Hub {
 impl Hub {
     /// An empty hub whose rooms keep their history in `store`.
     pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Self {
-        Self {
-            rooms: Mutex::new(HashMap::new()),
-            store,
-            limits,
-            next_id: AtomicU64::new(1),
-        }
+        Self { rooms: Mutex::new(HashMap::new()), store, limits, next_id: AtomicU64::new(1) }
     }
 
     /// A fresh id for a connection or a membership.
@@ -54,13 +49,7 @@ impl Hub {
         if rooms.len() >= self.limits.max_rooms {
             return Err(HubError::TooManyRooms);
         }
-        let history = self.store.open(name)?;
-        let room = Arc::new(Room::new(
-            name.clone(),
-            history,
-            self.store.history_id().to_owned(),
-            self.limits.clone(),
-        ));
+        let room = Arc::new(Room::open(name.clone(), self.store.clone(), self.limits.clone())?);
         rooms.insert(name.clone(), room.clone());
         Ok(room)
     }

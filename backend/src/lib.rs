@@ -11,7 +11,8 @@
 //! * [`session`] — one WebSocket: reader + writer, protocol handling, how it ends.
 //! * [`outbound`] — a connection's bounded queue and its close "kick".
 //! * [`hub`] and [`room`] — rooms, members, presence, ordering, dedupe.
-//! * [`history`] — the `History` traits and the in-memory store.
+//! * [`history`] — the `HistoryStore` trait, the writer queue, the in-memory store.
+//! * [`sqlite`] — the durable store: SQLite (WAL), one group-committing writer thread.
 //! * [`rate_limit`], [`heartbeat`], [`origin`] — plain policies with unit tests.
 //! * [`config`] and [`cli`] — every bound and timeout, with defaults as constants.
 
@@ -29,6 +30,8 @@ pub mod rate_limit;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod sqlite;
+pub mod transfer;
 pub mod upgrade;
 
 pub use config::Config;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use natter_backend::cli::Cli;
+use natter_backend::cli::{Cli, Command};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -15,13 +15,41 @@ const DEFAULT_LOG_FILTER: &str = "info";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 
+    match &cli.command {
+        Some(Command::Export(args)) => {
+            let mut out = std::io::stdout().lock();
+            return match natter_backend::transfer::export(&args.data_dir, &args.room, args.since(), &mut out) {
+                Ok(n) => {
+                    eprintln!("natter: exported {n} events of #{}", args.room);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("natter: export failed: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Some(Command::Import(args)) => {
+            let input = std::io::stdin().lock();
+            return match natter_backend::transfer::import(&args.data_dir, &args.room, input) {
+                Ok(n) => {
+                    eprintln!("natter: imported {n} events into #{}", args.room);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("natter: import failed: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
+    }
+    let cli = cli.serve;
     let config = match cli.config() {
         Ok(config) => config,
         Err(e) => {
@@ -29,10 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("natter: cannot start the runtime: {e}");
@@ -47,9 +72,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let addr = listener
-            .local_addr()
-            .map_or_else(|_| cli.listen.to_string(), |a| a.to_string());
+        let addr = listener.local_addr().map_or_else(|_| cli.listen.to_string(), |a| a.to_string());
         info!("Natter is running at http://{addr}/");
         match natter_backend::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -35,13 +35,9 @@ impl OriginPolicy {
                 continue;
             }
             let origin = normalize(raw);
-            let rest = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"));
+            let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
             match rest {
-                Some(authority)
-                    if !authority.is_empty() && !authority.contains(['/', '?', '#', ' ']) =>
-                {
+                Some(authority) if !authority.is_empty() && !authority.contains(['/', '?', '#', ' ']) => {
                     policy.allowed.push(origin);
                 }
                 _ => return Err(ConfigError::BadOrigin(raw.to_owned())),
@@ -58,13 +54,9 @@ impl OriginPolicy {
         if self.any || self.allowed.contains(&normalized) {
             return Ok(());
         }
-        let authority = normalized
-            .strip_prefix("http://")
-            .or_else(|| normalized.strip_prefix("https://"));
+        let authority = normalized.strip_prefix("http://").or_else(|| normalized.strip_prefix("https://"));
         match (authority, host) {
-            (Some(authority), Some(host)) if authority == host.trim().to_ascii_lowercase() => {
-                Ok(())
-            }
+            (Some(authority), Some(host)) if authority == host.trim().to_ascii_lowercase() => Ok(()),
             _ => Err(OriginRefused(origin.to_owned())),
         }
     }
@@ -76,23 +68,14 @@ mod tests {
 
     #[test]
     fn no_origin_is_a_non_browser_client_and_is_allowed() {
-        assert_eq!(
-            OriginPolicy::default().check(None, Some("127.0.0.1:8080")),
-            Ok(())
-        );
+        assert_eq!(OriginPolicy::default().check(None, Some("127.0.0.1:8080")), Ok(()));
     }
 
     #[test]
     fn the_servers_own_origin_is_allowed() {
         let p = OriginPolicy::default();
-        assert_eq!(
-            p.check(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")),
-            Ok(())
-        );
-        assert_eq!(
-            p.check(Some("https://Chat.Example.com"), Some("chat.example.com")),
-            Ok(())
-        );
+        assert_eq!(p.check(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")), Ok(()));
+        assert_eq!(p.check(Some("https://Chat.Example.com"), Some("chat.example.com")), Ok(()));
     }
 
     #[test]
@@ -105,24 +88,15 @@ mod tests {
             ("http://127.0.0.1:8080", None),
             ("ftp://127.0.0.1:8080", Some("127.0.0.1:8080")),
         ] {
-            assert!(
-                p.check(Some(origin), host).is_err(),
-                "{origin} should be refused"
-            );
+            assert!(p.check(Some(origin), host).is_err(), "{origin} should be refused");
         }
     }
 
     #[test]
     fn listed_origins_are_allowed_after_normalizing() {
         let p = OriginPolicy::new(&["https://Pages.Example.com/"]).expect("valid");
-        assert_eq!(
-            p.check(Some("https://pages.example.com"), Some("api.example.com")),
-            Ok(())
-        );
-        assert!(
-            p.check(Some("http://pages.example.com"), Some("api.example.com"))
-                .is_err()
-        );
+        assert_eq!(p.check(Some("https://pages.example.com"), Some("api.example.com")), Ok(()));
+        assert!(p.check(Some("http://pages.example.com"), Some("api.example.com")).is_err());
     }
 
     #[test]
@@ -133,17 +107,8 @@ mod tests {
 
     #[test]
     fn malformed_allowed_origins_are_config_errors() {
-        for bad in [
-            "example.com",
-            "https://",
-            "https://a.com/path",
-            "ws://a.com",
-        ] {
-            assert_eq!(
-                OriginPolicy::new(&[bad]),
-                Err(ConfigError::BadOrigin(bad.to_owned())),
-                "{bad}"
-            );
+        for bad in ["example.com", "https://", "https://a.com/path", "ws://a.com"] {
+            assert_eq!(OriginPolicy::new(&[bad]), Err(ConfigError::BadOrigin(bad.to_owned())), "{bad}");
         }
     }
 }

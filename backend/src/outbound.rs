@@ -46,18 +46,12 @@ impl CloseReason {
             Self::Lagged => (close::LAGGED, close::LAGGED_REASON),
             Self::Replaced => (close::REPLACED, close::REPLACED_REASON),
             Self::PeerClosed => return None,
-            Self::Binary => (
-                close::UNSUPPORTED_DATA,
-                "binary frames are not supported; send JSON text",
-            ),
+            Self::Binary => (close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"),
             Self::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
             Self::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
             Self::Protocol => (1002, "WebSocket protocol error"),
             Self::Flooding => (close::POLICY_VIOLATION, "too many messages; slow down"),
-            Self::Shutdown => (
-                close::SERVICE_RESTART,
-                "server restarting; reconnect and resume",
-            ),
+            Self::Shutdown => (close::SERVICE_RESTART, "server restarting; reconnect and resume"),
         })
     }
 }
@@ -123,14 +117,7 @@ pub struct ConnReceiver {
 pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let kick = Arc::new(Kick::default());
-    (
-        ConnHandle {
-            id,
-            tx,
-            kick: kick.clone(),
-        },
-        ConnReceiver { rx, kick },
-    )
+    (ConnHandle { id, tx, kick: kick.clone() }, ConnReceiver { rx, kick })
 }
 
 /// Serializes a message once; the bytes are shared by every recipient.
@@ -199,18 +186,12 @@ mod tests {
         handle.kick(CloseReason::Replaced);
         handle.kick(CloseReason::Lagged);
         assert_eq!(receiver.kick.kicked().await, CloseReason::Replaced);
-        assert_eq!(
-            CloseReason::Replaced.frame(),
-            Some((close::REPLACED, close::REPLACED_REASON))
-        );
+        assert_eq!(CloseReason::Replaced.frame(), Some((close::REPLACED, close::REPLACED_REASON)));
     }
 
     #[test]
     fn encode_produces_the_wire_json() {
         let frame = encode(&ServerMsg::error(ErrorCode::NotJoined, "say hello first"));
-        assert_eq!(
-            frame.as_str(),
-            r#"{"type":"error","code":"not_joined","message":"say hello first"}"#
-        );
+        assert_eq!(frame.as_str(), r#"{"type":"error","code":"not_joined","message":"say hello first"}"#);
     }
 }

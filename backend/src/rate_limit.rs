@@ -51,11 +51,7 @@ impl TokenBucket {
             Verdict::Allow
         } else {
             self.strikes += 1;
-            if self.strikes > self.max_strikes {
-                Verdict::Disconnect
-            } else {
-                Verdict::Refuse
-            }
+            if self.strikes > self.max_strikes { Verdict::Disconnect } else { Verdict::Refuse }
         }
     }
 }
@@ -67,14 +63,7 @@ mod tests {
     use super::*;
 
     fn bucket(now: Instant) -> TokenBucket {
-        TokenBucket::new(
-            RateConfig {
-                per_sec: 5,
-                burst: 10,
-                strikes: 3,
-            },
-            now,
-        )
+        TokenBucket::new(RateConfig { per_sec: 5, burst: 10, strikes: 3 }, now)
     }
 
     #[test]

@@ -1,22 +1,25 @@
-//! One room: its members, its history and the order of its events.
+//! One room: its members, its recent events, and the order of its events.
 //!
 //! Every change to a room happens under its lock, and every frame it sends is
-//! queued (never awaited) under that lock, so all members see the same events
-//! in the same seq order. The lock is a plain mutex held for microseconds and
-//! never across an `.await`.
+//! queued (never awaited) under that lock. Events get their seq from the
+//! history writer; the writer hands each stored event back through
+//! [`Room::committed`] in seq order, which acknowledges and broadcasts it, so
+//! all members see the same events in the same order and nothing is
+//! acknowledged before it is stored. The lock is a plain mutex held for
+//! microseconds and never across an `.await`.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::{
-    Ack, ChatMessage, ClientMsgId, Color, Member, MessageText, Notice, NoticeKind, ResumeToken,
-    RoomEvent, RoomName, Seq, ServerMsg, Timestamp, TypingUpdate, UserName, Welcome, color_for,
-    limits::TYPING_REFRESH_MS,
+    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
+    RoomName, Seq, ServerMsg, TypingUpdate, UserName, Welcome, color_for, limits::TYPING_REFRESH_MS,
 };
 use tokio::time::Instant;
+use tracing::warn;
 
 use crate::config::RoomLimits;
-use crate::history::{HistoryError, RoomHistory, SenderKey};
+use crate::history::{Draft, HistoryError, HistoryStore, Outcome, Replay};
 use crate::outbound::{CloseReason, ConnHandle, ConnId, encode};
 
 /// Identifies one membership (a name in a room, across resumes).
@@ -42,10 +45,10 @@ pub struct JoinRequest {
 }
 
 /// How a join went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum JoinKind {
-    /// A new member; `joined` was announced.
-    Joined,
+    /// A new member: the `joined` notice to store and announce.
+    Joined(Draft),
     /// The same browser took its session back with its token; nothing announced.
     Resumed,
 }
@@ -61,14 +64,10 @@ pub enum JoinError {
     Storage(#[from] HistoryError),
 }
 
-/// The outcome of a `say`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Said {
-    /// Stored and delivered under this seq.
-    New(Seq),
-    /// Already stored under this seq (a re-send): acknowledged again only.
-    Duplicate(Seq),
-}
+/// The membership ended (timed out) while a request was in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no longer a member of this room")]
+pub struct NotMember;
 
 #[derive(Debug)]
 struct MemberEntry {
@@ -86,67 +85,63 @@ struct MemberEntry {
 
 impl MemberEntry {
     fn wire(&self) -> Member {
-        Member {
-            name: self.name.clone(),
-            color: self.color.clone(),
-        }
+        Member { name: self.name.clone(), color: self.color.clone() }
+    }
+
+    fn notice(&self, kind: NoticeKind) -> Draft {
+        Draft::Notice { kind, name: self.name.clone(), color: self.color.clone() }
     }
 }
 
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
-    history: Box<dyn RoomHistory>,
-    last_ts: Timestamp,
+    /// The latest stored events (for welcomes and short replays).
+    recent: VecDeque<RoomEvent>,
+    /// The latest stored seq this room has announced.
+    head: Seq,
 }
 
 /// A chat room.
 #[derive(Debug)]
 pub struct Room {
     pub name: RoomName,
-    history_id: String,
+    store: Arc<dyn HistoryStore>,
     limits: RoomLimits,
+    /// Events kept in `recent`: what a welcome shows, never more than the store keeps.
+    recent_max: usize,
     state: Mutex<RoomState>,
 }
 
 impl Room {
-    /// An empty room over `history`.
-    pub fn new(
-        name: RoomName,
-        history: Box<dyn RoomHistory>,
-        history_id: String,
-        limits: RoomLimits,
-    ) -> Self {
-        Self {
+    /// Opens a room over `store`, loading its latest events.
+    pub fn open(name: RoomName, store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Result<Self, HistoryError> {
+        let recent_max = limits.welcome_history.min(store.keeps().unwrap_or(usize::MAX)).max(1);
+        let (head, latest) = store.open_room(&name, recent_max)?;
+        Ok(Self {
             name,
-            history_id,
+            store,
             limits,
-            state: Mutex::new(RoomState {
-                members: HashMap::new(),
-                history,
-                last_ts: Timestamp(0),
-            }),
-        }
+            recent_max,
+            state: Mutex::new(RoomState { members: HashMap::new(), recent: latest.into(), head }),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomState> {
         // A panic while holding the lock leaves consistent data (every
         // mutation is a single step), so keep serving instead of cascading.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Joins (or resumes) and queues the `welcome` on `conn`. A new member is
-    /// announced to the others with a `joined` notice, which is also the last
-    /// event of the joiner's welcome history.
+    /// Joins (or resumes) and queues the `welcome` on `conn`. A new member's
+    /// `joined` notice is returned, to be stored and announced (to everyone,
+    /// the joiner included) by the writer.
     pub fn join(
         &self,
         req: JoinRequest,
         conn: &ConnHandle,
         new_member_id: MemberId,
         token: ResumeToken,
-        now: Timestamp,
     ) -> Result<(Membership, JoinKind), JoinError> {
         let key = req.name.key();
         let mut guard = self.lock();
@@ -160,11 +155,7 @@ impl Room {
                 }
                 existing.epoch += 1;
                 existing.typing_since = None;
-                let m = Membership {
-                    member_id: existing.id,
-                    key: key.clone(),
-                    name: existing.name.clone(),
-                };
+                let m = Membership { member_id: existing.id, key: key.clone(), name: existing.name.clone() };
                 (m, JoinKind::Resumed)
             }
             Some(_) => return Err(JoinError::NameTaken),
@@ -172,51 +163,28 @@ impl Room {
                 if state.members.len() >= self.limits.max_members_per_room {
                     return Err(JoinError::RoomFull);
                 }
-                let color = color_for(&req.name);
-                let notice = RoomEvent::Notice(Notice {
-                    seq: state.history.head().next(),
-                    ts: state.stamp(now),
-                    kind: NoticeKind::Joined,
+                let entry = MemberEntry {
+                    id: new_member_id,
                     name: req.name.clone(),
-                    color: color.clone(),
-                });
-                state.history.append(notice.clone(), None)?;
-                state.broadcast(&encode(&notice.into()), None);
-                state.members.insert(
-                    key.clone(),
-                    MemberEntry {
-                        id: new_member_id,
-                        name: req.name.clone(),
-                        color,
-                        token,
-                        conn: Some(conn.clone()),
-                        epoch: 0,
-                        typing_since: None,
-                    },
-                );
-                let m = Membership {
-                    member_id: new_member_id,
-                    key: key.clone(),
-                    name: req.name,
+                    color: color_for(&req.name),
+                    token,
+                    conn: Some(conn.clone()),
+                    epoch: 0,
+                    typing_since: None,
                 };
-                (m, JoinKind::Joined)
+                let notice = entry.notice(NoticeKind::Joined);
+                state.members.insert(key.clone(), entry);
+                let m = Membership { member_id: new_member_id, key: key.clone(), name: req.name };
+                (m, JoinKind::Joined(notice))
             }
         };
 
-        let same_history = req
-            .history_id
-            .as_deref()
-            .is_none_or(|id| id == self.history_id);
+        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.store.history_id());
         let replay = match req.last_seq {
             // A seq of another history (an in-memory server that restarted),
             // or beyond the head, means nothing here: start afresh.
-            Some(last) if same_history && last <= state.history.head() => {
-                state.history.after(last, self.limits.replay_max)
-            }
-            _ => crate::history::Replay {
-                events: state.history.latest(self.limits.welcome_history),
-                missed: 0,
-            },
+            Some(last) if same_history && last <= state.head => self.replay(state, last)?,
+            _ => Replay { events: state.latest(self.limits.welcome_history), missed: 0 },
         };
         let me = &state.members[&key];
         let mut members: Vec<Member> = state.members.values().map(MemberEntry::wire).collect();
@@ -224,65 +192,86 @@ impl Room {
         let welcome = ServerMsg::Welcome(Welcome {
             you: me.wire(),
             room: self.name.clone(),
-            seq_head: state.history.head(),
+            seq_head: state.head,
             members,
             history: replay.events,
             resume_token: me.token.clone(),
-            history_id: self.history_id.clone(),
+            history_id: self.store.history_id().to_owned(),
             missed: (replay.missed > 0).then_some(replay.missed),
         });
         conn.send_msg(&welcome);
         Ok((membership, kind))
     }
 
-    /// Stores and delivers a message: `ack` to the sender, `message` to the
-    /// others. A re-sent `cid` is acknowledged with its original seq only.
+    /// The events after `last` up to the announced head: from memory when
+    /// recent enough, else from the store.
+    fn replay(&self, state: &RoomState, last: Seq) -> Result<Replay, HistoryError> {
+        let covered = state.recent.front().is_some_and(|first| first.seq() <= last.next()) || state.head == last;
+        if covered {
+            let events: Vec<RoomEvent> = state.recent.iter().filter(|e| e.seq() > last).cloned().collect();
+            let skip = events.len().saturating_sub(self.limits.replay_max);
+            return Ok(crate::history::replay_of(last, state.head, events.into_iter().skip(skip).collect()));
+        }
+        self.store.after(&self.name, last, state.head, self.limits.replay_max)
+    }
+
+    /// The draft of a chat message from `who`, for the writer. Stops the
+    /// member's typing indicator.
     pub fn say(
         &self,
         who: &Membership,
         conn: &ConnHandle,
         cid: ClientMsgId,
         text: MessageText,
-        now: Timestamp,
-    ) -> Result<Said, HistoryError> {
+    ) -> Result<Draft, NotMember> {
+        let mut guard = self.lock();
+        let member = guard.members.get_mut(&who.key).filter(|m| m.id == who.member_id).ok_or(NotMember)?;
+        member.typing_since = None;
+        Ok(Draft::Message {
+            name: member.name.clone(),
+            color: member.color.clone(),
+            text,
+            cid,
+            sender: conn.clone(),
+            member: member.id,
+        })
+    }
+
+    /// The writer stored (or refused) a draft: acknowledge and broadcast it.
+    pub fn committed(&self, draft: Draft, outcome: Outcome) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let sender: SenderKey = (who.key.clone(), cid);
-        if let Some((seq, ts)) = state.history.find_sent(&sender) {
-            conn.send_msg(&ServerMsg::Ack(Ack {
-                cid: sender.1,
-                seq,
-                ts,
-            }));
-            return Ok(Said::Duplicate(seq));
+        match (draft, outcome) {
+            (draft, Outcome::Stored(event)) => {
+                state.head = state.head.max(event.seq());
+                state.recent.push_back(event.clone());
+                while state.recent.len() > self.recent_max {
+                    state.recent.pop_front();
+                }
+                let frame = encode(&event.clone().into());
+                match draft {
+                    Draft::Message { cid, sender, member, .. } => {
+                        sender.send_msg(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                        state.broadcast(&frame, Some(member));
+                    }
+                    Draft::Notice { .. } => state.broadcast(&frame, None),
+                }
+            }
+            (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
+                sender.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
+            }
+            (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
+                sender.send_msg(&ServerMsg::Error(ErrorMsg {
+                    code: ErrorCode::StorageUnavailable,
+                    message: format!("the message was not stored ({e}); it will be sent again"),
+                    cid: Some(cid.to_string()),
+                }));
+            }
+            (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
+                warn!(room = %self.name, ?kind, error = %e, "notice not stored");
+            }
+            (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
         }
-        let Some(member) = state
-            .members
-            .get_mut(&who.key)
-            .filter(|m| m.id == who.member_id)
-        else {
-            // The membership ended (timed out) while this frame was in flight.
-            return Err(HistoryError::Unavailable("membership ended".into()));
-        };
-        member.typing_since = None;
-        let color = member.color.clone();
-        let seq = state.history.head().next();
-        let ts = state.stamp(now);
-        let message = ChatMessage {
-            seq,
-            ts,
-            name: who.name.clone(),
-            color,
-            text,
-            cid: Some(sender.1.clone()),
-        };
-        let cid = sender.1.clone();
-        state
-            .history
-            .append(RoomEvent::Message(message.clone()), Some(sender))?;
-        conn.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
-        state.broadcast(&encode(&ServerMsg::Message(message)), Some(who.member_id));
-        Ok(Said::New(seq))
     }
 
     /// Tells the others that `who` started or stopped typing, dropping
@@ -290,11 +279,7 @@ impl Room {
     pub fn typing(&self, who: &Membership, active: bool, now: Instant) -> bool {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(member) = state
-            .members
-            .get_mut(&who.key)
-            .filter(|m| m.id == who.member_id)
-        else {
+        let Some(member) = state.members.get_mut(&who.key).filter(|m| m.id == who.member_id) else {
             return false;
         };
         let refresh = std::time::Duration::from_millis(TYPING_REFRESH_MS);
@@ -308,32 +293,23 @@ impl Room {
             return false;
         }
         member.typing_since = active.then_some(now);
-        let update = ServerMsg::Typing(TypingUpdate {
-            name: who.name.clone(),
-            active,
-        });
+        let update = ServerMsg::Typing(TypingUpdate { name: who.name.clone(), active });
         state.broadcast(&encode(&update), Some(who.member_id));
         true
     }
 
-    /// Ends the membership at once with a `left` notice, if `conn` is still
-    /// the member's connection (a resumed session is left alone).
-    pub fn leave(
-        &self,
-        who: &Membership,
-        conn: ConnId,
-        now: Timestamp,
-    ) -> Result<bool, HistoryError> {
+    /// Ends the membership at once, if `conn` is still the member's
+    /// connection (a resumed session is left alone); returns the `left` notice.
+    pub fn leave(&self, who: &Membership, conn: ConnId) -> Option<Draft> {
         let mut guard = self.lock();
-        let state = &mut *guard;
-        let attached = state.members.get(&who.key).is_some_and(|m| {
-            m.id == who.member_id && m.conn.as_ref().is_some_and(|c| c.id == conn)
-        });
+        let attached = guard
+            .members
+            .get(&who.key)
+            .is_some_and(|m| m.id == who.member_id && m.conn.as_ref().is_some_and(|c| c.id == conn));
         if !attached {
-            return Ok(false);
+            return None;
         }
-        state.remove_and_announce(&who.key, NoticeKind::Left, now)?;
-        Ok(true)
+        guard.members.remove(&who.key).map(|m| m.notice(NoticeKind::Left))
     }
 
     /// Detaches the member's connection and starts its grace period. Returns
@@ -341,10 +317,7 @@ impl Room {
     /// member's connection any more.
     pub fn detach(&self, who: &Membership, conn: ConnId) -> Option<u64> {
         let mut guard = self.lock();
-        let member = guard
-            .members
-            .get_mut(&who.key)
-            .filter(|m| m.id == who.member_id)?;
+        let member = guard.members.get_mut(&who.key).filter(|m| m.id == who.member_id)?;
         if member.conn.as_ref().is_none_or(|c| c.id != conn) {
             return None;
         }
@@ -355,24 +328,25 @@ impl Room {
     }
 
     /// After the grace period: if the member is still detached since `epoch`,
-    /// removes it and announces `timed_out`.
-    pub fn expire(
-        &self,
-        who: &Membership,
-        epoch: u64,
-        now: Timestamp,
-    ) -> Result<bool, HistoryError> {
+    /// removes it and returns the `timed_out` notice.
+    pub fn expire(&self, who: &Membership, epoch: u64) -> Option<Draft> {
         let mut guard = self.lock();
-        let state = &mut *guard;
-        let still_gone = state
-            .members
-            .get(&who.key)
-            .is_some_and(|m| m.id == who.member_id && m.epoch == epoch && m.conn.is_none());
+        let still_gone =
+            guard.members.get(&who.key).is_some_and(|m| m.id == who.member_id && m.epoch == epoch && m.conn.is_none());
         if !still_gone {
-            return Ok(false);
+            return None;
         }
-        state.remove_and_announce(&who.key, NoticeKind::TimedOut, now)?;
-        Ok(true)
+        guard.members.remove(&who.key).map(|m| m.notice(NoticeKind::TimedOut))
+    }
+
+    /// Up to `limit` stored events before `before` (capped at the head this
+    /// room has announced), oldest first.
+    pub fn history(&self, before: Seq, limit: usize) -> Result<HistoryPage, HistoryError> {
+        let head = self.head();
+        let before_capped = before.min(head.next());
+        let events = self.store.before(&self.name, before_capped, limit)?;
+        let complete = events.len() < limit || events.first().is_some_and(|e| e.seq() <= Seq(1));
+        Ok(HistoryPage { before, events, complete })
     }
 
     /// Members (attached or in their grace period).
@@ -380,26 +354,20 @@ impl Room {
         self.lock().members.len()
     }
 
-    /// The room's latest seq.
+    /// The room's latest announced seq.
     pub fn head(&self) -> Seq {
-        self.lock().history.head()
+        self.lock().head
     }
 }
 
 impl RoomState {
-    /// A timestamp for the next event: never earlier than the previous one,
-    /// even if the wall clock steps back.
-    fn stamp(&mut self, now: Timestamp) -> Timestamp {
-        self.last_ts = self.last_ts.max(now);
-        self.last_ts
+    fn latest(&self, limit: usize) -> Vec<RoomEvent> {
+        let skip = self.recent.len().saturating_sub(limit);
+        self.recent.iter().skip(skip).cloned().collect()
     }
 
     /// Queues one shared frame for every attached member except `except`.
-    fn broadcast(
-        &self,
-        frame: &tokio_tungstenite::tungstenite::Utf8Bytes,
-        except: Option<MemberId>,
-    ) {
+    fn broadcast(&self, frame: &tokio_tungstenite::tungstenite::Utf8Bytes, except: Option<MemberId>) {
         for member in self.members.values() {
             if Some(member.id) == except {
                 continue;
@@ -409,44 +377,55 @@ impl RoomState {
             }
         }
     }
-
-    fn remove_and_announce(
-        &mut self,
-        key: &str,
-        kind: NoticeKind,
-        now: Timestamp,
-    ) -> Result<(), HistoryError> {
-        let Some(member) = self.members.remove(key) else {
-            return Ok(());
-        };
-        let notice = RoomEvent::Notice(Notice {
-            seq: self.history.head().next(),
-            ts: self.stamp(now),
-            kind,
-            name: member.name,
-            color: member.color,
-        });
-        self.history.append(notice.clone(), None)?;
-        self.broadcast(&encode(&notice.into()), None);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use natter_shared::RoomEvent;
-
     use super::*;
-    use crate::history::MemoryHistory;
+    use crate::history::MemoryStore;
     use crate::outbound::{ConnReceiver, channel};
 
-    fn room() -> Room {
-        Room::new(
-            RoomName::default(),
-            Box::new(MemoryHistory::new(100)),
-            "h1".into(),
-            RoomLimits::default(),
-        )
+    /// A room over a memory store whose writer the test drives by hand.
+    struct Fixture {
+        store: Arc<MemoryStore>,
+        room: Room,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self::with_limits(RoomLimits::default())
+        }
+
+        fn with_limits(limits: RoomLimits) -> Self {
+            let store = MemoryStore::new(100);
+            let room = Room::open(RoomName::default(), store.clone(), limits).expect("opens");
+            Self { store, room }
+        }
+
+        /// What the writer does: store, then report back.
+        fn commit(&self, draft: Draft) -> Outcome {
+            let outcome = self.store.apply(&self.room.name, &draft);
+            self.room.committed(draft, outcome.clone());
+            outcome
+        }
+
+        fn join(&self, id: u64, name: &str, tok: &str) -> (Membership, ConnHandle, ConnReceiver) {
+            let (conn, mut rx) = channel(id, 64);
+            let (m, kind) = self.room.join(request(name, None, None), &conn, id, token(tok)).expect("joins");
+            assert!(matches!(drain(&mut rx).as_slice(), [ServerMsg::Welcome(_)]));
+            let JoinKind::Joined(notice) = kind else { panic!("expected a new member") };
+            self.commit(notice);
+            assert!(matches!(drain(&mut rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Joined));
+            (m, conn, rx)
+        }
+
+        fn say(&self, who: &Membership, conn: &ConnHandle, cid: &str, text: &str) -> Outcome {
+            let draft = self
+                .room
+                .say(who, conn, ClientMsgId::parse(cid).expect("valid"), MessageText::parse(text).expect("valid"))
+                .expect("a member");
+            self.commit(draft)
+        }
     }
 
     fn token(s: &str) -> ResumeToken {
@@ -471,315 +450,188 @@ mod tests {
         out
     }
 
-    fn join(room: &Room, id: u64, name: &str, tok: &str) -> (Membership, ConnHandle, ConnReceiver) {
-        let (conn, mut rx) = channel(id, 64);
-        let (m, kind) = room
-            .join(
-                request(name, None, None),
-                &conn,
-                id,
-                token(tok),
-                Timestamp(id),
-            )
-            .expect("joins");
-        assert_eq!(kind, JoinKind::Joined);
-        assert!(matches!(drain(&mut rx).as_slice(), [ServerMsg::Welcome(_)]));
-        (m, conn, rx)
-    }
-
     #[test]
-    fn a_join_is_announced_to_others_and_ends_the_joiners_welcome() {
-        let room = room();
-        let (_, _, mut ada_rx) = join(&room, 1, "Ada", "t1");
+    fn a_join_is_announced_to_everyone_after_it_is_stored() {
+        let f = Fixture::new();
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
         let (bob_conn, mut bob_rx) = channel(2, 64);
-        room.join(
-            request("Bob", None, None),
-            &bob_conn,
-            2,
-            token("t2"),
-            Timestamp(5),
-        )
-        .expect("joins");
+        let (_, kind) = f.room.join(request("Bob", None, None), &bob_conn, 2, token("t2")).expect("joins");
         match drain(&mut bob_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
-                assert_eq!(w.seq_head, Seq(2));
+                assert_eq!(w.seq_head, Seq(1), "the welcome holds only stored events");
                 assert_eq!(w.members.len(), 2);
-                assert!(
-                    matches!(w.history.last(), Some(RoomEvent::Notice(n)) if n.name.as_str() == "Bob")
-                );
             }
             other => panic!("expected one welcome, got {other:?}"),
         }
-        assert!(
-            matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Joined && n.seq == Seq(2))
-        );
+        assert!(drain(&mut ada_rx).is_empty(), "nothing announced before it is stored");
+        let JoinKind::Joined(notice) = kind else { panic!("new member") };
+        f.commit(notice);
+        for rx in [&mut ada_rx, &mut bob_rx] {
+            assert!(
+                matches!(drain(rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Joined && n.seq == Seq(2))
+            );
+        }
     }
 
     #[test]
     fn a_taken_name_is_refused_whatever_its_case() {
-        let room = room();
-        let _ada = join(&room, 1, "Ada", "t1");
+        let f = Fixture::new();
+        let _ada = f.join(1, "Ada", "t1");
         let (conn, _rx) = channel(2, 8);
-        let err = room.join(
-            request("ADA", None, None),
-            &conn,
-            2,
-            token("t2"),
-            Timestamp(0),
-        );
-        assert!(matches!(err, Err(JoinError::NameTaken)));
-        let wrong = room.join(
-            request("ada", Some("wrong"), None),
-            &conn,
-            2,
-            token("t2"),
-            Timestamp(0),
-        );
-        assert!(
-            matches!(wrong, Err(JoinError::NameTaken)),
-            "a wrong token does not help"
-        );
+        assert!(matches!(f.room.join(request("ADA", None, None), &conn, 2, token("t2")), Err(JoinError::NameTaken)));
+        let wrong = f.room.join(request("ada", Some("wrong"), None), &conn, 2, token("t2"));
+        assert!(matches!(wrong, Err(JoinError::NameTaken)), "a wrong token does not help");
     }
 
     #[test]
     fn a_full_room_refuses_new_members() {
-        let limits = RoomLimits {
-            max_members_per_room: 1,
-            ..RoomLimits::default()
-        };
-        let room = Room::new(
-            RoomName::default(),
-            Box::new(MemoryHistory::new(10)),
-            "h1".into(),
-            limits,
-        );
-        let _ada = join(&room, 1, "Ada", "t1");
+        let f = Fixture::with_limits(RoomLimits { max_members_per_room: 1, ..RoomLimits::default() });
+        let _ada = f.join(1, "Ada", "t1");
         let (conn, _rx) = channel(2, 8);
-        assert!(matches!(
-            room.join(
-                request("Bob", None, None),
-                &conn,
-                2,
-                token("t2"),
-                Timestamp(0)
-            ),
-            Err(JoinError::RoomFull)
-        ));
-        assert_eq!(JoinError::RoomFull.to_string(), "the room is full");
+        assert!(matches!(f.room.join(request("Bob", None, None), &conn, 2, token("t2")), Err(JoinError::RoomFull)));
     }
 
     #[test]
-    fn say_acks_the_sender_delivers_to_others_and_dedupes() {
-        let room = room();
-        let (ada, ada_conn, mut ada_rx) = join(&room, 1, "Ada", "t1");
-        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+    fn a_stored_message_is_acked_to_the_sender_and_delivered_to_others_once() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
         drain(&mut ada_rx);
-        let cid = ClientMsgId::parse("c1").expect("valid");
-        let text = MessageText::parse("hi").expect("valid");
-        assert_eq!(
-            room.say(&ada, &ada_conn, cid.clone(), text.clone(), Timestamp(10))
-                .expect("stored"),
-            Said::New(Seq(3))
-        );
+        assert!(matches!(f.say(&ada, &ada_conn, "c1", "hi"), Outcome::Stored(e) if e.seq() == Seq(3)));
         assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3)));
-        assert!(
-            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Message(m)] if m.seq == Seq(3))
-        );
-        assert_eq!(
-            room.say(&ada, &ada_conn, cid, text, Timestamp(20))
-                .expect("ok"),
-            Said::Duplicate(Seq(3))
-        );
-        assert!(
-            matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3) && a.ts == Timestamp(10))
-        );
+        assert!(matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Message(m)] if m.seq == Seq(3)));
+        assert!(matches!(f.say(&ada, &ada_conn, "c1", "hi"), Outcome::Duplicate(Seq(3), _)));
+        assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3)));
         assert!(drain(&mut bob_rx).is_empty());
-        assert_eq!(room.head(), Seq(3));
+        assert_eq!(f.room.head(), Seq(3));
     }
 
     #[test]
-    fn timestamps_never_go_back() {
-        let room = room();
-        let (ada, conn, mut rx) = join(&room, 100, "Ada", "t1");
-        let said = |cid: &str, ts: u64| {
-            room.say(
-                &ada,
-                &conn,
-                ClientMsgId::parse(cid).expect("valid"),
-                MessageText::parse("x").expect("valid"),
-                Timestamp(ts),
-            )
-            .expect("stored")
-        };
-        said("a", 50); // the clock stepped back below the join's 100
-        said("b", 200);
-        let acks: Vec<u64> = drain(&mut rx)
-            .into_iter()
-            .filter_map(|m| {
-                if let ServerMsg::Ack(a) = m {
-                    Some(a.ts.0)
-                } else {
-                    None
-                }
-            })
-            .collect();
-        assert_eq!(acks, vec![100, 200]);
+    fn a_failed_store_is_refused_to_the_sender_and_not_delivered() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let draft = f
+            .room
+            .say(&ada, &ada_conn, ClientMsgId::parse("c1").expect("valid"), MessageText::parse("x").expect("valid"))
+            .expect("member");
+        f.room.committed(draft, Outcome::Failed(HistoryError::Unavailable("disk full".into())));
+        match drain(&mut ada_rx).as_slice() {
+            [ServerMsg::Error(e)] => {
+                assert_eq!(e.code, ErrorCode::StorageUnavailable);
+                assert_eq!(e.cid.as_deref(), Some("c1"));
+            }
+            other => panic!("expected storage_unavailable, got {other:?}"),
+        }
+        assert!(drain(&mut bob_rx).is_empty());
+        assert_eq!(f.room.head(), Seq(2));
     }
 
     #[test]
-    fn leave_is_announced_at_once_and_only_for_the_current_connection() {
-        let room = room();
-        let (ada, ada_conn, _ada_rx) = join(&room, 1, "Ada", "t1");
-        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
-        assert!(
-            !room
-                .leave(&ada, ada_conn.id + 100, Timestamp(0))
-                .expect("ok"),
-            "a stale connection does nothing"
-        );
-        assert!(room.leave(&ada, ada_conn.id, Timestamp(0)).expect("ok"));
-        assert!(
-            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Left)
-        );
-        assert_eq!(room.member_count(), 1);
+    fn leave_returns_the_notice_only_for_the_current_connection() {
+        let f = Fixture::new();
+        let (ada, ada_conn, _ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        assert!(f.room.leave(&ada, ada_conn.id + 100).is_none(), "a stale connection does nothing");
+        let notice = f.room.leave(&ada, ada_conn.id).expect("left");
+        assert_eq!(f.room.member_count(), 1);
+        f.commit(notice);
+        assert!(matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Left));
     }
 
     #[test]
     fn a_detached_member_times_out_unless_it_resumes() {
-        let room = room();
-        let (ada, ada_conn, _ada_rx) = join(&room, 1, "Ada", "t1");
-        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
-        let epoch = room.detach(&ada, ada_conn.id).expect("was attached");
-        assert!(
-            drain(&mut bob_rx).is_empty(),
-            "nothing announced during the grace period"
-        );
+        let f = Fixture::new();
+        let (ada, ada_conn, _ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        let epoch = f.room.detach(&ada, ada_conn.id).expect("was attached");
 
         // Resume with the token: no notice, and the old timer becomes stale.
         let (new_conn, mut new_rx) = channel(3, 8);
-        let (again, kind) = room
-            .join(
-                request("ada", Some("t1"), Some(2)),
-                &new_conn,
-                99,
-                token("unused"),
-                Timestamp(0),
-            )
-            .expect("resumes");
-        assert_eq!(kind, JoinKind::Resumed);
+        let (again, kind) =
+            f.room.join(request("ada", Some("t1"), Some(2)), &new_conn, 99, token("unused")).expect("resumes");
+        assert!(matches!(kind, JoinKind::Resumed));
         assert_eq!(again.member_id, ada.member_id);
-        assert!(
-            matches!(drain(&mut new_rx).as_slice(), [ServerMsg::Welcome(w)] if w.you.name.as_str() == "Ada")
-        );
-        assert!(!room.expire(&ada, epoch, Timestamp(0)).expect("ok"));
+        assert!(matches!(drain(&mut new_rx).as_slice(), [ServerMsg::Welcome(w)] if w.you.name.as_str() == "Ada"));
+        assert!(f.room.expire(&ada, epoch).is_none());
         assert!(drain(&mut bob_rx).is_empty());
 
         // Dropped again and not back: timed out.
-        let epoch = room.detach(&again, new_conn.id).expect("attached");
-        assert!(room.expire(&again, epoch, Timestamp(0)).expect("ok"));
-        assert!(
-            matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::TimedOut)
-        );
+        let epoch = f.room.detach(&again, new_conn.id).expect("attached");
+        f.commit(f.room.expire(&again, epoch).expect("expires"));
+        assert!(matches!(drain(&mut bob_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::TimedOut));
     }
 
     #[test]
     fn resuming_kicks_a_connection_that_is_still_attached() {
-        let room = room();
-        let (_, old_conn, _old_rx) = join(&room, 1, "Ada", "t1");
+        let f = Fixture::new();
+        let (_, old_conn, _old_rx) = f.join(1, "Ada", "t1");
         let (new_conn, _new_rx) = channel(2, 8);
-        room.join(
-            request("Ada", Some("t1"), None),
-            &new_conn,
-            2,
-            token("x"),
-            Timestamp(0),
-        )
-        .expect("resumes");
+        f.room.join(request("Ada", Some("t1"), None), &new_conn, 2, token("x")).expect("resumes");
         assert_eq!(old_conn.kick_reason(), Some(CloseReason::Replaced));
         assert_eq!(new_conn.kick_reason(), None);
     }
 
     #[test]
     fn typing_goes_to_others_with_refreshes_limited() {
-        let room = room();
-        let (ada, _, mut ada_rx) = join(&room, 1, "Ada", "t1");
-        let (_, _, mut bob_rx) = join(&room, 2, "Bob", "t2");
+        let f = Fixture::new();
+        let (ada, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
         drain(&mut ada_rx);
         let t0 = Instant::now();
-        assert!(room.typing(&ada, true, t0));
-        assert!(!room.typing(&ada, true, t0 + std::time::Duration::from_millis(100)));
-        assert!(room.typing(
-            &ada,
-            true,
-            t0 + std::time::Duration::from_millis(TYPING_REFRESH_MS)
-        ));
-        assert!(room.typing(&ada, false, t0));
-        assert!(!room.typing(&ada, false, t0));
+        assert!(f.room.typing(&ada, true, t0));
+        assert!(!f.room.typing(&ada, true, t0 + std::time::Duration::from_millis(100)));
+        assert!(f.room.typing(&ada, true, t0 + std::time::Duration::from_millis(TYPING_REFRESH_MS)));
+        assert!(f.room.typing(&ada, false, t0));
+        assert!(!f.room.typing(&ada, false, t0));
         assert_eq!(drain(&mut bob_rx).len(), 3);
         assert!(drain(&mut ada_rx).is_empty(), "no echo to the typist");
     }
 
     #[test]
-    fn a_last_seq_of_another_history_id_is_ignored() {
-        let room = room();
-        let (ada, conn, mut rx) = join(&room, 1, "Ada", "t1");
-        for cid in ["a", "b", "c"] {
-            room.say(
-                &ada,
-                &conn,
-                ClientMsgId::parse(cid).expect("valid"),
-                MessageText::parse("x").expect("valid"),
-                Timestamp(0),
-            )
-            .expect("stored");
+    fn replays_come_from_memory_or_the_store_and_respect_the_history_id() {
+        let limits = RoomLimits { welcome_history: 3, ..RoomLimits::default() };
+        let f = Fixture::with_limits(limits);
+        let (ada, conn, mut rx) = f.join(1, "Ada", "t1");
+        for i in 0..6 {
+            f.say(&ada, &conn, &format!("c{i}"), "x");
         }
         drain(&mut rx);
+        // head 7; memory keeps 5..=7; a replay after 2 reads the store.
         let (other, mut other_rx) = channel(2, 8);
-        let mut req = request("Bob", None, Some(2));
-        req.history_id = Some("another".into());
-        room.join(req, &other, 2, token("t2"), Timestamp(0))
-            .expect("joins");
+        f.room.join(request("Bob", None, Some(2)), &other, 2, token("t2")).expect("joins");
         match drain(&mut other_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
-                assert_eq!(
-                    w.history.len(),
-                    5,
-                    "the latest events, not a replay after seq 2"
-                );
-                assert_eq!(w.history_id, "h1");
+                assert_eq!(w.history.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [3, 4, 5, 6, 7])
             }
             other => panic!("expected welcome, got {other:?}"),
         }
         let (third, mut third_rx) = channel(3, 8);
-        let mut req = request("Cat", None, Some(3));
-        req.history_id = Some("h1".into());
-        room.join(req, &third, 3, token("t3"), Timestamp(0))
-            .expect("joins");
-        assert!(
-            matches!(drain(&mut third_rx).as_slice(), [ServerMsg::Welcome(w)] if w.history.len() == 3),
-            "same history: replay after 3"
-        );
-    }
-
-    #[test]
-    fn a_stale_last_seq_from_another_history_gets_a_fresh_welcome() {
-        let room = room();
-        let (conn, mut rx) = channel(1, 8);
-        room.join(
-            request("Ada", None, Some(500)),
-            &conn,
-            1,
-            token("t"),
-            Timestamp(0),
-        )
-        .expect("joins");
-        match drain(&mut rx).as_slice() {
+        let mut req = request("Cat", None, Some(2));
+        req.history_id = Some("another".into());
+        f.room.join(req, &third, 3, token("t3")).expect("joins");
+        match drain(&mut third_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
-                assert_eq!(w.seq_head, Seq(1));
-                assert_eq!(w.history.len(), 1, "the latest events instead of a replay");
-                assert_eq!(w.missed, None);
+                assert_eq!(w.history.len(), 3, "the latest events, not a replay after seq 2");
+                assert_eq!(w.history_id, f.store.history_id());
             }
             other => panic!("expected welcome, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn older_pages_stop_at_the_first_event() {
+        let f = Fixture::new();
+        let (ada, conn, _rx) = f.join(1, "Ada", "t1");
+        for i in 0..5 {
+            f.say(&ada, &conn, &format!("c{i}"), "x");
+        }
+        let page = f.room.history(Seq(6), 3).expect("reads");
+        assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(!page.complete);
+        let page = f.room.history(Seq(3), 3).expect("reads");
+        assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [1, 2]);
+        assert!(page.complete);
     }
 }

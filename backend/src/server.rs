@@ -39,18 +39,16 @@ pub const RETRY_AFTER_SECS: &str = "5";
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] crate::sqlite::StoreError),
 }
 
 /// Runs the whole server on `listener` until `shutdown` resolves, then stops
 /// accepting, closes every WebSocket with 1012, and waits (bounded by the
 /// configured shutdown timeout) for connections to finish.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     config.validate()?;
-    let app = App::new(config);
+    let app = App::new(config)?;
     let http_routes = warp::service(routes(app.clone()));
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
@@ -76,13 +74,7 @@ pub async fn run(
         }
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let conn = serve_connection(
-                    stream,
-                    peer,
-                    Arc::new(permit),
-                    app.clone(),
-                    http_routes.clone(),
-                );
+                let conn = serve_connection(stream, peer, Arc::new(permit), app.clone(), http_routes.clone());
                 app.tasks.spawn(conn);
             }
             Err(_) => match rejections.clone().try_acquire_owned() {
@@ -99,14 +91,12 @@ pub async fn run(
     drop(listener);
     app.shutdown.cancel();
     app.tasks.close();
-    if tokio::time::timeout(app.config.timing.shutdown_timeout, app.tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            remaining = app.tasks.len(),
-            "shutdown timeout: some connections did not finish"
-        );
+    if tokio::time::timeout(app.config.timing.shutdown_timeout, app.tasks.wait()).await.is_err() {
+        warn!(remaining = app.tasks.len(), "shutdown timeout: some connections did not finish");
+    }
+    // Everything queued is stored before the process ends.
+    if !app.writes.stop(app.config.timing.shutdown_timeout).await {
+        warn!("shutdown timeout: the history writer did not finish");
     }
     info!("stopped");
     Ok(())
@@ -114,9 +104,7 @@ pub async fn run(
 
 fn http1_builder(app: &App) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.config.timing.header_read_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(app.config.timing.header_read_timeout);
     builder
 }
 
@@ -128,10 +116,7 @@ async fn serve_connection<S>(
     app: Arc<App>,
     http_routes: S,
 ) where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let service_app = app.clone();
@@ -152,9 +137,7 @@ async fn serve_connection<S>(
             }
         }
     });
-    let conn = http1_builder(&app)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let conn = http1_builder(&app).serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -175,23 +158,14 @@ async fn serve_connection<S>(
 /// Answers a connection over the cap with 503 and closes it.
 async fn reject_busy(stream: TcpStream, slot: OwnedSemaphorePermit) {
     let service = service_fn(|_req: Request<Incoming>| async {
-        let mut resp: Response<Body> = text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Natter is at its connection limit; try again shortly",
-        );
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let mut resp: Response<Body> =
+            text_response(StatusCode::SERVICE_UNAVAILABLE, "Natter is at its connection limit; try again shortly");
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         Ok::<_, Infallible>(resp)
     });
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(REJECTION_TIMEOUT)
-        .keep_alive(false);
+    builder.timer(TokioTimer::new()).header_read_timeout(REJECTION_TIMEOUT).keep_alive(false);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REJECTION_TIMEOUT * 2, conn).await;
     drop(slot);

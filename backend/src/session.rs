@@ -13,8 +13,9 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_shared::{
-    ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, MessageText, PROTOCOL_VERSION, ResumeToken,
-    RoomName, Say, ServerMsg, UserName, ValidationError, limits::CID_MAX_LEN,
+    ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MessageText, PROTOCOL_VERSION, ResumeToken,
+    RoomName, Say, ServerMsg, UserName, ValidationError,
+    limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
 };
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -24,12 +25,12 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, info, warn};
 
-use crate::app::{App, SessionCount, now_ms};
+use crate::app::{App, SessionCount};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::hub::HubError;
 use crate::outbound::{self, CloseReason, ConnHandle, ConnId, ConnReceiver};
 use crate::rate_limit::{TokenBucket, Verdict};
-use crate::room::{JoinError, JoinKind, JoinRequest, Membership, Room};
+use crate::room::{JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
 
 /// The upgraded connection.
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -76,10 +77,7 @@ struct LastHeard {
 
 impl LastHeard {
     fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            micros: AtomicU64::new(0),
-        }
+        Self { start: Instant::now(), micros: AtomicU64::new(0) }
     }
 
     fn touch(&self) {
@@ -107,12 +105,7 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
     let conn_id: ConnId = app.hub.next_id();
     let timing = app.config.timing;
     let (handle, mut receiver) = outbound::channel(conn_id, app.config.limits.outbound_queue);
-    let session = Session {
-        app: app.clone(),
-        conn: handle,
-        peer,
-        joined: Mutex::new(None),
-    };
+    let session = Session { app: app.clone(), conn: handle, peer, joined: Mutex::new(None) };
     let heard = LastHeard::new();
     let (mut sink, mut stream) = ws.split();
     debug!(conn = conn_id, %peer, "websocket open");
@@ -129,7 +122,7 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
                     ReaderEnd::Violation(reason) => (false, Some(reason)),
                     ReaderEnd::Dropped(_) => (false, None),
                 };
-                session.finish(leave);
+                session.finish(leave).await;
                 match close {
                     Some(reason) => {
                         session.conn.kick(reason);
@@ -141,7 +134,7 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
             }
             end = &mut writer => {
                 debug!(conn = conn_id, ?end, "writer ended");
-                session.finish(false);
+                session.finish(false).await;
                 matches!(end, WriterEnd::Closed(_))
             }
         }
@@ -191,7 +184,7 @@ impl Session {
             }
             match msg {
                 Message::Text(text) => match bucket.take(Instant::now()) {
-                    Verdict::Allow => self.handle_text(&text),
+                    Verdict::Allow => self.handle_text(&text).await,
                     Verdict::Refuse => self.reply(
                         ErrorCode::RateLimited,
                         "too many messages; wait a moment and try again",
@@ -213,26 +206,19 @@ impl Session {
         ReaderEnd::Dropped("stream ended".into())
     }
 
-    fn handle_text(&self, text: &str) {
+    async fn handle_text(&self, text: &str) {
         match serde_json::from_str::<ClientMsg>(text) {
-            Ok(ClientMsg::Hello(hello)) => self.hello(hello),
-            Ok(ClientMsg::Say(say)) => self.say(say),
+            Ok(ClientMsg::Hello(hello)) => self.hello(hello).await,
+            Ok(ClientMsg::Say(say)) => self.say(say).await,
             Ok(ClientMsg::Typing(typing)) => self.typing(typing.active),
-            Err(e) => self.reply(
-                ErrorCode::BadRequest,
-                &format!("could not read that message: {e}"),
-                None,
-            ),
+            Ok(ClientMsg::History(request)) => self.history(request),
+            Err(e) => self.reply(ErrorCode::BadRequest, &format!("could not read that message: {e}"), None),
         }
     }
 
     fn reply(&self, code: ErrorCode, message: &str, cid: Option<String>) {
         debug!(conn = self.conn.id, %code, "refused a request");
-        self.conn.send_msg(&ServerMsg::Error(ErrorMsg {
-            code,
-            message: message.to_owned(),
-            cid,
-        }));
+        self.conn.send_msg(&ServerMsg::Error(ErrorMsg { code, message: message.to_owned(), cid }));
     }
 
     fn refuse(&self, err: &ValidationError, cid: Option<String>) {
@@ -240,13 +226,10 @@ impl Session {
     }
 
     fn joined(&self) -> Option<(Arc<Room>, Membership)> {
-        self.joined
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.joined.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn hello(&self, hello: Hello) {
+    async fn hello(&self, hello: Hello) {
         if self.joined().is_some() {
             return self.reply(
                 ErrorCode::AlreadyJoined,
@@ -269,27 +252,14 @@ impl Session {
             Ok(name) => name,
             Err(e) => return self.refuse(&e, None),
         };
-        let resume_token = match hello
-            .resume_token
-            .as_deref()
-            .map(ResumeToken::parse)
-            .transpose()
-        {
+        let resume_token = match hello.resume_token.as_deref().map(ResumeToken::parse).transpose() {
             Ok(token) => token,
             Err(_) => {
-                return self.reply(
-                    ErrorCode::BadRequest,
-                    "resume_token is malformed; join without it",
-                    None,
-                );
+                return self.reply(ErrorCode::BadRequest, "resume_token is malformed; join without it", None);
             }
         };
         let Some(token) = new_token() else {
-            return self.reply(
-                ErrorCode::Internal,
-                "the server could not create a session; try again",
-                None,
-            );
+            return self.reply(ErrorCode::Internal, "the server could not create a session; try again", None);
         };
         let hub = &self.app.hub;
         let room = match hub.room(&room) {
@@ -303,51 +273,35 @@ impl Session {
             }
             Err(HubError::Storage(e)) => {
                 warn!(conn = self.conn.id, error = %e, "history unavailable");
-                return self.reply(
-                    ErrorCode::Internal,
-                    "the server could not open that room; try again",
-                    None,
-                );
+                return self.reply(ErrorCode::Internal, "the server could not open that room; try again", None);
             }
         };
-        let request = JoinRequest {
-            name,
-            resume_token,
-            last_seq: hello.last_seq,
-            history_id: hello.history_id,
-        };
-        match room.join(request, &self.conn, hub.next_id(), token, now_ms()) {
+        let request = JoinRequest { name, resume_token, last_seq: hello.last_seq, history_id: hello.history_id };
+        match room.join(request, &self.conn, hub.next_id(), token) {
             Ok((membership, kind)) => {
-                info!(conn = self.conn.id, peer = %self.peer, room = %room.name, resumed = (kind == JoinKind::Resumed), "joined");
-                *self.joined.lock().unwrap_or_else(|p| p.into_inner()) = Some((room, membership));
+                let resumed = matches!(kind, JoinKind::Resumed);
+                info!(conn = self.conn.id, peer = %self.peer, room = %room.name, resumed, "joined");
+                *self.joined.lock().unwrap_or_else(|p| p.into_inner()) = Some((room.clone(), membership));
+                if let JoinKind::Joined(notice) = kind {
+                    self.store(room, notice).await;
+                }
             }
             Err(JoinError::NameTaken) => {
-                let message = format!(
-                    "someone in #{} is already called {}; pick another name",
-                    room.name,
-                    hello.name.trim()
-                );
+                let message =
+                    format!("someone in #{} is already called {}; pick another name", room.name, hello.name.trim());
                 self.reply(ErrorCode::NameTaken, &message, None);
             }
             Err(JoinError::RoomFull) => self.reply(ErrorCode::RoomFull, "this room is full", None),
             Err(JoinError::Storage(e)) => {
                 warn!(conn = self.conn.id, error = %e, "history unavailable");
-                self.reply(
-                    ErrorCode::Internal,
-                    "the server could not join you; try again",
-                    None,
-                );
+                self.reply(ErrorCode::Internal, "the server could not join you; try again", None);
             }
         }
     }
 
-    fn say(&self, say: Say) {
+    async fn say(&self, say: Say) {
         let Some((room, me)) = self.joined() else {
-            return self.reply(
-                ErrorCode::NotJoined,
-                "send hello to join a room first",
-                Some(truncate_cid(&say.cid)),
-            );
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", Some(truncate_cid(&say.cid)));
         };
         let cid = match ClientMsgId::parse(&say.cid) {
             Ok(cid) => cid,
@@ -357,23 +311,50 @@ impl Session {
             Ok(text) => text,
             Err(e) => return self.refuse(&e, Some(say.cid)),
         };
-        if let Err(e) = room.say(&me, &self.conn, cid, text, now_ms()) {
-            warn!(conn = self.conn.id, error = %e, "message not stored");
-            self.reply(
-                ErrorCode::Internal,
-                "the message was not stored; it will be retried",
-                Some(say.cid),
-            );
+        match room.say(&me, &self.conn, cid, text) {
+            Ok(draft) => {
+                if let Err(e) = self.app.submit(room, draft).await {
+                    warn!(conn = self.conn.id, error = %e, "message not stored");
+                    self.reply(
+                        ErrorCode::StorageUnavailable,
+                        "the message was not stored; it will be sent again",
+                        Some(say.cid),
+                    );
+                }
+            }
+            Err(NotMember) => {
+                self.reply(ErrorCode::NotJoined, "your membership ended; join again", Some(say.cid));
+            }
+        }
+    }
+
+    /// Hands a notice to the writer; a stopped writer is logged (the
+    /// membership change itself already happened).
+    async fn store(&self, room: Arc<Room>, draft: crate::history::Draft) {
+        if let Err(e) = self.app.submit(room, draft).await {
+            warn!(conn = self.conn.id, error = %e, "notice not stored");
+        }
+    }
+
+    fn history(&self, request: HistoryRequest) {
+        let Some((room, _)) = self.joined() else {
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
+        };
+        let limit = request.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
+        match room.history(request.before, limit) {
+            Ok(page) => {
+                self.conn.send_msg(&ServerMsg::History(page));
+            }
+            Err(e) => {
+                warn!(conn = self.conn.id, error = %e, "history not readable");
+                self.reply(ErrorCode::StorageUnavailable, "older messages cannot be read right now; try again", None);
+            }
         }
     }
 
     fn typing(&self, active: bool) {
         let Some((room, me)) = self.joined() else {
-            return self.reply(
-                ErrorCode::NotJoined,
-                "send hello to join a room first",
-                None,
-            );
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
         };
         room.typing(&me, active, Instant::now());
     }
@@ -381,7 +362,7 @@ impl Session {
     /// Settles the membership when the connection ends: a deliberate close
     /// (`leave`) is announced at once; anything else starts the grace period,
     /// after which `timed_out` is announced unless the browser resumed.
-    fn finish(&self, leave: bool) {
+    async fn finish(&self, leave: bool) {
         let Some((room, me)) = self.joined.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
@@ -390,10 +371,9 @@ impl Session {
             return;
         }
         if leave {
-            match room.leave(&me, self.conn.id, now_ms()) {
-                Ok(true) => info!(conn = self.conn.id, room = %room.name, "left"),
-                Ok(false) => {}
-                Err(e) => warn!(conn = self.conn.id, error = %e, "leave not stored"),
+            if let Some(notice) = room.leave(&me, self.conn.id) {
+                info!(conn = self.conn.id, room = %room.name, "left");
+                self.store(room, notice).await;
             }
             return;
         }
@@ -401,16 +381,19 @@ impl Session {
             return;
         };
         let grace = self.app.config.timing.leave_grace;
-        let shutdown = self.app.shutdown.clone();
+        let app = self.app.clone();
         let conn = self.conn.id;
         self.app.tasks.spawn(async move {
             tokio::select! {
-                () = tokio::time::sleep(grace) => match room.expire(&me, epoch, now_ms()) {
-                    Ok(true) => info!(conn, room = %room.name, "timed out"),
-                    Ok(false) => {}
-                    Err(e) => warn!(conn, error = %e, "timeout not stored"),
-                },
-                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(grace) => {
+                    if let Some(notice) = room.expire(&me, epoch) {
+                        info!(conn, room = %room.name, "timed out");
+                        if let Err(e) = app.submit(room, notice).await {
+                            warn!(conn, error = %e, "notice not stored");
+                        }
+                    }
+                }
+                () = app.shutdown.cancelled() => {}
             }
         });
     }
@@ -420,9 +403,7 @@ impl Session {
 fn classify(e: WsError) -> ReaderEnd {
     match e {
         WsError::Utf8(_) => ReaderEnd::Violation(CloseReason::InvalidUtf8),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            ReaderEnd::Violation(CloseReason::TooBig)
-        }
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => ReaderEnd::Violation(CloseReason::TooBig),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             ReaderEnd::Dropped("reset without close".into())
         }
@@ -442,10 +423,7 @@ fn cid_of(text: &str) -> Option<String> {
     struct CidOnly {
         cid: Option<String>,
     }
-    serde_json::from_str::<CidOnly>(text)
-        .ok()
-        .and_then(|c| c.cid)
-        .map(|c| truncate_cid(&c))
+    serde_json::from_str::<CidOnly>(text).ok().and_then(|c| c.cid).map(|c| truncate_cid(&c))
 }
 
 /// Echoes at most a cid's worth of a client's (possibly invalid) id.
@@ -515,17 +493,10 @@ async fn write_loop(
 }
 
 /// Sends our close frame (or completes the reply to the peer's) within `limit`.
-async fn send_close(
-    sink: &mut SplitSink<Ws, Message>,
-    reason: CloseReason,
-    limit: Duration,
-) -> WriterEnd {
+async fn send_close(sink: &mut SplitSink<Ws, Message>, reason: CloseReason, limit: Duration) -> WriterEnd {
     let result = match reason.frame() {
         Some((code, text)) => {
-            let frame = CloseFrame {
-                code: code.into(),
-                reason: text.into(),
-            };
+            let frame = CloseFrame { code: code.into(), reason: text.into() };
             timeout(limit, sink.send(Message::Close(Some(frame)))).await
         }
         None => timeout(limit, sink.close()).await,

@@ -69,19 +69,11 @@ pub fn check_handshake<B>(req: &Request<B>, app: &App) -> Result<String, Refusal
     {
         return Err(Refusal::NotUpgrade);
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         return Err(Refusal::Version);
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(Refusal::MissingKey)?;
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("<invalid>"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(Refusal::MissingKey)?;
+    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("<invalid>"));
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     app.config.origins.check(origin, host)?;
     Ok(derive_accept_key(key.as_bytes()))
@@ -111,14 +103,10 @@ pub fn handle(
             let mut resp = text_response(refusal.status(), &refusal.to_string());
             match refusal {
                 Refusal::NotUpgrade => {
-                    resp.headers_mut()
-                        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 }
                 Refusal::Version => {
-                    resp.headers_mut().insert(
-                        header::SEC_WEBSOCKET_VERSION,
-                        HeaderValue::from_static("13"),
-                    );
+                    resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
                 }
                 _ => {}
             }
@@ -133,12 +121,7 @@ pub fn handle(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
                     session::run(ws, app, peer).await;
                 }
                 Err(e) => debug!(error = %e, "upgrade failed"),

@@ -20,14 +20,7 @@ async fn expect_error(client: &mut Client, code: ErrorCode) -> natter_shared::Er
 async fn invalid_json_and_unknown_types_are_bad_requests_and_the_connection_stays() {
     let server = TestServer::start(config()).await;
     let mut c = server.client().await;
-    for bad in [
-        "not json",
-        "{}",
-        r#"{"type":"shout","text":"hi"}"#,
-        r#"{"type":"say","cid":5}"#,
-        "[1,2]",
-        "",
-    ] {
+    for bad in ["not json", "{}", r#"{"type":"shout","text":"hi"}"#, r#"{"type":"say","cid":5}"#, "[1,2]", ""] {
         c.send_text(bad).await;
         let e = expect_error(&mut c, ErrorCode::BadRequest).await;
         assert!(!e.message.is_empty());
@@ -55,58 +48,30 @@ async fn hello_is_validated_field_by_field() {
     let server = TestServer::start(cfg).await;
     let mut c = server.client().await;
     let cases: Vec<(Hello, ErrorCode)> = vec![
-        (
-            Hello {
-                v: 99,
-                ..hello("Ada", "lobby")
-            },
-            ErrorCode::UnsupportedVersion,
-        ),
+        (Hello { v: 99, ..hello("Ada", "lobby") }, ErrorCode::UnsupportedVersion),
         (hello("   ", "lobby"), ErrorCode::InvalidName),
         (hello("bad\u{0}name", "lobby"), ErrorCode::InvalidName),
         (hello("zero\u{200B}width", "lobby"), ErrorCode::InvalidName),
-        (
-            hello(&"n".repeat(NAME_MAX_CHARS + 1), "lobby"),
-            ErrorCode::NameTooLong,
-        ),
-        (
-            hello(&"é".repeat(NAME_MAX_CHARS + 1), "lobby"),
-            ErrorCode::NameTooLong,
-        ),
+        (hello(&"n".repeat(NAME_MAX_CHARS + 1), "lobby"), ErrorCode::NameTooLong),
+        (hello(&"é".repeat(NAME_MAX_CHARS + 1), "lobby"), ErrorCode::NameTooLong),
         (hello("Ada", "Lobby"), ErrorCode::InvalidRoom),
         (hello("Ada", ""), ErrorCode::InvalidRoom),
         (hello("Ada", &"r".repeat(33)), ErrorCode::InvalidRoom),
         (hello("Ada", "no spaces"), ErrorCode::InvalidRoom),
-        (
-            Hello {
-                resume_token: Some("not a token!".into()),
-                ..hello("Ada", "lobby")
-            },
-            ErrorCode::BadRequest,
-        ),
+        (Hello { resume_token: Some("not a token!".into()), ..hello("Ada", "lobby") }, ErrorCode::BadRequest),
     ];
     for (h, code) in cases {
         let answer = c.hello_with(h.clone()).await;
-        assert!(
-            matches!(&answer, ServerMsg::Error(e) if e.code == code),
-            "{h:?} → {answer:?}, wanted {code}"
-        );
+        assert!(matches!(&answer, ServerMsg::Error(e) if e.code == code), "{h:?} → {answer:?}, wanted {code}");
     }
     // 24 multi-byte characters is a valid name; no room means the lobby.
     let name = "é".repeat(NAME_MAX_CHARS);
-    let answer = c
-        .hello_with(natter_shared::Hello {
-            room: None,
-            ..hello(&name, "x")
-        })
-        .await;
+    let answer = c.hello_with(natter_shared::Hello { room: None, ..hello(&name, "x") }).await;
     match answer {
-        ServerMsg::Welcome(w) => assert_eq!(
-            (w.you.name.as_str(), w.room.as_str()),
-            (name.as_str(), "lobby")
-        ),
+        ServerMsg::Welcome(w) => assert_eq!((w.you.name.as_str(), w.room.as_str()), (name.as_str(), "lobby")),
         other => panic!("expected welcome, got {other:?}"),
     }
+    c.own_join(&name).await;
     let again = c.hello_with(hello("Other", "lobby")).await;
     assert!(matches!(again, ServerMsg::Error(e) if e.code == ErrorCode::AlreadyJoined));
 }
@@ -146,9 +111,7 @@ async fn a_binary_frame_closes_with_1003() {
     let (mut c, _) = server.joined("Ada", "lobby").await;
     let (mut other, _) = server.joined("Bob", "lobby").await;
     let _ = c.recv().await;
-    futures_util::SinkExt::send(&mut c.ws, Message::binary(vec![1u8, 2, 3]))
-        .await
-        .expect("send");
+    futures_util::SinkExt::send(&mut c.ws, Message::binary(vec![1u8, 2, 3])).await.expect("send");
     assert!(matches!(c.closed().await, Ended::Close(code, _) if code == close::UNSUPPORTED_DATA));
     // Others are unaffected.
     other.say("o1", "still here").await;
@@ -160,9 +123,7 @@ async fn invalid_utf8_closes_with_1007() {
     let server = TestServer::start(config()).await;
     let mut c = server.client().await;
     let frame = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
-    futures_util::SinkExt::send(&mut c.ws, Message::Frame(frame))
-        .await
-        .expect("send");
+    futures_util::SinkExt::send(&mut c.ws, Message::Frame(frame)).await.expect("send");
     assert!(matches!(c.closed().await, Ended::Close(code, _) if code == close::INVALID_PAYLOAD));
 }
 
@@ -170,10 +131,7 @@ async fn invalid_utf8_closes_with_1007() {
 async fn a_frame_over_the_limit_closes_with_1009() {
     let server = TestServer::start(config()).await;
     let (mut c, _) = server.joined("Ada", "lobby").await;
-    let huge = format!(
-        r#"{{"type":"say","cid":"c","text":"{}"}}"#,
-        "x".repeat(MAX_FRAME_BYTES)
-    );
+    let huge = format!(r#"{{"type":"say","cid":"c","text":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
     c.send_text(&huge).await;
     assert!(matches!(c.closed().await, Ended::Close(code, _) if code == close::MESSAGE_TOO_BIG));
 }

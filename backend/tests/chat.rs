@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, config};
-use natter_shared::{
-    ClientMsg, ErrorCode, NoticeKind, RoomEvent, Seq, ServerMsg, Typing, UserName, color_for,
-};
+use natter_shared::{ClientMsg, ErrorCode, NoticeKind, RoomEvent, Seq, ServerMsg, Typing, UserName, color_for};
 
 fn expect_message(msg: ServerMsg) -> natter_shared::ChatMessage {
     match msg {
@@ -31,20 +29,11 @@ async fn two_clients_chat_both_ways() {
     assert_eq!(welcome.you.name.as_str(), "Ada");
     assert_eq!(welcome.members.len(), 1);
     // The joiner's own "joined" notice is the last event of its welcome.
-    assert!(
-        matches!(welcome.history.last(), Some(RoomEvent::Notice(n)) if n.kind == NoticeKind::Joined)
-    );
+    assert!(matches!(welcome.history.last(), Some(RoomEvent::Notice(n)) if n.kind == NoticeKind::Joined));
     assert_eq!(welcome.seq_head, Seq(1));
 
     let (mut bob, bob_welcome) = server.joined("Bob", "lobby").await;
-    assert_eq!(
-        bob_welcome
-            .members
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>(),
-        ["Ada", "Bob"]
-    );
+    assert_eq!(bob_welcome.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["Ada", "Bob"]);
     let joined = expect_notice(ada.recv().await, NoticeKind::Joined, "Bob");
     assert_eq!(joined.seq, Seq(2));
 
@@ -56,10 +45,7 @@ async fn two_clients_chat_both_ways() {
     assert_eq!(ack.cid.as_str(), "a1");
     assert_eq!(ack.seq, Seq(3));
     let m = expect_message(bob.recv().await);
-    assert_eq!(
-        (m.seq, m.name.as_str(), m.text.as_str()),
-        (Seq(3), "Ada", "hello <b>Bob</b>")
-    );
+    assert_eq!((m.seq, m.name.as_str(), m.text.as_str()), (Seq(3), "Ada", "hello <b>Bob</b>"));
     assert_eq!(m.ts, ack.ts);
     assert_eq!(m.cid.as_ref().map(|c| c.as_str()), Some("a1"));
 
@@ -92,11 +78,7 @@ async fn three_rooms_stay_separate() {
     }
     // Seqs are per room: each room's first message follows its own notices.
     let (_, welcome) = server.joined("Dee", "green").await;
-    assert_eq!(
-        welcome.seq_head,
-        Seq(3),
-        "green: Ben joined, Ben's message, Dee joined"
-    );
+    assert_eq!(welcome.seq_head, Seq(3), "green: Ben joined, Ben's message, Dee joined");
 }
 
 #[tokio::test]
@@ -127,10 +109,7 @@ async fn colours_are_stable_per_name() {
     assert_eq!(w1.you.color, expected);
     ada.close().await;
     let (_, w2) = server.joined("ada", "two").await;
-    assert_eq!(
-        w2.you.color, expected,
-        "same name, any case, any room: same colour"
-    );
+    assert_eq!(w2.you.color, expected, "same name, any case, any room: same colour");
     let (_, w3) = server.joined("Ada", "one").await;
     assert_eq!(w3.you.color, expected, "and after leaving and rejoining");
     assert!(natter_shared::color::PALETTE.contains(&expected.as_str()));
@@ -165,9 +144,7 @@ async fn every_member_sees_the_same_order() {
             let mut seen = Vec::new();
             while seen.len() < PER_SENDER * 4 {
                 match c.recv().await {
-                    ServerMsg::Ack(a) => {
-                        seen.push((a.seq, format!("{i}:{}", &a.cid.as_str()[1..])))
-                    }
+                    ServerMsg::Ack(a) => seen.push((a.seq, format!("{i}:{}", &a.cid.as_str()[1..]))),
                     ServerMsg::Message(m) => seen.push((m.seq, m.text.as_str().to_owned())),
                     other => panic!("unexpected {other:?}"),
                 }
@@ -180,24 +157,15 @@ async fn every_member_sees_the_same_order() {
         views.push(t.await.expect("client task"));
     }
     for view in &views {
-        assert!(
-            view.windows(2).all(|w| w[0].0 < w[1].0),
-            "seqs arrive in increasing order"
-        );
+        assert!(view.windows(2).all(|w| w[0].0 < w[1].0), "seqs arrive in increasing order");
     }
     for view in &views[1..] {
-        assert_eq!(
-            view, &views[0],
-            "every member saw the same events in the same order"
-        );
+        assert_eq!(view, &views[0], "every member saw the same events in the same order");
     }
     // Per sender, messages keep the order they were sent in.
     for i in 0..4 {
-        let mine: Vec<_> = views[0]
-            .iter()
-            .filter(|(_, t)| t.starts_with(&format!("{i}:")))
-            .map(|(_, t)| t.clone())
-            .collect();
+        let mine: Vec<_> =
+            views[0].iter().filter(|(_, t)| t.starts_with(&format!("{i}:"))).map(|(_, t)| t.clone()).collect();
         let expected: Vec<_> = (0..PER_SENDER).map(|n| format!("{i}:{n}")).collect();
         assert_eq!(mine, expected);
     }
@@ -244,15 +212,10 @@ async fn a_clean_close_is_announced_within_100ms() {
 
     let started = tokio::time::Instant::now();
     let mut ws = bob.ws;
-    futures_util::SinkExt::close(&mut ws)
-        .await
-        .expect("send close");
+    futures_util::SinkExt::close(&mut ws).await.expect("send close");
     let notice = expect_notice(ada.recv().await, NoticeKind::Left, "Bob");
     let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_millis(100),
-        "left announced after {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_millis(100), "left announced after {elapsed:?}");
     assert_eq!(notice.seq, Seq(3));
     // The name is free again at once.
     let (_, w) = server.joined("bob", "lobby").await;
@@ -272,14 +235,8 @@ async fn a_dropped_connection_times_out_after_the_grace_period() {
     let started = tokio::time::Instant::now();
     bob.drop_connection();
     // Nothing during the grace period (a resume could still come)...
-    assert!(
-        ada.try_recv(grace / 2).await.is_none(),
-        "no leave/join flicker during the grace period"
-    );
+    assert!(ada.try_recv(grace / 2).await.is_none(), "no leave/join flicker during the grace period");
     // ...then timed_out.
     expect_notice(ada.recv().await, NoticeKind::TimedOut, "Bob");
-    assert!(
-        started.elapsed() >= grace,
-        "not before the grace period ended"
-    );
+    assert!(started.elapsed() >= grace, "not before the grace period ended");
 }

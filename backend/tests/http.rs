@@ -16,16 +16,8 @@ fn bundle() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("natter-http-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create bundle dir");
-    std::fs::write(
-        dir.join("index.html"),
-        "<!doctype html><title>Natter</title>",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.join("natter-frontend-0123456789abcdef_bg.wasm"),
-        b"\0asm\x01\0\0\0",
-    )
-    .expect("write");
+    std::fs::write(dir.join("index.html"), "<!doctype html><title>Natter</title>").expect("write");
+    std::fs::write(dir.join("natter-frontend-0123456789abcdef_bg.wasm"), b"\0asm\x01\0\0\0").expect("write");
     std::fs::write(dir.join("natter-frontend-0123456789abcdef.js"), "export {}").expect("write");
     std::fs::write(dir.join("robots.txt"), "User-agent: *").expect("write");
     dir
@@ -67,14 +59,10 @@ async fn the_bundle_is_served_with_types_and_caching() {
     assert!(header(&headers, "content-type").is_some_and(|c| c.starts_with("text/html")));
     assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
 
-    let (status, headers, _) =
-        http_get(server.addr, "/natter-frontend-0123456789abcdef_bg.wasm").await;
+    let (status, headers, _) = http_get(server.addr, "/natter-frontend-0123456789abcdef_bg.wasm").await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "content-type"), Some("application/wasm"));
-    assert_eq!(
-        header(&headers, "cache-control"),
-        Some("public, max-age=31536000, immutable")
-    );
+    assert_eq!(header(&headers, "cache-control"), Some("public, max-age=31536000, immutable"));
 
     let (status, headers, _) = http_get(server.addr, "/natter-frontend-0123456789abcdef.js").await;
     assert_eq!(status, 200);
@@ -104,9 +92,7 @@ async fn other_methods_and_plain_requests_to_ws_get_clear_answers() {
     let host = server.addr;
     let (status, _, _) = http_request(
         host,
-        &format!(
-            "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
+        &format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert_eq!(status, 405);

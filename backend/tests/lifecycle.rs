@@ -29,17 +29,9 @@ async fn a_silent_peer_is_found_by_heartbeat_and_times_out() {
         }
         other => panic!("expected timed_out, got {other:?}"),
     }
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "not before ping + pong timeout"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before ping + pong timeout");
     // The watcher answers pings (it reads) and so stays connected through many intervals.
-    assert!(
-        watcher
-            .try_recv(Duration::from_millis(1500))
-            .await
-            .is_none()
-    );
+    assert!(watcher.try_recv(Duration::from_millis(1500)).await.is_none());
     watcher.say("w1", "still here").await;
     assert!(matches!(watcher.recv().await, ServerMsg::Ack(_)));
 }
@@ -49,12 +41,9 @@ async fn small_buffer_client(server: &TestServer) -> Client {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("set SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(
-        server.url(),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .expect("handshake");
+    let (ws, _) = tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
     Client { ws }
 }
 
@@ -86,14 +75,9 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
             sender.say(&format!("m{i}"), &format!("{i} {text}")).await;
         }
         for i in batch * BATCH..(batch + 1) * BATCH {
-            assert!(
-                matches!(sender.recv().await, ServerMsg::Ack(a) if a.cid.as_str() == format!("m{i}"))
-            );
+            assert!(matches!(sender.recv().await, ServerMsg::Ack(a) if a.cid.as_str() == format!("m{i}")));
             match watcher.recv().await {
-                ServerMsg::Message(m) => assert!(
-                    m.text.as_str().starts_with(&format!("{i} ")),
-                    "message {i} in order"
-                ),
+                ServerMsg::Message(m) => assert!(m.text.as_str().starts_with(&format!("{i} ")), "message {i} in order"),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -102,10 +86,7 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
     // The stalled client now reads: what was queued, then the lagged close.
     let mut seen = Vec::new();
     let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(20), stalled.ws.next())
-            .await
-            .expect("frames or close")
-        {
+        match tokio::time::timeout(Duration::from_secs(20), stalled.ws.next()).await.expect("frames or close") {
             Some(Ok(Message::Text(t))) => {
                 if let Ok(ServerMsg::Message(m)) = serde_json::from_str::<ServerMsg>(&t) {
                     seen.push(m.seq);
@@ -118,30 +99,17 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
             other => break Ended::Error(format!("{other:?}")),
         }
     };
-    assert_eq!(
-        ended,
-        Ended::Close(close::LAGGED, close::LAGGED_REASON.into())
-    );
-    assert!(
-        seen.len() < MESSAGES,
-        "the stalled client was cut off before the end"
-    );
+    assert_eq!(ended, Ended::Close(close::LAGGED, close::LAGGED_REASON.into()));
+    assert!(seen.len() < MESSAGES, "the stalled client was cut off before the end");
 
     // It resumes from the last seq it saw and gets every remaining message exactly once.
     let last = seen.last().copied().unwrap_or(stalled_welcome.seq_head);
     let mut back = server.client().await;
-    let welcome = match back
-        .hello_with(resume(
-            "Stalled",
-            "lobby",
-            last,
-            Some(stalled_welcome.resume_token.as_str()),
-        ))
-        .await
-    {
-        ServerMsg::Welcome(w) => w,
-        other => panic!("expected welcome, got {other:?}"),
-    };
+    let welcome =
+        match back.hello_with(resume("Stalled", "lobby", last, Some(stalled_welcome.resume_token.as_str()))).await {
+            ServerMsg::Welcome(w) => w,
+            other => panic!("expected welcome, got {other:?}"),
+        };
     assert_eq!(welcome.missed, None);
     for e in &welcome.history {
         if let natter_shared::RoomEvent::Message(m) = e {
@@ -149,17 +117,13 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
         }
     }
     assert_eq!(seen.len(), MESSAGES, "every message exactly once");
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "in order, no duplicates"
-    );
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
 }
 
 #[tokio::test]
 async fn a_foreign_origin_is_refused_with_403_before_the_upgrade() {
     let mut cfg = config();
-    cfg.origins =
-        natter_backend::origin::OriginPolicy::new(&["https://pages.example"]).expect("valid");
+    cfg.origins = natter_backend::origin::OriginPolicy::new(&["https://pages.example"]).expect("valid");
     let server = TestServer::start(cfg).await;
     match Client::try_connect_with(&server.url(), &[("origin", "http://evil.example")]).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 403),
@@ -167,22 +131,12 @@ async fn a_foreign_origin_is_refused_with_403_before_the_upgrade() {
         Ok(_) => panic!("a foreign origin must be refused"),
     }
     let own = format!("http://{}", server.addr);
+    assert!(Client::try_connect_with(&server.url(), &[("origin", &own)]).await.is_ok(), "own origin");
     assert!(
-        Client::try_connect_with(&server.url(), &[("origin", &own)])
-            .await
-            .is_ok(),
-        "own origin"
-    );
-    assert!(
-        Client::try_connect_with(&server.url(), &[("origin", "https://pages.example")])
-            .await
-            .is_ok(),
+        Client::try_connect_with(&server.url(), &[("origin", "https://pages.example")]).await.is_ok(),
         "listed origin"
     );
-    assert!(
-        Client::try_connect_with(&server.url(), &[]).await.is_ok(),
-        "no origin: not a browser"
-    );
+    assert!(Client::try_connect_with(&server.url(), &[]).await.is_ok(), "no origin: not a browser");
 }
 
 #[tokio::test]
@@ -229,14 +183,8 @@ async fn shutdown_closes_every_client_with_1012_and_run_returns() {
     let stopping = tokio::spawn(server.shutdown());
     assert!(matches!(ada.closed().await, Ended::Close(code, _) if code == close::SERVICE_RESTART));
     assert!(matches!(bob.closed().await, Ended::Close(code, _) if code == close::SERVICE_RESTART));
-    stopping
-        .await
-        .expect("shutdown task")
-        .expect("run returns Ok");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the shutdown timeout"
-    );
+    stopping.await.expect("shutdown task").expect("run returns Ok");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the shutdown timeout");
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use natter_shared::{
-    ChatMessage, ClientMsgId, Color, ErrorCode, Member, MessageText, Notice, NoticeKind,
-    ResumeToken, RoomEvent, RoomName, Seq, ServerMsg, Timestamp, UserName, ValidationError,
-    Welcome, limits::TYPING_TTL_MS,
+    ChatMessage, ClientMsgId, Color, ErrorCode, Member, MessageText, Notice, NoticeKind, ResumeToken, RoomEvent,
+    RoomName, Seq, ServerMsg, Timestamp, UserName, ValidationError, Welcome, limits::TYPING_TTL_MS,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,21 +17,8 @@ pub const MAX_ENTRIES: usize = 2000;
 /// One event of the room, as shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Message {
-        seq: Seq,
-        ts: Timestamp,
-        name: UserName,
-        color: Color,
-        text: String,
-        mine: bool,
-    },
-    Notice {
-        seq: Seq,
-        ts: Timestamp,
-        kind: NoticeKind,
-        name: UserName,
-        color: Color,
-    },
+    Message { seq: Seq, ts: Timestamp, name: UserName, color: Color, text: String, mine: bool },
+    Notice { seq: Seq, ts: Timestamp, kind: NoticeKind, name: UserName, color: Color },
 }
 
 impl Entry {
@@ -115,6 +101,10 @@ pub struct ChatState {
     hidden: bool,
     /// Messages from others that arrived while the page was hidden.
     pub unread: u32,
+    /// The server has nothing older than what is shown.
+    older_complete: bool,
+    /// A page of older events was asked for and has not arrived.
+    loading_older: bool,
 }
 
 impl ChatState {
@@ -123,18 +113,11 @@ impl ChatState {
         let pending = pending
             .into_iter()
             .map(|p| Pending {
-                status: if matches!(p.status, SendStatus::Failed(_)) {
-                    p.status
-                } else {
-                    SendStatus::Waiting
-                },
+                status: if matches!(p.status, SendStatus::Failed(_)) { p.status } else { SendStatus::Waiting },
                 ..p
             })
             .collect();
-        Self {
-            pending,
-            ..Self::default()
-        }
+        Self { pending, ..Self::default() }
     }
 
     fn my_key(&self) -> Option<String> {
@@ -154,10 +137,13 @@ impl ChatState {
             ServerMsg::Notice(n) => self.notice(n),
             ServerMsg::Typing(t) => self.set_typing(t.name, t.active, now_ms),
             ServerMsg::Error(e) => {
-                if let Some(cid) = e.cid {
-                    self.refused(&cid, e.code, &e.message);
+                match e.cid {
+                    Some(cid) => self.refused(&cid, e.code, &e.message),
+                    // A refused history page (storage trouble): allow asking again.
+                    None => self.loading_older = false,
                 }
             }
+            ServerMsg::History(page) => self.older(page),
         }
     }
 
@@ -181,6 +167,7 @@ impl ChatState {
             self.last_seq = None;
         }
         self.history_id = Some(w.history_id);
+        self.loading_older = false;
         self.room = Some(w.room);
         self.me = Some(w.you);
         self.members = w.members;
@@ -250,10 +237,7 @@ impl ChatState {
             match n.kind {
                 NoticeKind::Joined => {
                     if !self.members.iter().any(|m| m.name.key() == n.name.key()) {
-                        self.members.push(Member {
-                            name: n.name.clone(),
-                            color: n.color.clone(),
-                        });
+                        self.members.push(Member { name: n.name.clone(), color: n.color.clone() });
                         self.members.sort_by_key(|m| m.name.key());
                     }
                 }
@@ -263,13 +247,7 @@ impl ChatState {
                 }
             }
         }
-        self.insert(Entry::Notice {
-            seq: n.seq,
-            ts: n.ts,
-            kind: n.kind,
-            name: n.name,
-            color: n.color,
-        });
+        self.insert(Entry::Notice { seq: n.seq, ts: n.ts, kind: n.kind, name: n.name, color: n.color });
     }
 
     fn ack(&mut self, cid: &ClientMsgId, seq: Seq, ts: Timestamp) {
@@ -278,14 +256,7 @@ impl ChatState {
         };
         let p = self.pending.remove(index);
         if let Some(me) = self.me.clone() {
-            self.insert(Entry::Message {
-                seq,
-                ts,
-                name: me.name,
-                color: me.color,
-                text: p.text,
-                mine: true,
-            });
+            self.insert(Entry::Message { seq, ts, name: me.name, color: me.color, text: p.text, mine: true });
         }
     }
 
@@ -293,7 +264,7 @@ impl ChatState {
         if let Some(p) = self.pending.iter_mut().find(|p| p.cid == cid) {
             p.status = match code {
                 // Transient: send again when possible.
-                ErrorCode::RateLimited | ErrorCode::NotJoined | ErrorCode::Internal => {
+                ErrorCode::RateLimited | ErrorCode::NotJoined | ErrorCode::Internal | ErrorCode::StorageUnavailable => {
                     SendStatus::Waiting
                 }
                 _ => SendStatus::Failed(message.to_owned()),
@@ -310,11 +281,7 @@ impl ChatState {
 
     /// Names of others typing at `now_ms`.
     pub fn typing_names(&self, now_ms: f64) -> Vec<String> {
-        self.typing
-            .iter()
-            .filter(|(_, until)| *until > now_ms)
-            .map(|(n, _)| n.to_string())
-            .collect()
+        self.typing.iter().filter(|(_, until)| *until > now_ms).map(|(n, _)| n.to_string()).collect()
     }
 
     /// Whether anyone's typing indicator is held (expired or not).
@@ -327,14 +294,50 @@ impl ChatState {
         self.typing.retain(|(_, until)| *until > now_ms);
     }
 
+    /// Older events arrived: shown above the rest; they never change
+    /// membership, unread counts or typing.
+    fn older(&mut self, page: natter_shared::HistoryPage) {
+        self.loading_older = false;
+        self.older_complete |= page.complete;
+        let my_key = self.my_key();
+        for event in page.events {
+            let entry = match event {
+                RoomEvent::Message(m) => {
+                    let mine = my_key.as_ref().is_some_and(|k| *k == m.name.key());
+                    Entry::Message { seq: m.seq, ts: m.ts, name: m.name, color: m.color, text: m.text.to_string(), mine }
+                }
+                RoomEvent::Notice(n) => Entry::Notice { seq: n.seq, ts: n.ts, kind: n.kind, name: n.name, color: n.color },
+            };
+            self.entries.entry(entry.seq()).or_insert(entry);
+        }
+        // A gap whose events are now all here is closed.
+        let entries = &self.entries;
+        self.gaps.retain(|before, missed| {
+            let first_missing = before.0.saturating_sub(*missed);
+            !(first_missing..before.0).all(|s| entries.contains_key(&Seq(s)))
+        });
+    }
+
+    /// The seq to ask older events before, if there may be any and none are
+    /// being fetched; marks the fetch as under way.
+    pub fn begin_older(&mut self) -> Option<Seq> {
+        let oldest = self.entries.keys().next().copied()?;
+        if self.older_complete || self.loading_older || oldest <= Seq(1) {
+            return None;
+        }
+        self.loading_older = true;
+        Some(oldest)
+    }
+
+    /// Whether "load older messages" makes sense now.
+    pub fn can_load_older(&self) -> bool {
+        !self.older_complete && !self.loading_older && self.entries.keys().next().is_some_and(|s| *s > Seq(1))
+    }
+
     /// Adds a message to the outbox. The text is checked with the protocol's rules.
     pub fn queue(&mut self, cid: String, text: &str) -> Result<(), ValidationError> {
         MessageText::parse(text)?;
-        self.pending.push(Pending {
-            cid,
-            text: text.to_owned(),
-            status: SendStatus::Waiting,
-        });
+        self.pending.push(Pending { cid, text: text.to_owned(), status: SendStatus::Waiting });
         Ok(())
     }
 
@@ -387,9 +390,8 @@ impl ChatState {
 
     /// Everything to show, oldest first: events (with gaps) then the outbox.
     pub fn lines(&self) -> Vec<Line> {
-        let mut lines = Vec::with_capacity(
-            self.archive.len() + self.entries.len() + self.gaps.len() + self.pending.len() + 1,
-        );
+        let mut lines =
+            Vec::with_capacity(self.archive.len() + self.entries.len() + self.gaps.len() + self.pending.len() + 1);
         for (epoch, entry) in &self.archive {
             lines.push(Line::Event(entry.clone(), *epoch));
         }
@@ -410,15 +412,8 @@ impl ChatState {
 
     /// The document title: `(3) #lobby — Natter` while messages are unread.
     pub fn title(&self) -> String {
-        let room = self
-            .room
-            .as_ref()
-            .map_or_else(String::new, |r| format!("#{r} — "));
-        if self.unread > 0 {
-            format!("({}) {room}Natter", self.unread)
-        } else {
-            format!("{room}Natter")
-        }
+        let room = self.room.as_ref().map_or_else(String::new, |r| format!("#{r} — "));
+        if self.unread > 0 { format!("({}) {room}Natter", self.unread) } else { format!("{room}Natter") }
     }
 
     /// Number of members in the room.
@@ -438,10 +433,7 @@ mod tests {
     }
 
     fn member(s: &str) -> Member {
-        Member {
-            name: name(s),
-            color: Color("#123456".into()),
-        }
+        Member { name: name(s), color: Color("#123456".into()) }
     }
 
     fn welcome(head: u64, history: Vec<RoomEvent>, missed: Option<u64>) -> ServerMsg {
@@ -473,36 +465,17 @@ mod tests {
     }
 
     fn notice(seq: u64, kind: NoticeKind, who: &str) -> Notice {
-        Notice {
-            seq: Seq(seq),
-            ts: Timestamp(seq),
-            kind,
-            name: name(who),
-            color: Color("#123456".into()),
-        }
+        Notice { seq: Seq(seq), ts: Timestamp(seq), kind, name: name(who), color: Color("#123456".into()) }
     }
 
     fn seqs(state: &ChatState) -> Vec<u64> {
-        state
-            .lines()
-            .iter()
-            .filter_map(|l| {
-                if let Line::Event(e, _) = l {
-                    Some(e.seq().0)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        state.lines().iter().filter_map(|l| if let Line::Event(e, _) = l { Some(e.seq().0) } else { None }).collect()
     }
 
     #[test]
     fn events_are_ordered_by_seq_and_deduplicated() {
         let mut s = ChatState::default();
-        s.apply(
-            welcome(2, vec![RoomEvent::Message(msg(2, "Bob", "b", None))], None),
-            0.0,
-        );
+        s.apply(welcome(2, vec![RoomEvent::Message(msg(2, "Bob", "b", None))], None), 0.0);
         s.apply(ServerMsg::Message(msg(4, "Bob", "four", None)), 0.0);
         s.apply(ServerMsg::Message(msg(3, "Bob", "three", None)), 0.0);
         s.apply(ServerMsg::Message(msg(3, "Bob", "three", None)), 0.0);
@@ -513,19 +486,13 @@ mod tests {
     #[test]
     fn a_replay_after_reconnect_fills_in_without_duplicates() {
         let mut s = ChatState::default();
-        s.apply(
-            welcome(3, vec![RoomEvent::Message(msg(3, "Bob", "x", None))], None),
-            0.0,
-        );
+        s.apply(welcome(3, vec![RoomEvent::Message(msg(3, "Bob", "x", None))], None), 0.0);
         s.disconnected();
         // Resume: the server replays 4..=5 and the live stream continues.
         s.apply(
             welcome(
                 5,
-                vec![
-                    RoomEvent::Message(msg(4, "Bob", "y", None)),
-                    RoomEvent::Message(msg(5, "Bob", "z", None)),
-                ],
+                vec![RoomEvent::Message(msg(4, "Bob", "y", None)), RoomEvent::Message(msg(5, "Bob", "z", None))],
                 None,
             ),
             0.0,
@@ -540,22 +507,13 @@ mod tests {
         s.apply(
             welcome(
                 10,
-                vec![
-                    RoomEvent::Message(msg(9, "Bob", "a", None)),
-                    RoomEvent::Message(msg(10, "Bob", "b", None)),
-                ],
+                vec![RoomEvent::Message(msg(9, "Bob", "a", None)), RoomEvent::Message(msg(10, "Bob", "b", None))],
                 Some(7),
             ),
             0.0,
         );
         let lines = s.lines();
-        assert_eq!(
-            lines[0],
-            Line::Gap {
-                before: Seq(9),
-                missed: 7
-            }
-        );
+        assert_eq!(lines[0], Line::Gap { before: Seq(9), missed: 7 });
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].key(), "g9");
     }
@@ -580,10 +538,7 @@ mod tests {
     #[test]
     fn another_room_starts_its_own_list() {
         let mut s = ChatState::default();
-        s.apply(
-            welcome(5, vec![RoomEvent::Message(msg(5, "Bob", "x", None))], None),
-            0.0,
-        );
+        s.apply(welcome(5, vec![RoomEvent::Message(msg(5, "Bob", "x", None))], None), 0.0);
         let ServerMsg::Welcome(mut other) = welcome(1, vec![], None) else {
             unreachable!("welcome() builds a welcome")
         };
@@ -597,39 +552,17 @@ mod tests {
     fn the_outbox_goes_waiting_sending_acked() {
         let mut s = ChatState::default();
         s.queue("c1".into(), "hello").expect("valid");
-        assert_eq!(
-            s.queue("c2".into(), "  "),
-            Err(ValidationError::MessageEmpty)
-        );
-        assert!(
-            matches!(s.lines().last(), Some(Line::Pending(p)) if p.status == SendStatus::Waiting)
-        );
+        assert_eq!(s.queue("c2".into(), "  "), Err(ValidationError::MessageEmpty));
+        assert!(matches!(s.lines().last(), Some(Line::Pending(p)) if p.status == SendStatus::Waiting));
         // Offline: nothing to send until joined... the client decides; here we join.
         s.apply(welcome(1, vec![], None), 0.0);
-        assert_eq!(
-            s.take_outgoing(),
-            vec![("c1".to_owned(), "hello".to_owned())]
-        );
+        assert_eq!(s.take_outgoing(), vec![("c1".to_owned(), "hello".to_owned())]);
         assert_eq!(s.take_outgoing(), vec![], "sent once");
         assert_eq!(s.pending()[0].status, SendStatus::Sending);
-        let ack = Ack {
-            cid: ClientMsgId::parse("c1").expect("valid"),
-            seq: Seq(2),
-            ts: Timestamp(5),
-        };
+        let ack = Ack { cid: ClientMsgId::parse("c1").expect("valid"), seq: Seq(2), ts: Timestamp(5) };
         s.apply(ServerMsg::Ack(ack.clone()), 0.0);
         assert!(s.pending().is_empty());
-        assert!(matches!(
-            s.lines().last(),
-            Some(Line::Event(
-                Entry::Message {
-                    mine: true,
-                    seq: Seq(2),
-                    ..
-                },
-                _
-            ))
-        ));
+        assert!(matches!(s.lines().last(), Some(Line::Event(Entry::Message { mine: true, seq: Seq(2), .. }, _))));
         // A second ack for the same cid changes nothing.
         s.apply(ServerMsg::Ack(ack), 0.0);
         assert_eq!(seqs(&s), vec![2]);
@@ -655,20 +588,10 @@ mod tests {
         s.take_outgoing();
         s.disconnected();
         // The ack was lost, but the replay holds the stored message.
-        s.apply(
-            welcome(
-                2,
-                vec![RoomEvent::Message(msg(2, "me", "hi", Some("c1")))],
-                None,
-            ),
-            0.0,
-        );
+        s.apply(welcome(2, vec![RoomEvent::Message(msg(2, "me", "hi", Some("c1")))], None), 0.0);
         assert!(s.pending().is_empty());
         assert_eq!(s.lines().len(), 1);
-        assert!(matches!(
-            &s.lines()[0],
-            Line::Event(Entry::Message { mine: true, .. }, _)
-        ));
+        assert!(matches!(&s.lines()[0], Line::Event(Entry::Message { mine: true, .. }, _)));
     }
 
     #[test]
@@ -678,13 +601,8 @@ mod tests {
         s.queue("c1".into(), "a").expect("valid");
         s.queue("c2".into(), "b").expect("valid");
         s.take_outgoing();
-        let refuse = |code, cid: &str| {
-            ServerMsg::Error(ErrorMsg {
-                code,
-                message: "nope".into(),
-                cid: Some(cid.into()),
-            })
-        };
+        let refuse =
+            |code, cid: &str| ServerMsg::Error(ErrorMsg { code, message: "nope".into(), cid: Some(cid.into()) });
         s.apply(refuse(ErrorCode::TooLong, "c1"), 0.0);
         s.apply(refuse(ErrorCode::RateLimited, "c2"), 0.0);
         assert_eq!(s.pending()[0].status, SendStatus::Failed("nope".into()));
@@ -698,16 +616,8 @@ mod tests {
     #[test]
     fn a_reloaded_outbox_is_waiting_again() {
         let saved = vec![
-            Pending {
-                cid: "a".into(),
-                text: "x".into(),
-                status: SendStatus::Sending,
-            },
-            Pending {
-                cid: "b".into(),
-                text: "y".into(),
-                status: SendStatus::Failed("too long".into()),
-            },
+            Pending { cid: "a".into(), text: "x".into(), status: SendStatus::Sending },
+            Pending { cid: "b".into(), text: "y".into(), status: SendStatus::Failed("too long".into()) },
         ];
         let s = ChatState::with_outbox(saved);
         assert_eq!(s.pending()[0].status, SendStatus::Waiting);
@@ -721,18 +631,9 @@ mod tests {
         assert_eq!(s.member_count(), 2);
         s.apply(ServerMsg::Notice(notice(2, NoticeKind::Joined, "Cat")), 0.0);
         assert_eq!(s.member_count(), 3);
-        s.apply(
-            ServerMsg::Notice(notice(3, NoticeKind::TimedOut, "bob")),
-            0.0,
-        );
+        s.apply(ServerMsg::Notice(notice(3, NoticeKind::TimedOut, "bob")), 0.0);
         s.apply(ServerMsg::Notice(notice(4, NoticeKind::Left, "Cat")), 0.0);
-        assert_eq!(
-            s.members
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>(),
-            ["Me"]
-        );
+        assert_eq!(s.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["Me"]);
         // A replayed notice does not change membership twice.
         s.apply(ServerMsg::Notice(notice(2, NoticeKind::Joined, "Cat")), 0.0);
         assert_eq!(s.member_count(), 1);
@@ -751,11 +652,7 @@ mod tests {
         s.queue("c".into(), "mine").expect("valid");
         s.take_outgoing();
         s.apply(
-            ServerMsg::Ack(Ack {
-                cid: ClientMsgId::parse("c").expect("valid"),
-                seq: Seq(6),
-                ts: Timestamp(6),
-            }),
+            ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c").expect("valid"), seq: Seq(6), ts: Timestamp(6) }),
             0.0,
         );
         assert_eq!(s.unread, 2);
@@ -769,35 +666,43 @@ mod tests {
     fn typing_expires_and_clears_on_a_message() {
         let mut s = ChatState::default();
         s.apply(welcome(1, vec![], None), 0.0);
-        s.apply(
-            ServerMsg::Typing(TypingUpdate {
-                name: name("Bob"),
-                active: true,
-            }),
-            1000.0,
-        );
+        s.apply(ServerMsg::Typing(TypingUpdate { name: name("Bob"), active: true }), 1000.0);
         assert_eq!(s.typing_names(1000.0), ["Bob"]);
-        assert!(
-            s.typing_names(1000.0 + TYPING_TTL_MS as f64).is_empty(),
-            "expires by itself"
-        );
-        s.apply(
-            ServerMsg::Typing(TypingUpdate {
-                name: name("Bob"),
-                active: true,
-            }),
-            2000.0,
-        );
+        assert!(s.typing_names(1000.0 + TYPING_TTL_MS as f64).is_empty(), "expires by itself");
+        s.apply(ServerMsg::Typing(TypingUpdate { name: name("Bob"), active: true }), 2000.0);
         s.apply(ServerMsg::Message(msg(2, "Bob", "done", None)), 2100.0);
         assert!(s.typing_names(2100.0).is_empty());
-        s.apply(
-            ServerMsg::Typing(TypingUpdate {
-                name: name("Me"),
-                active: true,
-            }),
-            0.0,
-        );
+        s.apply(ServerMsg::Typing(TypingUpdate { name: name("Me"), active: true }), 0.0);
         assert!(s.typing_names(0.0).is_empty(), "never shows myself");
+    }
+
+    #[test]
+    fn older_pages_go_above_without_touching_members_or_unread() {
+        let mut s = ChatState::default();
+        s.apply(welcome(10, vec![RoomEvent::Message(msg(9, "Bob", "a", None)), RoomEvent::Message(msg(10, "Bob", "b", None))], Some(3)), 0.0);
+        s.set_hidden(true);
+        assert!(s.can_load_older());
+        assert_eq!(s.begin_older(), Some(Seq(9)));
+        assert_eq!(s.begin_older(), None, "one fetch at a time");
+        assert!(!s.can_load_older());
+        let page = natter_shared::HistoryPage {
+            before: Seq(9),
+            events: vec![
+                RoomEvent::Notice(notice(6, NoticeKind::Left, "Me")),
+                RoomEvent::Message(msg(7, "Cat", "x", None)),
+                RoomEvent::Message(msg(8, "me", "mine", None)),
+            ],
+            complete: false,
+        };
+        s.apply(ServerMsg::History(page), 0.0);
+        assert_eq!(seqs(&s), vec![6, 7, 8, 9, 10]);
+        assert_eq!(s.member_count(), 2, "an old leave notice changes nothing now");
+        assert_eq!(s.unread, 0);
+        assert!(s.lines().iter().all(|l| !matches!(l, Line::Gap { .. })), "the gap 6..=8 is filled");
+        assert!(matches!(&s.lines()[2], Line::Event(Entry::Message { mine: true, .. }, _)));
+        assert_eq!(s.begin_older(), Some(Seq(6)));
+        s.apply(ServerMsg::History(natter_shared::HistoryPage { before: Seq(6), events: vec![], complete: true }), 0.0);
+        assert!(!s.can_load_older(), "nothing older exists");
     }
 
     #[test]

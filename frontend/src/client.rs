@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 use natter_shared::{
-    ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, RoomName, Say, ServerMsg, Typing, UserName,
-    close, limits::TYPING_REFRESH_MS,
+    ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, RoomName, Say, ServerMsg, Typing, UserName, close,
+    limits::TYPING_REFRESH_MS,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
@@ -27,6 +27,8 @@ use crate::storage;
 pub const TYPING_IDLE: Duration = Duration::from_millis(4_000);
 /// How often the clock signal ticks (countdowns, typing expiry).
 pub const TICK: Duration = Duration::from_millis(1_000);
+/// Events asked for per "load older messages".
+pub const OLDER_PAGE: u32 = 50;
 /// Wait before resending messages the server refused as `rate_limited`.
 pub const RATE_LIMIT_RETRY: Duration = Duration::from_millis(1_500);
 
@@ -115,9 +117,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("status", &self.status.get_untracked())
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("status", &self.status.get_untracked()).finish_non_exhaustive()
     }
 }
 
@@ -140,10 +140,7 @@ impl Client {
             phase: RwSignal::new(Phase::Join(None)),
             target: RwSignal::new(None),
             now: RwSignal::new(now_ms()),
-            inner: StoredValue::new_local(Inner {
-                url,
-                ..Inner::default()
-            }),
+            inner: StoredValue::new_local(Inner { url, ..Inner::default() }),
         };
         let ticker = set_interval_with_handle(
             move || {
@@ -200,8 +197,7 @@ impl Client {
     /// reason if the text breaks the protocol's rules.
     pub fn send(self, text: &str) -> Result<(), String> {
         let mut result = Ok(());
-        self.chat
-            .update(|c| result = c.queue(new_cid(), text).map_err(|e| e.to_string()));
+        self.chat.update(|c| result = c.queue(new_cid(), text).map_err(|e| e.to_string()));
         result?;
         self.stop_typing();
         self.flush();
@@ -212,6 +208,19 @@ impl Client {
     pub fn retry(self, cid: &str) {
         self.chat.update(|c| c.retry(cid));
         self.flush();
+    }
+
+    /// Asks the server for a page of older messages.
+    pub fn load_older(self) {
+        let mut before = None;
+        self.chat.update(|c| before = c.begin_older());
+        if let Some(before) = before {
+            let request = natter_shared::HistoryRequest { before, limit: OLDER_PAGE };
+            if !self.send_msg(&ClientMsg::History(request)) {
+                // Not connected: let the button be pressed again later.
+                self.chat.update(|c| c.apply(ServerMsg::error(ErrorCode::Internal, "offline"), now_ms()));
+            }
+        }
     }
 
     /// Gives up on a failed message.
@@ -226,10 +235,8 @@ impl Client {
             return self.stop_typing();
         }
         let now = now_ms();
-        let refresh = self.inner.with_value(|i| {
-            i.typing_since
-                .is_none_or(|since| now - since >= TYPING_REFRESH_MS as f64)
-        });
+        let refresh =
+            self.inner.with_value(|i| i.typing_since.is_none_or(|since| now - since >= TYPING_REFRESH_MS as f64));
         if refresh && self.send_msg(&ClientMsg::Typing(Typing { active: true })) {
             self.inner.update_value(|i| i.typing_since = Some(now));
         }
@@ -312,9 +319,7 @@ impl Client {
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
             Err(e) => {
-                let reason = e
-                    .as_string()
-                    .unwrap_or_else(|| format!("cannot open {url}"));
+                let reason = e.as_string().unwrap_or_else(|| format!("cannot open {url}"));
                 self.status.set(Status::Closed(reason));
                 return;
             }
@@ -326,18 +331,11 @@ impl Client {
                 self.received(&text);
             }
         });
-        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
-            self.closed(e.code(), &e.reason())
-        });
+        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| self.closed(e.code(), &e.reason()));
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let socket = Socket {
-            ws,
-            _on_open: on_open,
-            _on_message: on_message,
-            _on_close: on_close,
-        };
+        let socket = Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close };
         self.inner.update_value(|i| i.socket = Some(socket));
     }
 
@@ -363,22 +361,15 @@ impl Client {
         let msg: ServerMsg = match serde_json::from_str(text) {
             Ok(msg) => msg,
             Err(e) => {
-                web_sys::console::error_1(
-                    &format!("natter: unreadable server message: {e}").into(),
-                );
+                web_sys::console::error_1(&format!("natter: unreadable server message: {e}").into());
                 return;
             }
         };
         let welcomed = self.inner.with_value(|i| i.welcomed);
         match msg {
             ServerMsg::Welcome(w) => {
-                let (room, name, token) = (
-                    w.room.clone(),
-                    w.you.name.clone(),
-                    w.resume_token.as_str().to_owned(),
-                );
-                self.chat
-                    .update(|c| c.apply(ServerMsg::Welcome(w), now_ms()));
+                let (room, name, token) = (w.room.clone(), w.you.name.clone(), w.resume_token.as_str().to_owned());
+                self.chat.update(|c| c.apply(ServerMsg::Welcome(w), now_ms()));
                 self.inner.update_value(|i| {
                     i.welcomed = true;
                     i.attempt = 0;
@@ -394,10 +385,10 @@ impl Client {
                 self.phase.set(Phase::Chat);
                 self.flush();
             }
-            ServerMsg::Error(e) if e.cid.is_none() && !welcomed => {
-                self.join_refused(e.code, e.message)
-            }
-            ServerMsg::Error(e) if e.code == ErrorCode::RateLimited && e.cid.is_some() => {
+            ServerMsg::Error(e) if e.cid.is_none() && !welcomed => self.join_refused(e.code, e.message),
+            ServerMsg::Error(e)
+                if matches!(e.code, ErrorCode::RateLimited | ErrorCode::StorageUnavailable) && e.cid.is_some() =>
+            {
                 self.chat.update(|c| c.apply(ServerMsg::Error(e), now_ms()));
                 let _ = set_timeout_with_handle(move || self.flush(), RATE_LIMIT_RETRY);
             }
@@ -419,8 +410,7 @@ impl Client {
         self.shut(close::NORMAL, "join refused");
         storage::set_active(None);
         self.status.set(Status::Idle);
-        self.phase
-            .set(Phase::Join(Some(JoinProblem { field, message })));
+        self.phase.set(Phase::Join(Some(JoinProblem { field, message })));
     }
 
     fn closed(self, code: u16, reason: &str) {
@@ -428,15 +418,11 @@ impl Client {
         self.chat.update(|c| c.disconnected());
         match code {
             close::REPLACED => {
-                self.status.set(Status::Closed(
-                    "This chat is open in another tab or window.".into(),
-                ));
+                self.status.set(Status::Closed("This chat is open in another tab or window.".into()));
             }
             _ => {
                 if !reason.is_empty() {
-                    web_sys::console::info_1(
-                        &format!("natter: connection closed ({code}: {reason})").into(),
-                    );
+                    web_sys::console::info_1(&format!("natter: connection closed ({code}: {reason})").into());
                 }
                 self.schedule_reconnect();
             }
@@ -462,28 +448,21 @@ impl Client {
     fn schedule_reconnect(self) {
         let attempt = self.inner.with_value(|i| i.attempt);
         let delay = backoff::delay_ms(attempt, js_sys::Math::random());
-        let handle =
-            set_timeout_with_handle(move || self.connect(), Duration::from_millis(delay as u64))
-                .ok();
+        let handle = set_timeout_with_handle(move || self.connect(), Duration::from_millis(delay as u64)).ok();
         self.inner.update_value(|i| {
             i.attempt = i.attempt.saturating_add(1);
             if let Some(old) = std::mem::replace(&mut i.retry, handle) {
                 old.clear();
             }
         });
-        self.status.set(Status::Reconnecting {
-            at_ms: now_ms() + delay,
-        });
+        self.status.set(Status::Reconnecting { at_ms: now_ms() + delay });
     }
 
     /// Sends every waiting message, if joined.
     fn flush(self) {
-        let ready = self.inner.with_value(|i| {
-            i.welcomed
-                && i.socket
-                    .as_ref()
-                    .is_some_and(|s| s.ws.ready_state() == WebSocket::OPEN)
-        });
+        let ready = self
+            .inner
+            .with_value(|i| i.welcomed && i.socket.as_ref().is_some_and(|s| s.ws.ready_state() == WebSocket::OPEN));
         if !ready {
             return;
         }
@@ -513,27 +492,20 @@ impl Client {
         };
         let document = window.document();
         let on_visibility = Closure::<dyn FnMut()>::new(move || {
-            let hidden = web_sys::window()
-                .and_then(|w| w.document())
-                .is_some_and(|d| d.hidden());
+            let hidden = web_sys::window().and_then(|w| w.document()).is_some_and(|d| d.hidden());
             self.visibility_changed(hidden);
         });
         if let Some(document) = &document {
-            let _ = document.add_event_listener_with_callback(
-                "visibilitychange",
-                on_visibility.as_ref().unchecked_ref(),
-            );
+            let _ =
+                document.add_event_listener_with_callback("visibilitychange", on_visibility.as_ref().unchecked_ref());
             self.chat.update(|c| c.set_hidden(document.hidden()));
         }
         let on_online = Closure::<dyn FnMut()>::new(move || self.online());
         let on_pagehide = Closure::<dyn FnMut()>::new(move || self.page_hidden());
         let on_pageshow = Closure::<dyn FnMut()>::new(move || self.page_shown());
-        let _ =
-            window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
-        let _ = window
-            .add_event_listener_with_callback("pagehide", on_pagehide.as_ref().unchecked_ref());
-        let _ = window
-            .add_event_listener_with_callback("pageshow", on_pageshow.as_ref().unchecked_ref());
+        let _ = window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
+        let _ = window.add_event_listener_with_callback("pagehide", on_pagehide.as_ref().unchecked_ref());
+        let _ = window.add_event_listener_with_callback("pageshow", on_pageshow.as_ref().unchecked_ref());
         // These live as long as the page.
         on_visibility.forget();
         on_online.forget();
@@ -553,12 +525,7 @@ pub fn server_url() -> String {
         .and_then(|m| m.get_attribute("content"));
     let (protocol, host) = window
         .map(|w| w.location())
-        .map(|l| {
-            (
-                l.protocol().unwrap_or_default(),
-                l.host().unwrap_or_default(),
-            )
-        })
+        .map(|l| (l.protocol().unwrap_or_default(), l.host().unwrap_or_default()))
         .unwrap_or_default();
     location::ws_url(configured.as_deref(), &protocol, &host)
 }

@@ -14,10 +14,7 @@ pub struct Follow {
 
 impl Default for Follow {
     fn default() -> Self {
-        Self {
-            at_bottom: true,
-            unseen: 0,
-        }
+        Self { at_bottom: true, unseen: 0 }
     }
 }
 

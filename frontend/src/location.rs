@@ -6,13 +6,8 @@ use natter_shared::RoomName;
 /// The room named by the URL: `#/r/<room>` or `?room=<room>`, if valid.
 pub fn room_from_url(hash: &str, search: &str) -> Option<RoomName> {
     let from_hash = hash.strip_prefix("#/r/").map(|r| r.trim_end_matches('/'));
-    let from_query = search
-        .trim_start_matches('?')
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("room="));
-    from_hash
-        .or(from_query)
-        .and_then(|r| RoomName::parse(r).ok())
+    let from_query = search.trim_start_matches('?').split('&').find_map(|pair| pair.strip_prefix("room="));
+    from_hash.or(from_query).and_then(|r| RoomName::parse(r).ok())
 }
 
 /// The fragment that names a room, for sharing: `#/r/lobby`.
@@ -34,17 +29,9 @@ pub fn ws_url(configured: Option<&str>, page_protocol: &str, page_host: &str) ->
             server.to_owned()
         };
         let after_scheme = converted.split_once("://").map_or("", |(_, r)| r);
-        return if after_scheme.contains('/') {
-            converted
-        } else {
-            format!("{converted}/ws")
-        };
+        return if after_scheme.contains('/') { converted } else { format!("{converted}/ws") };
     }
-    let scheme = if page_protocol == "https:" {
-        "wss"
-    } else {
-        "ws"
-    };
+    let scheme = if page_protocol == "https:" { "wss" } else { "ws" };
     format!("{scheme}://{page_host}/ws")
 }
 
@@ -54,20 +41,10 @@ mod tests {
 
     #[test]
     fn rooms_come_from_the_hash_or_the_query() {
-        assert_eq!(
-            room_from_url("#/r/dev-team", ""),
-            RoomName::parse("dev-team").ok()
-        );
+        assert_eq!(room_from_url("#/r/dev-team", ""), RoomName::parse("dev-team").ok());
         assert_eq!(room_from_url("", "?room=ops"), RoomName::parse("ops").ok());
-        assert_eq!(
-            room_from_url("", "?x=1&room=ops"),
-            RoomName::parse("ops").ok()
-        );
-        assert_eq!(
-            room_from_url("#/r/a", "?room=b"),
-            RoomName::parse("a").ok(),
-            "the hash wins"
-        );
+        assert_eq!(room_from_url("", "?x=1&room=ops"), RoomName::parse("ops").ok());
+        assert_eq!(room_from_url("#/r/a", "?room=b"), RoomName::parse("a").ok(), "the hash wins");
         assert_eq!(room_from_url("#/r/Not Valid", ""), None);
         assert_eq!(room_from_url("#top", ""), None);
         assert_eq!(room_hash(&RoomName::default()), "#/r/lobby");
@@ -75,29 +52,11 @@ mod tests {
 
     #[test]
     fn the_socket_follows_the_page_unless_configured() {
-        assert_eq!(
-            ws_url(None, "http:", "127.0.0.1:8080"),
-            "ws://127.0.0.1:8080/ws"
-        );
-        assert_eq!(
-            ws_url(None, "https:", "chat.example.com"),
-            "wss://chat.example.com/ws"
-        );
-        assert_eq!(
-            ws_url(Some(""), "https:", "a.example"),
-            "wss://a.example/ws"
-        );
-        assert_eq!(
-            ws_url(Some("https://api.example.com"), "http:", "x"),
-            "wss://api.example.com/ws"
-        );
-        assert_eq!(
-            ws_url(Some("wss://api.example.com/chat/ws"), "http:", "x"),
-            "wss://api.example.com/chat/ws"
-        );
-        assert_eq!(
-            ws_url(Some("http://10.0.0.5:8080"), "http:", "x"),
-            "ws://10.0.0.5:8080/ws"
-        );
+        assert_eq!(ws_url(None, "http:", "127.0.0.1:8080"), "ws://127.0.0.1:8080/ws");
+        assert_eq!(ws_url(None, "https:", "chat.example.com"), "wss://chat.example.com/ws");
+        assert_eq!(ws_url(Some(""), "https:", "a.example"), "wss://a.example/ws");
+        assert_eq!(ws_url(Some("https://api.example.com"), "http:", "x"), "wss://api.example.com/ws");
+        assert_eq!(ws_url(Some("wss://api.example.com/chat/ws"), "http:", "x"), "wss://api.example.com/chat/ws");
+        assert_eq!(ws_url(Some("http://10.0.0.5:8080"), "http:", "x"), "ws://10.0.0.5:8080/ws");
     }
 }

@@ -56,9 +56,7 @@ fn outbox_key(room: &str, name_key: &str) -> String {
 
 /// The unacknowledged messages saved for this room and name.
 pub fn load_outbox(room: &str, name_key: &str) -> Vec<Pending> {
-    get(local(), &outbox_key(room, name_key))
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .unwrap_or_default()
+    get(local(), &outbox_key(room, name_key)).and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_default()
 }
 
 /// Saves the outbox (removes the key when it is empty).

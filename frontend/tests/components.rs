@@ -38,23 +38,12 @@ async fn join_form_checks_fields_and_shows_errors_next_to_them() {
         }
     });
     tick().await;
-    assert_eq!(
-        get(&root, "#join-room").get_attribute("id").as_deref(),
-        Some("join-room")
-    );
+    assert_eq!(get(&root, "#join-room").get_attribute("id").as_deref(), Some("join-room"));
     click(&root, "form.join button[type=submit]");
     tick().await;
     assert!(text(&root, "#join-name-error").contains("at least one visible character"));
-    assert_eq!(
-        get(&root, "#join-name")
-            .get_attribute("aria-invalid")
-            .as_deref(),
-        Some("true")
-    );
-    assert!(
-        joined.get_untracked().is_none(),
-        "nothing sent for an empty name"
-    );
+    assert_eq!(get(&root, "#join-name").get_attribute("aria-invalid").as_deref(), Some("true"));
+    assert!(joined.get_untracked().is_none(), "nothing sent for an empty name");
 
     type_into(&root, "#join-name", &"x".repeat(25));
     click(&root, "form.join button[type=submit]");
@@ -75,10 +64,7 @@ async fn join_form_checks_fields_and_shows_errors_next_to_them() {
     assert_eq!((name.as_str(), room.as_str()), ("Ada", "dev-team"));
 
     // The server's refusal shows next to its field.
-    problem.set(Some(JoinProblem {
-        field: Field::Name,
-        message: "someone in #dev-team is already called Ada".into(),
-    }));
+    problem.set(Some(JoinProblem { field: Field::Name, message: "someone in #dev-team is already called Ada".into() }));
     tick().await;
     assert!(text(&root, "#join-name-error").contains("already called Ada"));
 }
@@ -105,29 +91,15 @@ async fn composer_counts_sends_on_enter_and_says_why_it_cannot_send() {
     assert_eq!(text(&root, ".counter"), format!("0 / {MESSAGE_MAX_CHARS}"));
     type_into(&root, "#composer-text", "héllo");
     tick().await;
-    assert_eq!(
-        text(&root, ".counter"),
-        format!("5 / {MESSAGE_MAX_CHARS}"),
-        "characters, not bytes"
-    );
+    assert_eq!(text(&root, ".counter"), format!("5 / {MESSAGE_MAX_CHARS}"), "characters, not bytes");
 
     // Shift+Enter is a new line, Enter sends.
-    assert!(
-        key(&root, "#composer-text", "Enter", true),
-        "Shift+Enter is not swallowed"
-    );
+    assert!(key(&root, "#composer-text", "Enter", true), "Shift+Enter is not swallowed");
     assert!(sent.get_untracked().is_empty());
-    assert!(
-        !key(&root, "#composer-text", "Enter", false),
-        "Enter is handled"
-    );
+    assert!(!key(&root, "#composer-text", "Enter", false), "Enter is handled");
     tick().await;
     assert_eq!(sent.get_untracked(), ["héllo"]);
-    assert_eq!(
-        text(&root, ".counter"),
-        format!("0 / {MESSAGE_MAX_CHARS}"),
-        "cleared after sending"
-    );
+    assert_eq!(text(&root, ".counter"), format!("0 / {MESSAGE_MAX_CHARS}"), "cleared after sending");
 
     type_into(&root, "#composer-text", &"a".repeat(MESSAGE_MAX_CHARS + 2));
     tick().await;
@@ -174,11 +146,7 @@ async fn message_list_renders_text_as_text_and_offers_retry() {
             },
             0,
         ),
-        Line::Pending(Pending {
-            cid: "c1".into(),
-            text: "too long".into(),
-            status: SendStatus::Failed("nope".into()),
-        }),
+        Line::Pending(Pending { cid: "c1".into(), text: "too long".into(), status: SendStatus::Failed("nope".into()) }),
     ]);
     let _mounted = mount_to(root.clone(), move || {
         view! {
@@ -190,16 +158,8 @@ async fn message_list_renders_text_as_text_and_offers_retry() {
         }
     });
     tick().await;
-    assert_eq!(
-        get(&root, ".messages").get_attribute("role").as_deref(),
-        Some("log")
-    );
-    assert_eq!(
-        get(&root, ".messages")
-            .get_attribute("aria-live")
-            .as_deref(),
-        Some("polite")
-    );
+    assert_eq!(get(&root, ".messages").get_attribute("role").as_deref(), Some("log"));
+    assert_eq!(get(&root, ".messages").get_attribute("aria-live").as_deref(), Some("polite"));
     assert_eq!(text(&root, ".notice-text"), "Bob joined");
     assert_eq!(text(&root, ".msg .text"), "<img src=x onerror=alert(1)>");
     assert_eq!(count(&root, "img"), 0, "never parsed as HTML");
@@ -245,16 +205,12 @@ fn message(seq: u64) -> Line {
 
 #[wasm_bindgen_test]
 async fn the_list_follows_new_messages_only_at_the_bottom() {
-    let document = web_sys::window()
-        .and_then(|w| w.document())
-        .expect("document");
+    let document = web_sys::window().and_then(|w| w.document()).expect("document");
     let style = document.create_element("style").expect("style");
-    style.set_text_content(Some(".messages { display: block; height: 120px; overflow-y: auto; } .messages li { height: 30px; }"));
-    document
-        .head()
-        .expect("head")
-        .append_child(&style)
-        .expect("append");
+    style.set_text_content(Some(
+        ".messages { display: block; height: 120px; overflow-y: auto; } .messages li { height: 30px; }",
+    ));
+    document.head().expect("head").append_child(&style).expect("append");
     let root = container();
     let lines = RwSignal::new((1..=20).map(message).collect::<Vec<_>>());
     let _mounted = mount_to(root.clone(), move || {
@@ -266,29 +222,19 @@ async fn the_list_follows_new_messages_only_at_the_bottom() {
 
     // At the bottom: a new message scrolls into view.
     lines.update(|l| l.push(message(21)));
-    until("following the new message", || {
-        gap() <= 1.0 && count(&root, ".messages > li") == 21
-    })
-    .await;
+    until("following the new message", || gap() <= 1.0 && count(&root, ".messages > li") == 21).await;
     assert_eq!(count(&root, ".new-messages"), 0);
 
     // Scrolled up: new messages are counted, not scrolled to.
     list.set_scroll_top(0);
-    list.dispatch_event(&web_sys::Event::new("scroll").expect("event"))
-        .expect("dispatch");
+    list.dispatch_event(&web_sys::Event::new("scroll").expect("event")).expect("dispatch");
     lines.update(|l| l.extend([message(22), message(23)]));
-    until("the new-messages button", || {
-        find(&root, ".new-messages").is_some()
-    })
-    .await;
+    until("the new-messages button", || find(&root, ".new-messages").is_some()).await;
     assert_eq!(text(&root, ".new-messages"), "2 new messages ↓");
     assert_eq!(list.scroll_top(), 0, "the reader stays where they were");
 
     click(&root, ".new-messages");
-    until("jumped to the bottom", || {
-        gap() <= 1.0 && find(&root, ".new-messages").is_none()
-    })
-    .await;
+    until("jumped to the bottom", || gap() <= 1.0 && find(&root, ".new-messages").is_none()).await;
 }
 
 #[wasm_bindgen_test]

@@ -11,8 +11,8 @@ use crate::ids::UserName;
 /// The palette, as `#rrggbb`. Appending is safe; reordering would change
 /// everyone's colour.
 pub const PALETTE: [&str; 12] = [
-    "#e12b2b", "#ad6319", "#797911", "#4b8413", "#138813", "#13874d", "#138383", "#1e77d0",
-    "#6565e9", "#9a4de6", "#cb1dcb", "#dd207e",
+    "#e12b2b", "#ad6319", "#797911", "#4b8413", "#138813", "#13874d", "#138383", "#1e77d0", "#6565e9", "#9a4de6",
+    "#cb1dcb", "#dd207e",
 ];
 
 /// A CSS colour (`#rrggbb`) assigned by the server to a name.
@@ -30,9 +30,7 @@ impl Color {
 /// FNV-1a over the name's key: stable across processes and platforms
 /// (unlike `std`'s hasher, which may change between Rust releases).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// The colour for a name: the same for every spelling of the same key.
@@ -48,11 +46,7 @@ mod tests {
 
     fn channel(hex: &str) -> f64 {
         let v = f64::from(u8::from_str_radix(hex, 16).expect("hex")) / 255.0;
-        if v <= 0.04045 {
-            v / 12.92
-        } else {
-            ((v + 0.055) / 1.055).powf(2.4)
-        }
+        if v <= 0.04045 { v / 12.92 } else { ((v + 0.055) / 1.055).powf(2.4) }
     }
 
     /// WCAG 2 relative luminance of `#rrggbb`.
@@ -70,16 +64,8 @@ mod tests {
     fn every_colour_is_readable_on_white_and_on_black() {
         for c in PALETTE {
             let l = luminance(c);
-            assert!(
-                contrast(l, 1.0) >= 4.5,
-                "{c} on white: {:.2}",
-                contrast(l, 1.0)
-            );
-            assert!(
-                contrast(l, 0.0) >= 4.5,
-                "{c} on black: {:.2}",
-                contrast(l, 0.0)
-            );
+            assert!(contrast(l, 1.0) >= 4.5, "{c} on white: {:.2}", contrast(l, 1.0));
+            assert!(contrast(l, 0.0) >= 4.5, "{c} on black: {:.2}", contrast(l, 0.0));
         }
     }
 
@@ -89,10 +75,7 @@ mod tests {
         let ada_upper = UserName::parse("ADA").expect("valid");
         assert_eq!(color_for(&ada), color_for(&ada_upper));
         // Pinned: changing the hash or the palette order would recolour everyone.
-        assert_eq!(
-            color_for(&ada).as_str(),
-            PALETTE[(fnv1a(b"ada") % 12) as usize]
-        );
+        assert_eq!(color_for(&ada).as_str(), PALETTE[(fnv1a(b"ada") % 12) as usize]);
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }

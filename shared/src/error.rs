@@ -42,6 +42,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server failed; the request may be retried.
     Internal,
+    /// History storage failed (disk full, database error); the message was
+    /// not stored and should be sent again later.
+    StorageUnavailable,
     /// A code this client version does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -67,6 +70,7 @@ impl ErrorCode {
             Self::InvalidCid => "invalid_cid",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::StorageUnavailable => "storage_unavailable",
             Self::Unknown => "unknown",
         }
     }
@@ -138,6 +142,7 @@ mod tests {
             ErrorCode::InvalidCid,
             ErrorCode::RateLimited,
             ErrorCode::Internal,
+            ErrorCode::StorageUnavailable,
             ErrorCode::Unknown,
         ];
         for code in all {
@@ -155,21 +160,12 @@ mod tests {
     #[test]
     fn every_validation_error_maps_to_its_code() {
         assert_eq!(ValidationError::NameEmpty.code(), ErrorCode::InvalidName);
-        assert_eq!(
-            ValidationError::NameInvalidChar.code(),
-            ErrorCode::InvalidName
-        );
+        assert_eq!(ValidationError::NameInvalidChar.code(), ErrorCode::InvalidName);
         assert_eq!(ValidationError::NameTooLong.code(), ErrorCode::NameTooLong);
         assert_eq!(ValidationError::RoomInvalid.code(), ErrorCode::InvalidRoom);
-        assert_eq!(
-            ValidationError::MessageEmpty.code(),
-            ErrorCode::EmptyMessage
-        );
+        assert_eq!(ValidationError::MessageEmpty.code(), ErrorCode::EmptyMessage);
         assert_eq!(ValidationError::MessageTooLong.code(), ErrorCode::TooLong);
-        assert_eq!(
-            ValidationError::MessageInvalidChar.code(),
-            ErrorCode::InvalidText
-        );
+        assert_eq!(ValidationError::MessageInvalidChar.code(), ErrorCode::InvalidText);
         assert_eq!(ValidationError::CidInvalid.code(), ErrorCode::InvalidCid);
     }
 }

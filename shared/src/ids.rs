@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
 use crate::limits::{
-    CID_MAX_LEN, DEFAULT_ROOM, MESSAGE_MAX_CHARS, NAME_MAX_CHARS, RESUME_TOKEN_MAX_LEN,
-    ROOM_MAX_CHARS,
+    CID_MAX_LEN, DEFAULT_ROOM, MESSAGE_MAX_CHARS, NAME_MAX_CHARS, RESUME_TOKEN_MAX_LEN, ROOM_MAX_CHARS,
 };
 
 /// Implements string serde for a validated newtype: serialize the inner
@@ -59,14 +58,8 @@ impl RoomName {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let ok = !raw.is_empty()
             && raw.len() <= ROOM_MAX_CHARS
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(ValidationError::RoomInvalid)
-        }
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok { Ok(Self(raw.to_owned())) } else { Err(ValidationError::RoomInvalid) }
     }
 
     /// The room joined when none is named: [`DEFAULT_ROOM`].
@@ -108,10 +101,7 @@ impl UserName {
         if name.is_empty() {
             return Err(ValidationError::NameEmpty);
         }
-        if name
-            .chars()
-            .any(|c| c.is_control() || is_invisible_format(c))
-        {
+        if name.chars().any(|c| c.is_control() || is_invisible_format(c)) {
             return Err(ValidationError::NameInvalidChar);
         }
         if name.chars().count() > NAME_MAX_CHARS {
@@ -144,10 +134,7 @@ impl MessageText {
         if raw.chars().count() > MESSAGE_MAX_CHARS {
             return Err(ValidationError::MessageTooLong);
         }
-        if raw
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-        {
+        if raw.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
             return Err(ValidationError::MessageInvalidChar);
         }
         Ok(Self(raw.to_owned()))
@@ -158,11 +145,7 @@ string_newtype_serde!(MessageText);
 
 /// True when `raw` is 1..=`max` bytes of `[A-Za-z0-9_-]`.
 fn is_token(raw: &str, max: usize) -> bool {
-    !raw.is_empty()
-        && raw.len() <= max
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !raw.is_empty() && raw.len() <= max && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A client-chosen message id (`cid`), unique per browser; the server
@@ -173,11 +156,7 @@ pub struct ClientMsgId(String);
 impl ClientMsgId {
     /// Checks an id: 1–64 characters of `[A-Za-z0-9_-]`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        if is_token(raw, CID_MAX_LEN) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(ValidationError::CidInvalid)
-        }
+        if is_token(raw, CID_MAX_LEN) { Ok(Self(raw.to_owned())) } else { Err(ValidationError::CidInvalid) }
     }
 }
 
@@ -192,11 +171,7 @@ impl ResumeToken {
     /// Accepts a token of the server's format (1–64 characters of
     /// `[A-Za-z0-9_-]`). Whether it is *valid* only the server knows.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        if is_token(raw, RESUME_TOKEN_MAX_LEN) {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(ValidationError::CidInvalid)
-        }
+        if is_token(raw, RESUME_TOKEN_MAX_LEN) { Ok(Self(raw.to_owned())) } else { Err(ValidationError::CidInvalid) }
     }
 }
 
@@ -229,9 +204,7 @@ impl ResumeToken {
 
 /// A per-room event sequence number: strictly increasing, never reused.
 /// `Seq(0)` means "before the first event".
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -249,9 +222,7 @@ impl std::fmt::Display for Seq {
 }
 
 /// A server timestamp: milliseconds since the Unix epoch (UTC).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 
@@ -261,59 +232,28 @@ mod tests {
 
     #[test]
     fn room_names_follow_the_rules() {
-        for ok in [
-            "lobby",
-            "a",
-            "room-2",
-            "0",
-            "-",
-            &"x".repeat(ROOM_MAX_CHARS),
-        ] {
+        for ok in ["lobby", "a", "room-2", "0", "-", &"x".repeat(ROOM_MAX_CHARS)] {
             assert!(RoomName::parse(ok).is_ok(), "{ok:?} should be valid");
         }
-        for bad in [
-            "",
-            "Lobby",
-            "my room",
-            "room_1",
-            "café",
-            "ｌobby",
-            " lobby",
-            "lobby\n",
-            &"x".repeat(ROOM_MAX_CHARS + 1),
-        ] {
-            assert_eq!(
-                RoomName::parse(bad),
-                Err(ValidationError::RoomInvalid),
-                "{bad:?} should be refused"
-            );
+        for bad in
+            ["", "Lobby", "my room", "room_1", "café", "ｌobby", " lobby", "lobby\n", &"x".repeat(ROOM_MAX_CHARS + 1)]
+        {
+            assert_eq!(RoomName::parse(bad), Err(ValidationError::RoomInvalid), "{bad:?} should be refused");
         }
         assert_eq!(RoomName::default().as_str(), "lobby");
     }
 
     #[test]
     fn names_are_trimmed_and_counted_in_characters() {
-        assert_eq!(
-            UserName::parse("  Ada ").map(|n| n.to_string()),
-            Ok("Ada".into())
-        );
+        assert_eq!(UserName::parse("  Ada ").map(|n| n.to_string()), Ok("Ada".into()));
         // 24 four-byte characters: 96 bytes, still within the limit.
         let emoji = "😀".repeat(NAME_MAX_CHARS);
-        assert_eq!(
-            UserName::parse(&emoji).map(|n| n.to_string()),
-            Ok(emoji.clone())
-        );
-        assert_eq!(
-            UserName::parse(&format!("{emoji}😀")),
-            Err(ValidationError::NameTooLong)
-        );
+        assert_eq!(UserName::parse(&emoji).map(|n| n.to_string()), Ok(emoji.clone()));
+        assert_eq!(UserName::parse(&format!("{emoji}😀")), Err(ValidationError::NameTooLong));
         // Combining sequences count per scalar value: e + U+0301 is two.
         let combining = "e\u{301}".repeat(12);
         assert!(UserName::parse(&combining).is_ok());
-        assert_eq!(
-            UserName::parse(&format!("{combining}e")),
-            Err(ValidationError::NameTooLong)
-        );
+        assert_eq!(UserName::parse(&format!("{combining}e")), Err(ValidationError::NameTooLong));
         // Whitespace around a long name does not count.
         let padded = format!("   {}   ", "n".repeat(NAME_MAX_CHARS));
         assert!(UserName::parse(&padded).is_ok());
@@ -322,26 +262,12 @@ mod tests {
     #[test]
     fn empty_and_invisible_names_are_refused() {
         for empty in ["", " ", "\t\n", "\u{3000}"] {
-            assert_eq!(
-                UserName::parse(empty),
-                Err(ValidationError::NameEmpty),
-                "{empty:?}"
-            );
+            assert_eq!(UserName::parse(empty), Err(ValidationError::NameEmpty), "{empty:?}");
         }
-        for bad in [
-            "a\u{0}b",
-            "bell\u{7}",
-            "new\nline",
-            "zero\u{200B}width",
-            "\u{202E}evil",
-            "del\u{7f}",
-            "bom\u{feff}x",
-        ] {
-            assert_eq!(
-                UserName::parse(bad),
-                Err(ValidationError::NameInvalidChar),
-                "{bad:?}"
-            );
+        for bad in
+            ["a\u{0}b", "bell\u{7}", "new\nline", "zero\u{200B}width", "\u{202E}evil", "del\u{7f}", "bom\u{feff}x"]
+        {
+            assert_eq!(UserName::parse(bad), Err(ValidationError::NameInvalidChar), "{bad:?}");
         }
         // Inner spaces and non-Latin scripts are fine.
         assert!(UserName::parse("Grace Hopper").is_ok());
@@ -366,34 +292,16 @@ mod tests {
         assert!(MessageText::parse("line one\nline two\r\n\tindented").is_ok());
         assert!(MessageText::parse("<img src=x onerror=alert(1)>").is_ok());
         assert_eq!(MessageText::parse(""), Err(ValidationError::MessageEmpty));
-        assert_eq!(
-            MessageText::parse(" \n\t "),
-            Err(ValidationError::MessageEmpty)
-        );
+        assert_eq!(MessageText::parse(" \n\t "), Err(ValidationError::MessageEmpty));
         let max = "é".repeat(MESSAGE_MAX_CHARS);
         assert!(MessageText::parse(&max).is_ok(), "2000 two-byte chars fit");
-        assert_eq!(
-            MessageText::parse(&format!("{max}x")),
-            Err(ValidationError::MessageTooLong)
-        );
+        assert_eq!(MessageText::parse(&format!("{max}x")), Err(ValidationError::MessageTooLong));
         let astral = "𝄞".repeat(MESSAGE_MAX_CHARS);
-        assert!(
-            MessageText::parse(&astral).is_ok(),
-            "8000 bytes, 2000 chars"
-        );
-        assert_eq!(
-            MessageText::parse("a\u{0}b"),
-            Err(ValidationError::MessageInvalidChar)
-        );
-        assert_eq!(
-            MessageText::parse("esc\u{1b}[31m"),
-            Err(ValidationError::MessageInvalidChar)
-        );
+        assert!(MessageText::parse(&astral).is_ok(), "8000 bytes, 2000 chars");
+        assert_eq!(MessageText::parse("a\u{0}b"), Err(ValidationError::MessageInvalidChar));
+        assert_eq!(MessageText::parse("esc\u{1b}[31m"), Err(ValidationError::MessageInvalidChar));
         // Surrounding whitespace is kept verbatim.
-        assert_eq!(
-            MessageText::parse("  hi  ").map(|t| t.to_string()),
-            Ok("  hi  ".into())
-        );
+        assert_eq!(MessageText::parse("  hi  ").map(|t| t.to_string()), Ok("  hi  ".into()));
     }
 
     #[test]
@@ -401,11 +309,7 @@ mod tests {
         assert!(ClientMsgId::parse("c-1_A").is_ok());
         assert!(ClientMsgId::parse(&"a".repeat(CID_MAX_LEN)).is_ok());
         for bad in ["", "has space", "ü", "a.b", &"a".repeat(CID_MAX_LEN + 1)] {
-            assert_eq!(
-                ClientMsgId::parse(bad),
-                Err(ValidationError::CidInvalid),
-                "{bad:?}"
-            );
+            assert_eq!(ClientMsgId::parse(bad), Err(ValidationError::CidInvalid), "{bad:?}");
         }
     }
 

@@ -23,3 +23,5 @@ pub const TYPING_TTL_MS: u64 = 6_000;
 /// While the user keeps typing, a client refreshes `typing {active: true}` at
 /// most this often; the server drops refreshes that come faster.
 pub const TYPING_REFRESH_MS: u64 = 3_000;
+/// Most events one `history` page returns.
+pub const HISTORY_PAGE_MAX: u32 = 200;

@@ -22,6 +22,7 @@ pub enum ClientMsg {
     Hello(Hello),
     Say(Say),
     Typing(Typing),
+    History(HistoryRequest),
 }
 
 /// Join a room (first message on a connection), or rejoin after a drop.
@@ -58,6 +59,14 @@ pub struct Say {
     pub text: String,
 }
 
+/// Asks for older events: up to `limit` events with a seq below `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub before: Seq,
+    /// At most [`crate::limits::HISTORY_PAGE_MAX`]; more is capped.
+    pub limit: u32,
+}
+
 /// The user started (`true`) or stopped (`false`) typing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Typing {
@@ -76,6 +85,7 @@ pub enum ServerMsg {
     Notice(Notice),
     Typing(TypingUpdate),
     Error(ErrorMsg),
+    History(HistoryPage),
 }
 
 /// A room event with a seq: what history holds and resume replays. Its JSON
@@ -198,6 +208,17 @@ pub struct TypingUpdate {
     pub active: bool,
 }
 
+/// Older events, the answer to a `history` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The `before` of the request.
+    pub before: Seq,
+    /// Oldest first; all below `before`.
+    pub events: Vec<RoomEvent>,
+    /// True when nothing older exists (or is kept).
+    pub complete: bool,
+}
+
 /// A refused request. The connection stays open unless a close follows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMsg {
@@ -212,10 +233,6 @@ pub struct ErrorMsg {
 impl ServerMsg {
     /// An `error` reply that does not refer to a particular `say`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerMsg::Error(ErrorMsg {
-            code,
-            message: message.into(),
-            cid: None,
-        })
+        ServerMsg::Error(ErrorMsg { code, message: message.into(), cid: None })
     }
 }

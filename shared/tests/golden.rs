@@ -36,13 +36,7 @@ fn chat_message() -> ChatMessage {
 }
 
 fn notice(kind: NoticeKind) -> Notice {
-    Notice {
-        seq: Seq(7),
-        ts: Timestamp(1000),
-        kind,
-        name: name("Bob"),
-        color: color("#e12b2b"),
-    }
+    Notice { seq: Seq(7), ts: Timestamp(1000), kind, name: name("Bob"), color: color("#e12b2b") }
 }
 
 #[test]
@@ -74,38 +68,23 @@ fn hello_minimal_and_full() {
 #[test]
 fn say_and_typing() {
     golden_client(
-        ClientMsg::Say(Say {
-            cid: "c-1".into(),
-            text: "hi ✓".into(),
-        }),
+        ClientMsg::Say(Say { cid: "c-1".into(), text: "hi ✓".into() }),
         r##"{"type":"say","cid":"c-1","text":"hi ✓"}"##,
     );
-    golden_client(
-        ClientMsg::Typing(Typing { active: true }),
-        r##"{"type":"typing","active":true}"##,
-    );
+    golden_client(ClientMsg::Typing(Typing { active: true }), r##"{"type":"typing","active":true}"##);
 }
 
 #[test]
 fn welcome() {
-    let ada = Member {
-        name: name("Ada"),
-        color: color("#1e77d0"),
-    };
-    let bob = Member {
-        name: name("Bob"),
-        color: color("#e12b2b"),
-    };
+    let ada = Member { name: name("Ada"), color: color("#1e77d0") };
+    let bob = Member { name: name("Bob"), color: color("#e12b2b") };
     golden_server(
         ServerMsg::Welcome(Welcome {
             you: ada.clone(),
             room: RoomName::parse("lobby").expect("valid"),
             seq_head: Seq(42),
             members: vec![bob, ada],
-            history: vec![
-                RoomEvent::Notice(notice(NoticeKind::Joined)),
-                RoomEvent::Message(chat_message()),
-            ],
+            history: vec![RoomEvent::Notice(notice(NoticeKind::Joined)), RoomEvent::Message(chat_message())],
             resume_token: ResumeToken::parse("abc123").expect("valid"),
             history_id: "h1".into(),
             missed: Some(3),
@@ -123,10 +102,7 @@ fn welcome() {
 #[test]
 fn welcome_without_missed_omits_the_field() {
     let json = serde_json::to_string(&ServerMsg::Welcome(Welcome {
-        you: Member {
-            name: name("Ada"),
-            color: color("#1e77d0"),
-        },
+        you: Member { name: name("Ada"), color: color("#1e77d0") },
         room: RoomName::default(),
         seq_head: Seq(0),
         members: vec![],
@@ -142,11 +118,7 @@ fn welcome_without_missed_omits_the_field() {
 #[test]
 fn ack() {
     golden_server(
-        ServerMsg::Ack(Ack {
-            cid: ClientMsgId::parse("c-9").expect("valid"),
-            seq: Seq(43),
-            ts: Timestamp(5),
-        }),
+        ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c-9").expect("valid"), seq: Seq(43), ts: Timestamp(5) }),
         r##"{"type":"ack","cid":"c-9","seq":43,"ts":5}"##,
     );
 }
@@ -167,16 +139,12 @@ fn message_with_and_without_cid() {
 
 #[test]
 fn notices_of_every_kind() {
-    for (kind, wire) in [
-        (NoticeKind::Joined, "joined"),
-        (NoticeKind::Left, "left"),
-        (NoticeKind::TimedOut, "timed_out"),
-    ] {
+    for (kind, wire) in
+        [(NoticeKind::Joined, "joined"), (NoticeKind::Left, "left"), (NoticeKind::TimedOut, "timed_out")]
+    {
         golden_server(
             ServerMsg::Notice(notice(kind)),
-            &format!(
-                r##"{{"type":"notice","seq":7,"ts":1000,"kind":"{wire}","name":"Bob","color":"#e12b2b"}}"##
-            ),
+            &format!(r##"{{"type":"notice","seq":7,"ts":1000,"kind":"{wire}","name":"Bob","color":"#e12b2b"}}"##),
         );
     }
 }
@@ -184,10 +152,7 @@ fn notices_of_every_kind() {
 #[test]
 fn typing_update() {
     golden_server(
-        ServerMsg::Typing(TypingUpdate {
-            name: name("Bob"),
-            active: false,
-        }),
+        ServerMsg::Typing(TypingUpdate { name: name("Bob"), active: false }),
         r##"{"type":"typing","name":"Bob","active":false}"##,
     );
 }
@@ -195,18 +160,11 @@ fn typing_update() {
 #[test]
 fn errors_with_and_without_cid() {
     golden_server(
-        ServerMsg::error(
-            ErrorCode::NameTaken,
-            "someone in lobby is already called Ada",
-        ),
+        ServerMsg::error(ErrorCode::NameTaken, "someone in lobby is already called Ada"),
         r##"{"type":"error","code":"name_taken","message":"someone in lobby is already called Ada"}"##,
     );
     golden_server(
-        ServerMsg::Error(ErrorMsg {
-            code: ErrorCode::TooLong,
-            message: "too long".into(),
-            cid: Some("c-2".into()),
-        }),
+        ServerMsg::Error(ErrorMsg { code: ErrorCode::TooLong, message: "too long".into(), cid: Some("c-2".into()) }),
         r##"{"type":"error","code":"too_long","message":"too long","cid":"c-2"}"##,
     );
 }
@@ -215,10 +173,7 @@ fn errors_with_and_without_cid() {
 fn room_events_have_the_same_json_as_live_frames() {
     let event = RoomEvent::Message(chat_message());
     let live = ServerMsg::from(event.clone());
-    assert_eq!(
-        serde_json::to_string(&event).expect("json"),
-        serde_json::to_string(&live).expect("json")
-    );
+    assert_eq!(serde_json::to_string(&event).expect("json"), serde_json::to_string(&live).expect("json"));
     assert_eq!(event.seq(), Seq(42));
     assert_eq!(event.ts(), Timestamp(1_764_000_000_123));
     let n = RoomEvent::Notice(notice(NoticeKind::Left));
@@ -238,14 +193,10 @@ fn decoding_refuses_bad_input() {
         r##"{"type":"hello","v":"one","name":"x"}"##,
         r##"{"type":"typing","active":"yes"}"##,
     ] {
-        assert!(
-            serde_json::from_str::<ClientMsg>(bad).is_err(),
-            "{bad:?} should not decode"
-        );
+        assert!(serde_json::from_str::<ClientMsg>(bad).is_err(), "{bad:?} should not decode");
     }
     // Unknown extra fields are ignored (forward compatibility).
-    let msg: ClientMsg =
-        serde_json::from_str(r##"{"type":"typing","active":true,"future":1}"##).expect("decode");
+    let msg: ClientMsg = serde_json::from_str(r##"{"type":"typing","active":true,"future":1}"##).expect("decode");
     assert_eq!(msg, ClientMsg::Typing(Typing { active: true }));
 }
 
@@ -254,7 +205,34 @@ fn server_messages_with_invalid_fields_do_not_decode() {
     // A validated field that breaks its rule is refused, not trusted.
     let bad = r##"{"type":"notice","seq":1,"ts":1,"kind":"joined","name":"","color":"#000000"}"##;
     assert!(serde_json::from_str::<ServerMsg>(bad).is_err());
-    let bad_kind =
-        r##"{"type":"notice","seq":1,"ts":1,"kind":"exploded","name":"a","color":"#000000"}"##;
+    let bad_kind = r##"{"type":"notice","seq":1,"ts":1,"kind":"exploded","name":"a","color":"#000000"}"##;
     assert!(serde_json::from_str::<ServerMsg>(bad_kind).is_err());
+}
+
+#[test]
+fn history_request_and_page() {
+    golden_client(
+        ClientMsg::History(HistoryRequest { before: Seq(101), limit: 50 }),
+        r##"{"type":"history","before":101,"limit":50}"##,
+    );
+    golden_server(
+        ServerMsg::History(HistoryPage {
+            before: Seq(8),
+            events: vec![RoomEvent::Notice(notice(NoticeKind::Joined))],
+            complete: true,
+        }),
+        r##"{"type":"history","before":8,"events":[{"type":"notice","seq":7,"ts":1000,"kind":"joined","name":"Bob","color":"#e12b2b"}],"complete":true}"##,
+    );
+}
+
+#[test]
+fn storage_unavailable_is_a_stable_code() {
+    golden_server(
+        ServerMsg::Error(ErrorMsg {
+            code: ErrorCode::StorageUnavailable,
+            message: "not stored".into(),
+            cid: Some("c-3".into()),
+        }),
+        r##"{"type":"error","code":"storage_unavailable","message":"not stored","cid":"c-3"}"##,
+    );
 }

@@ -66,36 +66,20 @@ pub struct Driver {
 impl Driver {
     /// Starts chromedriver on a free loopback port.
     pub async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let path = chromedriver_path();
         let child = Command::new(&path)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {path} ({e}); install chromium-driver or run `cargo xtask test`"
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot start {path} ({e}); install chromium-driver or run `cargo xtask test`"));
         let deadline = Instant::now() + DRIVER_START;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen within {DRIVER_START:?}"
-            );
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen within {DRIVER_START:?}");
             tokio::time::sleep(POLL).await;
         }
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
+        Self { child, url: format!("http://127.0.0.1:{port}") }
     }
 }
 
@@ -120,11 +104,7 @@ pub struct Browsers {
 struct BrowserLog;
 
 impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base: &url::Url,
-        session: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
         base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
     }
 
@@ -157,10 +137,7 @@ impl Browsers {
             .connect(&self.driver.url)
             .await
             .unwrap_or_else(|e| panic!("cannot start Chromium ({}): {e}", chromium_path()));
-        self.opened
-            .lock()
-            .expect("lock")
-            .push((label.to_owned(), client.clone()));
+        self.opened.lock().expect("lock").push((label.to_owned(), client.clone()));
         client
     }
 
@@ -175,10 +152,8 @@ impl Browsers {
                 let _ = std::fs::write(stem.with_extension("png"), png);
             }
             if let Ok(log) = client.issue_cmd(BrowserLog).await {
-                let _ = std::fs::write(
-                    stem.with_extension("log"),
-                    serde_json::to_string_pretty(&log).unwrap_or_default(),
-                );
+                let _ =
+                    std::fs::write(stem.with_extension("log"), serde_json::to_string_pretty(&log).unwrap_or_default());
             }
             eprintln!("e2e: saved {}.png and .log", stem.display());
         }
@@ -203,23 +178,15 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let _serial = SERIAL.lock().await;
-    let browsers = Arc::new(Browsers {
-        driver: Driver::start().await,
-        opened: Mutex::new(Vec::new()),
-        scenario: name.to_owned(),
-    });
-    let run = tokio::time::timeout(
-        limit,
-        AssertUnwindSafe(body(browsers.clone())).catch_unwind(),
-    )
-    .await;
+    let browsers =
+        Arc::new(Browsers { driver: Driver::start().await, opened: Mutex::new(Vec::new()), scenario: name.to_owned() });
+    let run = tokio::time::timeout(limit, AssertUnwindSafe(body(browsers.clone())).catch_unwind()).await;
     let failure = match run {
         Ok(Ok(())) => None,
         Ok(Err(panic)) => Some(panic),
-        Err(_) => Some(
-            Box::new(format!("scenario {name} did not finish within {limit:?}"))
-                as Box<dyn std::any::Any + Send>,
-        ),
+        Err(_) => {
+            Some(Box::new(format!("scenario {name} did not finish within {limit:?}")) as Box<dyn std::any::Any + Send>)
+        }
     };
     if failure.is_some() {
         browsers.save_artifacts().await;
@@ -258,56 +225,33 @@ impl Page {
 
     /// Waits until `check` holds for the texts of `css`; panics with what was
     /// there after [`UI_TIMEOUT`].
-    pub async fn wait_texts(
-        &self,
-        css: &str,
-        what: &str,
-        check: impl Fn(&[String]) -> bool,
-    ) -> Vec<String> {
+    pub async fn wait_texts(&self, css: &str, what: &str, check: impl Fn(&[String]) -> bool) -> Vec<String> {
         let deadline = Instant::now() + UI_TIMEOUT;
         loop {
             let texts = self.texts(css).await;
             if check(&texts) {
                 return texts;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; {css} shows {texts:#?}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; {css} shows {texts:#?}");
             tokio::time::sleep(POLL).await;
         }
     }
 
     /// Waits until some element matching `css` has text containing `needle`.
     pub async fn wait_for_text(&self, css: &str, needle: &str) -> Vec<String> {
-        self.wait_texts(css, &format!("{needle:?}"), |t| {
-            t.iter().any(|s| s.contains(needle))
-        })
-        .await
+        self.wait_texts(css, &format!("{needle:?}"), |t| t.iter().any(|s| s.contains(needle))).await
     }
 
     /// Types into the element matching `css` (replacing its content).
     pub async fn fill(&self, css: &str, text: &str) {
-        let el = self
-            .client
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .expect("field present");
+        let el = self.client.wait().at_most(UI_TIMEOUT).for_element(Locator::Css(css)).await.expect("field present");
         el.clear().await.expect("clear");
         el.send_keys(text).await.expect("type");
     }
 
     /// Clicks the element matching `css`.
     pub async fn click(&self, css: &str) {
-        let el = self
-            .client
-            .wait()
-            .at_most(UI_TIMEOUT)
-            .for_element(Locator::Css(css))
-            .await
-            .expect("element present");
+        let el = self.client.wait().at_most(UI_TIMEOUT).for_element(Locator::Css(css)).await.expect("element present");
         el.click().await.expect("click");
     }
 
@@ -334,9 +278,6 @@ impl Page {
 
     /// Runs JavaScript and returns its result.
     pub async fn js(&self, script: &str) -> serde_json::Value {
-        self.client
-            .execute(script, vec![])
-            .await
-            .expect("execute script")
+        self.client.execute(script, vec![]).await.expect("execute script")
     }
 }

@@ -37,6 +37,15 @@ pub fn natter_bin() -> PathBuf {
     target.join("debug/natter")
 }
 
+/// A fresh directory for a server's database.
+pub fn temp_data_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("natter-e2e-data-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// The built page (`dist/` of the workspace), which `cargo xtask test` builds first.
 pub fn bundle_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
@@ -53,6 +62,8 @@ pub fn bundle_dir() -> PathBuf {
 pub struct Natter {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The data directory: a fresh temporary one unless `--data-dir` was given.
+    pub data_dir: PathBuf,
     /// Log lines the process printed (stdout and stderr).
     pub lines: mpsc::Receiver<String>,
 }
@@ -94,15 +105,17 @@ impl Natter {
 
     /// Starts the binary listening on `listen` (e.g. to restart on the same port).
     pub fn start_on(listen: &str, args: &[&str]) -> Self {
+        let given = args.windows(2).find(|w| w[0] == "--data-dir").map(|w| PathBuf::from(w[1]));
+        let data_dir = given.clone().unwrap_or_else(temp_data_dir);
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if given.is_none() {
+            args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
+        }
         let bin = natter_bin();
-        assert!(
-            bin.exists(),
-            "{} not found: run `cargo build -p natter-backend` or `cargo xtask test`",
-            bin.display()
-        );
+        assert!(bin.exists(), "{} not found: run `cargo build -p natter-backend` or `cargo xtask test`", bin.display());
         let mut child = Command::new(&bin)
             .args(["--listen", listen])
-            .args(args)
+            .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -119,21 +132,16 @@ impl Natter {
                 Ok(line) => plain(&line),
                 Err(_) => {
                     let _ = child.kill();
-                    panic!(
-                        "natter did not start listening; output:\n{}",
-                        seen.join("\n")
-                    );
+                    panic!("natter did not start listening; output:\n{}", seen.join("\n"));
                 }
             };
             if let Some(rest) = line.split(READY_MARKER).nth(1) {
                 let addr = rest.trim().trim_end_matches('/');
-                break addr
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad address in {line:?}"));
+                break addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
             }
             seen.push(line);
         };
-        Self { child, addr, lines }
+        Self { child, addr, data_dir, lines }
     }
 
     /// The WebSocket URL.
@@ -143,10 +151,8 @@ impl Natter {
 
     /// Sends a signal (by name, e.g. `TERM`) to the process.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").args([format!("-{name}"), self.child.id().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -157,10 +163,7 @@ impl Natter {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "natter did not exit within {WAIT:?}"
-            );
+            assert!(Instant::now() < deadline, "natter did not exit within {WAIT:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -214,10 +217,7 @@ impl WsClient {
     /// The next protocol message, or a panic after [`WAIT`].
     pub async fn recv(&mut self) -> ServerMsg {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-            {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame in time") {
                 Some(Ok(Message::Text(t))) => {
                     return serde_json::from_str(&t).expect("valid server message");
                 }
@@ -230,10 +230,7 @@ impl WsClient {
     /// The close code the server sent, skipping other frames.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("closed in time")
-            {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("closed in time") {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
                 Some(Ok(_)) => continue,
                 _ => return None,

@@ -8,10 +8,7 @@ use natter_shared::{ClientMsg, Say, ServerMsg, close};
 
 #[test]
 fn help_explains_every_flag_and_its_variable() {
-    let out = Command::new(natter_bin())
-        .arg("--help")
-        .output()
-        .expect("run natter --help");
+    let out = Command::new(natter_bin()).arg("--help").output().expect("run natter --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -30,49 +27,29 @@ fn help_explains_every_flag_and_its_variable() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    for var in [
-        "NATTER_LISTEN",
-        "NATTER_BUNDLE_DIR",
-        "NATTER_ALLOW_ORIGINS",
-        "NATTER_PING_INTERVAL",
-    ] {
+    for var in ["NATTER_LISTEN", "NATTER_BUNDLE_DIR", "NATTER_ALLOW_ORIGINS", "NATTER_PING_INTERVAL"] {
         assert!(help.contains(var), "--help lacks {var}");
     }
-    assert!(
-        help.contains("127.0.0.1:8080"),
-        "the default address is shown"
-    );
+    assert!(help.contains("127.0.0.1:8080"), "the default address is shown");
 }
 
 #[test]
 fn a_taken_port_is_a_clear_error_and_exit_code_1() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let out = Command::new(natter_bin())
-        .args(["--listen", &addr])
-        .output()
-        .expect("run natter");
+    let out = Command::new(natter_bin()).args(["--listen", &addr]).output().expect("run natter");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn an_invalid_flag_value_is_a_clear_error() {
-    let out = Command::new(natter_bin())
-        .args(["--allow-origin", "not-an-origin"])
-        .output()
-        .expect("run");
+    let out = Command::new(natter_bin()).args(["--allow-origin", "not-an-origin"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-origin"));
-    let out = Command::new(natter_bin())
-        .args(["--ping-interval", "soon"])
-        .output()
-        .expect("run");
+    let out = Command::new(natter_bin()).args(["--ping-interval", "soon"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
 }
@@ -82,20 +59,10 @@ async fn two_clients_chat_through_the_binary_and_sigterm_closes_with_1012() {
     let mut natter = Natter::start(&[]);
     let mut ada = WsClient::connect(&natter.ws_url()).await;
     let mut bob = WsClient::connect(&natter.ws_url()).await;
-    assert!(matches!(
-        ada.hello("Ada", "lobby").await,
-        ServerMsg::Welcome(_)
-    ));
-    assert!(matches!(
-        bob.hello("Bob", "lobby").await,
-        ServerMsg::Welcome(_)
-    ));
+    assert!(matches!(ada.hello("Ada", "lobby").await, ServerMsg::Welcome(_)));
+    assert!(matches!(bob.hello("Bob", "lobby").await, ServerMsg::Welcome(_)));
     assert!(matches!(ada.recv().await, ServerMsg::Notice(_)));
-    ada.send(&ClientMsg::Say(Say {
-        cid: "1".into(),
-        text: "secret words".into(),
-    }))
-    .await;
+    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "secret words".into() })).await;
     assert!(matches!(ada.recv().await, ServerMsg::Ack(_)));
     assert!(matches!(bob.recv().await, ServerMsg::Message(m) if m.text.as_str() == "secret words"));
 
@@ -107,20 +74,14 @@ async fn two_clients_chat_through_the_binary_and_sigterm_closes_with_1012() {
     // The log never contains message text.
     let log: Vec<String> = natter.lines.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
-    assert!(
-        !log.iter().any(|l| l.contains("secret words")),
-        "message text must not be logged"
-    );
+    assert!(!log.iter().any(|l| l.contains("secret words")), "message text must not be logged");
 }
 
 #[tokio::test]
 async fn sigint_stops_the_server_too() {
     let mut natter = Natter::start(&[]);
     let mut ada = WsClient::connect(&natter.ws_url()).await;
-    assert!(matches!(
-        ada.hello("Ada", "lobby").await,
-        ServerMsg::Welcome(_)
-    ));
+    assert!(matches!(ada.hello("Ada", "lobby").await, ServerMsg::Welcome(_)));
     natter.signal("INT");
     assert_eq!(ada.close_code().await, Some(close::SERVICE_RESTART));
     assert!(natter.wait().success());

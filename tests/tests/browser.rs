@@ -12,12 +12,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 fn start_server() -> Natter {
     let bundle = bundle_dir();
-    Natter::start(&[
-        "--bundle-dir",
-        bundle.to_str().expect("utf-8 path"),
-        "--leave-grace",
-        "2s",
-    ])
+    Natter::start(&["--bundle-dir", bundle.to_str().expect("utf-8 path"), "--leave-grace", "2s"])
 }
 
 /// `#rrggbb` as the `rgb(r, g, b)` a browser reports.
@@ -98,10 +93,7 @@ async fn closing_a_browser_shows_left_in_the_other_within_a_second() {
         bob_client.close_window().await.expect("close Bob's page");
         ada.wait_for_text(".messages .notice", "Bob left").await;
         let took = closed.elapsed();
-        assert!(
-            took < Duration::from_secs(1),
-            "\"left\" shown after {took:?}"
-        );
+        assert!(took < Duration::from_secs(1), "\"left\" shown after {took:?}");
         ada.wait_for_text(".member-count", "1 member").await;
     })
     .await;
@@ -119,8 +111,7 @@ async fn both_pages_survive_a_server_restart_and_nothing_is_lost_or_doubled() {
         ada.join("Ada", "lobby").await;
         bob.join("Bob", "lobby").await;
         ada.say("before the restart").await;
-        bob.wait_for_text(".messages .msg .text", "before the restart")
-            .await;
+        bob.wait_for_text(".messages .msg .text", "before the restart").await;
 
         natter.signal("TERM");
         assert!(natter.wait().success());
@@ -128,35 +119,21 @@ async fn both_pages_survive_a_server_restart_and_nothing_is_lost_or_doubled() {
         bob.wait_for_text(".status", "Reconnecting").await;
         // Typed while the server is down: kept in the outbox.
         ada.say("typed while the server was down").await;
-        ada.wait_for_text(".messages .pending .state", "waiting to send")
-            .await;
+        ada.wait_for_text(".messages .pending .state", "waiting to send").await;
 
-        let _natter = Natter::start_on(
-            &addr,
-            &[
-                "--bundle-dir",
-                bundle.to_str().expect("utf-8"),
-                "--leave-grace",
-                "2s",
-            ],
-        );
+        let data = natter.data_dir.display().to_string();
+        let args = ["--bundle-dir", bundle.to_str().expect("utf-8"), "--leave-grace", "2s", "--data-dir", &data];
+        let _natter = Natter::start_on(&addr, &args);
         ada.wait_for_text(".status", "Connected").await;
         bob.wait_for_text(".status", "Connected").await;
-        bob.wait_for_text(".messages .msg .text", "typed while the server was down")
-            .await;
+        bob.wait_for_text(".messages .msg .text", "typed while the server was down").await;
         bob.say("and after it").await;
-        ada.wait_for_text(".messages .msg .text", "and after it")
-            .await;
-        ada.wait_texts(".messages .pending", "an empty outbox", |t| t.is_empty())
-            .await;
+        ada.wait_for_text(".messages .msg .text", "and after it").await;
+        ada.wait_texts(".messages .pending", "an empty outbox", |t| t.is_empty()).await;
 
         for page in [&ada, &bob] {
             let texts = page.texts(".messages .msg .text").await;
-            for expected in [
-                "before the restart",
-                "typed while the server was down",
-                "and after it",
-            ] {
+            for expected in ["before the restart", "typed while the server was down", "and after it"] {
                 let n = texts.iter().filter(|t| t.as_str() == expected).count();
                 assert_eq!(n, 1, "{expected:?} shown {n} times in {texts:?}");
             }
@@ -174,40 +151,24 @@ async fn a_reload_restores_the_name_and_the_history() {
         ada.join("Ada", "dev-team").await;
         ada.say("one").await;
         ada.say("two").await;
-        ada.wait_for_text(".messages .msg.mine .state", "sent")
-            .await;
-        ada.wait_texts(".messages .msg .text", "both messages", |t| t.len() == 2)
-            .await;
-        assert!(
-            ada.js("return location.hash")
-                .await
-                .as_str()
-                .is_some_and(|h| h == "#/r/dev-team")
-        );
+        ada.wait_for_text(".messages .msg.mine .state", "sent").await;
+        ada.wait_texts(".messages .msg .text", "both messages", |t| t.len() == 2).await;
+        assert!(ada.js("return location.hash").await.as_str().is_some_and(|h| h == "#/r/dev-team"));
 
         ada.client.refresh().await.expect("reload");
         ada.wait_for_text(".status", "Connected").await;
         ada.wait_for_text(".room-name", "#dev-team").await;
-        let texts = ada
-            .wait_texts(".messages .msg .text", "the history", |t| t.len() == 2)
-            .await;
+        let texts = ada.wait_texts(".messages .msg .text", "the history", |t| t.len() == 2).await;
         assert_eq!(texts, ["one", "two"]);
         let names = ada.texts(".messages .msg .name").await;
         assert!(names.iter().all(|n| n == "Ada"), "{names:?}");
 
         // A new page of the same browser remembers the name and the room.
-        ada.client
-            .goto(&format!("{url}?fresh=1"))
-            .await
-            .expect("navigate");
+        ada.client.goto(&format!("{url}?fresh=1")).await.expect("navigate");
         ada.click(".leave").await;
-        let name = ada
-            .js("return document.getElementById('join-name').value")
-            .await;
+        let name = ada.js("return document.getElementById('join-name').value").await;
         assert_eq!(name.as_str(), Some("Ada"));
-        let room = ada
-            .js("return document.getElementById('join-room').value")
-            .await;
+        let room = ada.js("return document.getElementById('join-room').value").await;
         assert_eq!(room.as_str(), Some("dev-team"));
     })
     .await;

@@ -47,10 +47,7 @@ fn main() -> ExitCode {
 
 /// The repository root (the parent of `xtask/`).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// Prints a step so the user knows what is happening.
@@ -84,25 +81,8 @@ fn run(extra: &[String]) -> Result<()> {
     let env = tools::ensure_all(&root)?;
     build_bundle(&root, &env)?;
     step("building the server (cargo build --release -p natter-backend)");
-    cmd(
-        &root,
-        &env,
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "natter-backend",
-            "--bin",
-            "natter",
-        ],
-    )?;
-    let extra: Vec<&str> = extra
-        .iter()
-        .map(String::as_str)
-        .skip_while(|a| *a == "--")
-        .collect();
+    cmd(&root, &env, "cargo", &["build", "--release", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
     let listen = extra
         .windows(2)
         .find(|w| w[0] == "--listen")
@@ -111,7 +91,7 @@ fn run(extra: &[String]) -> Result<()> {
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     println!();
     println!("  Natter is starting at  http://{listen}/");
-    println!("  (history in memory; Ctrl-C stops it)");
+    println!("  (history in ./natter-data; Ctrl-C stops it)");
     println!();
     let binary = root.join("target/release/natter");
     let status = Command::new(&binary)
@@ -133,15 +113,7 @@ fn test() -> Result<()> {
     step("checking formatting (cargo fmt --check)");
     cmd(&root, &env, "cargo", &["fmt", "--all", "--", "--check"])?;
     step("linting the host build (cargo clippy --workspace --all-targets -D warnings)");
-    let host = [
-        "clippy",
-        "--locked",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ];
+    let host = ["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"];
     cmd(&root, &env, "cargo", &host)?;
     step("linting the wasm32 build (cargo clippy --target wasm32-unknown-unknown -D warnings)");
     let wasm = [
@@ -161,14 +133,7 @@ fn test() -> Result<()> {
     cmd(&root, &env, "cargo", &wasm)?;
     build_bundle(&root, &env)?;
     step("building the natter binary the end-to-end tests start (cargo build -p natter-backend)");
-    let build = [
-        "build",
-        "--locked",
-        "-p",
-        "natter-backend",
-        "--bin",
-        "natter",
-    ];
+    let build = ["build", "--locked", "-p", "natter-backend", "--bin", "natter"];
     cmd(&root, &env, "cargo", &build)?;
     step("running the unit, integration and end-to-end tests (cargo test --workspace)");
     cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
@@ -180,15 +145,11 @@ fn test() -> Result<()> {
 /// Runs the page's wasm-bindgen tests in headless Chromium, with a natter
 /// server for the socket client to talk to.
 fn browser_tests(root: &Path, env: &tools::ToolEnv) -> Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let listen = format!("127.0.0.1:{port}");
-    step(&format!(
-        "starting natter on {listen} for the page's browser tests"
-    ));
+    step(&format!("starting natter on {listen} for the page's browser tests"));
     let mut server = Command::new(root.join("target/debug/natter"))
-        .args(["--listen", &listen, "--allow-origin", "*"])
+        .args(["--listen", &listen, "--allow-origin", "*", "--history", "memory"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("could not start target/debug/natter")?;
@@ -224,10 +185,7 @@ fn run_browser_tests(root: &Path, env: &tools::ToolEnv, listen: &str) -> Result<
         .current_dir(root)
         .env("PATH", &env.path)
         .env("CHROMEDRIVER", tools::CHROMEDRIVER)
-        .env(
-            "WASM_BINDGEN_TEST_WEBDRIVER_JSON",
-            root.join("frontend/webdriver.json"),
-        )
+        .env("WASM_BINDGEN_TEST_WEBDRIVER_JSON", root.join("frontend/webdriver.json"))
         .env("NATTER_TEST_WS", format!("ws://{listen}/ws"))
         .status()
         .context("could not start cargo")?;

@@ -24,14 +24,8 @@ pub struct ToolEnv {
 }
 
 fn output(program: &str, args: &[&str], path: &std::ffi::OsStr) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .env("PATH", path)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(program).args(args).env("PATH", path).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
@@ -51,9 +45,7 @@ pub fn locked_version(root: &Path, name: &str) -> Result<String> {
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
         if line.trim() == header
-            && let Some(version) = lines
-                .next()
-                .and_then(|l| l.trim().strip_prefix("version = \""))
+            && let Some(version) = lines.next().and_then(|l| l.trim().strip_prefix("version = \""))
         {
             return Ok(version.trim_end_matches('"').to_owned());
         }
@@ -69,16 +61,12 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let npm_bin = root.join("xtask/tools/node_modules/.bin");
     let mut dirs = vec![home.join("bin"), npm_bin.clone()];
-    dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     let path = std::env::join_paths(dirs).context("building PATH")?;
 
     let targets = output("rustup", &["target", "list", "--installed"], &path).unwrap_or_default();
     if !targets.lines().any(|t| t.trim() == WASM_TARGET) {
-        step(&format!(
-            "installing the {WASM_TARGET} Rust target (rustup target add)"
-        ));
+        step(&format!("installing the {WASM_TARGET} Rust target (rustup target add)"));
         if !run(root, "rustup", &["target", "add", WASM_TARGET], &path)? {
             bail!("rustup could not add {WASM_TARGET}");
         }
@@ -86,15 +74,8 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
 
     let trunk = output("trunk", &["--version"], &path).unwrap_or_default();
     if !trunk.split_whitespace().any(|w| w == TRUNK_VERSION) {
-        step(&format!(
-            "installing trunk {TRUNK_VERSION} (cargo install; takes about 7 minutes, once)"
-        ));
-        if !run(
-            root,
-            "cargo",
-            &["install", "trunk", "--version", TRUNK_VERSION, "--locked"],
-            &path,
-        )? {
+        step(&format!("installing trunk {TRUNK_VERSION} (cargo install; takes about 7 minutes, once)"));
+        if !run(root, "cargo", &["install", "trunk", "--version", TRUNK_VERSION, "--locked"], &path)? {
             bail!("cargo install trunk {TRUNK_VERSION} failed");
         }
     }
@@ -106,45 +87,20 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
             "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install; about 4 minutes, once)"
         ));
         let v = bindgen_version.as_str();
-        let locked = run(
-            root,
-            "cargo",
-            &[
-                "install",
-                "wasm-bindgen-cli",
-                "--version",
-                v,
-                "--locked",
-                "--force",
-            ],
-            &path,
-        )?;
+        let locked =
+            run(root, "cargo", &["install", "wasm-bindgen-cli", "--version", v, "--locked", "--force"], &path)?;
         if !locked {
             step("retrying without --locked (this crates.io mirror lacks some locked versions)");
-            if !run(
-                root,
-                "cargo",
-                &["install", "wasm-bindgen-cli", "--version", v, "--force"],
-                &path,
-            )? {
+            if !run(root, "cargo", &["install", "wasm-bindgen-cli", "--version", v, "--force"], &path)? {
                 bail!("cargo install wasm-bindgen-cli {v} failed");
             }
         }
     }
 
     let wasm_opt = output("wasm-opt", &["--version"], &path).unwrap_or_default();
-    if !npm_bin.join("wasm-opt").exists()
-        || !wasm_opt.contains(&format!("version {WASM_OPT_VERSION}"))
-    {
-        step(&format!(
-            "installing wasm-opt {WASM_OPT_VERSION} (npm ci of binaryen in xtask/tools)"
-        ));
-        if !run(
-            &root.join("xtask/tools"),
-            "npm",
-            &["ci", "--no-audit", "--no-fund"],
-            &path,
-        )? {
+    if !npm_bin.join("wasm-opt").exists() || !wasm_opt.contains(&format!("version {WASM_OPT_VERSION}")) {
+        step(&format!("installing wasm-opt {WASM_OPT_VERSION} (npm ci of binaryen in xtask/tools)"));
+        if !run(&root.join("xtask/tools"), "npm", &["ci", "--no-audit", "--no-fund"], &path)? {
             bail!("npm ci in xtask/tools failed; is Node.js with npm installed?");
         }
     }
@@ -165,22 +121,12 @@ fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
         "installing Chromium and chromedriver for the browser tests (apt-get install chromium chromium-driver; about a minute)",
     );
     let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
-    let (program, prefix): (&str, &[&str]) = if root_user {
-        ("apt-get", &[])
-    } else {
-        ("sudo", &["apt-get"])
-    };
+    let (program, prefix): (&str, &[&str]) = if root_user { ("apt-get", &[]) } else { ("sudo", &["apt-get"]) };
     let apt = |args: &[&str]| -> Result<bool> {
         let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
         run(root, program, &all, path)
     };
-    let install = [
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "chromium",
-        "chromium-driver",
-    ];
+    let install = ["install", "-y", "--no-install-recommends", "chromium", "chromium-driver"];
     if !apt(&install)? {
         step("refreshing the package lists (apt-get update) and retrying");
         if !apt(&["update"])? || !apt(&install)? {

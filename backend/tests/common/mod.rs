@@ -34,8 +34,31 @@ pub struct TestServer {
 pub fn config() -> Config {
     Config {
         bundle_dir: std::env::temp_dir().join("natter-test-no-bundle"),
+        history: natter_backend::config::HistoryKind::Memory,
         ..Config::default()
     }
+}
+
+/// A fresh, empty directory for a test's database.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "natter-test-{label}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A config with durable history in a fresh directory.
+pub fn sqlite_config(label: &str) -> Config {
+    let mut config = config();
+    config.history = natter_backend::config::HistoryKind::Sqlite;
+    config.storage.data_dir = temp_dir(label);
+    config
 }
 
 impl TestServer {
@@ -46,11 +69,7 @@ impl TestServer {
         let handle = tokio::spawn(natter_backend::run(config, listener, async {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            stop: Some(stop),
-            handle: Some(handle),
-        }
+        Self { addr, stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self) -> String {
@@ -73,10 +92,16 @@ impl TestServer {
         Client::connect(&self.url()).await
     }
 
-    /// A client that has joined `room` as `name`.
+    /// A client that has joined `room` as `name` and seen its own join
+    /// announced (so the join is stored and every member has been told).
+    /// The welcome is returned as the client then knows the room: its own
+    /// `joined` notice appended to the history and `seq_head` at that notice.
     pub async fn joined(&self, name: &str, room: &str) -> (Client, Welcome) {
         let mut c = self.client().await;
-        let w = c.hello(name, room).await;
+        let mut w = c.hello(name, room).await;
+        let notice = c.own_join(name).await;
+        w.seq_head = notice.seq;
+        w.history.push(natter_shared::RoomEvent::Notice(notice));
         (c, w)
     }
 }
@@ -151,12 +176,16 @@ impl Client {
         }
     }
 
+    /// Waits for the `joined` notice of `name` (after a fresh join).
+    pub async fn own_join(&mut self, name: &str) -> natter_shared::Notice {
+        match self.recv().await {
+            ServerMsg::Notice(n) if n.kind == natter_shared::NoticeKind::Joined && n.name.as_str() == name.trim() => n,
+            other => panic!("expected {name}'s joined notice, got {other:?}"),
+        }
+    }
+
     pub async fn say(&mut self, cid: &str, text: &str) {
-        self.send(&ClientMsg::Say(Say {
-            cid: cid.into(),
-            text: text.into(),
-        }))
-        .await;
+        self.send(&ClientMsg::Say(Say { cid: cid.into(), text: text.into() })).await;
     }
 
     /// The next protocol message (skipping pings); panics on timeout or close.
@@ -171,14 +200,10 @@ impl Client {
     pub async fn try_recv(&mut self, limit: Duration) -> Option<ServerMsg> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?;
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
             match next {
                 Some(Ok(Message::Text(t))) => {
-                    return Some(
-                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")),
-                    );
+                    return Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("unexpected frame {other:?}"),
@@ -215,10 +240,7 @@ impl Client {
     /// Sends a Close frame and waits for the server's answer.
     pub async fn close(mut self) {
         self.ws.close(None).await.expect("close");
-        let _ = tokio::time::timeout(RECV_TIMEOUT, async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        })
-        .await;
+        let _ = tokio::time::timeout(RECV_TIMEOUT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
     }
 
     /// Drops the TCP connection without a Close frame (a crash or lost network).
@@ -241,29 +263,18 @@ pub fn hello(name: &str, room: &str) -> Hello {
 
 /// A `hello` that resumes after `last_seq`.
 pub fn resume(name: &str, room: &str, last_seq: Seq, token: Option<&str>) -> Hello {
-    Hello {
-        last_seq: Some(last_seq),
-        resume_token: token.map(str::to_owned),
-        ..hello(name, room)
-    }
+    Hello { last_seq: Some(last_seq), resume_token: token.map(str::to_owned), ..hello(name, room) }
 }
 
 /// A minimal HTTP/1.1 GET: status, headers (lowercased names) and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {
-    http_request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    )
-    .await
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
 }
 
 /// Sends a raw request and parses the response (read until the server closes).
 pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
+    stream.write_all(request.as_bytes()).await.expect("write request");
     let mut raw = Vec::new();
     tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut raw))
         .await
@@ -286,8 +297,5 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, Vec<(String,
 
 /// The value of a header from [`http_get`].
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }

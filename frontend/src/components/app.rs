@@ -19,23 +19,14 @@ pub fn App() -> impl IntoView {
 
     let (saved_name, saved_room) = storage::last_join();
     let location = window().location();
-    let url_room = room_from_url(
-        &location.hash().unwrap_or_default(),
-        &location.search().unwrap_or_default(),
-    );
-    let initial_room = url_room
-        .map(|r| r.to_string())
-        .or(saved_room)
-        .unwrap_or_else(|| RoomName::default().to_string());
+    let url_room = room_from_url(&location.hash().unwrap_or_default(), &location.search().unwrap_or_default());
+    let initial_room =
+        url_room.map(|r| r.to_string()).or(saved_room).unwrap_or_else(|| RoomName::default().to_string());
     let initial_name = saved_name.unwrap_or_default();
 
     // A reload of a tab that was in a chat rejoins at once (same room, unless the URL names another).
     if let Some((name, room)) = storage::active() {
-        let room = if room == initial_room {
-            room
-        } else {
-            initial_room.clone()
-        };
+        let room = if room == initial_room { room } else { initial_room.clone() };
         if let (Ok(name), Ok(room)) = (UserName::parse(&name), RoomName::parse(&room)) {
             client.join(name, room);
         }

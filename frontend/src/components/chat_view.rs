@@ -15,16 +15,8 @@ pub fn ChatView(client: Client) -> impl IntoView {
     let members_open = RwSignal::new(false);
     let lines = Memo::new(move |_| client.chat.with(|c| c.lines()));
     let members = Memo::new(move |_| client.chat.with(|c| c.members.clone()));
-    let room = Signal::derive(move || {
-        client
-            .chat
-            .with(|c| c.room.as_ref().map(|r| r.to_string()).unwrap_or_default())
-    });
-    let me = Signal::derive(move || {
-        client
-            .chat
-            .with(|c| c.me.as_ref().map(|m| m.name.to_string()))
-    });
+    let room = Signal::derive(move || client.chat.with(|c| c.room.as_ref().map(|r| r.to_string()).unwrap_or_default()));
+    let me = Signal::derive(move || client.chat.with(|c| c.me.as_ref().map(|m| m.name.to_string())));
     let typing = Signal::derive(move || {
         let now = client.now.get();
         client.chat.with(|c| c.typing_names(now))
@@ -52,6 +44,8 @@ pub fn ChatView(client: Client) -> impl IntoView {
                     lines=Signal::derive(move || lines.get())
                     on_retry=Callback::new(move |cid: String| client.retry(&cid))
                     on_discard=Callback::new(move |cid: String| client.discard(&cid))
+                    can_load_older=Signal::derive(move || client.chat.with(|c| c.can_load_older()))
+                    on_load_older=Callback::new(move |()| client.load_older())
                 />
                 <MembersPanel members=Signal::derive(move || members.get()) me=me open=members_open />
             </div>

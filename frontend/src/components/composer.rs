@@ -8,11 +8,7 @@ use natter_shared::limits::MESSAGE_MAX_CHARS;
 /// Why the current text cannot be sent, if it cannot.
 pub fn text_problem(text: &str) -> Option<String> {
     let count = text.chars().count();
-    if count > MESSAGE_MAX_CHARS {
-        Some(format!("{} characters too long", count - MESSAGE_MAX_CHARS))
-    } else {
-        None
-    }
+    if count > MESSAGE_MAX_CHARS { Some(format!("{} characters too long", count - MESSAGE_MAX_CHARS)) } else { None }
 }
 
 /// The message box.
@@ -33,16 +29,9 @@ pub fn Composer(
     let refused = RwSignal::new(None::<String>);
     let input = NodeRef::<Textarea>::new();
     let count = move || text.with(|t| t.chars().count());
-    let problem = move || {
-        blocked
-            .get()
-            .or_else(|| refused.get())
-            .or_else(|| text.with(|t| text_problem(t)))
-    };
-    let cannot_send = move || {
-        blocked.with(Option::is_some)
-            || text.with(|t| t.trim().is_empty() || text_problem(t).is_some())
-    };
+    let problem = move || blocked.get().or_else(|| refused.get()).or_else(|| text.with(|t| text_problem(t)));
+    let cannot_send =
+        move || blocked.with(Option::is_some) || text.with(|t| t.trim().is_empty() || text_problem(t).is_some());
 
     let send = move || {
         if cannot_send() {
@@ -108,9 +97,6 @@ mod tests {
     fn over_the_limit_says_by_how_much() {
         assert_eq!(text_problem("hi"), None);
         assert_eq!(text_problem(&"é".repeat(MESSAGE_MAX_CHARS)), None);
-        assert_eq!(
-            text_problem(&"é".repeat(MESSAGE_MAX_CHARS + 3)),
-            Some("3 characters too long".into())
-        );
+        assert_eq!(text_problem(&"é".repeat(MESSAGE_MAX_CHARS + 3)), Some("3 characters too long".into()));
     }
 }

@@ -12,11 +12,7 @@ pub fn status_text(status: &Status, now_ms: f64) -> String {
         Status::Connected => "Connected".to_owned(),
         Status::Reconnecting { at_ms } => {
             let secs = ((at_ms - now_ms) / 1000.0).ceil().max(0.0) as u64;
-            if secs == 0 {
-                "Reconnecting…".to_owned()
-            } else {
-                format!("Reconnecting in {secs} s")
-            }
+            if secs == 0 { "Reconnecting…".to_owned() } else { format!("Reconnecting in {secs} s") }
         }
         Status::Closed(reason) => format!("Disconnected: {reason}"),
     }

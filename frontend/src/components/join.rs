@@ -30,27 +30,16 @@ pub fn JoinForm(
             local.set(None);
         }
     });
-    let shown = move |field: Field| {
-        local
-            .get()
-            .or_else(|| problem.get())
-            .filter(|p| p.field == field)
-            .map(|p| p.message)
-    };
+    let shown =
+        move |field: Field| local.get().or_else(|| problem.get()).filter(|p| p.field == field).map(|p| p.message);
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let checked = UserName::parse(&name.get_untracked())
-            .map_err(|e| JoinProblem {
-                field: Field::Name,
-                message: e.to_string(),
-            })
+            .map_err(|e| JoinProblem { field: Field::Name, message: e.to_string() })
             .and_then(|n| {
                 RoomName::parse(room.get_untracked().trim())
                     .map(|r| (n, r))
-                    .map_err(|e| JoinProblem {
-                        field: Field::Room,
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| JoinProblem { field: Field::Room, message: e.to_string() })
             });
         match checked {
             Ok(joined) => {

@@ -37,6 +37,12 @@ pub fn MessageList(
     #[prop(into)] lines: Signal<Vec<Line>>,
     on_retry: Callback<String>,
     on_discard: Callback<String>,
+    /// Whether older messages may exist on the server.
+    #[prop(into, default = Signal::from(false))]
+    can_load_older: Signal<bool>,
+    /// Asks for a page of older messages.
+    #[prop(default = Callback::new(|()| {}))]
+    on_load_older: Callback<()>,
 ) -> impl IntoView {
     let list = NodeRef::<Ol>::new();
     let follow = RwSignal::new(Follow::default());
@@ -45,10 +51,20 @@ pub fn MessageList(
             el.set_scroll_top(el.scroll_height());
         }
     };
-    // New lines: follow them if the reader is at the bottom, else count them.
-    Effect::new(move |previous: Option<usize>| {
-        let count = lines.with(Vec::len);
-        let added = count.saturating_sub(previous.unwrap_or(0));
+    // New lines at the bottom: follow them if the reader is there, else
+    // count them. Older lines loaded above are neither followed nor counted.
+    Effect::new(move |previous: Option<(usize, Option<String>)>| {
+        let (count, last) = lines.with(|l| (l.len(), l.last().map(render_key)));
+        let added = match &previous {
+            None => count,
+            Some((before, before_last)) => {
+                let at = before_last.as_ref().and_then(|key| lines.with(|l| l.iter().rposition(|x| render_key(x) == *key)));
+                match at {
+                    Some(at) => count - at - 1,
+                    None => count.saturating_sub(*before),
+                }
+            }
+        };
         if added > 0 {
             let mut scroll = false;
             follow.update(|f| scroll = f.arrived(u32::try_from(added).unwrap_or(u32::MAX)));
@@ -56,7 +72,7 @@ pub fn MessageList(
                 request_animation_frame(scroll_to_bottom);
             }
         }
-        count
+        (count, last)
     });
     let on_scroll = move |_| {
         if let Some(el) = list.get_untracked() {
@@ -73,6 +89,11 @@ pub fn MessageList(
     view! {
         <div class="messages-wrap">
             <ol class="messages" role="log" aria-live="polite" aria-label="Messages" tabindex="0" node_ref=list on:scroll=on_scroll>
+                <Show when=move || can_load_older.get()>
+                    <li class="load-older">
+                        <button type="button" on:click=move |_| on_load_older.run(())>"Load older messages"</button>
+                    </li>
+                </Show>
                 <For
                     each=move || lines.get()
                     key=render_key
@@ -95,14 +116,7 @@ pub fn MessageList(
 #[component]
 fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>) -> impl IntoView {
     match line {
-        Line::Event(Entry::Message {
-            ts,
-            name,
-            color,
-            text,
-            mine,
-            ..
-        }, _) => view! {
+        Line::Event(Entry::Message { ts, name, color, text, mine, .. }, _) => view! {
             <li class="msg" class:mine=mine>
                 <span class="meta">
                     <span class="name" style:color=color.0>{name.to_string()}</span>
@@ -113,13 +127,7 @@ fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>
             </li>
         }
         .into_any(),
-        Line::Event(Entry::Notice {
-            ts,
-            kind,
-            name,
-            color,
-            ..
-        }, _) => {
+        Line::Event(Entry::Notice { ts, kind, name, color, .. }, _) => {
             let class = match kind {
                 NoticeKind::Joined => "notice notice-joined",
                 NoticeKind::Left => "notice notice-left",

@@ -26,10 +26,7 @@ mod tests {
     fn sentences() {
         assert_eq!(typing_sentence(&[]), "");
         assert_eq!(typing_sentence(&["Ada".into()]), "Ada is typing…");
-        assert_eq!(
-            typing_sentence(&["Ada".into(), "Bob".into()]),
-            "Ada and Bob are typing…"
-        );
+        assert_eq!(typing_sentence(&["Ada".into(), "Bob".into()]), "Ada and Bob are typing…");
         let four: Vec<String> = ["A", "B", "C", "D"].iter().map(|s| s.to_string()).collect();
         assert_eq!(typing_sentence(&four), "A, B and 2 more are typing…");
     }

@@ -14,15 +14,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A new empty `<section>` in the body.
 pub fn container() -> HtmlElement {
-    let document = web_sys::window()
-        .and_then(|w| w.document())
-        .expect("a document");
+    let document = web_sys::window().and_then(|w| w.document()).expect("a document");
     let section = document.create_element("section").expect("create section");
-    document
-        .body()
-        .expect("a body")
-        .append_child(&section)
-        .expect("append");
+    document.body().expect("a body").append_child(&section).expect("append");
     section.unchecked_into()
 }
 
@@ -39,9 +33,7 @@ pub fn text(root: &Element, css: &str) -> String {
 }
 
 pub fn count(root: &Element, css: &str) -> u32 {
-    root.query_selector_all(css)
-        .expect("valid selector")
-        .length()
+    root.query_selector_all(css).expect("valid selector").length()
 }
 
 /// Sets a field's value and fires `input`, as typing does.
@@ -61,8 +53,7 @@ pub fn key(root: &Element, css: &str, key: &str, shift: bool) -> bool {
     init.set_shift_key(shift);
     init.set_bubbles(true);
     init.set_cancelable(true);
-    let event =
-        web_sys::KeyboardEvent::new_with_keyboard_event_init_dict("keydown", &init).expect("event");
+    let event = web_sys::KeyboardEvent::new_with_keyboard_event_init_dict("keydown", &init).expect("event");
     get(root, css).dispatch_event(&event).expect("dispatch")
 }
 
@@ -86,10 +77,7 @@ pub async fn sleep(ms: i32) {
 pub async fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = js_sys::Date::now() + WAIT.as_millis() as f64;
     while !check() {
-        assert!(
-            js_sys::Date::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(js_sys::Date::now() < deadline, "timed out waiting for {what}");
         sleep(20).await;
     }
 }
