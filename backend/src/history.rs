@@ -225,10 +225,10 @@ impl MemoryStore {
     pub fn apply(&self, room: &RoomName, draft: &Draft) -> Outcome {
         let mut rooms = self.lock();
         let history = rooms.entry(room.clone()).or_insert_with(|| MemoryHistory::new(self.per_room));
-        if let Some((key, cid)) = draft.sender_key() {
-            if let Some((seq, ts)) = history.find_sent(&(key, cid.clone())) {
-                return Outcome::Duplicate(seq, ts);
-            }
+        if let Some((key, cid)) = draft.sender_key()
+            && let Some((seq, ts)) = history.find_sent(&(key, cid.clone()))
+        {
+            return Outcome::Duplicate(seq, ts);
         }
         let ts = history.last_ts.max(crate::app::now_ms());
         let event = draft.clone().into_event(history.head.next(), ts);

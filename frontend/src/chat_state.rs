@@ -304,9 +304,18 @@ impl ChatState {
             let entry = match event {
                 RoomEvent::Message(m) => {
                     let mine = my_key.as_ref().is_some_and(|k| *k == m.name.key());
-                    Entry::Message { seq: m.seq, ts: m.ts, name: m.name, color: m.color, text: m.text.to_string(), mine }
+                    Entry::Message {
+                        seq: m.seq,
+                        ts: m.ts,
+                        name: m.name,
+                        color: m.color,
+                        text: m.text.to_string(),
+                        mine,
+                    }
                 }
-                RoomEvent::Notice(n) => Entry::Notice { seq: n.seq, ts: n.ts, kind: n.kind, name: n.name, color: n.color },
+                RoomEvent::Notice(n) => {
+                    Entry::Notice { seq: n.seq, ts: n.ts, kind: n.kind, name: n.name, color: n.color }
+                }
             };
             self.entries.entry(entry.seq()).or_insert(entry);
         }
@@ -679,7 +688,14 @@ mod tests {
     #[test]
     fn older_pages_go_above_without_touching_members_or_unread() {
         let mut s = ChatState::default();
-        s.apply(welcome(10, vec![RoomEvent::Message(msg(9, "Bob", "a", None)), RoomEvent::Message(msg(10, "Bob", "b", None))], Some(3)), 0.0);
+        s.apply(
+            welcome(
+                10,
+                vec![RoomEvent::Message(msg(9, "Bob", "a", None)), RoomEvent::Message(msg(10, "Bob", "b", None))],
+                Some(3),
+            ),
+            0.0,
+        );
         s.set_hidden(true);
         assert!(s.can_load_older());
         assert_eq!(s.begin_older(), Some(Seq(9)));

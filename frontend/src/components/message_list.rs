@@ -58,7 +58,8 @@ pub fn MessageList(
         let added = match &previous {
             None => count,
             Some((before, before_last)) => {
-                let at = before_last.as_ref().and_then(|key| lines.with(|l| l.iter().rposition(|x| render_key(x) == *key)));
+                let at =
+                    before_last.as_ref().and_then(|key| lines.with(|l| l.iter().rposition(|x| render_key(x) == *key)));
                 match at {
                     Some(at) => count - at - 1,
                     None => count.saturating_sub(*before),
