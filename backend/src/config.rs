@@ -47,6 +47,8 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one write to a client may block before the client counts as gone.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an open WebSocket may take to send `hello`.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its HTTP request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB, allocated
@@ -150,6 +152,7 @@ pub struct Timing {
     pub close_timeout: Duration,
     pub write_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub hello_timeout: Duration,
 }
 
 /// WebSocket framing limits and buffer sizes.
@@ -205,6 +208,7 @@ impl Default for Timing {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
         }
     }
 }

@@ -126,8 +126,11 @@ impl WriteQueue {
 
 /// Where rooms keep their events.
 pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Identifies this history: seqs from a history with another id are unrelated.
-    fn history_id(&self) -> &str;
+    /// Identifies `room`'s history: seqs from a history with another id are
+    /// unrelated (the history started afresh).
+    fn history_id(&self, room: &RoomName) -> String;
+    /// The room is no longer held by the server (nobody is in it).
+    fn forget(&self, room: &RoomName);
     /// The most events a room keeps, if bounded by count (older ones are gone).
     fn keeps(&self) -> Option<usize>;
     /// The room's latest seq and its latest `limit` events (oldest first).
@@ -184,15 +187,27 @@ impl Sequencer {
 #[derive(Debug)]
 pub struct MemoryStore {
     per_room: usize,
+    /// Rooms whose history is kept; beyond it the least recently written
+    /// room's history is forgotten (policy: memory stays bounded).
     id: String,
     rooms: Mutex<HashMap<RoomName, MemoryHistory>>,
+    /// Numbers each room history this store starts (part of its history id).
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
     /// A store keeping at most `per_room` events per room, without a writer.
+    /// A room's history lives while the server holds the room (the hub
+    /// bounds how many it holds); a room dropped and joined again starts a
+    /// new history with a new id.
     pub fn new(per_room: usize) -> Arc<Self> {
         let id = crate::random::random_hex(8).unwrap_or_else(|| format!("m{}", crate::app::now_ms().0));
-        Arc::new(Self { per_room: per_room.max(1), id, rooms: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            per_room: per_room.max(1),
+            id,
+            rooms: Mutex::new(HashMap::new()),
+            generations: std::sync::atomic::AtomicU64::new(1),
+        })
     }
 
     /// A store and its writer task (needs a Tokio runtime).
@@ -221,10 +236,19 @@ impl MemoryStore {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The room's history, started if there is none.
+    fn history<'a>(&self, rooms: &'a mut HashMap<RoomName, MemoryHistory>, room: &RoomName) -> &'a mut MemoryHistory {
+        rooms.entry(room.clone()).or_insert_with(|| {
+            let mut history = MemoryHistory::new(self.per_room);
+            history.generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            history
+        })
+    }
+
     /// Stores a draft in `room` (the writer's work; public for tests).
     pub fn apply(&self, room: &RoomName, draft: &Draft) -> Outcome {
         let mut rooms = self.lock();
-        let history = rooms.entry(room.clone()).or_insert_with(|| MemoryHistory::new(self.per_room));
+        let history = self.history(&mut rooms, room);
         if let Some((key, cid)) = draft.sender_key()
             && let Some((seq, ts)) = history.find_sent(&(key, cid.clone()))
         {
@@ -239,8 +263,13 @@ impl MemoryStore {
 }
 
 impl HistoryStore for MemoryStore {
-    fn history_id(&self) -> &str {
-        &self.id
+    fn history_id(&self, room: &RoomName) -> String {
+        let mut rooms = self.lock();
+        format!("{}.{}", self.id, self.history(&mut rooms, room).generation)
+    }
+
+    fn forget(&self, room: &RoomName) {
+        self.lock().remove(room);
     }
 
     fn keeps(&self) -> Option<usize> {
@@ -272,6 +301,8 @@ pub type SenderKey = (String, ClientMsgId);
 #[derive(Debug)]
 pub struct MemoryHistory {
     capacity: usize,
+    /// Which history of its room this is (see [`MemoryStore::new`]).
+    generation: u64,
     head: Seq,
     last_ts: Timestamp,
     events: VecDeque<(RoomEvent, Option<SenderKey>)>,
@@ -281,7 +312,14 @@ pub struct MemoryHistory {
 impl MemoryHistory {
     /// An empty history keeping at most `capacity` events.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, head: Seq(0), last_ts: Timestamp(0), events: VecDeque::new(), sent: HashMap::new() }
+        Self {
+            capacity,
+            generation: 0,
+            head: Seq(0),
+            last_ts: Timestamp(0),
+            events: VecDeque::new(),
+            sent: HashMap::new(),
+        }
     }
 
     /// Stores the next event; `sender` is set for chat messages.

@@ -1,4 +1,5 @@
-//! All rooms of the server, created on first use, up to the configured number.
+//! All rooms of the server, created on first use, up to the configured number
+//! of rooms with members (empty rooms are dropped when room is needed).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +48,18 @@ impl Hub {
             return Ok(room.clone());
         }
         if rooms.len() >= self.limits.max_rooms {
-            return Err(HubError::TooManyRooms);
+            // Rooms nobody is in are only a cache of their stored history:
+            // let them go before refusing a new room.
+            rooms.retain(|name, room| {
+                let keep = room.member_count() > 0;
+                if !keep {
+                    self.store.forget(name);
+                }
+                keep
+            });
+            if rooms.len() >= self.limits.max_rooms {
+                return Err(HubError::TooManyRooms);
+            }
         }
         let room = Arc::new(Room::open(name.clone(), self.store.clone(), self.limits.clone())?);
         rooms.insert(name.clone(), room.clone());

@@ -36,6 +36,8 @@ pub enum CloseReason {
     Flooding,
     /// The server is shutting down.
     Shutdown,
+    /// No `hello` within the hello timeout.
+    NoHello,
 }
 
 impl CloseReason {
@@ -52,6 +54,7 @@ impl CloseReason {
             Self::Protocol => (1002, "WebSocket protocol error"),
             Self::Flooding => (close::POLICY_VIOLATION, "too many messages; slow down"),
             Self::Shutdown => (close::SERVICE_RESTART, "server restarting; reconnect and resume"),
+            Self::NoHello => (close::POLICY_VIOLATION, "no hello; send hello to join a room"),
         })
     }
 }

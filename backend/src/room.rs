@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::{
     Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
-    RoomName, Seq, ServerMsg, TypingUpdate, UserName, Welcome, color_for, limits::TYPING_REFRESH_MS,
+    RoomName, Seq, ServerMsg, TypingUpdate, UserName, Welcome, color_for, limits::TYPING_REFRESH_MIN_MS,
 };
 use tokio::time::Instant;
 use tracing::warn;
@@ -107,6 +107,8 @@ struct RoomState {
 pub struct Room {
     pub name: RoomName,
     store: Arc<dyn HistoryStore>,
+    /// The id of this room's history, fixed while the room is held.
+    history_id: String,
     limits: RoomLimits,
     /// Events kept in `recent`: what a welcome shows, never more than the store keeps.
     recent_max: usize,
@@ -119,6 +121,7 @@ impl Room {
         let recent_max = limits.welcome_history.min(store.keeps().unwrap_or(usize::MAX)).max(1);
         let (head, latest) = store.open_room(&name, recent_max)?;
         Ok(Self {
+            history_id: store.history_id(&name),
             name,
             store,
             limits,
@@ -179,7 +182,7 @@ impl Room {
             }
         };
 
-        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.store.history_id());
+        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
         let replay = match req.last_seq {
             // A seq of another history (an in-memory server that restarted),
             // or beyond the head, means nothing here: start afresh.
@@ -196,7 +199,7 @@ impl Room {
             members,
             history: replay.events,
             resume_token: me.token.clone(),
-            history_id: self.store.history_id().to_owned(),
+            history_id: self.history_id.clone(),
             missed: (replay.missed > 0).then_some(replay.missed),
         });
         conn.send_msg(&welcome);
@@ -275,14 +278,15 @@ impl Room {
     }
 
     /// Tells the others that `who` started or stopped typing, dropping
-    /// refreshes that come faster than [`TYPING_REFRESH_MS`] and repeated stops.
+    /// refreshes that come sooner than [`TYPING_REFRESH_MIN_MS`] (clients send
+    /// them every [`natter_shared::limits::TYPING_REFRESH_MS`]) and repeated stops.
     pub fn typing(&self, who: &Membership, active: bool, now: Instant) -> bool {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(member) = state.members.get_mut(&who.key).filter(|m| m.id == who.member_id) else {
             return false;
         };
-        let refresh = std::time::Duration::from_millis(TYPING_REFRESH_MS);
+        let refresh = std::time::Duration::from_millis(TYPING_REFRESH_MIN_MS);
         let send = match (active, member.typing_since) {
             (true, Some(since)) => now.saturating_duration_since(since) >= refresh,
             (true, None) => true,
@@ -582,7 +586,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(f.room.typing(&ada, true, t0));
         assert!(!f.room.typing(&ada, true, t0 + std::time::Duration::from_millis(100)));
-        assert!(f.room.typing(&ada, true, t0 + std::time::Duration::from_millis(TYPING_REFRESH_MS)));
+        assert!(f.room.typing(&ada, true, t0 + std::time::Duration::from_millis(TYPING_REFRESH_MIN_MS)));
         assert!(f.room.typing(&ada, false, t0));
         assert!(!f.room.typing(&ada, false, t0));
         assert_eq!(drain(&mut bob_rx).len(), 3);
@@ -614,7 +618,7 @@ mod tests {
         match drain(&mut third_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
                 assert_eq!(w.history.len(), 3, "the latest events, not a replay after seq 2");
-                assert_eq!(w.history_id, f.store.history_id());
+                assert_eq!(w.history_id, f.store.history_id(&f.room.name));
             }
             other => panic!("expected welcome, got {other:?}"),
         }

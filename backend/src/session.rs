@@ -14,10 +14,10 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use natter_shared::{
     ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MessageText, PROTOCOL_VERSION, ResumeToken,
-    RoomName, Say, ServerMsg, UserName, ValidationError,
+    RoomName, Say, ServerMsg, UserName, ValidationError, close,
     limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -48,6 +48,8 @@ const LINGER_BUF_BYTES: usize = 4096;
 enum ReaderEnd {
     /// The peer sent a Close frame: a deliberate leave.
     PeerClosed,
+    /// The peer closed with [`close::CLIENT_RECONNECTING`]: it will resume.
+    PeerReconnecting,
     /// The TCP connection ended or failed without a Close frame.
     Dropped(String),
     /// The peer broke a rule; close with this reason.
@@ -119,6 +121,7 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
                 debug!(conn = conn_id, ?end, "reader ended");
                 let (leave, close) = match end {
                     ReaderEnd::PeerClosed => (true, Some(CloseReason::PeerClosed)),
+                    ReaderEnd::PeerReconnecting => (false, Some(CloseReason::PeerClosed)),
                     ReaderEnd::Violation(reason) => (false, Some(reason)),
                     ReaderEnd::Dropped(_) => (false, None),
                 };
@@ -146,6 +149,10 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
         if let Ok(ws) = stream.reunite(sink) {
             let mut io = ws.into_inner();
             let drain = async {
+                // Close our side first: the peer (a browser especially) waits
+                // for the server to end the TCP connection after the close
+                // handshake, and answers our FIN with its own.
+                let _ = io.shutdown().await;
                 let mut buf = [0u8; LINGER_BUF_BYTES];
                 let mut total = 0;
                 while total < LINGER_MAX_BYTES {
@@ -169,7 +176,18 @@ impl Session {
 
     async fn read_loop(&self, stream: &mut SplitStream<Ws>, heard: &LastHeard) -> ReaderEnd {
         let mut bucket = TokenBucket::new(self.app.config.rate, Instant::now());
-        while let Some(item) = stream.next().await {
+        let hello_by = Instant::now() + self.app.config.timing.hello_timeout;
+        loop {
+            // A connection must join within the hello timeout.
+            let next = if self.joined().is_some() || self.closing() {
+                stream.next().await
+            } else {
+                match tokio::time::timeout_at(hello_by, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return ReaderEnd::Violation(CloseReason::NoHello),
+                }
+            };
+            let Some(item) = next else { break };
             heard.touch();
             let msg = match item {
                 Ok(msg) => msg,
@@ -200,6 +218,9 @@ impl Session {
                     }
                 }
                 Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(Some(frame)) if u16::from(frame.code) == close::CLIENT_RECONNECTING => {
+                    return ReaderEnd::PeerReconnecting;
+                }
                 Message::Close(_) => return ReaderEnd::PeerClosed,
             }
         }
@@ -212,6 +233,9 @@ impl Session {
             Ok(ClientMsg::Say(say)) => self.say(say).await,
             Ok(ClientMsg::Typing(typing)) => self.typing(typing.active),
             Ok(ClientMsg::History(request)) => self.history(request),
+            Ok(ClientMsg::Ping) => {
+                self.conn.send_msg(&ServerMsg::Pong);
+            }
             Err(e) => self.reply(ErrorCode::BadRequest, &format!("could not read that message: {e}"), None),
         }
     }

@@ -351,8 +351,12 @@ impl SqliteStore {
 }
 
 impl HistoryStore for SqliteStore {
-    fn history_id(&self) -> &str {
-        &self.history_id
+    fn history_id(&self, _room: &RoomName) -> String {
+        self.history_id.clone()
+    }
+
+    fn forget(&self, _room: &RoomName) {
+        // Everything is on disk; nothing is held per room.
     }
 
     fn keeps(&self) -> Option<usize> {

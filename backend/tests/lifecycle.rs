@@ -188,3 +188,70 @@ async fn shutdown_closes_every_client_with_1012_and_run_returns() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_ping_gets_a_pong() {
+    let server = TestServer::start(config()).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    ada.send(&natter_shared::ClientMsg::Ping).await;
+    assert_eq!(ada.recv().await, ServerMsg::Pong);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    let mut cfg = config();
+    cfg.timing.hello_timeout = Duration::from_millis(300);
+    let server = TestServer::start(cfg).await;
+    let mut idle = server.client().await;
+    assert!(matches!(idle.closed().await, Ended::Close(code, _) if code == close::POLICY_VIOLATION));
+    // One that joins in time stays.
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    assert!(ada.try_recv(Duration::from_millis(600)).await.is_none());
+    ada.send(&natter_shared::ClientMsg::Ping).await;
+    assert_eq!(ada.recv().await, ServerMsg::Pong);
+}
+
+#[tokio::test]
+async fn a_client_closing_to_reconnect_is_not_announced_as_leaving() {
+    let mut cfg = config();
+    cfg.timing.leave_grace = Duration::from_millis(800);
+    let server = TestServer::start(cfg).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    let (bob, w) = server.joined("Bob", "lobby").await;
+    assert!(matches!(ada.recv().await, ServerMsg::Notice(n) if n.kind == NoticeKind::Joined));
+    let mut ws = bob.ws;
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: close::CLIENT_RECONNECTING.into(),
+        reason: "reconnecting".into(),
+    };
+    futures_util::SinkExt::send(&mut ws, Message::Close(Some(frame))).await.expect("close");
+    let mut bob = server.client().await;
+    let back = bob.hello_with(resume("Bob", "lobby", w.seq_head, Some(w.resume_token.as_str()))).await;
+    assert!(matches!(back, ServerMsg::Welcome(_)));
+    assert!(ada.try_recv(Duration::from_millis(1200)).await.is_none(), "no left, no join");
+}
+
+#[tokio::test]
+async fn empty_rooms_make_way_for_new_ones() {
+    let mut cfg = config();
+    cfg.limits.max_rooms = 2;
+    let server = TestServer::start(cfg).await;
+    let (a, first) = server.joined("Ann", "one").await;
+    let (b, _) = server.joined("Ben", "two").await;
+    let mut c = server.client().await;
+    assert!(matches!(
+        c.hello_with(common::hello("Cal", "three")).await,
+        ServerMsg::Error(e) if e.code == natter_shared::ErrorCode::TooManyRooms
+    ));
+    a.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let w = c.hello("Cal", "three").await;
+    assert_eq!(w.room.as_str(), "three", "the empty room one made way");
+    // With the in-memory store, a dropped room starts a new history when
+    // joined again, under a new history id (clients then start afresh).
+    let first_id = first.history_id.clone();
+    b.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, again) = server.joined("Ann", "one").await;
+    assert_ne!(again.history_id, first_id);
+}

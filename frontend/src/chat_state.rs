@@ -144,6 +144,7 @@ impl ChatState {
                 }
             }
             ServerMsg::History(page) => self.older(page),
+            ServerMsg::Pong => {}
         }
     }
 
@@ -350,11 +351,15 @@ impl ChatState {
         Ok(())
     }
 
-    /// Marks every waiting message as sending and returns them, in order.
-    pub fn take_outgoing(&mut self) -> Vec<(String, String)> {
+    /// Marks waiting messages as sending, oldest first, so that at most
+    /// `window` are unacknowledged at once, and returns them. Sending more as
+    /// acks arrive keeps a long outbox within the server's rate limit.
+    pub fn take_outgoing(&mut self, window: usize) -> Vec<(String, String)> {
+        let in_flight = self.pending.iter().filter(|p| p.status == SendStatus::Sending).count();
         self.pending
             .iter_mut()
             .filter(|p| p.status == SendStatus::Waiting)
+            .take(window.saturating_sub(in_flight))
             .map(|p| {
                 p.status = SendStatus::Sending;
                 (p.cid.clone(), p.text.clone())
@@ -565,8 +570,8 @@ mod tests {
         assert!(matches!(s.lines().last(), Some(Line::Pending(p)) if p.status == SendStatus::Waiting));
         // Offline: nothing to send until joined... the client decides; here we join.
         s.apply(welcome(1, vec![], None), 0.0);
-        assert_eq!(s.take_outgoing(), vec![("c1".to_owned(), "hello".to_owned())]);
-        assert_eq!(s.take_outgoing(), vec![], "sent once");
+        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hello".to_owned())]);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![], "sent once");
         assert_eq!(s.pending()[0].status, SendStatus::Sending);
         let ack = Ack { cid: ClientMsgId::parse("c1").expect("valid"), seq: Seq(2), ts: Timestamp(5) };
         s.apply(ServerMsg::Ack(ack.clone()), 0.0);
@@ -578,15 +583,33 @@ mod tests {
     }
 
     #[test]
+    fn a_long_outbox_is_sent_a_window_at_a_time() {
+        let mut s = ChatState::default();
+        s.apply(welcome(1, vec![], None), 0.0);
+        for i in 0..7 {
+            s.queue(format!("c{i}"), "x").expect("valid");
+        }
+        let first: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(first, ["c0", "c1", "c2"]);
+        assert!(s.take_outgoing(3).is_empty(), "the window is full");
+        s.apply(
+            ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c0").expect("valid"), seq: Seq(2), ts: Timestamp(2) }),
+            0.0,
+        );
+        let next: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(next, ["c3"], "one acked, one more sent, in order");
+    }
+
+    #[test]
     fn unacknowledged_messages_are_resent_after_a_reconnect() {
         let mut s = ChatState::default();
         s.apply(welcome(1, vec![], None), 0.0);
         s.queue("c1".into(), "hi").expect("valid");
-        assert_eq!(s.take_outgoing().len(), 1);
+        assert_eq!(s.take_outgoing(usize::MAX).len(), 1);
         s.disconnected();
         assert_eq!(s.pending()[0].status, SendStatus::Waiting);
         s.apply(welcome(1, vec![], None), 0.0);
-        assert_eq!(s.take_outgoing(), vec![("c1".to_owned(), "hi".to_owned())]);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hi".to_owned())]);
     }
 
     #[test]
@@ -594,7 +617,7 @@ mod tests {
         let mut s = ChatState::default();
         s.apply(welcome(1, vec![], None), 0.0);
         s.queue("c1".into(), "hi").expect("valid");
-        s.take_outgoing();
+        s.take_outgoing(usize::MAX);
         s.disconnected();
         // The ack was lost, but the replay holds the stored message.
         s.apply(welcome(2, vec![RoomEvent::Message(msg(2, "me", "hi", Some("c1")))], None), 0.0);
@@ -609,7 +632,7 @@ mod tests {
         s.apply(welcome(1, vec![], None), 0.0);
         s.queue("c1".into(), "a").expect("valid");
         s.queue("c2".into(), "b").expect("valid");
-        s.take_outgoing();
+        s.take_outgoing(usize::MAX);
         let refuse =
             |code, cid: &str| ServerMsg::Error(ErrorMsg { code, message: "nope".into(), cid: Some(cid.into()) });
         s.apply(refuse(ErrorCode::TooLong, "c1"), 0.0);
@@ -617,7 +640,7 @@ mod tests {
         assert_eq!(s.pending()[0].status, SendStatus::Failed("nope".into()));
         assert_eq!(s.pending()[1].status, SendStatus::Waiting);
         s.retry("c1");
-        assert_eq!(s.take_outgoing().len(), 2);
+        assert_eq!(s.take_outgoing(usize::MAX).len(), 2);
         s.discard("c1");
         assert_eq!(s.pending().len(), 1);
     }
@@ -659,7 +682,7 @@ mod tests {
         s.apply(ServerMsg::Message(msg(4, "Bob", "2", None)), 0.0);
         s.apply(ServerMsg::Notice(notice(5, NoticeKind::Joined, "Cat")), 0.0);
         s.queue("c".into(), "mine").expect("valid");
-        s.take_outgoing();
+        s.take_outgoing(usize::MAX);
         s.apply(
             ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c").expect("valid"), seq: Seq(6), ts: Timestamp(6) }),
             0.0,

@@ -27,6 +27,15 @@ use crate::storage;
 pub const TYPING_IDLE: Duration = Duration::from_millis(4_000);
 /// How often the clock signal ticks (countdowns, typing expiry).
 pub const TICK: Duration = Duration::from_millis(1_000);
+/// Most of the user's messages sent and not yet acknowledged; more are sent
+/// as acks arrive (keeps a long outbox within the server's rate limit).
+pub const OUTBOX_WINDOW: usize = 5;
+/// Ping the server after this long without hearing from it.
+pub const IDLE_PING_MS: f64 = 25_000.0;
+/// A ping unanswered for this long means the connection is dead.
+pub const PONG_WAIT_MS: f64 = 5_000.0;
+/// A connection attempt still not open after this long is abandoned.
+pub const CONNECT_TIMEOUT_MS: f64 = 10_000.0;
 /// Events asked for per "load older messages".
 pub const OLDER_PAGE: u32 = 50;
 /// Wait before resending messages the server refused as `rate_limited`.
@@ -100,6 +109,11 @@ struct Inner {
     retry: Option<TimeoutHandle>,
     typing_since: Option<f64>,
     typing_idle: Option<TimeoutHandle>,
+    /// When the current socket was opened (connect attempt) and when it last
+    /// received anything, and when a liveness `ping` went out unanswered.
+    opened_at: f64,
+    heard_at: f64,
+    ping_sent: Option<f64>,
 }
 
 /// The chat client. `Copy`: every field is a reactive handle.
@@ -148,6 +162,7 @@ impl Client {
                 if client.chat.with_untracked(ChatState::has_typing) {
                     client.chat.update(|c| c.expire_typing(now_ms()));
                 }
+                client.watchdog();
             },
             TICK,
         );
@@ -264,18 +279,66 @@ impl Client {
     pub fn visibility_changed(self, hidden: bool) {
         self.chat.update(|c| c.set_hidden(hidden));
         if !hidden {
-            self.retry_now();
+            self.check_now();
         }
     }
 
     /// The browser is online again.
     pub fn online(self) {
-        self.retry_now();
+        self.check_now();
+    }
+
+    /// Reconnects at once if waiting to, or checks that an open connection
+    /// still works (after a sleep or a network change it may be dead).
+    fn check_now(self) {
+        match self.status.get_untracked() {
+            Status::Reconnecting { .. } => self.retry_now(),
+            Status::Connected => self.ping(),
+            _ => {}
+        }
+    }
+
+    fn ping(self) {
+        if self.inner.with_value(|i| i.ping_sent.is_none()) && self.send_msg(&ClientMsg::Ping) {
+            self.inner.update_value(|i| i.ping_sent = Some(now_ms()));
+        }
+    }
+
+    /// Runs every tick: pings an idle connection, and gives up on one that
+    /// does not answer or does not open, reconnecting (and resuming) at once.
+    fn watchdog(self) {
+        let now = now_ms();
+        let (opened_at, heard_at, ping_sent) = self.inner.with_value(|i| (i.opened_at, i.heard_at, i.ping_sent));
+        match self.status.get_untracked() {
+            Status::Connecting if now - opened_at > CONNECT_TIMEOUT_MS => self.abandon(),
+            Status::Connected => match ping_sent {
+                Some(sent) if now - sent > PONG_WAIT_MS => self.abandon(),
+                None if now - heard_at > IDLE_PING_MS => self.ping(),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Drops a connection believed dead and connects again at once. The close
+    /// code tells the server this is not a leave, so nobody sees one.
+    fn abandon(self) {
+        web_sys::console::info_1(&"natter: connection not answering; reconnecting".into());
+        self.inner.update_value(|i| {
+            if let Some(socket) = i.socket.take() {
+                socket.shut(close::CLIENT_RECONNECTING, "reconnecting");
+                i.retired = Some(socket);
+            }
+            i.typing_since = None;
+        });
+        self.chat.update(|c| c.disconnected());
+        self.connect();
     }
 
     /// The page is going away (closed, reloaded or put in the back/forward cache).
     pub fn page_hidden(self) {
-        self.shut(close::GOING_AWAY, "page closed");
+        // Scripts may only close with 1000 or 3000–4999: a normal close.
+        self.shut(close::NORMAL, "page closed");
     }
 
     /// The page came back from the back/forward cache.
@@ -325,6 +388,11 @@ impl Client {
             }
         };
         self.status.set(Status::Connecting);
+        self.inner.update_value(|i| {
+            i.opened_at = now_ms();
+            i.heard_at = now_ms();
+            i.ping_sent = None;
+        });
         let on_open = Closure::<dyn FnMut()>::new(move || self.opened(&name, &room));
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             if let Some(text) = e.data().as_string() {
@@ -342,10 +410,10 @@ impl Client {
     fn opened(self, name: &UserName, room: &RoomName) {
         // Resume only with a history in memory; a fresh page gets the recent one.
         let last_seq = self.chat.with_untracked(|c| c.me.as_ref().and(c.last_seq));
-        let token = self
-            .chat
-            .with_untracked(|c| c.resume_token.as_ref().map(|t| t.as_str().to_owned()))
-            .or_else(|| storage::token(room.as_str(), &name.key()));
+        // The token lives only in this page's memory: a reload is a new page
+        // (its pagehide already said "left"), and a duplicated tab must not
+        // take this tab's session.
+        let token = self.chat.with_untracked(|c| c.resume_token.as_ref().map(|t| t.as_str().to_owned()));
         let hello = Hello {
             v: PROTOCOL_VERSION,
             room: Some(room.to_string()),
@@ -358,6 +426,10 @@ impl Client {
     }
 
     fn received(self, text: &str) {
+        self.inner.update_value(|i| {
+            i.heard_at = now_ms();
+            i.ping_sent = None;
+        });
         let msg: ServerMsg = match serde_json::from_str(text) {
             Ok(msg) => msg,
             Err(e) => {
@@ -368,14 +440,13 @@ impl Client {
         let welcomed = self.inner.with_value(|i| i.welcomed);
         match msg {
             ServerMsg::Welcome(w) => {
-                let (room, name, token) = (w.room.clone(), w.you.name.clone(), w.resume_token.as_str().to_owned());
+                let (room, name) = (w.room.clone(), w.you.name.clone());
                 self.chat.update(|c| c.apply(ServerMsg::Welcome(w), now_ms()));
                 self.inner.update_value(|i| {
                     i.welcomed = true;
                     i.attempt = 0;
                 });
                 storage::remember_join(name.as_str(), room.as_str());
-                storage::save_token(room.as_str(), &name.key(), &token);
                 storage::set_active(Some((name.as_str(), room.as_str())));
                 if let Some(window) = web_sys::window() {
                     let _ = window.location().set_hash(&location::room_hash(&room)[1..]);
@@ -391,6 +462,11 @@ impl Client {
             {
                 self.chat.update(|c| c.apply(ServerMsg::Error(e), now_ms()));
                 let _ = set_timeout_with_handle(move || self.flush(), RATE_LIMIT_RETRY);
+            }
+            ServerMsg::Ack(ack) => {
+                self.chat.update(|c| c.apply(ServerMsg::Ack(ack), now_ms()));
+                // One fewer in flight: send the next of the outbox.
+                self.flush();
             }
             other => self.chat.update(|c| c.apply(other, now_ms())),
         }
@@ -415,6 +491,7 @@ impl Client {
 
     fn closed(self, code: u16, reason: &str) {
         self.retire();
+        self.inner.update_value(|i| i.typing_since = None);
         self.chat.update(|c| c.disconnected());
         match code {
             close::REPLACED => {
@@ -467,7 +544,7 @@ impl Client {
             return;
         }
         let mut outgoing = Vec::new();
-        self.chat.update(|c| outgoing = c.take_outgoing());
+        self.chat.update(|c| outgoing = c.take_outgoing(OUTBOX_WINDOW));
         for (cid, text) in outgoing {
             self.send_msg(&ClientMsg::Say(Say { cid, text }));
         }

@@ -1,8 +1,8 @@
 //! What the page remembers in the browser. `localStorage` (shared by the
 //! browser's tabs): the last name and room, and each outbox. `sessionStorage`
-//! (this tab only, survives a reload): the resume token and whether this tab
-//! was in a chat, so a reload rejoins at once. A token is per tab on purpose:
-//! two tabs sharing one would keep taking the session from each other.
+//! (this tab only, survives a reload): whether this tab was in a chat, so a
+//! reload rejoins at once. Resume tokens are never stored: they live in the
+//! page's memory, so a duplicated tab cannot take this tab's session.
 
 use web_sys::Storage;
 
@@ -67,16 +67,6 @@ pub fn save_outbox(room: &str, name_key: &str, pending: &[Pending]) {
     } else if let Ok(json) = serde_json::to_string(pending) {
         set(local(), &key, &json);
     }
-}
-
-/// This tab's resume token for `name_key` in `room`.
-pub fn token(room: &str, name_key: &str) -> Option<String> {
-    get(session(), &format!("natter.token.{room}.{name_key}"))
-}
-
-/// Saves this tab's resume token for `name_key` in `room`.
-pub fn save_token(room: &str, name_key: &str, token: &str) {
-    set(session(), &format!("natter.token.{room}.{name_key}"), token);
 }
 
 /// The chat this tab was in (name, room), to rejoin after a reload.

@@ -11,6 +11,9 @@ pub const LAGGED_REASON: &str = "lagged, please resume";
 pub const REPLACED: u16 = 4001;
 /// The reason text sent with [`REPLACED`].
 pub const REPLACED_REASON: &str = "replaced by a newer connection";
+/// Sent by a client that closes a connection it believes dead and reconnects
+/// at once: the server keeps the session for the grace period (no "left").
+pub const CLIENT_RECONNECTING: u16 = 4002;
 /// Normal closure (RFC 6455).
 pub const NORMAL: u16 = 1000;
 /// The server is going away (RFC 6455 "going away").

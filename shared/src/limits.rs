@@ -20,8 +20,12 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// A client should treat another member's `typing {active: true}` as expired
 /// after this long without a refresh.
 pub const TYPING_TTL_MS: u64 = 6_000;
-/// While the user keeps typing, a client refreshes `typing {active: true}` at
-/// most this often; the server drops refreshes that come faster.
+/// While the user keeps typing, a client refreshes `typing {active: true}`
+/// this often.
 pub const TYPING_REFRESH_MS: u64 = 3_000;
+/// The server drops typing refreshes that come sooner than this after the
+/// last one it passed on (below [`TYPING_REFRESH_MS`], so network jitter does
+/// not drop regular refreshes).
+pub const TYPING_REFRESH_MIN_MS: u64 = 2_000;
 /// Most events one `history` page returns.
 pub const HISTORY_PAGE_MAX: u32 = 200;

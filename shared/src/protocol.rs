@@ -23,6 +23,9 @@ pub enum ClientMsg {
     Say(Say),
     Typing(Typing),
     History(HistoryRequest),
+    /// Asks for a `pong`: lets a page find out that its connection is dead
+    /// (browsers do not expose WebSocket pings to scripts).
+    Ping,
 }
 
 /// Join a room (first message on a connection), or rejoin after a drop.
@@ -86,6 +89,8 @@ pub enum ServerMsg {
     Typing(TypingUpdate),
     Error(ErrorMsg),
     History(HistoryPage),
+    /// The answer to `ping`.
+    Pong,
 }
 
 /// A room event with a seq: what history holds and resume replays. Its JSON

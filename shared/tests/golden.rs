@@ -236,3 +236,9 @@ fn storage_unavailable_is_a_stable_code() {
         r##"{"type":"error","code":"storage_unavailable","message":"not stored","cid":"c-3"}"##,
     );
 }
+
+#[test]
+fn ping_and_pong() {
+    golden_client(ClientMsg::Ping, r##"{"type":"ping"}"##);
+    golden_server(ServerMsg::Pong, r##"{"type":"pong"}"##);
+}
