@@ -218,6 +218,18 @@ impl WsClient {
         self.recv().await
     }
 
+    /// Joins `room` as `name` and waits until its own `joined` is announced.
+    pub async fn join(&mut self, name: &str, room: &str) {
+        assert!(matches!(self.hello(name, room).await, ServerMsg::Welcome(_)), "welcome");
+        loop {
+            if let ServerMsg::Notice(n) = self.recv().await
+                && n.name.as_str() == name
+            {
+                return;
+            }
+        }
+    }
+
     /// The next protocol message, or a panic after [`WAIT`].
     pub async fn recv(&mut self) -> ServerMsg {
         loop {

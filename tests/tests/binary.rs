@@ -59,9 +59,9 @@ async fn two_clients_chat_through_the_binary_and_sigterm_closes_with_1012() {
     let mut natter = Natter::start(&[]);
     let mut ada = WsClient::connect(&natter.ws_url()).await;
     let mut bob = WsClient::connect(&natter.ws_url()).await;
-    assert!(matches!(ada.hello("Ada", "lobby").await, ServerMsg::Welcome(_)));
-    assert!(matches!(bob.hello("Bob", "lobby").await, ServerMsg::Welcome(_)));
-    assert!(matches!(ada.recv().await, ServerMsg::Notice(_)));
+    ada.join("Ada", "lobby").await;
+    bob.join("Bob", "lobby").await;
+    assert!(matches!(ada.recv().await, ServerMsg::Notice(n) if n.name.as_str() == "Bob"));
     ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "secret words".into() })).await;
     assert!(matches!(ada.recv().await, ServerMsg::Ack(_)));
     assert!(matches!(bob.recv().await, ServerMsg::Message(m) if m.text.as_str() == "secret words"));
