@@ -10,6 +10,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI whose job is to report
 
+mod bench;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -28,11 +29,15 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("bundle") => tools::ensure_all(&root()).and_then(|env| build_bundle(&root(), &env)),
+        Some("bench") => bench::run(&root(), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <run [-- natter flags] | test | bundle>");
+            eprintln!(
+                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick]>"
+            );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
             eprintln!("  test    fmt, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
+            eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
             return ExitCode::from(2);
         }
     };
@@ -69,7 +74,7 @@ pub fn cmd(dir: &Path, env: &tools::ToolEnv, program: &str, args: &[&str]) -> Re
     Ok(())
 }
 
-fn build_bundle(root: &Path, env: &tools::ToolEnv) -> Result<()> {
+pub fn build_bundle(root: &Path, env: &tools::ToolEnv) -> Result<()> {
     step("fetching crates for the offline page build (cargo fetch --locked)");
     cmd(root, env, "cargo", &["fetch", "--locked"])?;
     step("building the chat page into dist/ (trunk build --release --offline)");

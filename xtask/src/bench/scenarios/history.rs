@@ -1,0 +1,169 @@
+//! `history`: acknowledged messages per second with 100 senders on the
+//! default SQLite store (and the p99 time to `ack`), then the time to serve a
+//! `welcome` with 100 events from a 1,000,000-message database.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use natter_shared::{ChatMessage, ClientMsgId, Color, MessageText, RoomEvent, Seq, Timestamp, UserName};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::Args;
+use crate::client::{connect, join, source};
+use crate::server::{Server, temp_dir};
+use crate::stats::Samples;
+
+const SENDERS: usize = 100;
+const ROOMS: usize = 10;
+/// Messages each sender keeps unacknowledged.
+const WINDOW: usize = 32;
+const BIG_ROOM_MESSAGES: u64 = 1_000_000;
+
+struct SenderResult {
+    acked: u64,
+    latency: Samples,
+}
+
+async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result<SenderResult> {
+    let (addr, index, measure_from, until) = args;
+    let mut ws = connect(addr, source(index)).await?;
+    join(&mut ws, &format!("s{index}"), &format!("bench-{}", index % ROOMS)).await?;
+    let (mut tx, mut rx) = ws.split();
+    let text = "x".repeat(100);
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(WINDOW);
+    let mut result = SenderResult { acked: 0, latency: Samples::default() };
+    let mut next = 0u64;
+    loop {
+        while sent.len() < WINDOW && Instant::now() < until {
+            let frame = format!(r#"{{"type":"say","cid":"c{next}","text":"{text}"}}"#);
+            next += 1;
+            tx.send(Message::text(frame)).await?;
+            sent.push_back(Instant::now());
+        }
+        if sent.is_empty() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"ack""#) => {
+                let now = Instant::now();
+                if let Some(at) = sent.pop_front()
+                    && at >= measure_from
+                    && now <= until
+                {
+                    result.acked += 1;
+                    result.latency.push(now - at);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => anyhow::bail!("sender {index}: {other:?}"),
+        }
+    }
+    Ok(result)
+}
+
+async fn throughput(args: &Args) -> Result<Value> {
+    let (warmup, window) = if args.quick { (1, 3) } else { (2, 10) };
+    let server = Server::start(
+        &args.natter,
+        &["--history", "sqlite", "--rate-per-sec", "1000000", "--rate-burst", "1000000", "--outbound-queue", "4096"],
+        args.server_cpu,
+        None,
+    )?;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(warmup);
+    let until = measure_from + Duration::from_secs(window);
+    let tasks: Vec<_> = (0..SENDERS).map(|i| tokio::spawn(sender((server.addr, i, measure_from, until)))).collect();
+    let cpu_before = server.cpu_time()?;
+    let mut acked = 0;
+    let mut latency = Samples::default();
+    for task in tasks {
+        let r = task.await??;
+        acked += r.acked;
+        latency.extend(r.latency);
+    }
+    let cpu = server.cpu_time()? - cpu_before;
+    let rss = server.rss_kib()?;
+    let dir = server.data_dir.clone();
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(json!({
+        "senders": SENDERS,
+        "acked_per_sec": acked as f64 / window as f64,
+        "ack_p50_ms": latency.percentile_ms(50.0),
+        "ack_p99_ms": latency.percentile_ms(99.0),
+        "server_cpu_us_per_ack": cpu.as_secs_f64() * 1e6 / acked.max(1) as f64,
+        "server_rss_mib": rss as f64 / 1024.0,
+    }))
+}
+
+/// Builds a database with one room of `count` messages through `natter import`.
+fn big_database(args: &Args, count: u64) -> Result<(std::path::PathBuf, Duration)> {
+    let dir = temp_dir("big");
+    let started = Instant::now();
+    let mut import = Command::new(&args.natter)
+        .args(["import", "--room", "big", "--data-dir"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("natter import")?;
+    {
+        let mut stdin = std::io::BufWriter::new(import.stdin.take().context("stdin")?);
+        let name = UserName::parse("Writer")?;
+        let color = Color("#1e77d0".into());
+        for seq in 1..=count {
+            let event = RoomEvent::Message(ChatMessage {
+                seq: Seq(seq),
+                ts: Timestamp(1_700_000_000_000 + seq),
+                name: name.clone(),
+                color: color.clone(),
+                text: MessageText::parse(&format!("message number {seq} of the big room"))?,
+                cid: Some(ClientMsgId::parse(&format!("b{seq}"))?),
+            });
+            serde_json::to_writer(&mut stdin, &event)?;
+            stdin.write_all(b"\n")?;
+        }
+    }
+    let status = import.wait()?;
+    anyhow::ensure!(status.success(), "natter import failed");
+    Ok((dir, started.elapsed()))
+}
+
+async fn welcome_time(args: &Args) -> Result<Value> {
+    let count = if args.quick { 100_000 } else { BIG_ROOM_MESSAGES };
+    let (dir, import_time) = big_database(args, count)?;
+    let server = Server::start(&args.natter, &["--history", "sqlite"], args.server_cpu, Some(dir.clone()))?;
+    let trials = if args.quick { 10 } else { 100 };
+    let mut samples = Samples::default();
+    for i in 0..trials {
+        let mut ws = connect(server.addr, source(i)).await?;
+        let started = Instant::now();
+        join(&mut ws, &format!("w{i}"), "big").await?;
+        samples.push(started.elapsed());
+        ws.close(None).await.ok();
+    }
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(json!({
+        "database_messages": count,
+        "import_secs": import_time.as_secs_f64(),
+        "welcome_p50_ms": samples.percentile_ms(50.0),
+        "welcome_p99_ms": samples.percentile_ms(99.0),
+        "welcome_trials": samples.len(),
+    }))
+}
+
+pub async fn run(args: &Args) -> Result<Value> {
+    let mut figures = throughput(args).await?;
+    let welcome = welcome_time(args).await?;
+    if let (Some(f), Some(w)) = (figures.as_object_mut(), welcome.as_object()) {
+        f.extend(w.clone());
+    }
+    Ok(figures)
+}

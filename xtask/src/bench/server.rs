@@ -1,0 +1,142 @@
+//! A `natter` process under test, and what `/proc` says about it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long the server may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open files the server may use (our machines' hard limit is 20,000).
+pub const FD_LIMIT: u32 = 20_000;
+
+/// A running server, killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// A fresh temporary directory.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("natter-bench-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Starts `natter` with `args` (plus a listen address and, unless given,
+    /// a fresh data directory), pinned to `cpu` when `taskset` exists, with
+    /// its open-file limit raised.
+    pub fn start(natter: &Path, args: &[&str], cpu: Option<u32>, data_dir: Option<PathBuf>) -> Result<Self> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let data_dir = data_dir.unwrap_or_else(|| temp_dir("data"));
+        let mut line = format!(
+            "ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec {} --listen {addr} --data-dir {}",
+            natter.display(),
+            data_dir.display()
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        let mut command = match cpu.filter(|_| has_taskset()) {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "sh", "-c", &line]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &line]);
+                c
+            }
+        };
+        let child = command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting natter")?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("natter did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, addr, data_dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmRSS")
+    }
+
+    /// User + system CPU time consumed so far.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name (which may contain spaces) start at ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).context("utime")?;
+        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).context("stime")?;
+        let ticks = clock_ticks();
+        Ok(Duration::from_secs_f64((utime + stime) as f64 / ticks))
+    }
+
+    /// Stops the server (SIGTERM, then waits).
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn has_taskset() -> bool {
+    Command::new("taskset").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
