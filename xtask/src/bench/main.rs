@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a measuring tool reports on stdout/stderr
 
 mod client;
+mod load;
 mod scenarios;
 mod server;
 mod stats;

@@ -2,6 +2,7 @@
 
 mod bundle;
 mod history;
+mod load;
 
 use anyhow::{Result, bail};
 use serde_json::Value;
@@ -9,12 +10,17 @@ use serde_json::Value;
 use crate::Args;
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
-pub const ALL: &[&str] = &["bundle", "history"];
+pub const ALL: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history"];
 
 pub async fn run(args: &Args) -> Result<Value> {
     match args.scenario.as_str() {
         "bundle" => bundle::run(args),
         "history" => history::run(args).await,
+        "idle" => load::idle(args).await,
+        "storm" => load::storm(args).await,
+        "fanout" => load::fanout(args).await,
+        "slow" => load::slow(args).await,
+        "rooms" => load::rooms(args).await,
         other => bail!("unknown scenario {other}; known: {}", ALL.join(", ")),
     }
 }

@@ -1,0 +1,244 @@
+//! The load scenarios: idle, storm, fanout, slow, rooms.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::Args;
+use crate::load::{Counters, open_many, read, send_at};
+use crate::server::Server;
+use crate::stats::Samples;
+
+/// Server flags for load: no rate limit in the way, a roomy outbound queue.
+const LOAD_FLAGS: &[&str] = &["--rate-per-sec", "1000000", "--rate-burst", "1000000", "--max-members-per-room", "5000"];
+/// Handshakes in flight while opening many connections.
+const PARALLEL_CONNECTS: usize = 256;
+
+fn server(args: &Args, extra: &[&str]) -> Result<Server> {
+    let mut flags: Vec<&str> = LOAD_FLAGS.to_vec();
+    flags.extend_from_slice(extra);
+    Server::start(&args.natter, &flags, args.server_cpu, None)
+}
+
+/// Splits sockets into readers (spawned) and keeps their sinks.
+fn start_readers(
+    sockets: Vec<crate::client::Ws>,
+    sample_every: usize,
+    counters: &Arc<Counters>,
+    epoch: Instant,
+) -> Vec<futures_util::stream::SplitSink<crate::client::Ws, tokio_tungstenite::tungstenite::Message>> {
+    let mut sinks = Vec::with_capacity(sockets.len());
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (tx, rx) = ws.split();
+        tokio::spawn(read(rx, sample_every > 0 && i % sample_every == 0, counters.clone(), epoch));
+        sinks.push(tx);
+    }
+    sinks
+}
+
+/// `idle`: connections joined to 150 rooms, doing nothing: RSS per connection.
+pub async fn idle(args: &Args) -> Result<Value> {
+    let count = if args.quick { 2_000 } else { 15_000 };
+    let rooms = 150;
+    let server = server(args, &[])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib()?;
+    let (sockets, took, _) =
+        open_many(server.addr, count, PARALLEL_CONNECTS, |i| format!("idle-{}", i % rooms), |i| format!("u{i}"))
+            .await?;
+    let counters = Arc::new(Counters::default());
+    let _sinks = start_readers(sockets, 0, &counters, Instant::now());
+    // Let the joined notices drain and the server settle.
+    tokio::time::sleep(Duration::from_secs(if args.quick { 2 } else { 5 })).await;
+    let after = server.rss_kib()?;
+    let closed = counters.closes.lock().map(|c| c.len()).unwrap_or(0);
+    server.stop()?;
+    Ok(json!({
+        "connections": count,
+        "rooms": rooms,
+        "connects_per_sec": count as f64 / took.as_secs_f64(),
+        "rss_before_mib": before as f64 / 1024.0,
+        "rss_after_mib": after as f64 / 1024.0,
+        "rss_per_connection_kb": (after.saturating_sub(before)) as f64 * 1.024 / count as f64,
+        "closed_during_idle": closed,
+    }))
+}
+
+/// `storm`: clients connect and join as fast as possible.
+pub async fn storm(args: &Args) -> Result<Value> {
+    let count = if args.quick { 2_000 } else { 10_000 };
+    let server = server(args, &[])?;
+    let (sockets, took, welcome) =
+        open_many(server.addr, count, 1_000, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await?;
+    drop(sockets);
+    server.stop()?;
+    Ok(json!({
+        "clients": count,
+        "connects_per_sec": count as f64 / took.as_secs_f64(),
+        "welcome_p50_ms": welcome.percentile_ms(50.0),
+        "welcome_p99_ms": welcome.percentile_ms(99.0),
+    }))
+}
+
+/// `fanout`: 1,000 members of one room, 10 of them sending; the rate steps up
+/// until p99 latency passes 50 ms or messages are lost.
+pub async fn fanout(args: &Args) -> Result<Value> {
+    let members = 1_000;
+    let senders = 10;
+    let step_len = Duration::from_secs(if args.quick { 2 } else { 5 });
+    let rates: &[f64] =
+        if args.quick { &[100.0, 400.0] } else { &[100.0, 250.0, 500.0, 1_000.0, 1_500.0, 2_000.0, 3_000.0] };
+    let server = server(args, &["--outbound-queue", "4096"])?;
+    let (sockets, _, _) =
+        open_many(server.addr, members, PARALLEL_CONNECTS, |_| "fanout".to_owned(), |i| format!("m{i}")).await?;
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let mut sinks = start_readers(sockets, 20, &counters, epoch);
+    tokio::time::sleep(Duration::from_secs(2)).await; // join notices drain
+    let mut steps = Vec::new();
+    let mut best = 0.0f64;
+    for &rate in rates {
+        let before_msgs = counters.messages();
+        counters.take_latency();
+        let cpu_before = server.cpu_time()?;
+        let until = Instant::now() + step_len;
+        let mut tasks = Vec::new();
+        for s in 0..senders {
+            let tx = sinks.remove(0);
+            tasks.push(tokio::spawn(send_at(tx, rate / senders as f64, until, epoch, s)));
+        }
+        let mut sent = 0;
+        let mut returned = Vec::new();
+        for t in tasks {
+            sent += t.await?;
+            returned.push(());
+        }
+        // Senders' sinks were consumed; open fresh ones for the next step.
+        tokio::time::sleep(Duration::from_millis(500)).await; // in-flight deliveries land
+        let cpu = server.cpu_time()? - cpu_before;
+        let delivered = counters.messages() - before_msgs;
+        let expected = sent * (members as u64 - 1);
+        let latency = counters.take_latency();
+        let secs = step_len.as_secs_f64();
+        let p99 = latency.percentile_ms(99.0).unwrap_or(f64::MAX);
+        let step = json!({
+            "rate_msgs_per_sec": rate,
+            "deliveries_per_sec": delivered as f64 / secs,
+            "p50_ms": latency.percentile_ms(50.0),
+            "p99_ms": p99,
+            "lost": expected.saturating_sub(delivered),
+            "server_cpu_us_per_delivery": cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        });
+        let ok = p99 <= 50.0 && expected <= delivered;
+        steps.push(step);
+        if !ok {
+            break;
+        }
+        best = best.max(delivered as f64 / secs);
+        if sinks.len() < senders {
+            break;
+        }
+    }
+    server.stop()?;
+    Ok(json!({ "members": members, "senders": senders, "max_sustained_deliveries_per_sec": best, "steps": steps }))
+}
+
+/// `slow`: 100 members, 1,000 messages/s fanned out, one member stops reading.
+pub async fn slow(args: &Args) -> Result<Value> {
+    let members = 100;
+    let duration = Duration::from_secs(if args.quick { 10 } else { 60 });
+    let server = server(args, &[])?;
+    let (mut sockets, _, _) = open_many(server.addr, members, 64, |_| "slow".to_owned(), |i| format!("m{i}")).await?;
+    let stalled = sockets.remove(0); // never read
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let mut sinks = start_readers(sockets, 10, &counters, epoch);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_start = server.rss_kib()?;
+    let until = Instant::now() + duration;
+    let senders: Vec<_> = (0..10).map(|s| tokio::spawn(send_at(sinks.remove(0), 100.0, until, epoch, s))).collect();
+    let mut rss_samples = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(5).min(until.saturating_duration_since(Instant::now()))).await;
+        rss_samples.push(server.rss_kib()? as f64 / 1024.0);
+    }
+    let mut sent = 0;
+    for s in senders {
+        sent += s.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delivered = counters.messages();
+    let expected = sent * (members as u64 - 2); // not to the sender, not to the stalled member
+    let rss_end = server.rss_kib()?;
+    // What happened to the stalled member: read what it was sent.
+    let (_, mut rx) = stalled.split();
+    let mut stalled_end = "still open".to_owned();
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+        match frame {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
+                stalled_end = format!("closed with {}", f.map_or(1005, |f| u16::from(f.code)));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                stalled_end = format!("connection error: {e}");
+                break;
+            }
+        }
+    }
+    let latency = counters.take_latency();
+    server.stop()?;
+    Ok(json!({
+        "seconds": duration.as_secs(),
+        "messages_sent": sent,
+        "rss_start_mib": rss_start as f64 / 1024.0,
+        "rss_end_mib": rss_end as f64 / 1024.0,
+        "rss_growth_mib": (rss_end as f64 - rss_start as f64) / 1024.0,
+        "rss_samples_mib": rss_samples,
+        "stalled_client": stalled_end,
+        "lost_by_others": expected.saturating_sub(delivered),
+        "p99_ms": latency.percentile_ms(99.0),
+    }))
+}
+
+/// `rooms`: 10,000 members in 1,000 rooms of 10, each sending 1 message/s.
+pub async fn rooms(args: &Args) -> Result<Value> {
+    let (members, per_room) = if args.quick { (2_000, 10) } else { (10_000, 10) };
+    let duration = Duration::from_secs(if args.quick { 5 } else { 30 });
+    let server = server(args, &[])?;
+    let (sockets, _, _) =
+        open_many(server.addr, members, PARALLEL_CONNECTS, |i| format!("r{}", i / per_room), |i| format!("m{i}"))
+            .await?;
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let sinks = start_readers(sockets, 10, &counters, epoch);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    counters.take_latency();
+    let before = counters.messages();
+    let cpu_before = server.cpu_time()?;
+    let until = Instant::now() + duration;
+    let tasks: Vec<_> =
+        sinks.into_iter().enumerate().map(|(i, tx)| tokio::spawn(send_at(tx, 1.0, until, epoch, i))).collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = server.cpu_time()? - cpu_before;
+    let delivered = counters.messages() - before;
+    let latency: Samples = counters.take_latency();
+    server.stop()?;
+    Ok(json!({
+        "members": members,
+        "rooms": members / per_room,
+        "messages_sent": sent,
+        "deliveries_per_sec": delivered as f64 / duration.as_secs_f64(),
+        "lost": (sent * (per_room as u64 - 1)).saturating_sub(delivered),
+        "p50_ms": latency.percentile_ms(50.0),
+        "p99_ms": latency.percentile_ms(99.0),
+        "server_cpu_us_per_delivery": cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+    }))
+}
