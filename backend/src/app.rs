@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, HistoryKind};
 use crate::history::{HistoryError, HistoryStore, MemoryStore, WriteQueue};
 use crate::hub::Hub;
-use crate::sqlite::{SqliteOptions, SqliteStore, StoreError};
+use crate::sqlite::{SqliteStore, StoreError};
 
 /// Shared server state.
 #[derive(Debug)]
@@ -35,8 +35,7 @@ impl App {
                 (store, writes)
             }
             HistoryKind::Sqlite => {
-                let options = SqliteOptions::from(&config.storage);
-                let (store, writes) = SqliteStore::start(&config.storage.data_dir, options)?;
+                let (store, writes) = SqliteStore::start(&config.storage)?;
                 (store, writes)
             }
         };

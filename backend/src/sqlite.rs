@@ -82,30 +82,6 @@ pub enum StoreError {
     Lock { path: PathBuf, source: std::io::Error },
 }
 
-/// Settings the store needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct SqliteOptions {
-    pub write_queue: usize,
-    pub write_batch: usize,
-    pub retain_count: Option<u64>,
-    pub retain_age: Option<Duration>,
-    pub retention_interval: Duration,
-    pub max_db_bytes: Option<u64>,
-}
-
-impl From<&StorageConfig> for SqliteOptions {
-    fn from(c: &StorageConfig) -> Self {
-        Self {
-            write_queue: c.write_queue,
-            write_batch: c.write_batch,
-            retain_count: c.retain_count,
-            retain_age: c.retain_age,
-            retention_interval: c.retention_interval,
-            max_db_bytes: c.max_db_bytes,
-        }
-    }
-}
-
 /// Takes the data directory's lock file, exclusively.
 pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = data_dir.join(LOCK_FILE);
@@ -127,9 +103,10 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
 
-/// Opens (creating if needed) and migrates the database for writing.
-pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)
+/// Opens the database with `flags` and reads its schema version, refusing
+/// one that is unreadable or newer than this build.
+fn open_checked(path: &Path, flags: OpenFlags) -> Result<(Connection, i64), StoreError> {
+    let conn = Connection::open_with_flags(path, flags)
         .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
     let corrupt = |source| StoreError::Corrupt { path: path.to_owned(), source };
     conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
@@ -137,6 +114,13 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew { path: path.to_owned(), found: version });
     }
+    Ok((conn, version))
+}
+
+/// Opens (creating if needed) and migrates the database for writing.
+pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    let (conn, version) = open_checked(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    let corrupt = |source| StoreError::Corrupt { path: path.to_owned(), source };
     // A file that is not empty but has no schema is someone else's database.
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0)).map_err(corrupt)?;
     if version == 0 && tables > 0 {
@@ -170,15 +154,7 @@ fn migrate(conn: &Connection, path: &Path, from: i64) -> Result<(), StoreError> 
 
 /// Opens the database read-only (for reads beside the writer, and `export`).
 pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-    let corrupt = |source| StoreError::Corrupt { path: path.to_owned(), source };
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(corrupt)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew { path: path.to_owned(), found: version });
-    }
-    Ok(conn)
+    open_checked(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map(|(conn, _)| conn)
 }
 
 fn storage_error(e: rusqlite::Error) -> HistoryError {
@@ -305,9 +281,11 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the database in `data_dir` (creating and migrating it) and
+    /// Opens the database in the data directory (creating and migrating it) and
     /// starts the writer thread.
-    pub fn start(data_dir: &Path, options: SqliteOptions) -> Result<(Arc<Self>, WriteQueue), StoreError> {
+    pub fn start(options: &StorageConfig) -> Result<(Arc<Self>, WriteQueue), StoreError> {
+        let data_dir = options.data_dir.as_path();
+        let options = options.clone();
         std::fs::create_dir_all(data_dir)
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
         let lock = lock_data_dir(data_dir)?;
@@ -383,7 +361,7 @@ impl HistoryStore for SqliteStore {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    options: SqliteOptions,
+    options: StorageConfig,
     seqs: Sequencer,
     /// Notices whose transaction failed, stored again with the next batch.
     retry: std::collections::VecDeque<Write>,
@@ -392,7 +370,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(conn: Connection, options: SqliteOptions) -> Self {
+    fn new(conn: Connection, options: StorageConfig) -> Self {
         let next_retention = Instant::now() + options.retention_interval;
         Self {
             conn,

@@ -238,6 +238,32 @@ async fn the_list_follows_new_messages_only_at_the_bottom() {
 }
 
 #[wasm_bindgen_test]
+async fn the_list_offers_older_messages_while_there_may_be_some() {
+    let root = container();
+    let asked = RwSignal::new(0);
+    let more = RwSignal::new(true);
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <MessageList
+                lines=RwSignal::new(vec![message(40)])
+                on_retry=Callback::new(|_: String| {})
+                on_discard=Callback::new(|_: String| {})
+                can_load_older=more
+                on_load_older=Callback::new(move |()| asked.update(|n| *n += 1))
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(text(&root, ".load-older button"), "Load older messages");
+    click(&root, ".load-older button");
+    tick().await;
+    assert_eq!(asked.get_untracked(), 1);
+    more.set(false);
+    tick().await;
+    assert_eq!(count(&root, ".load-older"), 0, "hidden when nothing older is kept");
+}
+
+#[wasm_bindgen_test]
 async fn header_shows_the_countdown_and_retry_now() {
     let root = container();
     let retried = RwSignal::new(0);
