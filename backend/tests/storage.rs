@@ -149,6 +149,23 @@ async fn a_newer_or_corrupt_database_is_refused_naming_the_file() {
 }
 
 #[tokio::test]
+async fn a_data_dir_that_cannot_be_used_is_refused_naming_it() {
+    let mut cfg = sqlite_config("not-a-dir");
+    let file = cfg.storage.data_dir.join("plain-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    cfg.storage.data_dir = file.clone();
+    let message = start_error(cfg).await;
+    assert!(message.contains(&file.display().to_string()), "{message}");
+
+    let mut cfg = sqlite_config("db-is-dir");
+    std::fs::create_dir(cfg.storage.data_dir.join(DB_FILE)).expect("a directory where the database should be");
+    let path = cfg.storage.data_dir.join(DB_FILE);
+    cfg.storage.data_dir = path.parent().expect("parent").to_owned();
+    let message = start_error(cfg).await;
+    assert!(message.contains(&path.display().to_string()), "{message}");
+}
+
+#[tokio::test]
 async fn a_second_server_on_the_same_data_dir_is_refused() {
     let cfg = sqlite_config("locked");
     let first = TestServer::start(cfg.clone()).await;
