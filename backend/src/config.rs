@@ -53,10 +53,14 @@ pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB, allocated
 /// eagerly) would dominate idle memory; chat frames are small.
-pub const DEFAULT_WS_READ_BUFFER: usize = 4 * 1024;
+pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
 /// Bytes tungstenite gathers before writing to the socket; a flush always
-/// writes everything, so this only merges frames of one batch.
-pub const DEFAULT_WS_WRITE_BUFFER: usize = 16 * 1024;
+/// writes everything, so this only merges frames of one batch (and bounds
+/// the buffer each connection keeps).
+pub const DEFAULT_WS_WRITE_BUFFER: usize = 2 * 1024;
+/// Longest WebSocket frame the server sends; longer messages are fragmented
+/// so per-connection write buffers stay small.
+pub const DEFAULT_WS_FRAGMENT: usize = 2 * 1024;
 
 /// Default directory for the database.
 pub const DEFAULT_DATA_DIR: &str = "natter-data";
@@ -161,6 +165,7 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     pub read_buffer: usize,
     pub write_buffer: usize,
+    pub fragment: usize,
 }
 
 impl Default for Config {
@@ -219,6 +224,7 @@ impl Default for WsConfig {
             max_message_bytes: MAX_FRAME_BYTES,
             read_buffer: DEFAULT_WS_READ_BUFFER,
             write_buffer: DEFAULT_WS_WRITE_BUFFER,
+            fragment: DEFAULT_WS_FRAGMENT,
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::app::{App, SessionCount};
@@ -470,7 +470,9 @@ async fn write_loop(
 ) -> WriterEnd {
     let timing = app.config.timing;
     let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows only as far as a connection's batches do (an idle one stays small).
+    let mut batch = Vec::new();
+    let fragment = app.config.ws.fragment;
     let kick = receiver.kick.clone();
     loop {
         let deadline = heartbeat.deadline();
@@ -485,7 +487,13 @@ async fn write_loop(
                 let written = {
                     let write = async {
                         for frame in batch.drain(..) {
-                            sink.feed(Message::Text(frame)).await?;
+                            if frame.len() <= fragment {
+                                sink.feed(Message::Text(frame)).await?;
+                            } else {
+                                for part in fragments(frame, fragment) {
+                                    sink.feed(part).await?;
+                                }
+                            }
                         }
                         sink.flush().await
                     };
@@ -516,6 +524,24 @@ async fn write_loop(
     }
 }
 
+/// A long text message as WebSocket frames of at most `max` payload bytes:
+/// a text frame and continuation frames (RFC 6455 §5.4). tungstenite keeps its
+/// outgoing buffer at the largest size it ever held, so without this one large
+/// `welcome` would pin that much memory to the connection for its lifetime.
+fn fragments(frame: Utf8Bytes, max: usize) -> impl Iterator<Item = Message> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let bytes = bytes::Bytes::from(frame);
+    let max = max.max(1);
+    let parts = bytes.len().div_ceil(max);
+    (0..parts).map(move |i| {
+        let chunk = bytes.slice(i * max..((i + 1) * max).min(bytes.len()));
+        let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+        Message::Frame(Frame::message(chunk, opcode, i + 1 == parts))
+    })
+}
+
 /// Sends our close frame (or completes the reply to the peer's) within `limit`.
 async fn send_close(sink: &mut SplitSink<Ws, Message>, reason: CloseReason, limit: Duration) -> WriterEnd {
     let result = match reason.frame() {
@@ -529,4 +555,27 @@ async fn send_close(sink: &mut SplitSink<Ws, Message>, reason: CloseReason, limi
         debug!(error = %e, "close frame not sent");
     }
     WriterEnd::Closed(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    use super::*;
+
+    #[test]
+    fn long_messages_become_a_text_frame_and_continuations() {
+        let text: String = "é".repeat(5) + "abc"; // 13 bytes; a split may fall inside a character
+        let parts: Vec<Message> = fragments(Utf8Bytes::from(text.clone()), 4).collect();
+        assert_eq!(parts.len(), 4);
+        let mut joined = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let Message::Frame(frame) = part else { panic!("raw frames") };
+            let expected = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+            assert_eq!(frame.header().opcode, expected);
+            assert_eq!(frame.header().is_final, i == 3);
+            joined.extend_from_slice(frame.payload());
+        }
+        assert_eq!(String::from_utf8(joined).expect("valid once joined"), text);
+    }
 }
