@@ -53,11 +53,11 @@ pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// tungstenite's read buffer per WebSocket. Its default (128 KiB, allocated
 /// eagerly) would dominate idle memory; chat frames are small.
-pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
+pub const DEFAULT_WS_READ_BUFFER: usize = 2 * 1024;
 /// Bytes tungstenite gathers before writing to the socket; a flush always
 /// writes everything, so this only merges frames of one batch (and bounds
 /// the buffer each connection keeps).
-pub const DEFAULT_WS_WRITE_BUFFER: usize = 2 * 1024;
+pub const DEFAULT_WS_WRITE_BUFFER: usize = 16 * 1024;
 /// Longest WebSocket frame the server sends; longer messages are fragmented
 /// so per-connection write buffers stay small.
 pub const DEFAULT_WS_FRAGMENT: usize = 2 * 1024;

@@ -490,8 +490,10 @@ async fn write_loop(
                             if frame.len() <= fragment {
                                 sink.feed(Message::Text(frame)).await?;
                             } else {
+                                // Written out fragment by fragment, so the
+                                // write buffer never holds the whole message.
                                 for part in fragments(frame, fragment) {
-                                    sink.feed(part).await?;
+                                    sink.send(part).await?;
                                 }
                             }
                         }
