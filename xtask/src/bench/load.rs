@@ -1,6 +1,6 @@
 //! Building blocks of the load scenarios: members that read (counting frames
-//! cheaply, or decoding a sample of them for latency) and senders that send
-//! at a steady rate with a timestamp in the text.
+//! cheaply, or decoding a sample of them for latency) and a driver that sends
+//! at a steady total rate over many connections, with a timestamp in the text.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,16 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Ws, connect, join, source};
+use crate::client::{
+    OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Ws, close_code, connect, frame, join, parse, read_more, source,
+};
 use crate::stats::Samples;
 
 /// Latency samples a reader keeps before adding them to the shared list.
 const LATENCY_FLUSH: usize = 32;
+/// How often the send driver wakes up.
+const SEND_TICK: Duration = Duration::from_millis(5);
+/// The prefix of a chat message frame.
+const MESSAGE_PREFIX: &[u8] = br#"{"type":"message""#;
 
 /// What the readers saw.
 #[derive(Debug, Default)]
@@ -39,23 +43,29 @@ impl Counters {
 }
 
 /// The microseconds since `epoch` a sender wrote into a message's text.
-fn stamp_of(frame: &str) -> Option<u64> {
-    let at = frame.find(r#""text":"t="#)? + r#""text":"t="#.len();
-    let digits: &str = &frame[at..];
-    let end = digits.find(|c: char| !c.is_ascii_digit())?;
-    digits[..end].parse().ok()
+fn stamp_of(frame: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = br#""text":"t="#;
+    let at = frame.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = &frame[at..];
+    let end = digits.iter().position(|c| !c.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 /// Reads until the connection ends; every member counts messages, sampled
-/// ones also measure latency from the timestamp in the text.
-pub async fn read(mut rx: SplitStream<Ws>, sample: bool, counters: Arc<Counters>, epoch: Instant) {
+/// ones also measure latency from the timestamp in the text. Pings are
+/// answered so the server's heartbeat keeps the connection.
+pub async fn read(ws: Ws, sample: bool, counters: Arc<Counters>, epoch: Instant) {
+    let Ws { stream, mut buf } = ws;
     let mut local = Samples::default();
-    while let Some(frame) = rx.next().await {
-        match frame {
-            Ok(Message::Text(t)) => {
-                if t.starts_with(r#"{"type":"message""#) {
-                    counters.messages.fetch_add(1, Ordering::Relaxed);
-                    if sample && let Some(sent) = stamp_of(&t) {
+    let mut count = 0u64;
+    'outer: loop {
+        let mut at = 0;
+        while let Some(f) = parse(&buf[at..]) {
+            let payload = &buf[at + f.payload.0..at + f.payload.1];
+            match f.opcode {
+                OP_TEXT if payload.starts_with(MESSAGE_PREFIX) => {
+                    count += 1;
+                    if sample && let Some(sent) = stamp_of(payload) {
                         let now = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
                         local.0.push(now.saturating_sub(sent));
                         if local.len() >= LATENCY_FLUSH {
@@ -67,24 +77,42 @@ pub async fn read(mut rx: SplitStream<Ws>, sample: bool, counters: Arc<Counters>
                         }
                     }
                 }
+                OP_CLOSE => {
+                    counters.closes.lock().unwrap_or_else(|p| p.into_inner()).push(close_code(payload));
+                    break 'outer;
+                }
+                OP_PING => {
+                    let mut pong = Vec::with_capacity(payload.len() + 6);
+                    frame(OP_PONG, payload, &mut pong);
+                    // Best effort: a pong that does not fit now is not owed.
+                    let _ = stream.try_write(&pong);
+                }
+                _ => {}
             }
-            Ok(Message::Close(frame)) => {
-                let code = frame.map_or(1005, |f| u16::from(f.code));
-                counters.closes.lock().unwrap_or_else(|p| p.into_inner()).push(code);
-                break;
-            }
-            Ok(_) => {}
-            Err(_) => {
+            at += f.len;
+        }
+        if count > 0 {
+            counters.messages.fetch_add(count, Ordering::Relaxed);
+            count = 0;
+        }
+        buf.drain(..at);
+        match read_more(&stream, &mut buf).await {
+            Ok(0) | Err(_) => {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
                 break;
             }
+            Ok(_) => {}
         }
+    }
+    if count > 0 {
+        counters.messages.fetch_add(count, Ordering::Relaxed);
     }
     counters.latency.lock().unwrap_or_else(|p| p.into_inner()).extend(local);
 }
 
 /// Opens `count` connections joined to rooms `room(i)` as `name(i)`, at most
-/// `parallel` handshakes at a time. Returns them in order and the elapsed time.
+/// `parallel` handshakes at a time. Returns them in order, the elapsed time
+/// and each one's time from connect to welcome.
 pub async fn open_many(
     addr: SocketAddr,
     count: usize,
@@ -116,29 +144,38 @@ pub async fn open_many(
     Ok((sockets, started.elapsed(), welcome))
 }
 
-/// Sends `rate` messages per second until `until`, each stamped with the
-/// microseconds since `epoch`. Returns how many were sent.
-pub async fn send_at(mut tx: SplitSink<Ws, Message>, rate: f64, until: Instant, epoch: Instant, tag: usize) -> u64 {
-    const TICK: Duration = Duration::from_millis(10);
-    let per_tick = rate * TICK.as_secs_f64();
-    let mut owed = 0.0;
+/// Sends `rate` messages per second in total until `until`, round-robin over
+/// `senders`, each stamped with the microseconds since `epoch`. One task
+/// drives every sender (a timer per sender would cost the generator more
+/// than the sending). Returns how many were sent.
+pub async fn send_at(senders: Vec<Arc<TcpStream>>, rate: f64, until: Instant, epoch: Instant) -> u64 {
+    if senders.is_empty() {
+        return 0;
+    }
+    let started = Instant::now();
+    let mut next_id = vec![0u64; senders.len()];
+    let mut cursor = 0;
+    let mut attempted = 0u64;
     let mut sent = 0u64;
-    let mut ticker = tokio::time::interval(TICK);
+    let mut out = Vec::with_capacity(256);
+    let mut ticker = tokio::time::interval(SEND_TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while Instant::now() < until {
         ticker.tick().await;
-        owed += per_tick;
-        while owed >= 1.0 {
-            owed -= 1.0;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while attempted < due {
+            attempted += 1;
+            let s = cursor;
+            cursor = (cursor + 1) % senders.len();
             let t = epoch.elapsed().as_micros();
-            let frame = format!(r#"{{"type":"say","cid":"s{tag}-{sent}","text":"t={t};load"}}"#);
-            if tx.feed(Message::text(frame)).await.is_err() {
-                return sent;
+            let payload = format!(r#"{{"type":"say","cid":"s{s}-{}","text":"t={t};load"}}"#, next_id[s]);
+            next_id[s] += 1;
+            out.clear();
+            frame(OP_TEXT, payload.as_bytes(), &mut out);
+            // A failed write is not counted as sent (nor expected by the receivers).
+            if crate::client::write_all(&senders[s], &out).await.is_ok() {
+                sent += 1;
             }
-            sent += 1;
-        }
-        if tx.flush().await.is_err() {
-            return sent;
         }
     }
     sent

@@ -8,13 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures_util::{SinkExt, StreamExt};
 use natter_shared::{ChatMessage, ClientMsgId, Color, MessageText, RoomEvent, Seq, Timestamp, UserName};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::Args;
-use crate::client::{connect, join, source};
+use crate::client::{OP_TEXT, Ws, connect, join, parse, read_more, source, text, write_all};
 use crate::server::{Server, temp_dir};
 use crate::stats::Samples;
 
@@ -33,23 +31,24 @@ async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result
     let (addr, index, measure_from, until) = args;
     let mut ws = connect(addr, source(index)).await?;
     join(&mut ws, &format!("s{index}"), &format!("bench-{}", index % ROOMS)).await?;
-    let (mut tx, mut rx) = ws.split();
-    let text = "x".repeat(100);
+    let Ws { stream, mut buf } = ws;
+    let body = "x".repeat(100);
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(WINDOW);
     let mut result = SenderResult { acked: 0, latency: Samples::default() };
     let mut next = 0u64;
     loop {
         while sent.len() < WINDOW && Instant::now() < until {
-            let frame = format!(r#"{{"type":"say","cid":"c{next}","text":"{text}"}}"#);
+            let frame = format!(r#"{{"type":"say","cid":"c{next}","text":"{body}"}}"#);
             next += 1;
-            tx.send(Message::text(frame)).await?;
+            write_all(&stream, &text(&frame)).await?;
             sent.push_back(Instant::now());
         }
         if sent.is_empty() {
             break;
         }
-        match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"ack""#) => {
+        let mut at = 0;
+        while let Some(f) = parse(&buf[at..]) {
+            if f.opcode == OP_TEXT && buf[at + f.payload.0..].starts_with(br#"{"type":"ack""#) {
                 let now = Instant::now();
                 if let Some(at) = sent.pop_front()
                     && at >= measure_from
@@ -59,8 +58,15 @@ async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result
                     result.latency.push(now - at);
                 }
             }
-            Ok(Some(Ok(_))) => {}
-            other => anyhow::bail!("sender {index}: {other:?}"),
+            at += f.len;
+        }
+        if at > 0 {
+            buf.drain(..at);
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), read_more(&stream, &mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            other => anyhow::bail!("sender {index}: connection ended or went quiet: {other:?}"),
         }
     }
     Ok(result)
@@ -146,7 +152,7 @@ async fn welcome_time(args: &Args) -> Result<Value> {
         let started = Instant::now();
         join(&mut ws, &format!("w{i}"), "big").await?;
         samples.push(started.elapsed());
-        ws.close(None).await.ok();
+        drop(ws);
     }
     server.stop()?;
     let _ = std::fs::remove_dir_all(dir);

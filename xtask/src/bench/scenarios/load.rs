@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 
 use crate::Args;
+use crate::client::{OP_CLOSE, Ws, close_code, parse, read_more};
 use crate::load::{Counters, open_many, read, send_at};
 use crate::server::Server;
 use crate::stats::Samples;
@@ -23,18 +24,17 @@ fn server(args: &Args, extra: &[&str]) -> Result<Server> {
     Server::start(&args.natter, &flags, args.server_cpu, None)
 }
 
-/// Splits sockets into readers (spawned) and keeps their sinks.
+/// Starts a reader per socket and returns the sockets for sending.
 fn start_readers(
-    sockets: Vec<crate::client::Ws>,
+    sockets: Vec<Ws>,
     sample_every: usize,
     counters: &Arc<Counters>,
     epoch: Instant,
-) -> Vec<futures_util::stream::SplitSink<crate::client::Ws, tokio_tungstenite::tungstenite::Message>> {
+) -> Vec<Arc<TcpStream>> {
     let mut sinks = Vec::with_capacity(sockets.len());
     for (i, ws) in sockets.into_iter().enumerate() {
-        let (tx, rx) = ws.split();
-        tokio::spawn(read(rx, sample_every > 0 && i % sample_every == 0, counters.clone(), epoch));
-        sinks.push(tx);
+        sinks.push(ws.stream.clone());
+        tokio::spawn(read(ws, sample_every > 0 && i % sample_every == 0, counters.clone(), epoch));
     }
     sinks
 }
@@ -96,7 +96,8 @@ pub async fn fanout(args: &Args) -> Result<Value> {
         open_many(server.addr, members, PARALLEL_CONNECTS, |_| "fanout".to_owned(), |i| format!("m{i}")).await?;
     let epoch = Instant::now();
     let counters = Arc::new(Counters::default());
-    let mut sinks = start_readers(sockets, 20, &counters, epoch);
+    let sinks = start_readers(sockets, 20, &counters, epoch);
+    let senders_socks: Vec<_> = sinks[..senders].to_vec();
     tokio::time::sleep(Duration::from_secs(2)).await; // join notices drain
     let mut steps = Vec::new();
     let mut best = 0.0f64;
@@ -105,18 +106,7 @@ pub async fn fanout(args: &Args) -> Result<Value> {
         counters.take_latency();
         let cpu_before = server.cpu_time()?;
         let until = Instant::now() + step_len;
-        let mut tasks = Vec::new();
-        for s in 0..senders {
-            let tx = sinks.remove(0);
-            tasks.push(tokio::spawn(send_at(tx, rate / senders as f64, until, epoch, s)));
-        }
-        let mut sent = 0;
-        let mut returned = Vec::new();
-        for t in tasks {
-            sent += t.await?;
-            returned.push(());
-        }
-        // Senders' sinks were consumed; open fresh ones for the next step.
+        let sent = send_at(senders_socks.clone(), rate, until, epoch).await;
         tokio::time::sleep(Duration::from_millis(500)).await; // in-flight deliveries land
         let cpu = server.cpu_time()? - cpu_before;
         let delivered = counters.messages() - before_msgs;
@@ -138,9 +128,6 @@ pub async fn fanout(args: &Args) -> Result<Value> {
             break;
         }
         best = best.max(delivered as f64 / secs);
-        if sinks.len() < senders {
-            break;
-        }
     }
     server.stop()?;
     Ok(json!({ "members": members, "senders": senders, "max_sustained_deliveries_per_sec": best, "steps": steps }))
@@ -157,40 +144,22 @@ pub async fn slow(args: &Args) -> Result<Value> {
     let stalled = sockets.remove(0); // never read
     let epoch = Instant::now();
     let counters = Arc::new(Counters::default());
-    let mut sinks = start_readers(sockets, 10, &counters, epoch);
+    let sinks = start_readers(sockets, 10, &counters, epoch);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_start = server.rss_kib()?;
     let until = Instant::now() + duration;
-    let senders: Vec<_> = (0..10).map(|s| tokio::spawn(send_at(sinks.remove(0), 100.0, until, epoch, s))).collect();
+    let senders = tokio::spawn(send_at(sinks[..10].to_vec(), 1_000.0, until, epoch));
     let mut rss_samples = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(5).min(until.saturating_duration_since(Instant::now()))).await;
         rss_samples.push(server.rss_kib()? as f64 / 1024.0);
     }
-    let mut sent = 0;
-    for s in senders {
-        sent += s.await?;
-    }
+    let sent = senders.await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let delivered = counters.messages();
     let expected = sent * (members as u64 - 2); // not to the sender, not to the stalled member
     let rss_end = server.rss_kib()?;
-    // What happened to the stalled member: read what it was sent.
-    let (_, mut rx) = stalled.split();
-    let mut stalled_end = "still open".to_owned();
-    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
-        match frame {
-            Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
-                stalled_end = format!("closed with {}", f.map_or(1005, |f| u16::from(f.code)));
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                stalled_end = format!("connection error: {e}");
-                break;
-            }
-        }
-    }
+    let stalled_end = stalled_outcome(stalled).await;
     let latency = counters.take_latency();
     server.stop()?;
     Ok(json!({
@@ -222,12 +191,7 @@ pub async fn rooms(args: &Args) -> Result<Value> {
     let before = counters.messages();
     let cpu_before = server.cpu_time()?;
     let until = Instant::now() + duration;
-    let tasks: Vec<_> =
-        sinks.into_iter().enumerate().map(|(i, tx)| tokio::spawn(send_at(tx, 1.0, until, epoch, i))).collect();
-    let mut sent = 0;
-    for t in tasks {
-        sent += t.await?;
-    }
+    let sent = send_at(sinks, members as f64, until, epoch).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = server.cpu_time()? - cpu_before;
     let delivered = counters.messages() - before;
@@ -243,4 +207,27 @@ pub async fn rooms(args: &Args) -> Result<Value> {
         "p99_ms": latency.percentile_ms(99.0),
         "server_cpu_us_per_delivery": cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
     }))
+}
+
+/// What happened to a member that stopped reading: reads what it was sent
+/// until a close frame, an error or a quiet spell.
+async fn stalled_outcome(ws: Ws) -> String {
+    const QUIET: Duration = Duration::from_secs(5);
+    let Ws { stream, mut buf } = ws;
+    loop {
+        let mut at = 0;
+        while let Some(f) = parse(&buf[at..]) {
+            if f.opcode == OP_CLOSE {
+                return format!("closed with {}", close_code(&buf[at + f.payload.0..at + f.payload.1]));
+            }
+            at += f.len;
+        }
+        buf.drain(..at);
+        match tokio::time::timeout(QUIET, read_more(&stream, &mut buf)).await {
+            Err(_) => return "still open".to_owned(),
+            Ok(Ok(0)) => return "connection closed without a close frame".to_owned(),
+            Ok(Err(e)) => return format!("connection error: {e}"),
+            Ok(Ok(_)) => {}
+        }
+    }
 }
