@@ -152,6 +152,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_RATE_STRIKES", default_value_t = config::DEFAULT_RATE_STRIKES)]
     pub rate_strikes: u32,
 
+    /// Write coalescing: a client written to less than this long ago gets its
+    /// next frames together once the time is up (0ms: every frame at once).
+    #[arg(long, env = "NATTER_WRITE_COALESCE", default_value = "25ms", value_parser = parse_duration)]
+    pub write_coalesce: Duration,
+
     /// How often to ping each client.
     #[arg(long, env = "NATTER_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -224,7 +229,7 @@ impl ServeArgs {
                 shutdown_timeout: self.shutdown_timeout,
                 ..defaults.timing
             },
-            ws: WsConfig { ..defaults.ws },
+            ws: WsConfig { write_coalesce: self.write_coalesce, ..defaults.ws },
         };
         config.validate()?;
         Ok(config)
@@ -266,6 +271,7 @@ mod tests {
         assert_eq!(config.timing.leave_grace, defaults.timing.leave_grace);
         assert_eq!(config.rate.per_sec, defaults.rate.per_sec);
         assert_eq!(config.limits.outbound_queue, defaults.limits.outbound_queue);
+        assert_eq!(config.ws.write_coalesce, defaults.ws.write_coalesce);
     }
 
     #[test]

@@ -51,16 +51,14 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its HTTP request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// tungstenite's read buffer per WebSocket. Its default (128 KiB, allocated
-/// eagerly) would dominate idle memory; chat frames are small.
-pub const DEFAULT_WS_READ_BUFFER: usize = 2 * 1024;
-/// Bytes tungstenite gathers before writing to the socket; a flush always
-/// writes everything, so this only merges frames of one batch (and bounds
-/// the buffer each connection keeps).
-pub const DEFAULT_WS_WRITE_BUFFER: usize = 16 * 1024;
-/// Longest WebSocket frame the server sends; longer messages are fragmented
-/// so per-connection write buffers stay small.
-pub const DEFAULT_WS_FRAGMENT: usize = 2 * 1024;
+/// Most bytes of queued frames gathered into one write call. The buffer
+/// exists only while a batch is being written (an idle connection has none).
+pub const DEFAULT_WS_WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Write coalescing: a connection that was written to less than this long ago
+/// waits out the rest before its next write, so a busy room's frames go out
+/// several per system call. The first frame after a quiet spell goes out at
+/// once; zero turns coalescing off.
+pub const DEFAULT_WS_WRITE_COALESCE: Duration = Duration::from_millis(25);
 
 /// Default directory for the database.
 pub const DEFAULT_DATA_DIR: &str = "natter-data";
@@ -159,13 +157,12 @@ pub struct Timing {
     pub hello_timeout: Duration,
 }
 
-/// WebSocket framing limits and buffer sizes.
+/// WebSocket framing limits and how frames are written.
 #[derive(Debug, Clone, Copy)]
 pub struct WsConfig {
     pub max_message_bytes: usize,
-    pub read_buffer: usize,
-    pub write_buffer: usize,
-    pub fragment: usize,
+    pub write_batch_bytes: usize,
+    pub write_coalesce: Duration,
 }
 
 impl Default for Config {
@@ -222,9 +219,8 @@ impl Default for WsConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: MAX_FRAME_BYTES,
-            read_buffer: DEFAULT_WS_READ_BUFFER,
-            write_buffer: DEFAULT_WS_WRITE_BUFFER,
-            fragment: DEFAULT_WS_FRAGMENT,
+            write_batch_bytes: DEFAULT_WS_WRITE_BATCH_BYTES,
+            write_coalesce: DEFAULT_WS_WRITE_COALESCE,
         }
     }
 }
@@ -254,7 +250,7 @@ impl Config {
             ("rate per second", 1, u64::from(self.rate.per_sec)),
             ("rate burst", 1, u64::from(self.rate.burst)),
             ("max message bytes", 1024, self.ws.max_message_bytes as u64),
-            ("read buffer bytes", 256, self.ws.read_buffer as u64),
+            ("write batch bytes", 1024, self.ws.write_batch_bytes as u64),
         ];
         for (name, min, value) in checks {
             if value < min {

@@ -19,6 +19,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod frame;
 pub mod heartbeat;
 pub mod history;
 pub mod http;

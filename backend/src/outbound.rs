@@ -6,10 +6,11 @@
 //! dropped silently and nothing grows: a frame that does not fit is not
 //! queued, and the lagged client learns from the close code that it must resume.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use natter_shared::{ServerMsg, close};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Identifies one WebSocket connection for the server's lifetime.
@@ -22,8 +23,8 @@ pub enum CloseReason {
     Lagged,
     /// The same browser resumed on a newer connection.
     Replaced,
-    /// The peer sent a Close; answer it.
-    PeerClosed,
+    /// The peer sent a Close (with this code); answer it, echoing the code.
+    PeerClosed(Option<u16>),
     /// A binary frame.
     Binary,
     /// A text frame that was not UTF-8.
@@ -42,12 +43,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The close code and reason text sent to the client. `None` for a
-    /// reply to the peer's own Close (tungstenite echoes it).
+    /// reply to a peer's Close that had no code (the reply has none either).
     pub fn frame(self) -> Option<(u16, &'static str)> {
         Some(match self {
             Self::Lagged => (close::LAGGED, close::LAGGED_REASON),
             Self::Replaced => (close::REPLACED, close::REPLACED_REASON),
-            Self::PeerClosed => return None,
+            Self::PeerClosed(code) => return code.map(|code| (code, "")),
             Self::Binary => (close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"),
             Self::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
             Self::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
@@ -101,26 +102,62 @@ pub enum Delivery {
     Gone,
 }
 
+/// The queue between everyone who sends to a connection and its writer.
+/// It holds no memory while empty: the writer takes the whole deque.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    /// The payload of the latest ping still to answer.
+    pong: Option<Vec<u8>>,
+    /// The writer is gone.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    capacity: usize,
+    /// Wakes the writer (a stored permit if it is not waiting yet).
+    ready: Notify,
+    kick: Kick,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A cheap, cloneable handle to one connection's outbound side.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    tx: mpsc::Sender<Utf8Bytes>,
-    kick: Arc<Kick>,
+    shared: Arc<Shared>,
 }
 
-/// The writer's end of a connection's queue.
+/// The writer's end of a connection's queue; dropping it makes later sends `Gone`.
 #[derive(Debug)]
 pub struct ConnReceiver {
-    pub rx: mpsc::Receiver<Utf8Bytes>,
-    pub kick: Arc<Kick>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer takes from the queue in one go.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: VecDeque<Utf8Bytes>,
+    pub pong: Option<Vec<u8>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.pong.is_none()
+    }
 }
 
 /// A connection's queue with room for `capacity` frames.
 pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let kick = Arc::new(Kick::default());
-    (ConnHandle { id, tx, kick: kick.clone() }, ConnReceiver { rx, kick })
+    let shared = Arc::new(Shared { queue: Mutex::default(), capacity, ready: Notify::new(), kick: Kick::default() });
+    (ConnHandle { id, shared: shared.clone() }, ConnReceiver { shared })
 }
 
 /// Serializes a message once; the bytes are shared by every recipient.
@@ -138,14 +175,24 @@ pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
 impl ConnHandle {
     /// Queues a frame without waiting; a full queue closes the connection as lagged.
     pub fn send(&self, frame: &Utf8Bytes) -> Delivery {
-        match self.tx.try_send(frame.clone()) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick.kick(CloseReason::Lagged);
-                Delivery::Lagged
+        let was_empty = {
+            let mut queue = self.shared.lock();
+            if queue.closed {
+                return Delivery::Gone;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+            if queue.frames.len() >= self.shared.capacity {
+                drop(queue);
+                self.kick(CloseReason::Lagged);
+                return Delivery::Lagged;
+            }
+            queue.frames.push_back(frame.clone());
+            queue.frames.len() == 1 && queue.pong.is_none()
+        };
+        if was_empty {
+            // The writer takes everything at once: only the first frame wakes it.
+            self.shared.ready.notify_one();
         }
+        Delivery::Queued
     }
 
     /// Serializes and queues a message for this connection only.
@@ -153,14 +200,62 @@ impl ConnHandle {
         self.send(&encode(msg))
     }
 
+    /// Asks the writer to answer a ping (only the latest one is answered, as
+    /// RFC 6455 §5.5.3 allows).
+    pub fn pong(&self, payload: Vec<u8>) {
+        {
+            let mut queue = self.shared.lock();
+            if queue.closed {
+                return;
+            }
+            queue.pong = Some(payload);
+        }
+        self.shared.ready.notify_one();
+    }
+
     /// Closes the connection with `reason`.
     pub fn kick(&self, reason: CloseReason) {
-        self.kick.kick(reason);
+        self.shared.kick.kick(reason);
     }
 
     /// Why the connection is being closed, once it is.
     pub fn kick_reason(&self) -> Option<CloseReason> {
-        self.kick.reason()
+        self.shared.kick.reason()
+    }
+}
+
+impl ConnReceiver {
+    /// Takes everything queued (possibly nothing).
+    pub fn take(&self) -> Batch {
+        let mut queue = self.shared.lock();
+        Batch { frames: std::mem::take(&mut queue.frames), pong: queue.pong.take() }
+    }
+
+    /// Waits until something is queued.
+    pub async fn ready(&self) {
+        loop {
+            {
+                let queue = self.shared.lock();
+                if !queue.frames.is_empty() || queue.pong.is_some() {
+                    return;
+                }
+            }
+            // A send after the check above leaves a permit: no wake-up is lost.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The connection's kick.
+    pub fn kick(&self) -> &Kick {
+        &self.shared.kick
+    }
+}
+
+impl Drop for ConnReceiver {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.closed = true;
+        queue.frames = VecDeque::new();
     }
 }
 
@@ -172,13 +267,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_kicks_the_connection_as_lagged() {
-        let (handle, mut receiver) = channel(1, 2);
+        let (handle, receiver) = channel(1, 2);
         let frame = Utf8Bytes::from_static("x");
         assert_eq!(handle.send(&frame), Delivery::Queued);
         assert_eq!(handle.send(&frame), Delivery::Queued);
         assert_eq!(handle.send(&frame), Delivery::Lagged);
-        assert_eq!(receiver.kick.kicked().await, CloseReason::Lagged);
-        assert_eq!(receiver.rx.recv().await.as_deref(), Some("x"));
+        assert_eq!(receiver.kick().kicked().await, CloseReason::Lagged);
+        receiver.ready().await;
+        let batch = receiver.take();
+        assert_eq!(batch.frames.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["x", "x"]);
+        assert!(receiver.take().is_empty());
         drop(receiver);
         assert_eq!(handle.send(&frame), Delivery::Gone);
     }
@@ -188,8 +286,19 @@ mod tests {
         let (handle, receiver) = channel(1, 2);
         handle.kick(CloseReason::Replaced);
         handle.kick(CloseReason::Lagged);
-        assert_eq!(receiver.kick.kicked().await, CloseReason::Replaced);
+        assert_eq!(receiver.kick().kicked().await, CloseReason::Replaced);
         assert_eq!(CloseReason::Replaced.frame(), Some((close::REPLACED, close::REPLACED_REASON)));
+    }
+
+    #[tokio::test]
+    async fn a_pong_wakes_the_writer_and_only_the_latest_is_kept() {
+        let (handle, receiver) = channel(1, 2);
+        handle.pong(b"a".to_vec());
+        handle.pong(b"b".to_vec());
+        receiver.ready().await;
+        let batch = receiver.take();
+        assert_eq!(batch.pong.as_deref(), Some(&b"b"[..]));
+        assert!(batch.frames.is_empty());
     }
 
     #[test]

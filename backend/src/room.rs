@@ -447,11 +447,7 @@ mod tests {
 
     /// Every frame queued so far, decoded.
     fn drain(rx: &mut ConnReceiver) -> Vec<ServerMsg> {
-        let mut out = Vec::new();
-        while let Ok(frame) = rx.rx.try_recv() {
-            out.push(serde_json::from_str(frame.as_str()).expect("valid frame"));
-        }
-        out
+        rx.take().frames.iter().map(|frame| serde_json::from_str(frame.as_str()).expect("valid frame")).collect()
     }
 
     #[test]

@@ -2,41 +2,39 @@
 //! that drains the connection's bounded queue, run together and torn down
 //! together. What happens to the membership when the connection ends is
 //! decided here, once.
+//!
+//! The WebSocket framing is ours (`frame.rs`) over the plain `TcpStream`, so
+//! an idle connection holds no read or write buffer: reads go through a
+//! buffer on the stack, and a write buffer exists only while a batch is
+//! being written.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
 use natter_shared::{
     ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MessageText, PROTOCOL_VERSION, ResumeToken,
     RoomName, Say, ServerMsg, UserName, ValidationError, close,
     limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, warn};
 
 use crate::app::{App, SessionCount};
+use crate::frame::{self, Decoder, Event, FrameError};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::hub::HubError;
-use crate::outbound::{self, CloseReason, ConnHandle, ConnId, ConnReceiver};
+use crate::outbound::{self, Batch, CloseReason, ConnHandle, ConnId, ConnReceiver};
 use crate::rate_limit::{TokenBucket, Verdict};
 use crate::room::{JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
 
-/// The upgraded connection.
-pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// Frames written to the socket per flush.
-const WRITE_BATCH: usize = 64;
+/// Bytes read from the socket per read call (a stack buffer, not kept).
+const READ_CHUNK: usize = 4096;
 /// Most bytes read and discarded while waiting for a peer to finish closing.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Size of the buffer used to discard those bytes.
@@ -46,8 +44,8 @@ const LINGER_BUF_BYTES: usize = 4096;
 #[derive(Debug)]
 #[allow(dead_code)] // fields are read through Debug
 enum ReaderEnd {
-    /// The peer sent a Close frame: a deliberate leave.
-    PeerClosed,
+    /// The peer sent a Close frame (with this code): a deliberate leave.
+    PeerClosed(Option<u16>),
     /// The peer closed with [`close::CLIENT_RECONNECTING`]: it will resume.
     PeerReconnecting,
     /// The TCP connection ended or failed without a Close frame.
@@ -68,12 +66,12 @@ enum WriterEnd {
     WriteFailed(String),
 }
 
-/// When the peer was last heard from (any frame), for the heartbeat.
+/// When the peer was last heard from (any bytes), for the heartbeat.
 #[derive(Debug)]
 struct LastHeard {
     start: Instant,
-    /// Microseconds after `start`, rounded up so a frame heard just after a
-    /// ping never looks older than the ping.
+    /// Microseconds after `start`, rounded up so bytes heard just after a
+    /// ping never look older than the ping.
     micros: AtomicU64,
 }
 
@@ -101,43 +99,45 @@ struct Session {
     joined: Mutex<Option<(Arc<Room>, Membership)>>,
 }
 
-/// Runs one upgraded connection to its end.
-pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
+/// Runs one upgraded connection to its end. `early` holds bytes the client
+/// sent right after its handshake, already read by the HTTP server.
+pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr) {
     let _count = SessionCount::new(app.clone());
     let conn_id: ConnId = app.hub.next_id();
     let timing = app.config.timing;
-    let (handle, mut receiver) = outbound::channel(conn_id, app.config.limits.outbound_queue);
+    let (handle, receiver) = outbound::channel(conn_id, app.config.limits.outbound_queue);
     let session = Session { app: app.clone(), conn: handle, peer, joined: Mutex::new(None) };
     let heard = LastHeard::new();
-    let (mut sink, mut stream) = ws.split();
     debug!(conn = conn_id, %peer, "websocket open");
 
     let linger = {
-        let reader = session.read_loop(&mut stream, &heard);
-        let writer = write_loop(&mut sink, &mut receiver, &app, &heard);
+        let reader = session.read_loop(&stream, early, &heard);
+        let writer = write_loop(&stream, &receiver, &app, &heard);
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => {
                 debug!(conn = conn_id, ?end, "reader ended");
                 let (leave, close) = match end {
-                    ReaderEnd::PeerClosed => (true, Some(CloseReason::PeerClosed)),
-                    ReaderEnd::PeerReconnecting => (false, Some(CloseReason::PeerClosed)),
+                    ReaderEnd::PeerClosed(code) => (true, Some(CloseReason::PeerClosed(code))),
+                    ReaderEnd::PeerReconnecting => {
+                        (false, Some(CloseReason::PeerClosed(Some(close::CLIENT_RECONNECTING))))
+                    }
                     ReaderEnd::Violation(reason) => (false, Some(reason)),
                     ReaderEnd::Dropped(_) => (false, None),
                 };
-                session.finish(leave).await;
+                Box::pin(session.finish(leave)).await;
                 match close {
                     Some(reason) => {
                         session.conn.kick(reason);
                         let _ = timeout(timing.close_timeout, &mut writer).await;
-                        reason != CloseReason::PeerClosed
+                        !matches!(reason, CloseReason::PeerClosed(_))
                     }
                     None => false,
                 }
             }
             end = &mut writer => {
                 debug!(conn = conn_id, ?end, "writer ended");
-                session.finish(false).await;
+                Box::pin(session.finish(false)).await;
                 matches!(end, WriterEnd::Closed(_))
             }
         }
@@ -146,24 +146,21 @@ pub async fn run(ws: Ws, app: Arc<App>, peer: SocketAddr) {
     if linger {
         // We sent a close frame: read until the peer answers and closes, so
         // the close frame is not lost to a reset caused by unread input.
-        if let Ok(ws) = stream.reunite(sink) {
-            let mut io = ws.into_inner();
-            let drain = async {
-                // Close our side first: the peer (a browser especially) waits
-                // for the server to end the TCP connection after the close
-                // handshake, and answers our FIN with its own.
-                let _ = io.shutdown().await;
-                let mut buf = [0u8; LINGER_BUF_BYTES];
-                let mut total = 0;
-                while total < LINGER_MAX_BYTES {
-                    match io.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => total += n,
-                    }
+        let drain = async {
+            // Close our side first: the peer (a browser especially) waits
+            // for the server to end the TCP connection after the close
+            // handshake, and answers our FIN with its own.
+            let _ = stream.shutdown().await;
+            let mut buf = vec![0u8; LINGER_BUF_BYTES];
+            let mut total = 0;
+            while total < LINGER_MAX_BYTES {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
                 }
-            };
-            let _ = timeout(timing.close_timeout, drain).await;
-        }
+            }
+        };
+        let _ = timeout(timing.close_timeout, Box::pin(drain)).await;
     }
     debug!(conn = conn_id, "websocket closed");
 }
@@ -174,57 +171,82 @@ impl Session {
         self.conn.kick_reason().is_some() || self.app.shutdown.is_cancelled()
     }
 
-    async fn read_loop(&self, stream: &mut SplitStream<Ws>, heard: &LastHeard) -> ReaderEnd {
+    async fn read_loop(&self, stream: &TcpStream, early: Bytes, heard: &LastHeard) -> ReaderEnd {
         let mut bucket = TokenBucket::new(self.app.config.rate, Instant::now());
         let hello_by = Instant::now() + self.app.config.timing.hello_timeout;
+        let mut decoder = Decoder::new(self.app.config.ws.max_message_bytes);
+        let mut events = Vec::new();
+        if let Err(e) = decoder.feed(&early, &mut events) {
+            return violation(e);
+        }
+        drop(early);
         loop {
+            for event in std::mem::take(&mut events) {
+                if self.closing() {
+                    // Closing: wait for the peer's Close, ignore everything else.
+                    if let Event::Close(code) = event {
+                        return ReaderEnd::PeerClosed(code);
+                    }
+                    continue;
+                }
+                match event {
+                    Event::Text(text) => match bucket.take(Instant::now()) {
+                        // Boxed: the request futures are large and an idle
+                        // connection should not carry their space.
+                        Verdict::Allow => Box::pin(self.handle_text(&text)).await,
+                        Verdict::Refuse => self.reply(
+                            ErrorCode::RateLimited,
+                            "too many messages; wait a moment and try again",
+                            cid_of(&text),
+                        ),
+                        Verdict::Disconnect => return ReaderEnd::Violation(CloseReason::Flooding),
+                    },
+                    Event::Ping(payload) => {
+                        // Counted so pings cannot flood.
+                        if bucket.take(Instant::now()) == Verdict::Disconnect {
+                            return ReaderEnd::Violation(CloseReason::Flooding);
+                        }
+                        self.conn.pong(payload);
+                    }
+                    Event::Pong => {}
+                    Event::Close(Some(close::CLIENT_RECONNECTING)) => return ReaderEnd::PeerReconnecting,
+                    Event::Close(code) => return ReaderEnd::PeerClosed(code),
+                }
+            }
+            // Read what has arrived into a buffer that is not kept.
+            let got = {
+                let mut chunk = [0u8; READ_CHUNK];
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => return ReaderEnd::Dropped("stream ended".into()),
+                    Ok(n) => decoder.feed(&chunk[..n], &mut events).map(|()| true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => return ReaderEnd::Dropped(e.to_string()),
+                }
+            };
+            match got {
+                Ok(true) => {
+                    heard.touch();
+                    // Reading never waits while bytes keep coming: let the
+                    // runtime's fairness budget interrupt a flooding client.
+                    tokio::task::consume_budget().await;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => return violation(e),
+            }
             // A connection must join within the hello timeout.
-            let next = if self.joined().is_some() || self.closing() {
-                stream.next().await
+            let ready = if self.joined().is_some() || self.closing() {
+                stream.readable().await
             } else {
-                match tokio::time::timeout_at(hello_by, stream.next()).await {
-                    Ok(next) => next,
+                match tokio::time::timeout_at(hello_by, stream.readable()).await {
+                    Ok(ready) => ready,
                     Err(_) => return ReaderEnd::Violation(CloseReason::NoHello),
                 }
             };
-            let Some(item) = next else { break };
-            heard.touch();
-            let msg = match item {
-                Ok(msg) => msg,
-                Err(e) => return classify(e),
-            };
-            if self.closing() {
-                // Closing: wait for the peer's Close, ignore everything else.
-                if let Message::Close(_) = msg {
-                    return ReaderEnd::PeerClosed;
-                }
-                continue;
-            }
-            match msg {
-                Message::Text(text) => match bucket.take(Instant::now()) {
-                    Verdict::Allow => self.handle_text(&text).await,
-                    Verdict::Refuse => self.reply(
-                        ErrorCode::RateLimited,
-                        "too many messages; wait a moment and try again",
-                        cid_of(&text),
-                    ),
-                    Verdict::Disconnect => return ReaderEnd::Violation(CloseReason::Flooding),
-                },
-                Message::Binary(_) => return ReaderEnd::Violation(CloseReason::Binary),
-                Message::Ping(_) => {
-                    // Answered by tungstenite; counted so pings cannot flood.
-                    if bucket.take(Instant::now()) == Verdict::Disconnect {
-                        return ReaderEnd::Violation(CloseReason::Flooding);
-                    }
-                }
-                Message::Pong(_) | Message::Frame(_) => {}
-                Message::Close(Some(frame)) if u16::from(frame.code) == close::CLIENT_RECONNECTING => {
-                    return ReaderEnd::PeerReconnecting;
-                }
-                Message::Close(_) => return ReaderEnd::PeerClosed,
+            if let Err(e) = ready {
+                return ReaderEnd::Dropped(e.to_string());
             }
         }
-        ReaderEnd::Dropped("stream ended".into())
     }
 
     async fn handle_text(&self, text: &str) {
@@ -423,21 +445,15 @@ impl Session {
     }
 }
 
-/// Maps a read error to how the connection ends.
-fn classify(e: WsError) -> ReaderEnd {
-    match e {
-        WsError::Utf8(_) => ReaderEnd::Violation(CloseReason::InvalidUtf8),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => ReaderEnd::Violation(CloseReason::TooBig),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            ReaderEnd::Dropped("reset without close".into())
-        }
-        WsError::Protocol(e) => {
-            debug!(error = %e, "protocol violation");
-            ReaderEnd::Violation(CloseReason::Protocol)
-        }
-        WsError::ConnectionClosed | WsError::AlreadyClosed => ReaderEnd::PeerClosed,
-        other => ReaderEnd::Dropped(other.to_string()),
-    }
+/// The close reason for bytes that broke the protocol.
+fn violation(e: FrameError) -> ReaderEnd {
+    debug!(error = %e, "refused a frame");
+    ReaderEnd::Violation(match e {
+        FrameError::Binary => CloseReason::Binary,
+        FrameError::InvalidUtf8 => CloseReason::InvalidUtf8,
+        FrameError::TooBig(_) => CloseReason::TooBig,
+        FrameError::Protocol(_) => CloseReason::Protocol,
+    })
 }
 
 /// The `cid` of a `say` refused before it was read (rate limit), so the
@@ -460,60 +476,106 @@ fn new_token() -> Option<ResumeToken> {
     ResumeToken::parse(&crate::random::random_hex(16)?).ok()
 }
 
-/// Drains the queue into the socket in batches, pings, and sends the close
-/// frame when kicked or on shutdown.
-async fn write_loop(
-    sink: &mut SplitSink<Ws, Message>,
-    receiver: &mut ConnReceiver,
-    app: &App,
-    heard: &LastHeard,
-) -> WriterEnd {
+/// Bytes on their way to the socket. Empty (no allocation) between writes;
+/// whatever a cancelled write left is written before anything else, so a
+/// close frame never lands inside another frame.
+#[derive(Debug, Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl Outgoing {
+    fn push(&mut self, opcode: u8, payload: &[u8]) {
+        frame::encode(opcode, payload, &mut self.buf);
+    }
+
+    /// Writes everything buffered. Safe to cancel: progress is kept.
+    async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while self.written < self.buf.len() {
+            stream.writable().await?;
+            match stream.try_write(&self.buf[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Done: give the memory back.
+        *self = Self::default();
+        Ok(())
+    }
+
+    /// Writes a batch: the pong first, then the frames, at most `max_bytes`
+    /// gathered per write call.
+    async fn write_batch(&mut self, stream: &TcpStream, batch: Batch, max_bytes: usize) -> io::Result<()> {
+        if let Some(payload) = batch.pong {
+            self.push(frame::OP_PONG, &payload);
+        }
+        for text in batch.frames {
+            if !self.buf.is_empty() && self.buf.len() + frame::encoded_len(text.len()) > max_bytes {
+                self.flush(stream).await?;
+            }
+            if self.buf.is_empty() {
+                self.buf.reserve(frame::encoded_len(text.len()).max(max_bytes.min(batch_hint(text.len()))));
+            }
+            self.push(frame::OP_TEXT, text.as_bytes());
+        }
+        self.flush(stream).await
+    }
+}
+
+/// A first guess at a batch buffer's size (it grows if needed).
+fn batch_hint(frame_len: usize) -> usize {
+    const TYPICAL_BATCH_FRAMES: usize = 8;
+    frame::encoded_len(frame_len) * TYPICAL_BATCH_FRAMES
+}
+
+/// Drains the queue into the socket in batches (coalescing writes that come
+/// close together), pings, and sends the close frame when kicked or on shutdown.
+async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, heard: &LastHeard) -> WriterEnd {
     let timing = app.config.timing;
+    let ws = app.config.ws;
     let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
-    // Grows only as far as a connection's batches do (an idle one stays small).
-    let mut batch = Vec::new();
-    let fragment = app.config.ws.fragment;
-    let kick = receiver.kick.clone();
+    let mut out = Outgoing::default();
+    let mut last_write: Option<Instant> = None;
+    let kick = receiver.kick();
     loop {
         let deadline = heartbeat.deadline();
         tokio::select! {
             biased;
-            reason = kick.kicked() => return send_close(sink, reason, timing.close_timeout).await,
-            () = app.shutdown.cancelled() => return send_close(sink, CloseReason::Shutdown, timing.close_timeout).await,
-            n = receiver.rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    return WriterEnd::WriteFailed("queue closed".into());
-                }
-                let written = {
-                    let write = async {
-                        for frame in batch.drain(..) {
-                            if frame.len() <= fragment {
-                                sink.feed(Message::Text(frame)).await?;
-                            } else {
-                                // Written out fragment by fragment, so the
-                                // write buffer never holds the whole message.
-                                for part in fragments(frame, fragment) {
-                                    sink.send(part).await?;
-                                }
-                            }
-                        }
-                        sink.flush().await
-                    };
+            reason = kick.kicked() => return send_close(stream, &mut out, reason, timing.close_timeout).await,
+            () = app.shutdown.cancelled() => {
+                return send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout).await;
+            }
+            () = receiver.ready() => {
+                // Coalesce: frames arriving soon after a write wait for the rest.
+                if let Some(due) = last_write.map(|at| at + ws.write_coalesce).filter(|due| *due > Instant::now()) {
                     tokio::select! {
-                        r = timeout(timing.write_timeout, write) => Ok(r),
-                        reason = kick.kicked() => Err(reason),
+                        biased;
+                        reason = kick.kicked() => return send_close(stream, &mut out, reason, timing.close_timeout).await,
+                        () = app.shutdown.cancelled() => {
+                            return send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout).await;
+                        }
+                        () = sleep_until(due) => {}
                     }
+                }
+                last_write = Some(Instant::now());
+                let batch = receiver.take();
+                let written = tokio::select! {
+                    r = timeout(timing.write_timeout, out.write_batch(stream, batch, ws.write_batch_bytes)) => Ok(r),
+                    reason = kick.kicked() => Err(reason),
                 };
                 match written {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => return WriterEnd::WriteFailed(e.to_string()),
                     Ok(Err(_)) => return WriterEnd::WriteFailed("write stalled".into()),
-                    Err(reason) => return send_close(sink, reason, timing.close_timeout).await,
+                    Err(reason) => return send_close(stream, &mut out, reason, timing.close_timeout).await,
                 }
             }
             () = sleep_until(deadline) => match heartbeat.on_deadline(Instant::now(), heard.get()) {
                 Beat::Ping => {
-                    match timeout(timing.write_timeout, sink.send(Message::Ping(Default::default()))).await {
+                    out.push(frame::OP_PING, &[]);
+                    match timeout(timing.write_timeout, out.flush(stream)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return WriterEnd::WriteFailed(e.to_string()),
                         Err(_) => return WriterEnd::WriteFailed("ping stalled".into()),
@@ -526,58 +588,49 @@ async fn write_loop(
     }
 }
 
-/// A long text message as WebSocket frames of at most `max` payload bytes:
-/// a text frame and continuation frames (RFC 6455 §5.4). tungstenite keeps its
-/// outgoing buffer at the largest size it ever held, so without this one large
-/// `welcome` would pin that much memory to the connection for its lifetime.
-fn fragments(frame: Utf8Bytes, max: usize) -> impl Iterator<Item = Message> {
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-
-    let bytes = bytes::Bytes::from(frame);
-    let max = max.max(1);
-    let parts = bytes.len().div_ceil(max);
-    (0..parts).map(move |i| {
-        let chunk = bytes.slice(i * max..((i + 1) * max).min(bytes.len()));
-        let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-        Message::Frame(Frame::message(chunk, opcode, i + 1 == parts))
-    })
-}
-
-/// Sends our close frame (or completes the reply to the peer's) within `limit`.
-async fn send_close(sink: &mut SplitSink<Ws, Message>, reason: CloseReason, limit: Duration) -> WriterEnd {
-    let result = match reason.frame() {
-        Some((code, text)) => {
-            let frame = CloseFrame { code: code.into(), reason: text.into() };
-            timeout(limit, sink.send(Message::Close(Some(frame)))).await
-        }
-        None => timeout(limit, sink.close()).await,
+/// Sends our close frame (or the reply to the peer's) within `limit`, after
+/// whatever an interrupted write left.
+async fn send_close(stream: &TcpStream, out: &mut Outgoing, reason: CloseReason, limit: Duration) -> WriterEnd {
+    let payload = match reason.frame() {
+        Some((code, text)) => frame::close_payload(code, text),
+        None => Vec::new(),
     };
-    if let Ok(Err(e)) = result {
-        debug!(error = %e, "close frame not sent");
+    out.push(frame::OP_CLOSE, &payload);
+    match timeout(limit, out.flush(stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "close frame not sent"),
+        Err(_) => debug!("close frame not sent in time"),
     }
     WriterEnd::Closed(reason)
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use std::collections::VecDeque;
+
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
 
-    #[test]
-    fn long_messages_become_a_text_frame_and_continuations() {
-        let text: String = "é".repeat(5) + "abc"; // 13 bytes; a split may fall inside a character
-        let parts: Vec<Message> = fragments(Utf8Bytes::from(text.clone()), 4).collect();
-        assert_eq!(parts.len(), 4);
-        let mut joined = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
-            let Message::Frame(frame) = part else { panic!("raw frames") };
-            let expected = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-            assert_eq!(frame.header().opcode, expected);
-            assert_eq!(frame.header().is_final, i == 3);
-            joined.extend_from_slice(frame.payload());
-        }
-        assert_eq!(String::from_utf8(joined).expect("valid once joined"), text);
+    #[tokio::test]
+    async fn a_batch_is_written_as_frames_in_order_and_the_buffer_is_freed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let frames: VecDeque<Utf8Bytes> = ["a", &"b".repeat(300), "c"].into_iter().map(Utf8Bytes::from).collect();
+        let mut out = Outgoing::default();
+        // A tiny batch limit: one write call per frame.
+        out.write_batch(&server, Batch { frames, pong: Some(b"p".to_vec()) }, 16).await.expect("written");
+        assert_eq!(out.buf.capacity(), 0);
+        let mut expected = Vec::new();
+        frame::encode(frame::OP_PONG, b"p", &mut expected);
+        frame::encode(frame::OP_TEXT, b"a", &mut expected);
+        frame::encode(frame::OP_TEXT, "b".repeat(300).as_bytes(), &mut expected);
+        frame::encode(frame::OP_TEXT, b"c", &mut expected);
+        let mut got = vec![0u8; expected.len()];
+        let mut client = client;
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
     }
 }

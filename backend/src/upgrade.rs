@@ -1,7 +1,7 @@
 //! The `/ws` endpoint: checks the handshake and the `Origin` ourselves, answers
-//! 101, and hands the upgraded connection to a session with *our* WebSocket
-//! configuration (small read buffer, 16 KiB message limit), which warp's `ws()`
-//! filter cannot set.
+//! 101, and hands the upgraded TCP stream to a session, which does its own
+//! WebSocket framing (no per-connection buffers while idle, our 16 KiB
+//! message limit) — neither of which warp's `ws()` filter allows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +9,12 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::app::App;
-use crate::config::WsConfig;
 use crate::http::{Body, text_response};
 use crate::session;
 
@@ -79,15 +77,6 @@ pub fn check_handshake<B>(req: &Request<B>, app: &App) -> Result<String, Refusal
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// The tungstenite configuration for our sessions.
-pub fn ws_config(ws: &WsConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(ws.read_buffer)
-        .write_buffer_size(ws.write_buffer)
-        .max_message_size(Some(ws.max_message_bytes))
-        .max_frame_size(Some(ws.max_message_bytes))
-}
-
 /// Answers a request to [`WS_PATH`]: 101 and a session, or the refusal.
 /// `permit` is the connection's slot under the connection cap; the session keeps it.
 pub fn handle(
@@ -114,16 +103,17 @@ pub fn handle(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let config = ws_config(&app.config.ws);
     let span = info_span!("ws", %peer);
     let tasks = app.tasks.clone();
     tasks.spawn(
         async move {
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                    session::run(ws, app, peer).await;
-                }
+                // Our own accept loop serves plain TCP streams, so the
+                // socket comes back out of hyper for our own framing.
+                Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => session::run(parts.io.into_inner(), parts.read_buf, app, peer).await,
+                    Err(_) => warn!("upgraded connection is not a TCP stream; closing it"),
+                },
                 Err(e) => debug!(error = %e, "upgrade failed"),
             }
             drop(permit);

@@ -37,6 +37,11 @@ impl Counters {
         self.messages.load(Ordering::Relaxed)
     }
 
+    /// Connections that ended (closed by the server or dropped).
+    pub fn closed(&self) -> u64 {
+        self.closes.lock().map_or(0, |c| c.len() as u64) + self.dropped.load(Ordering::Relaxed)
+    }
+
     pub fn take_latency(&self) -> Samples {
         std::mem::take(&mut *self.latency.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -147,8 +152,9 @@ pub async fn open_many(
 /// Sends `rate` messages per second in total until `until`, round-robin over
 /// `senders`, each stamped with the microseconds since `epoch`. One task
 /// drives every sender (a timer per sender would cost the generator more
-/// than the sending). Returns how many were sent.
-pub async fn send_at(senders: Vec<Arc<TcpStream>>, rate: f64, until: Instant, epoch: Instant) -> u64 {
+/// than the sending). `tag` makes the message ids unique across calls (the
+/// server drops a repeated id as a retry). Returns how many were sent.
+pub async fn send_at(senders: Vec<Arc<TcpStream>>, rate: f64, until: Instant, epoch: Instant, tag: &str) -> u64 {
     if senders.is_empty() {
         return 0;
     }
@@ -168,7 +174,7 @@ pub async fn send_at(senders: Vec<Arc<TcpStream>>, rate: f64, until: Instant, ep
             let s = cursor;
             cursor = (cursor + 1) % senders.len();
             let t = epoch.elapsed().as_micros();
-            let payload = format!(r#"{{"type":"say","cid":"s{s}-{}","text":"t={t};load"}}"#, next_id[s]);
+            let payload = format!(r#"{{"type":"say","cid":"{tag}-{s}-{}","text":"t={t};load"}}"#, next_id[s]);
             next_id[s] += 1;
             out.clear();
             frame(OP_TEXT, payload.as_bytes(), &mut out);

@@ -93,16 +93,28 @@ impl Server {
 
     /// User + system CPU time consumed so far.
     pub fn cpu_time(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may contain spaces) start at ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).context("utime")?;
-        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).context("stime")?;
-        let ticks = clock_ticks();
-        Ok(Duration::from_secs_f64((utime + stime) as f64 / ticks))
+        cpu_time_of(&self.pid().to_string())
     }
+}
 
+/// The load generator's own CPU time so far (to tell when it is the limit).
+pub fn own_cpu_time() -> Result<Duration> {
+    cpu_time_of("self")
+}
+
+/// User + system CPU time of `/proc/{pid}`.
+fn cpu_time_of(pid: &str) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).context("utime")?;
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).context("stime")?;
+    let ticks = clock_ticks();
+    Ok(Duration::from_secs_f64((utime + stime) as f64 / ticks))
+}
+
+impl Server {
     /// Stops the server (SIGTERM, then waits).
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();

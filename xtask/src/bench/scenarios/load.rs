@@ -10,11 +10,13 @@ use tokio::net::TcpStream;
 use crate::Args;
 use crate::client::{OP_CLOSE, Ws, close_code, parse, read_more};
 use crate::load::{Counters, open_many, read, send_at};
-use crate::server::Server;
+use crate::server::{Server, own_cpu_time};
 use crate::stats::Samples;
 
 /// Server flags for load: no rate limit in the way, a roomy outbound queue.
 const LOAD_FLAGS: &[&str] = &["--rate-per-sec", "1000000", "--rate-burst", "1000000", "--max-members-per-room", "5000"];
+/// After a step, how long in-flight deliveries get to land.
+const DRAIN: Duration = Duration::from_millis(500);
 /// Handshakes in flight while opening many connections.
 const PARALLEL_CONNECTS: usize = 256;
 
@@ -105,10 +107,13 @@ pub async fn fanout(args: &Args) -> Result<Value> {
         let before_msgs = counters.messages();
         counters.take_latency();
         let cpu_before = server.cpu_time()?;
+        let own_before = own_cpu_time()?;
+        let closed_before = counters.closed();
         let until = Instant::now() + step_len;
-        let sent = send_at(senders_socks.clone(), rate, until, epoch).await;
-        tokio::time::sleep(Duration::from_millis(500)).await; // in-flight deliveries land
+        let sent = send_at(senders_socks.clone(), rate, until, epoch, &format!("r{rate}")).await;
+        tokio::time::sleep(DRAIN).await; // in-flight deliveries land
         let cpu = server.cpu_time()? - cpu_before;
+        let own_cpu = own_cpu_time()? - own_before;
         let delivered = counters.messages() - before_msgs;
         let expected = sent * (members as u64 - 1);
         let latency = counters.take_latency();
@@ -121,6 +126,9 @@ pub async fn fanout(args: &Args) -> Result<Value> {
             "p99_ms": p99,
             "lost": expected.saturating_sub(delivered),
             "server_cpu_us_per_delivery": cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            "server_cpu_pct": cpu.as_secs_f64() * 100.0 / (secs + DRAIN.as_secs_f64()),
+            "generator_cpu_pct": own_cpu.as_secs_f64() * 100.0 / (secs + DRAIN.as_secs_f64()),
+            "connections_closed": counters.closed() - closed_before,
         });
         let ok = p99 <= 50.0 && expected <= delivered;
         steps.push(step);
@@ -148,7 +156,7 @@ pub async fn slow(args: &Args) -> Result<Value> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_start = server.rss_kib()?;
     let until = Instant::now() + duration;
-    let senders = tokio::spawn(send_at(sinks[..10].to_vec(), 1_000.0, until, epoch));
+    let senders = tokio::spawn(send_at(sinks[..10].to_vec(), 1_000.0, until, epoch, "slow"));
     let mut rss_samples = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(5).min(until.saturating_duration_since(Instant::now()))).await;
@@ -191,7 +199,7 @@ pub async fn rooms(args: &Args) -> Result<Value> {
     let before = counters.messages();
     let cpu_before = server.cpu_time()?;
     let until = Instant::now() + duration;
-    let sent = send_at(sinks, members as f64, until, epoch).await;
+    let sent = send_at(sinks, members as f64, until, epoch, "rooms").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu = server.cpu_time()? - cpu_before;
     let delivered = counters.messages() - before;
