@@ -18,7 +18,11 @@ pub const DEFAULT_BUNDLE_DIR: &str = "dist";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
 /// Frames queued for one connection before it counts as lagged and is closed
 /// with the `lagged` code (policy: close and let it resume; never grow, never drop silently).
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Room for a whole group commit (at most [`DEFAULT_WRITE_BATCH`] events,
+/// broadcast together when the commit lands): a disk that stalls an fsync
+/// for a second must not make every member of a busy room "lag". 32 bytes
+/// per queued frame (the text is shared), and only while queued.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 /// Events the in-memory history keeps per room (older ones are forgotten).
 pub const DEFAULT_HISTORY_PER_ROOM: usize = 500;
 /// Events sent in `welcome` on a fresh join.
@@ -45,6 +49,10 @@ pub const DEFAULT_LEAVE_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a close handshake (our close frame out, the peer's back) may take.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client closed as lagged gets to read up to its close frame
+/// (only the rest of the frame it was in the middle of comes before it; the
+/// connection holds nothing else meanwhile and has already left its room).
+pub const DEFAULT_LAGGED_CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one write to a client may block before the client counts as gone.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an open WebSocket may take to send `hello`.
@@ -54,6 +62,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of queued frames gathered into one write call. The buffer
 /// exists only while a batch is being written (an idle connection has none).
 pub const DEFAULT_WS_WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// The kernel's send buffer for a WebSocket connection (Linux doubles it).
+/// Left to autotuning it grows to megabytes, which a client that stops
+/// reading fills silently for minutes before the outbound queue sees
+/// anything; bounded, a stalled client is found lagging within seconds.
+pub const DEFAULT_WS_SEND_BUFFER: usize = 64 * 1024;
 /// Write coalescing: a connection that was written to less than this long ago
 /// waits out the rest before its next write, so a busy room's frames go out
 /// several per system call. The first frame after a quiet spell goes out at
@@ -152,6 +165,7 @@ pub struct Timing {
     pub leave_grace: Duration,
     pub shutdown_timeout: Duration,
     pub close_timeout: Duration,
+    pub lagged_close_timeout: Duration,
     pub write_timeout: Duration,
     pub header_read_timeout: Duration,
     pub hello_timeout: Duration,
@@ -163,6 +177,7 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     pub write_batch_bytes: usize,
     pub write_coalesce: Duration,
+    pub send_buffer: usize,
 }
 
 impl Default for Config {
@@ -208,6 +223,7 @@ impl Default for Timing {
             leave_grace: DEFAULT_LEAVE_GRACE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            lagged_close_timeout: DEFAULT_LAGGED_CLOSE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
@@ -221,6 +237,7 @@ impl Default for WsConfig {
             max_message_bytes: MAX_FRAME_BYTES,
             write_batch_bytes: DEFAULT_WS_WRITE_BATCH_BYTES,
             write_coalesce: DEFAULT_WS_WRITE_COALESCE,
+            send_buffer: DEFAULT_WS_SEND_BUFFER,
         }
     }
 }
@@ -238,7 +255,7 @@ impl Config {
     /// Checks the bounds that would make the server misbehave rather than
     /// refuse clearly (a zero queue, a zero rate).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, u64, u64); 12] = [
+        let checks: [(&'static str, u64, u64); 13] = [
             ("write queue", 1, self.storage.write_queue as u64),
             ("write batch", 1, self.storage.write_batch as u64),
             ("max connections", 1, self.max_connections as u64),
@@ -251,6 +268,7 @@ impl Config {
             ("rate burst", 1, u64::from(self.rate.burst)),
             ("max message bytes", 1024, self.ws.max_message_bytes as u64),
             ("write batch bytes", 1024, self.ws.write_batch_bytes as u64),
+            ("send buffer bytes", 4096, self.ws.send_buffer as u64),
         ];
         for (name, min, value) in checks {
             if value < min {

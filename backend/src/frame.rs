@@ -214,6 +214,17 @@ pub fn encode(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// The length of the server frame that starts `buf` (as `encode` wrote it),
+/// or `None` if its header is incomplete.
+pub fn encoded_frame_len(buf: &[u8]) -> Option<usize> {
+    let len = match *buf.get(1)? & 0x7f {
+        126 => usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        127 => usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
+        n => usize::from(n),
+    };
+    Some(encoded_len(len))
+}
+
 /// The bytes `encode` writes for a payload of `len` bytes.
 pub fn encoded_len(len: usize) -> usize {
     len + match len {
@@ -348,6 +359,7 @@ mod tests {
             encode(OP_TEXT, &vec![b'a'; n], &mut out);
             assert_eq!(out.len(), n + head);
             assert_eq!(encoded_len(n), out.len());
+            assert_eq!(encoded_frame_len(&out), Some(out.len()));
             assert_eq!(out[0], 0x81);
         }
         let long = "é".repeat(100);

@@ -58,8 +58,11 @@ enum ReaderEnd {
 #[derive(Debug)]
 #[allow(dead_code)] // fields are read through Debug
 enum WriterEnd {
-    /// Kicked (lagged, replaced) or shut down: a close frame went out (or was tried).
+    /// Kicked (replaced, a violation) or shut down: a close frame went out (or was tried).
     Closed(CloseReason),
+    /// Its queue filled: the close frame still has to go out, after what
+    /// was already on its way.
+    Lagged(Outgoing),
     /// No answer to a ping in time.
     TimedOut,
     /// Writing failed or stalled.
@@ -108,6 +111,9 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
     let (handle, receiver) = outbound::channel(conn_id, app.config.limits.outbound_queue);
     let session = Session { app: app.clone(), conn: handle, peer, joined: Mutex::new(None) };
     let heard = LastHeard::new();
+    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(app.config.ws.send_buffer) {
+        debug!(conn = conn_id, error = %e, "could not bound the send buffer");
+    }
     debug!(conn = conn_id, %peer, "websocket open");
 
     let linger = {
@@ -138,7 +144,15 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
             end = &mut writer => {
                 debug!(conn = conn_id, ?end, "writer ended");
                 Box::pin(session.finish(false)).await;
-                matches!(end, WriterEnd::Closed(_))
+                match end {
+                    WriterEnd::Lagged(out) => {
+                        // What is still queued will never be sent: free it now.
+                        drop(receiver.take());
+                        Box::pin(send_lagged_close(&stream, out, &app)).await
+                    }
+                    WriterEnd::Closed(_) => true,
+                    WriterEnd::TimedOut | WriterEnd::WriteFailed(_) => false,
+                }
             }
         }
     };
@@ -490,6 +504,21 @@ impl Outgoing {
         frame::encode(opcode, payload, &mut self.buf);
     }
 
+    /// Drops the frames not yet begun, keeping the rest of the one being
+    /// written (a frame cut short would break the stream).
+    fn drop_unstarted(&mut self) {
+        let mut at = 0;
+        while at < self.buf.len() {
+            let Some(len) = frame::encoded_frame_len(&self.buf[at..]) else { break };
+            if at + len > self.written {
+                let keep = if at < self.written { at + len } else { at };
+                self.buf.truncate(keep);
+                break;
+            }
+            at += len;
+        }
+    }
+
     /// Writes everything buffered. Safe to cancel: progress is kept.
     async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
         while self.written < self.buf.len() {
@@ -543,7 +572,7 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
         let deadline = heartbeat.deadline();
         tokio::select! {
             biased;
-            reason = kick.kicked() => return send_close(stream, &mut out, reason, timing.close_timeout).await,
+            reason = kick.kicked() => return close_for(stream, out, reason, timing.close_timeout).await,
             () = app.shutdown.cancelled() => {
                 return send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout).await;
             }
@@ -552,7 +581,7 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
                 if let Some(due) = last_write.map(|at| at + ws.write_coalesce).filter(|due| *due > Instant::now()) {
                     tokio::select! {
                         biased;
-                        reason = kick.kicked() => return send_close(stream, &mut out, reason, timing.close_timeout).await,
+                        reason = kick.kicked() => return close_for(stream, out, reason, timing.close_timeout).await,
                         () = app.shutdown.cancelled() => {
                             return send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout).await;
                         }
@@ -569,7 +598,7 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => return WriterEnd::WriteFailed(e.to_string()),
                     Ok(Err(_)) => return WriterEnd::WriteFailed("write stalled".into()),
-                    Err(reason) => return send_close(stream, &mut out, reason, timing.close_timeout).await,
+                    Err(reason) => return close_for(stream, out, reason, timing.close_timeout).await,
                 }
             }
             () = sleep_until(deadline) => match heartbeat.on_deadline(Instant::now(), heard.get()) {
@@ -585,6 +614,36 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
                 Beat::Wait => {}
             },
         }
+    }
+}
+
+/// Ends the writer for a kick: a lagged connection's close frame is sent
+/// by the caller after the membership is settled; any other goes out now.
+async fn close_for(stream: &TcpStream, mut out: Outgoing, reason: CloseReason, limit: Duration) -> WriterEnd {
+    if reason == CloseReason::Lagged {
+        return WriterEnd::Lagged(out);
+    }
+    send_close(stream, &mut out, reason, limit).await
+}
+
+/// Sends a lagged connection's close frame right after the frame it was in
+/// the middle of (everything after that is dropped: the client resumes from
+/// the last seq it got). A client that reads nothing gets the lagged close
+/// timeout to get there. Returns whether the close frame went out.
+async fn send_lagged_close(stream: &TcpStream, mut out: Outgoing, app: &App) -> bool {
+    out.drop_unstarted();
+    let reason = CloseReason::Lagged;
+    let (code, text) = reason.frame().unwrap_or((close::LAGGED, close::LAGGED_REASON));
+    out.push(frame::OP_CLOSE, &frame::close_payload(code, text));
+    tokio::select! {
+        r = timeout(app.config.timing.lagged_close_timeout, out.flush(stream)) => {
+            let sent = matches!(r, Ok(Ok(())));
+            if !sent {
+                debug!("lagged close frame not sent");
+            }
+            sent
+        }
+        () = app.shutdown.cancelled() => false,
     }
 }
 
@@ -632,5 +691,21 @@ mod tests {
         let mut client = client;
         client.read_exact(&mut got).await.expect("read");
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_lagged_close_comes_right_after_the_frame_being_written() {
+        let mut out = Outgoing::default();
+        out.push(frame::OP_TEXT, b"first");
+        out.push(frame::OP_TEXT, &[b'x'; 300]);
+        out.push(frame::OP_TEXT, b"never started");
+        let second_end = frame::encoded_len(5) + frame::encoded_len(300);
+        out.written = frame::encoded_len(5) + 3; // inside the second frame
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), second_end);
+        out.written = second_end; // exactly between frames
+        out.push(frame::OP_TEXT, b"later");
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), second_end);
     }
 }

@@ -34,6 +34,16 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RETENTION_CHUNK: usize = 1_000;
 /// Failed notices kept for a retry (policy: beyond it the oldest is dropped and logged).
 pub const NOTICE_RETRY_MAX: usize = 10_000;
+/// How often the checkpointer folds the WAL into the database. Checkpoints
+/// run on their own connection and thread, so a commit (and with it every
+/// ack and broadcast) never waits for one.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// The writer's page cache in KiB. It only appends (the hot pages are the
+/// right edges of the b-trees), so SQLite's default 2 MiB buys nothing.
+pub const WRITER_CACHE_KIB: i64 = 512;
+/// A transaction slower than this is logged: every ack and broadcast of its
+/// batch waited for it.
+pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// Schema migrations; entry `i` takes a database from version `i` to `i + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -301,6 +311,10 @@ impl SqliteStore {
         let history_id: String = writer
             .query_row("SELECT value FROM meta WHERE key = 'history_id'", [], |r| r.get(0))
             .map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
+        writer
+            .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let checkpointer = start_checkpointer(&path, &writer);
         let reader = open_for_reading(&path)?;
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let store = Arc::new(Self { path: path.clone(), history_id, keeps, reader: Mutex::new(reader) });
@@ -311,7 +325,7 @@ impl SqliteStore {
             .spawn(move || {
                 // The lock lives as long as the writer.
                 let _lock = lock;
-                Writer::new(writer, options).run(rx, &runtime);
+                Writer::new(writer, options, checkpointer).run(rx, &runtime);
             })
             .map_err(StoreError::Thread)?;
         info!(path = %path.display(), "history in SQLite");
@@ -358,9 +372,58 @@ impl HistoryStore for SqliteStore {
     }
 }
 
+/// The thread that checkpoints the WAL beside the writer.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts checkpointing on a thread of its own and turns the writer's
+/// automatic checkpoints off; if that cannot start, the writer keeps them.
+fn start_checkpointer(path: &Path, writer: &Connection) -> Option<Checkpointer> {
+    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(error = %e, "checkpointer not started; commits will checkpoint");
+            return None;
+        }
+    };
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new().name("natter-checkpointer".into()).spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+            // PASSIVE never blocks the writer; what it cannot fold now it folds next time.
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                debug!(error = %e, "checkpoint failed");
+            }
+        }
+    });
+    match thread {
+        Ok(thread) => {
+            if let Err(e) = writer.execute_batch("PRAGMA wal_autocheckpoint = 0") {
+                debug!(error = %e, "could not turn automatic checkpoints off");
+            }
+            Some(Checkpointer { stop, thread })
+        }
+        Err(e) => {
+            warn!(error = %e, "checkpointer not started; commits will checkpoint");
+            None
+        }
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// Dropping it stops the checkpointer thread (joined before the final checkpoint).
+    checkpointer: Option<Checkpointer>,
     options: StorageConfig,
     seqs: Sequencer,
     /// Notices whose transaction failed, stored again with the next batch.
@@ -370,10 +433,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(conn: Connection, options: StorageConfig) -> Self {
+    fn new(conn: Connection, options: StorageConfig, checkpointer: Option<Checkpointer>) -> Self {
         let next_retention = Instant::now() + options.retention_interval;
         Self {
             conn,
+            checkpointer,
             options,
             seqs: Sequencer::default(),
             retry: Default::default(),
@@ -436,7 +500,10 @@ impl Writer {
         }
     }
 
-    fn finish(self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
+    fn finish(mut self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
         if !self.retry.is_empty() {
             warn!(notices = self.retry.len(), "notices not stored at shutdown");
         }
@@ -453,6 +520,7 @@ impl Writer {
     /// Stores a batch in one transaction, then reports every outcome in order.
     fn store(&mut self, batch: Vec<Write>) {
         let now = crate::app::now_ms();
+        let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Outcome>> {
             let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(batch.len());
@@ -483,7 +551,17 @@ impl Writer {
             for (room, head) in &heads {
                 set_head(&tx, room, *head)?;
             }
+            let commit_started = Instant::now();
             tx.commit()?;
+            let took = started.elapsed();
+            if took > SLOW_COMMIT {
+                warn!(
+                    events = batch.len(),
+                    total_ms = took.as_millis() as u64,
+                    commit_ms = commit_started.elapsed().as_millis() as u64,
+                    "slow history transaction"
+                );
+            }
             Ok(outcomes)
         })();
         match result {

@@ -52,6 +52,9 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
     const MESSAGES: usize = 3000;
     let mut cfg = config();
     cfg.limits.outbound_queue = 16;
+    // The sender waits for each batch's acks: write coalescing would pace
+    // this lock-step exchange at one round per coalescing window.
+    cfg.ws.write_coalesce = Duration::ZERO;
     cfg.limits.history_per_room = MESSAGES + 10;
     cfg.limits.replay_max = MESSAGES + 10;
     cfg.rate.per_sec = 1_000_000;

@@ -145,9 +145,8 @@ pub async fn fanout(args: &Args) -> Result<Value> {
 pub async fn slow(args: &Args) -> Result<Value> {
     let members = 100;
     let duration = Duration::from_secs(if args.quick { 10 } else { 60 });
-    // A queue deep enough that the load generator's own readers (98,000
-    // frames/s on one core) are not the ones closed as lagging.
-    let server = server(args, &["--outbound-queue", "2048"])?;
+    // The default outbound queue (256 frames).
+    let server = server(args, &[])?;
     let (mut sockets, _, _) = open_many(server.addr, members, 64, |_| "slow".to_owned(), |i| format!("m{i}")).await?;
     let stalled = sockets.remove(0); // never read
     let epoch = Instant::now();
@@ -179,6 +178,8 @@ pub async fn slow(args: &Args) -> Result<Value> {
         "rss_samples_mib": rss_samples,
         "stalled_client": stalled_end,
         "lost_by_others": expected.saturating_sub(delivered),
+        "others_closed": counters.closed(),
+        "others_close_codes": counters.closes.lock().map(|c| c.clone()).unwrap_or_default(),
         "p99_ms": latency.percentile_ms(99.0),
     }))
 }
