@@ -34,10 +34,6 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RETENTION_CHUNK: usize = 1_000;
 /// Failed notices kept for a retry (policy: beyond it the oldest is dropped and logged).
 pub const NOTICE_RETRY_MAX: usize = 10_000;
-/// How often the checkpointer folds the WAL into the database. Checkpoints
-/// run on their own connection and thread, so a commit (and with it every
-/// ack and broadcast) never waits for one.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// The writer's page cache in KiB. It only appends (the hot pages are the
 /// right edges of the b-trees), so SQLite's default 2 MiB buys nothing.
 pub const WRITER_CACHE_KIB: i64 = 512;
@@ -314,7 +310,6 @@ impl SqliteStore {
         writer
             .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let checkpointer = start_checkpointer(&path, &writer);
         let reader = open_for_reading(&path)?;
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let store = Arc::new(Self { path: path.clone(), history_id, keeps, reader: Mutex::new(reader) });
@@ -325,7 +320,7 @@ impl SqliteStore {
             .spawn(move || {
                 // The lock lives as long as the writer.
                 let _lock = lock;
-                Writer::new(writer, options, checkpointer).run(rx, &runtime);
+                Writer::new(writer, options).run(rx, &runtime);
             })
             .map_err(StoreError::Thread)?;
         info!(path = %path.display(), "history in SQLite");
@@ -372,58 +367,9 @@ impl HistoryStore for SqliteStore {
     }
 }
 
-/// The thread that checkpoints the WAL beside the writer.
-#[derive(Debug)]
-struct Checkpointer {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
-}
-
-/// Starts checkpointing on a thread of its own and turns the writer's
-/// automatic checkpoints off; if that cannot start, the writer keeps them.
-fn start_checkpointer(path: &Path, writer: &Connection) -> Option<Checkpointer> {
-    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
-        Ok(conn) => conn,
-        Err(e) => {
-            warn!(error = %e, "checkpointer not started; commits will checkpoint");
-            return None;
-        }
-    };
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::Builder::new().name("natter-checkpointer".into()).spawn(move || {
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-            // PASSIVE never blocks the writer; what it cannot fold now it folds next time.
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                debug!(error = %e, "checkpoint failed");
-            }
-        }
-    });
-    match thread {
-        Ok(thread) => {
-            if let Err(e) = writer.execute_batch("PRAGMA wal_autocheckpoint = 0") {
-                debug!(error = %e, "could not turn automatic checkpoints off");
-            }
-            Some(Checkpointer { stop, thread })
-        }
-        Err(e) => {
-            warn!(error = %e, "checkpointer not started; commits will checkpoint");
-            None
-        }
-    }
-}
-
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    /// Dropping it stops the checkpointer thread (joined before the final checkpoint).
-    checkpointer: Option<Checkpointer>,
     options: StorageConfig,
     seqs: Sequencer,
     /// Notices whose transaction failed, stored again with the next batch.
@@ -433,11 +379,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(conn: Connection, options: StorageConfig, checkpointer: Option<Checkpointer>) -> Self {
+    fn new(conn: Connection, options: StorageConfig) -> Self {
         let next_retention = Instant::now() + options.retention_interval;
         Self {
             conn,
-            checkpointer,
             options,
             seqs: Sequencer::default(),
             retry: Default::default(),
@@ -500,10 +445,7 @@ impl Writer {
         }
     }
 
-    fn finish(mut self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
-        if let Some(checkpointer) = self.checkpointer.take() {
-            checkpointer.stop();
-        }
+    fn finish(self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
         if !self.retry.is_empty() {
             warn!(notices = self.retry.len(), "notices not stored at shutdown");
         }
