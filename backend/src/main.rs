@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use natter_backend::cli::{Cli, Command};
-use tokio::net::TcpListener;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -65,7 +64,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match TcpListener::bind(cli.listen).await {
+        let listener = match natter_backend::server::bind(cli.listen) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("natter: cannot listen on {}: {e}", cli.listen);

@@ -18,6 +18,7 @@ fn help_explains_every_flag_and_its_variable() {
         "--max-connections",
         "--max-rooms",
         "--outbound-queue",
+        "--write-coalesce",
         "--rate-per-sec",
         "--rate-burst",
         "--ping-interval",
