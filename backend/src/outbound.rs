@@ -162,6 +162,12 @@ pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
 
 /// Serializes a message once; the bytes are shared by every recipient.
 pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
+    encode_json(msg)
+}
+
+/// Serializes anything that serializes like a [`ServerMsg`] (a borrowed view
+/// of one, built without cloning).
+pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Utf8Bytes {
     match serde_json::to_string(msg) {
         Ok(json) => Utf8Bytes::from(json),
         // Our message types always serialize; never send a broken frame.

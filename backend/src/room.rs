@@ -12,15 +12,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::{
-    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
-    RoomName, Seq, ServerMsg, TypingUpdate, UserName, Welcome, color_for, limits::TYPING_REFRESH_MIN_MS,
+    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, MessageText, NoticeKind, ResumeToken, RoomEvent,
+    RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for, limits::TYPING_REFRESH_MIN_MS,
 };
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::RoomLimits;
 use crate::history::{Draft, HistoryError, HistoryStore, Outcome, Replay};
-use crate::outbound::{CloseReason, ConnHandle, ConnId, encode};
+use crate::outbound::{CloseReason, ConnHandle, ConnId, encode, encode_json};
 
 /// Identifies one membership (a name in a room, across resumes).
 pub type MemberId = u64;
@@ -84,13 +84,58 @@ struct MemberEntry {
 }
 
 impl MemberEntry {
-    fn wire(&self) -> Member {
-        Member { name: self.name.clone(), color: self.color.clone() }
+    fn view(&self) -> MemberView<'_> {
+        MemberView { name: &self.name, color: &self.color }
     }
 
     fn notice(&self, kind: NoticeKind) -> Draft {
         Draft::Notice { kind, name: self.name.clone(), color: self.color.clone() }
     }
+}
+
+/// A `Member` borrowed from the room (serializes the same).
+#[derive(serde::Serialize)]
+struct MemberView<'a> {
+    name: &'a UserName,
+    color: &'a Color,
+}
+
+/// A welcome's history: the room's recent events in place, or a replay.
+enum HistoryView<'a> {
+    Recent(std::iter::Skip<std::collections::vec_deque::Iter<'a, RoomEvent>>),
+    Events(&'a [RoomEvent]),
+}
+
+impl serde::Serialize for HistoryView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Recent(events) => serializer.collect_seq(events.clone()),
+            Self::Events(events) => serializer.collect_seq(events.iter()),
+        }
+    }
+}
+
+/// `ServerMsg::Welcome` serialized straight from the room's state, under
+/// its lock, without cloning members or events (a join into a big room
+/// otherwise copies the whole member list and history first). A test checks
+/// it is byte for byte the JSON of the owned message.
+#[derive(serde::Serialize)]
+struct WelcomeView<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    you: MemberView<'a>,
+    room: &'a RoomName,
+    seq_head: Seq,
+    members: Vec<MemberView<'a>>,
+    history: HistoryView<'a>,
+    resume_token: &'a ResumeToken,
+    history_id: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    missed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug)]
@@ -186,23 +231,30 @@ impl Room {
         let replay = match req.last_seq {
             // A seq of another history (an in-memory server that restarted),
             // or beyond the head, means nothing here: start afresh.
-            Some(last) if same_history && last <= state.head => self.replay(state, last)?,
-            _ => Replay { events: state.latest(self.limits.welcome_history), missed: 0 },
+            Some(last) if same_history && last <= state.head => Some(self.replay(state, last)?),
+            // A fresh join: the latest events, serialized straight from memory.
+            _ => None,
         };
         let me = &state.members[&key];
-        let mut members: Vec<Member> = state.members.values().map(MemberEntry::wire).collect();
-        members.sort_by_key(|m| m.name.key());
-        let welcome = ServerMsg::Welcome(Welcome {
-            you: me.wire(),
-            room: self.name.clone(),
+        // Members in the order of their keys (the map's keys): no clones.
+        let mut members: Vec<(&String, &MemberEntry)> = state.members.iter().collect();
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let history = match &replay {
+            Some(replay) => HistoryView::Events(&replay.events),
+            None => HistoryView::Recent(state.latest_iter(self.limits.welcome_history)),
+        };
+        let welcome = WelcomeView {
+            kind: "welcome",
+            you: me.view(),
+            room: &self.name,
             seq_head: state.head,
-            members,
-            history: replay.events,
-            resume_token: me.token.clone(),
-            history_id: self.history_id.clone(),
-            missed: (replay.missed > 0).then_some(replay.missed),
-        });
-        conn.send_msg(&welcome);
+            members: members.iter().map(|(_, m)| m.view()).collect(),
+            history,
+            resume_token: &me.token,
+            history_id: &self.history_id,
+            missed: replay.as_ref().map_or(0, |r| r.missed),
+        };
+        conn.send(&encode_json(&welcome));
         Ok((membership, kind))
     }
 
@@ -365,9 +417,9 @@ impl Room {
 }
 
 impl RoomState {
-    fn latest(&self, limit: usize) -> Vec<RoomEvent> {
+    fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RoomEvent>> {
         let skip = self.recent.len().saturating_sub(limit);
-        self.recent.iter().skip(skip).cloned().collect()
+        self.recent.iter().skip(skip)
     }
 
     /// Queues one shared frame for every attached member except `except`.
@@ -587,6 +639,33 @@ mod tests {
         assert!(!f.room.typing(&ada, false, t0));
         assert_eq!(drain(&mut bob_rx).len(), 3);
         assert!(drain(&mut ada_rx).is_empty(), "no echo to the typist");
+    }
+
+    #[test]
+    fn a_welcome_is_byte_for_byte_the_json_of_the_owned_message() {
+        let limits = RoomLimits { welcome_history: 3, replay_max: 2, ..RoomLimits::default() };
+        let f = Fixture::with_limits(limits);
+        let (ada, conn, mut rx) = f.join(1, "Zoë", "t1");
+        f.join(2, "ada", "t2");
+        for i in 0..6 {
+            f.say(&ada, &conn, &format!("c{i}"), "x \"quoted\" é");
+        }
+        drain(&mut rx);
+        // A fresh join (recent events in place) and a replay with `missed`.
+        for (id, last_seq) in [(3, None), (4, Some(3))] {
+            let (other, other_rx) = channel(id, 8);
+            f.room
+                .join(request(&format!("u{id}"), None, last_seq), &other, id, token(&format!("t{id}")))
+                .expect("joins");
+            let frames = other_rx.take().frames;
+            let [frame] = &frames.iter().collect::<Vec<_>>()[..] else { panic!("one welcome") };
+            let owned: ServerMsg = serde_json::from_str(frame.as_str()).expect("a welcome");
+            let ServerMsg::Welcome(w) = &owned else { panic!("a welcome") };
+            assert_eq!(w.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()[..2], ["ada", "u3"]);
+            assert!(!w.history.is_empty());
+            assert_eq!(w.missed.is_some(), last_seq.is_some(), "missed only on the replay");
+            assert_eq!(encode(&owned).as_str(), frame.as_str());
+        }
     }
 
     #[test]
