@@ -84,8 +84,13 @@ impl Decoder {
             data.extend_from_slice(input);
             let used = self.parse_all(&data, out)?;
             if used < data.len() {
-                // Keep only the unfinished frame (and free the rest).
-                self.partial = data[used..].to_vec();
+                // Keep only the unfinished frame. Without a complete frame
+                // nothing moves: a frame trickling in byte by byte is not
+                // copied again per byte.
+                if used > 0 {
+                    data.drain(..used);
+                }
+                self.partial = data;
             }
         }
         Ok(())

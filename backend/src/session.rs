@@ -48,6 +48,8 @@ enum ReaderEnd {
     PeerClosed(Option<u16>),
     /// The peer closed with [`close::CLIENT_RECONNECTING`]: it will resume.
     PeerReconnecting,
+    /// The peer's Close came while we were closing: an answer, not a leave.
+    CloseReply(Option<u16>),
     /// The TCP connection ended or failed without a Close frame.
     Dropped(String),
     /// The peer broke a rule; close with this reason.
@@ -127,17 +129,32 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
                     ReaderEnd::PeerReconnecting => {
                         (false, Some(CloseReason::PeerClosed(Some(close::CLIENT_RECONNECTING))))
                     }
+                    ReaderEnd::CloseReply(code) => (false, Some(CloseReason::PeerClosed(code))),
                     ReaderEnd::Violation(reason) => (false, Some(reason)),
                     ReaderEnd::Dropped(_) => (false, None),
                 };
-                Box::pin(session.finish(leave)).await;
                 match close {
                     Some(reason) => {
+                        // Ignored if a kick came first (that reason's close goes out).
                         session.conn.kick(reason);
-                        let _ = Box::pin(timeout(app.config.timing.close_timeout, &mut writer)).await;
-                        !matches!(reason, CloseReason::PeerClosed(_))
+                        // The close frame goes out while the membership is
+                        // settled (which may wait for the history writer).
+                        let (_, written) = tokio::join!(
+                            Box::pin(session.finish(leave)),
+                            Box::pin(timeout(app.config.timing.close_timeout, &mut writer)),
+                        );
+                        match written {
+                            Ok(WriterEnd::Lagged(out)) => {
+                                drop(receiver.take());
+                                Box::pin(send_lagged_close(&stream, out, &app)).await
+                            }
+                            _ => !matches!(reason, CloseReason::PeerClosed(_)),
+                        }
                     }
-                    None => false,
+                    None => {
+                        Box::pin(session.finish(leave)).await;
+                        false
+                    }
                 }
             }
             end = &mut writer => {
@@ -189,18 +206,18 @@ impl Session {
         let hello_by = Instant::now() + self.app.config.timing.hello_timeout;
         let mut decoder = Decoder::new(self.app.config.ws.max_message_bytes);
         let mut events = Vec::new();
-        if let Err(e) = decoder.feed(&early, &mut events) {
-            return violation(e);
-        }
+        // A frame error ends the connection, after the events decoded before it.
+        let mut failed = decoder.feed(&early, &mut events).err();
         drop(early);
         loop {
             for event in std::mem::take(&mut events) {
                 if self.closing() {
                     // Closing: wait for the peer's Close, ignore everything else.
-                    if let Event::Close(code) = event {
-                        return ReaderEnd::PeerClosed(code);
+                    match event {
+                        Event::Close(Some(close::CLIENT_RECONNECTING)) => return ReaderEnd::PeerReconnecting,
+                        Event::Close(code) => return ReaderEnd::CloseReply(code),
+                        _ => continue,
                     }
-                    continue;
                 }
                 match event {
                     Event::Text(text) => match bucket.take(Instant::now()) {
@@ -226,12 +243,15 @@ impl Session {
                     Event::Close(code) => return ReaderEnd::PeerClosed(code),
                 }
             }
+            if let Some(e) = failed {
+                return violation(e);
+            }
             // Read what has arrived into a buffer that is not kept.
             let got = {
                 let mut chunk = [0u8; READ_CHUNK];
                 match stream.try_read(&mut chunk) {
                     Ok(0) => return ReaderEnd::Dropped("stream ended".into()),
-                    Ok(n) => decoder.feed(&chunk[..n], &mut events).map(|()| true),
+                    Ok(n) => decoder.feed(&chunk[..n], &mut events).map(|()| true).map_err(Some),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
                     Err(e) => return ReaderEnd::Dropped(e.to_string()),
                 }
@@ -245,7 +265,11 @@ impl Session {
                     continue;
                 }
                 Ok(false) => {}
-                Err(e) => return violation(e),
+                Err(e) => {
+                    // Handle what came before the bad frame first.
+                    failed = e;
+                    continue;
+                }
             }
             // A connection must join within the hello timeout.
             let ready = if self.joined().is_some() || self.closing() {
