@@ -72,6 +72,8 @@ pub const DEFAULT_WS_SEND_BUFFER: usize = 64 * 1024;
 /// several per system call. The first frame after a quiet spell goes out at
 /// once; zero turns coalescing off.
 pub const DEFAULT_WS_WRITE_COALESCE: Duration = Duration::from_millis(25);
+/// The longest write coalescing accepted: beyond it a room would feel slow.
+pub const MAX_WS_WRITE_COALESCE: Duration = Duration::from_secs(1);
 
 /// Default directory for the database.
 pub const DEFAULT_DATA_DIR: &str = "natter-data";
@@ -247,6 +249,8 @@ impl Default for WsConfig {
 pub enum ConfigError {
     #[error("{name} must be at least {min} (got {value})")]
     TooSmall { name: &'static str, min: u64, value: u64 },
+    #[error("{name} must be at most {max:?} (got {value:?})")]
+    TooLong { name: &'static str, max: Duration, value: Duration },
     #[error("--allow-origin {0:?} is not an origin like https://chat.example.com[:port] (or *)")]
     BadOrigin(String),
 }
@@ -275,6 +279,10 @@ impl Config {
                 return Err(ConfigError::TooSmall { name, min, value });
             }
         }
+        if self.ws.write_coalesce > MAX_WS_WRITE_COALESCE {
+            let (max, value) = (MAX_WS_WRITE_COALESCE, self.ws.write_coalesce);
+            return Err(ConfigError::TooLong { name: "write coalescing", max, value });
+        }
         Ok(())
     }
 }
@@ -286,6 +294,20 @@ mod tests {
     #[test]
     fn the_default_config_is_valid() {
         assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn write_coalescing_beyond_a_second_is_refused() {
+        let mut config = Config::default();
+        config.ws.write_coalesce = Duration::from_secs(2);
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::TooLong {
+                name: "write coalescing",
+                max: MAX_WS_WRITE_COALESCE,
+                value: Duration::from_secs(2)
+            })
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl CloseReason {
             Self::Binary => (close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"),
             Self::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
             Self::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
-            Self::Protocol => (1002, "WebSocket protocol error"),
+            Self::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
             Self::Flooding => (close::POLICY_VIOLATION, "too many messages; slow down"),
             Self::Shutdown => (close::SERVICE_RESTART, "server restarting; reconnect and resume"),
             Self::NoHello => (close::POLICY_VIOLATION, "no hello; send hello to join a room"),

@@ -18,6 +18,8 @@ pub const CLIENT_RECONNECTING: u16 = 4002;
 pub const NORMAL: u16 = 1000;
 /// The server is going away (RFC 6455 "going away").
 pub const GOING_AWAY: u16 = 1001;
+/// The peer broke the WebSocket protocol (e.g. an unmasked client frame).
+pub const PROTOCOL_ERROR: u16 = 1002;
 /// A binary frame arrived; Natter speaks JSON text frames only.
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// A text frame was not valid UTF-8.
