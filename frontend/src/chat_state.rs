@@ -11,6 +11,8 @@ use natter_shared::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::name_key::name_key;
+
 /// Events kept in the page; older ones are dropped so a long session stays small.
 pub const MAX_ENTRIES: usize = 2000;
 
@@ -121,11 +123,11 @@ impl ChatState {
     }
 
     fn my_key(&self) -> Option<String> {
-        self.me.as_ref().map(|m| m.name.key())
+        self.me.as_ref().map(|m| name_key(&m.name))
     }
 
     fn is_me(&self, name: &UserName) -> bool {
-        self.my_key().is_some_and(|k| k == name.key())
+        self.my_key().is_some_and(|k| k == name_key(name))
     }
 
     /// Applies one server message. `now_ms` is the page's clock.
@@ -222,7 +224,7 @@ impl ChatState {
         } else if !self.entries.contains_key(&m.seq) && self.hidden {
             self.unread += 1;
         }
-        self.typing.retain(|(n, _)| n.key() != m.name.key());
+        self.typing.retain(|(n, _)| name_key(n) != name_key(&m.name));
         self.insert(Entry::Message {
             seq: m.seq,
             ts: m.ts,
@@ -237,14 +239,14 @@ impl ChatState {
         if !self.entries.contains_key(&n.seq) {
             match n.kind {
                 NoticeKind::Joined => {
-                    if !self.members.iter().any(|m| m.name.key() == n.name.key()) {
+                    if !self.members.iter().any(|m| name_key(&m.name) == name_key(&n.name)) {
                         self.members.push(Member { name: n.name.clone(), color: n.color.clone() });
-                        self.members.sort_by_key(|m| m.name.key());
+                        self.members.sort_by_key(|m| name_key(&m.name));
                     }
                 }
                 NoticeKind::Left | NoticeKind::TimedOut => {
-                    self.members.retain(|m| m.name.key() != n.name.key());
-                    self.typing.retain(|(t, _)| t.key() != n.name.key());
+                    self.members.retain(|m| name_key(&m.name) != name_key(&n.name));
+                    self.typing.retain(|(t, _)| name_key(t) != name_key(&n.name));
                 }
             }
         }
@@ -274,7 +276,7 @@ impl ChatState {
     }
 
     fn set_typing(&mut self, name: UserName, active: bool, now_ms: f64) {
-        self.typing.retain(|(n, _)| n.key() != name.key());
+        self.typing.retain(|(n, _)| name_key(n) != name_key(&name));
         if active && !self.is_me(&name) {
             self.typing.push((name, now_ms + TYPING_TTL_MS as f64));
         }
@@ -304,7 +306,7 @@ impl ChatState {
         for event in page.events {
             let entry = match event {
                 RoomEvent::Message(m) => {
-                    let mine = my_key.as_ref().is_some_and(|k| *k == m.name.key());
+                    let mine = my_key.as_ref().is_some_and(|k| *k == name_key(&m.name));
                     Entry::Message {
                         seq: m.seq,
                         ts: m.ts,

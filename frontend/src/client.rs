@@ -21,6 +21,7 @@ use web_sys::{CloseEvent, MessageEvent, WebSocket};
 use crate::backoff;
 use crate::chat_state::ChatState;
 use crate::location;
+use crate::name_key::name_key;
 use crate::storage;
 
 /// After this long without a keystroke, the client says it stopped typing.
@@ -174,7 +175,7 @@ impl Client {
         Effect::new(move |_| {
             let pending = outbox.get();
             if let Some((name, room)) = client.target.get_untracked() {
-                storage::save_outbox(room.as_str(), &name.key(), &pending);
+                storage::save_outbox(room.as_str(), &name_key(&name), &pending);
             }
         });
         client
@@ -182,7 +183,7 @@ impl Client {
 
     /// Joins `room` as `name`: loads this name's saved outbox and connects.
     pub fn join(self, name: UserName, room: RoomName) {
-        let outbox = storage::load_outbox(room.as_str(), &name.key());
+        let outbox = storage::load_outbox(room.as_str(), &name_key(&name));
         self.chat.set(ChatState::with_outbox(outbox));
         self.target.set(Some((name, room)));
         if self.phase.get_untracked() != Phase::Chat {
@@ -430,7 +431,7 @@ impl Client {
             i.heard_at = now_ms();
             i.ping_sent = None;
         });
-        let msg: ServerMsg = match serde_json::from_str(text) {
+        let msg = match ServerMsg::from_json(text) {
             Ok(msg) => msg,
             Err(e) => {
                 web_sys::console::error_1(&format!("natter: unreadable server message: {e}").into());

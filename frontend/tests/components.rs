@@ -293,3 +293,18 @@ async fn header_shows_the_countdown_and_retry_now() {
     assert_eq!(text(&root, ".status"), "Connected");
     assert_eq!(count(&root, ".retry-now"), 0);
 }
+
+/// The page's name key (the browser's `toLowerCase`) equals the server's
+/// (`UserName::key`, Rust's Unicode lowercase), beyond ASCII too.
+#[wasm_bindgen_test]
+fn name_key_in_the_browser_matches_the_server() {
+    use natter_frontend::name_key::name_key;
+    for raw in
+        ["Ada", "ÄDA", "Ωmega", "ΟΔΥΣΣΕΥΣ", "İstanbul", "Straße", "ẞig", "Ǆemal", "ĲSSEL", "Ⅻ", "Ａｄａ", "ＡＤＡ"]
+    {
+        let name = UserName::parse(raw).expect("valid name");
+        assert_eq!(name_key(&name), name.key(), "{raw}");
+    }
+    let (upper, lower) = (UserName::parse("ÉLODIE").expect("valid"), UserName::parse("élodie").expect("valid"));
+    assert_eq!(name_key(&upper), name_key(&lower));
+}

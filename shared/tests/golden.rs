@@ -16,6 +16,23 @@ fn golden_server(msg: ServerMsg, json: &str) {
     assert_eq!(serde_json::to_string(&msg).expect("serialize"), json);
     let back: ServerMsg = serde_json::from_str(json).expect("decode golden");
     assert_eq!(back, msg);
+    assert_eq!(ServerMsg::from_json(json).expect("from_json golden"), msg);
+    // Object keys have no order: the tag may come last.
+    let tag_last = tag_moved_last(json);
+    assert_ne!(tag_last, json);
+    assert_eq!(ServerMsg::from_json(&tag_last).expect("from_json, tag last"), msg);
+    assert_eq!(serde_json::from_str::<ServerMsg>(&tag_last).expect("decode, tag last"), msg);
+}
+
+/// The same JSON object with its leading `"type":"…"` moved to the end.
+fn tag_moved_last(json: &str) -> String {
+    let rest = json.strip_prefix(r#"{"type":""#).expect("golden JSON starts with its tag");
+    let end = rest.find('"').expect("tag ends");
+    let (tag, fields) = (&rest[..end], &rest[end + 1..]);
+    match fields.strip_prefix(',') {
+        Some(fields) => format!(r#"{{{},"type":"{tag}"}}"#, fields.strip_suffix('}').expect("object ends")),
+        None => format!(r#"{{"type":"{tag}" }}"#),
+    }
 }
 
 fn golden_client(msg: ClientMsg, json: &str) {
@@ -241,4 +258,41 @@ fn storage_unavailable_is_a_stable_code() {
 fn ping_and_pong() {
     golden_client(ClientMsg::Ping, r##"{"type":"ping"}"##);
     golden_server(ServerMsg::Pong, r##"{"type":"pong"}"##);
+}
+
+#[test]
+fn from_json_rejects_what_the_derive_rejects() {
+    for bad in [
+        "",
+        "[]",
+        r#"{"seq":1}"#,
+        r#"{"type":"nonsense"}"#,
+        r#"{"type":"ack","cid":"c-1","seq":1}"#,
+        r#"{"type":"ack","cid":"c-1","seq":1,"ts":5} trailing"#,
+        r##"{"type":"welcome","you":{"name":"Ada","color":"#1e77d0"}}"##,
+    ] {
+        assert!(serde_json::from_str::<ServerMsg>(bad).is_err(), "derive accepted {bad:?}");
+        assert!(ServerMsg::from_json(bad).is_err(), "from_json accepted {bad:?}");
+    }
+}
+
+#[test]
+fn room_event_fields_must_fit_its_type() {
+    let no_text = r##"{"type":"message","seq":1,"ts":2,"name":"Ada","color":"#1e77d0"}"##;
+    let err = serde_json::from_str::<RoomEvent>(no_text).expect_err("a message needs text");
+    assert!(err.to_string().contains("no `text`"), "{err}");
+    let no_kind = r##"{"type":"notice","seq":1,"ts":2,"name":"Ada","color":"#1e77d0"}"##;
+    let err = serde_json::from_str::<RoomEvent>(no_kind).expect_err("a notice needs a kind");
+    assert!(err.to_string().contains("no `kind`"), "{err}");
+    let tag_last = r##"{"seq":1,"ts":2,"name":"Ada","color":"#1e77d0","kind":"left","type":"notice"}"##;
+    assert_eq!(
+        serde_json::from_str::<RoomEvent>(tag_last).expect("tag last"),
+        RoomEvent::Notice(Notice {
+            seq: Seq(1),
+            ts: Timestamp(2),
+            kind: NoticeKind::Left,
+            name: name("Ada"),
+            color: color("#1e77d0")
+        })
+    );
 }

@@ -3,6 +3,8 @@
 use leptos::prelude::*;
 use natter_shared::Member;
 
+use crate::name_key::name_key;
+
 /// The members list.
 #[component]
 pub fn MembersPanel(
@@ -16,7 +18,7 @@ pub fn MembersPanel(
             <ul>
                 <For
                     each=move || members.get()
-                    key=|m| m.name.key()
+                    key=|m| name_key(&m.name)
                     children=move |m| {
                         let is_me = me.with(|me| me.as_deref() == Some(m.name.as_str()));
                         view! {
