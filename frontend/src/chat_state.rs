@@ -3,7 +3,7 @@
 //! unread counting. No DOM and no signals: the socket client feeds it server
 //! messages and the components render it. Native unit tests cover it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use natter_shared::{
     ChatMessage, ClientMsgId, Color, ErrorCode, Member, MessageText, Notice, NoticeKind, ResumeToken, RoomEvent,
@@ -40,6 +40,45 @@ pub enum SendStatus {
     Sending,
     /// Refused by the server; `retry` sends it again.
     Failed(String),
+}
+
+/// The room's events by seq, oldest first: a sorted deque (events arrive
+/// mostly in order, older pages at the front), searched by binary search.
+/// Not a `BTreeMap`, whose code costs the bundle ~3 KB gzipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entries(VecDeque<Entry>);
+
+impl Entries {
+    fn find(&self, seq: Seq) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&seq, Entry::seq)
+    }
+
+    fn contains(&self, seq: Seq) -> bool {
+        self.find(seq).is_ok()
+    }
+
+    fn first_seq(&self) -> Option<Seq> {
+        self.0.front().map(Entry::seq)
+    }
+
+    /// Inserts the entry, replacing one with the same seq.
+    fn insert(&mut self, entry: Entry) {
+        match self.find(entry.seq()) {
+            Ok(i) => self.0[i] = entry,
+            Err(i) => self.0.insert(i, entry),
+        }
+    }
+
+    /// Inserts the entry unless one with its seq is there.
+    fn insert_new(&mut self, entry: Entry) {
+        if let Err(i) = self.find(entry.seq()) {
+            self.0.insert(i, entry);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// A message the user wrote that the server has not acknowledged yet.
@@ -93,8 +132,11 @@ pub struct ChatState {
     archive: Vec<(u32, Entry)>,
     /// Counts history changes; part of each line's key.
     epoch: u32,
-    entries: BTreeMap<Seq, Entry>,
-    gaps: BTreeMap<Seq, u64>,
+    entries: Entries,
+    /// Known holes in `entries`: (the seq after the hole, how many are
+    /// missing), sorted by seq. There are a few at most, so a sorted `Vec`
+    /// (a second `BTreeMap` type would add ~2 KB to the bundle).
+    gaps: Vec<(Seq, u64)>,
     pending: Vec<Pending>,
     /// The latest seq received; the next `hello` resumes after it.
     pub last_seq: Option<Seq>,
@@ -162,7 +204,7 @@ impl ChatState {
             // divider, and number the new events separately.
             let epoch = self.epoch;
             let old = std::mem::take(&mut self.entries);
-            self.archive.extend(old.into_values().map(|e| (epoch, e)));
+            self.archive.extend(old.0.into_iter().map(|e| (epoch, e)));
             let excess = self.archive.len().saturating_sub(MAX_ENTRIES);
             self.archive.drain(..excess);
             self.gaps.clear();
@@ -178,7 +220,10 @@ impl ChatState {
         self.typing.clear();
         if let Some(missed) = w.missed.filter(|m| *m > 0) {
             let before = w.history.first().map_or(w.seq_head.next(), RoomEvent::seq);
-            self.gaps.insert(before, missed);
+            match self.gaps.binary_search_by_key(&before, |&(g, _)| g) {
+                Ok(i) => self.gaps[i].1 = missed,
+                Err(i) => self.gaps.insert(i, (before, missed)),
+            }
         }
         for event in w.history {
             self.event(event);
@@ -205,11 +250,10 @@ impl ChatState {
 
     fn insert(&mut self, entry: Entry) {
         self.seen(entry.seq());
-        self.entries.insert(entry.seq(), entry);
-        while self.entries.len() > MAX_ENTRIES {
-            if let Some((&oldest, _)) = self.entries.iter().next() {
-                self.entries.remove(&oldest);
-                self.gaps.retain(|&g, _| g > oldest);
+        self.entries.insert(entry);
+        while self.entries.0.len() > MAX_ENTRIES {
+            if let Some(oldest) = self.entries.0.pop_front().map(|e| e.seq()) {
+                self.gaps.retain(|&(g, _)| g > oldest);
             }
         }
     }
@@ -221,7 +265,7 @@ impl ChatState {
             if let Some(cid) = &m.cid {
                 self.pending.retain(|p| p.cid != cid.as_str());
             }
-        } else if !self.entries.contains_key(&m.seq) && self.hidden {
+        } else if !self.entries.contains(m.seq) && self.hidden {
             self.unread += 1;
         }
         self.typing.retain(|(n, _)| name_key(n) != name_key(&m.name));
@@ -236,12 +280,15 @@ impl ChatState {
     }
 
     fn notice(&mut self, n: Notice) {
-        if !self.entries.contains_key(&n.seq) {
+        if !self.entries.contains(n.seq) {
             match n.kind {
                 NoticeKind::Joined => {
                     if !self.members.iter().any(|m| name_key(&m.name) == name_key(&n.name)) {
-                        self.members.push(Member { name: n.name.clone(), color: n.color.clone() });
-                        self.members.sort_by_key(|m| name_key(&m.name));
+                        // Kept sorted by key, as the server sends it (by insertion:
+                        // a sort function would add ~3 KB to the bundle).
+                        let key = name_key(&n.name);
+                        let at = self.members.partition_point(|m| name_key(&m.name) < key);
+                        self.members.insert(at, Member { name: n.name.clone(), color: n.color.clone() });
                     }
                 }
                 NoticeKind::Left | NoticeKind::TimedOut => {
@@ -320,20 +367,20 @@ impl ChatState {
                     Entry::Notice { seq: n.seq, ts: n.ts, kind: n.kind, name: n.name, color: n.color }
                 }
             };
-            self.entries.entry(entry.seq()).or_insert(entry);
+            self.entries.insert_new(entry);
         }
         // A gap whose events are now all here is closed.
         let entries = &self.entries;
-        self.gaps.retain(|before, missed| {
+        self.gaps.retain(|(before, missed)| {
             let first_missing = before.0.saturating_sub(*missed);
-            !(first_missing..before.0).all(|s| entries.contains_key(&Seq(s)))
+            !(first_missing..before.0).all(|s| entries.contains(Seq(s)))
         });
     }
 
     /// The seq to ask older events before, if there may be any and none are
     /// being fetched; marks the fetch as under way.
     pub fn begin_older(&mut self) -> Option<Seq> {
-        let oldest = self.entries.keys().next().copied()?;
+        let oldest = self.entries.first_seq()?;
         if self.older_complete || self.loading_older || oldest <= Seq(1) {
             return None;
         }
@@ -343,7 +390,7 @@ impl ChatState {
 
     /// Whether "load older messages" makes sense now.
     pub fn can_load_older(&self) -> bool {
-        !self.older_complete && !self.loading_older && self.entries.keys().next().is_some_and(|s| *s > Seq(1))
+        !self.older_complete && !self.loading_older && self.entries.first_seq().is_some_and(|s| s > Seq(1))
     }
 
     /// Adds a message to the outbox. The text is checked with the protocol's rules.
@@ -407,7 +454,7 @@ impl ChatState {
     /// Everything to show, oldest first: events (with gaps) then the outbox.
     pub fn lines(&self) -> Vec<Line> {
         let mut lines =
-            Vec::with_capacity(self.archive.len() + self.entries.len() + self.gaps.len() + self.pending.len() + 1);
+            Vec::with_capacity(self.archive.len() + self.entries.0.len() + self.gaps.len() + self.pending.len() + 1);
         for (epoch, entry) in &self.archive {
             lines.push(Line::Event(entry.clone(), *epoch));
         }
@@ -415,13 +462,14 @@ impl ChatState {
             lines.push(Line::Restarted(self.epoch));
         }
         let mut gaps = self.gaps.iter().peekable();
-        for (seq, entry) in &self.entries {
-            while let Some((&before, &missed)) = gaps.next_if(|(g, _)| *g <= seq) {
+        for entry in &self.entries.0 {
+            let seq = entry.seq();
+            while let Some(&(before, missed)) = gaps.next_if(|&&(g, _)| g <= seq) {
                 lines.push(Line::Gap { before, missed });
             }
             lines.push(Line::Event(entry.clone(), self.epoch));
         }
-        lines.extend(gaps.map(|(&before, &missed)| Line::Gap { before, missed }));
+        lines.extend(gaps.map(|&(before, missed)| Line::Gap { before, missed }));
         lines.extend(self.pending.iter().cloned().map(Line::Pending));
         lines
     }

@@ -1,13 +1,12 @@
 //! Validation errors and the stable error codes carried by `error` messages.
 
-use serde::{Deserialize, Serialize};
-
 use crate::limits::{CID_MAX_LEN, MESSAGE_MAX_CHARS, NAME_MAX_CHARS, ROOM_MAX_CHARS};
+use crate::wire_name::{WireName, serde_by_wire_name};
 
 /// A stable, machine-readable error code. The wire form is the snake_case
 /// name (`name_taken`); clients match on it, so existing codes never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// New codes go before `Unknown`, and into [`WireName::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// Not JSON, an unknown `type`, or fields of the wrong shape.
     BadRequest,
@@ -46,7 +45,6 @@ pub enum ErrorCode {
     /// not stored and should be sent again later.
     StorageUnavailable,
     /// A code this client version does not know (sent by a newer server).
-    #[serde(other)]
     Unknown,
 }
 
@@ -75,6 +73,41 @@ impl ErrorCode {
         }
     }
 }
+
+impl WireName for ErrorCode {
+    const WHAT: &'static str = "error code";
+    const ALL: &'static [Self] = &[
+        Self::BadRequest,
+        Self::UnsupportedVersion,
+        Self::NotJoined,
+        Self::AlreadyJoined,
+        Self::InvalidName,
+        Self::NameTooLong,
+        Self::NameTaken,
+        Self::InvalidRoom,
+        Self::TooManyRooms,
+        Self::RoomFull,
+        Self::EmptyMessage,
+        Self::TooLong,
+        Self::InvalidText,
+        Self::InvalidCid,
+        Self::RateLimited,
+        Self::Internal,
+        Self::StorageUnavailable,
+        Self::Unknown,
+    ];
+    const FALLBACK: Option<Self> = Some(Self::Unknown);
+
+    fn wire_name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+serde_by_wire_name!(ErrorCode);
+
+// `ALL` holds every code: as many as there are discriminants up to `Unknown`,
+// the last (a test checks each sits at its own discriminant).
+const _: () = assert!(ErrorCode::ALL.len() == ErrorCode::Unknown as usize + 1);
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -124,31 +157,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn as_str_matches_the_serde_name_of_every_code() {
-        let all = [
-            ErrorCode::BadRequest,
-            ErrorCode::UnsupportedVersion,
-            ErrorCode::NotJoined,
-            ErrorCode::AlreadyJoined,
-            ErrorCode::InvalidName,
-            ErrorCode::NameTooLong,
-            ErrorCode::NameTaken,
-            ErrorCode::InvalidRoom,
-            ErrorCode::TooManyRooms,
-            ErrorCode::RoomFull,
-            ErrorCode::EmptyMessage,
-            ErrorCode::TooLong,
-            ErrorCode::InvalidText,
-            ErrorCode::InvalidCid,
-            ErrorCode::RateLimited,
-            ErrorCode::Internal,
-            ErrorCode::StorageUnavailable,
-            ErrorCode::Unknown,
-        ];
-        for code in all {
-            let json = serde_json::to_string(&code).expect("serialize");
-            assert_eq!(json, format!("\"{}\"", code.as_str()));
-        }
+    fn every_code_round_trips_by_its_name() {
+        crate::wire_name::tests::round_trips(ErrorCode::ALL, |c| c as usize);
+        assert_eq!(serde_json::to_string(&ErrorCode::NameTaken).expect("serialize"), r#""name_taken""#);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! * [`error`] — validation errors and the stable error codes sent on the wire.
 //! * [`color`] — the name colour palette and the stable name → colour mapping.
 //! * [`close`] — WebSocket close codes the server uses, with their meaning.
+//! * [`wire_name`] — fieldless enums as their names on the wire.
 //!
 //! No I/O lives here: only types, serde and validation.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod protocol;
+pub mod wire_name;
 
 pub use color::{Color, color_for};
 pub use error::{ErrorCode, ValidationError};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::color::Color;
 use crate::error::ErrorCode;
 use crate::ids::{ClientMsgId, MessageText, ResumeToken, RoomName, Seq, Timestamp, UserName};
+use crate::wire_name::{WireName, serde_by_wire_name};
 
 /// The protocol version a client states in `hello`. Bumped on any change an
 /// older peer could misread.
@@ -141,12 +142,25 @@ struct RawRoomEvent {
     kind: Option<NoticeKind>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy)]
 enum RoomEventType {
     Message,
     Notice,
 }
+
+impl WireName for RoomEventType {
+    const WHAT: &'static str = "room event type";
+    const ALL: &'static [Self] = &[Self::Message, Self::Notice];
+
+    fn wire_name(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Notice => "notice",
+        }
+    }
+}
+
+serde_by_wire_name!(RoomEventType);
 
 /// A room event whose fields do not fit its `type`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,9 +252,8 @@ pub struct ChatMessage {
     pub cid: Option<ClientMsgId>,
 }
 
-/// What a notice reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What a notice reports. On the wire: its [`WireName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NoticeKind {
     /// Someone joined the room.
     Joined,
@@ -249,6 +262,23 @@ pub enum NoticeKind {
     /// Someone's connection dropped and did not come back within the grace period.
     TimedOut,
 }
+
+impl WireName for NoticeKind {
+    const WHAT: &'static str = "notice kind";
+    const ALL: &'static [Self] = &[Self::Joined, Self::Left, Self::TimedOut];
+
+    fn wire_name(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Left => "left",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+serde_by_wire_name!(NoticeKind);
+
+const _: () = assert!(NoticeKind::ALL.len() == NoticeKind::TimedOut as usize + 1);
 
 /// A system notice as delivered to the room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,8 +327,7 @@ struct ServerMsgTag {
     msg_type: ServerMsgType,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy)]
 enum ServerMsgType {
     Welcome,
     Ack,
@@ -309,6 +338,27 @@ enum ServerMsgType {
     History,
     Pong,
 }
+
+impl WireName for ServerMsgType {
+    const WHAT: &'static str = "server message type";
+    const ALL: &'static [Self] =
+        &[Self::Welcome, Self::Ack, Self::Message, Self::Notice, Self::Typing, Self::Error, Self::History, Self::Pong];
+
+    fn wire_name(self) -> &'static str {
+        match self {
+            Self::Welcome => "welcome",
+            Self::Ack => "ack",
+            Self::Message => "message",
+            Self::Notice => "notice",
+            Self::Typing => "typing",
+            Self::Error => "error",
+            Self::History => "history",
+            Self::Pong => "pong",
+        }
+    }
+}
+
+serde_by_wire_name!(ServerMsgType);
 
 impl ServerMsg {
     /// Decodes one server frame. It gives the same result as

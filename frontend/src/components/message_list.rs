@@ -26,7 +26,11 @@ pub fn notice_text(kind: NoticeKind, name: &str) -> String {
 /// A key that changes when a line's rendering must change.
 fn render_key(line: &Line) -> String {
     match line {
-        Line::Pending(Pending { status, .. }) => format!("{}:{status:?}", line.key()),
+        Line::Pending(Pending { status, .. }) => match status {
+            SendStatus::Waiting => format!("{}:waiting", line.key()),
+            SendStatus::Sending => format!("{}:sending", line.key()),
+            SendStatus::Failed(reason) => format!("{}:failed:{reason}", line.key()),
+        },
         _ => line.key(),
     }
 }
