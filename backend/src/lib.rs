@@ -34,6 +34,7 @@ pub mod session;
 pub mod sqlite;
 pub mod transfer;
 pub mod upgrade;
+pub mod welcome;
 
 pub use config::Config;
 pub use server::{ServerError, run};

@@ -12,15 +12,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::{
-    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, MessageText, NoticeKind, ResumeToken, RoomEvent,
+    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
     RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for, limits::TYPING_REFRESH_MIN_MS,
 };
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
 use crate::config::RoomLimits;
 use crate::history::{Draft, HistoryError, HistoryStore, Outcome, Replay};
-use crate::outbound::{CloseReason, ConnHandle, ConnId, encode, encode_json};
+use crate::outbound::{CloseReason, ConnHandle, ConnId, encode};
+use crate::welcome;
+
+/// A welcome's bytes besides its members and events (the type, the joiner,
+/// the room, the token and the history id), for sizing its buffer.
+const WELCOME_FIXED_BYTES: usize = 256;
 
 /// Identifies one membership (a name in a room, across resumes).
 pub type MemberId = u64;
@@ -81,68 +87,34 @@ struct MemberEntry {
     /// timer can tell that the member came back.
     epoch: u64,
     typing_since: Option<Instant>,
+    /// The member's JSON for welcomes, made once.
+    json: Box<str>,
 }
 
 impl MemberEntry {
-    fn view(&self) -> MemberView<'_> {
-        MemberView { name: &self.name, color: &self.color }
-    }
-
     fn notice(&self, kind: NoticeKind) -> Draft {
         Draft::Notice { kind, name: self.name.clone(), color: self.color.clone() }
     }
 }
 
-/// A `Member` borrowed from the room (serializes the same).
-#[derive(serde::Serialize)]
-struct MemberView<'a> {
-    name: &'a UserName,
-    color: &'a Color,
+/// A stored event and the frame its broadcast sent, kept for welcomes.
+#[derive(Debug)]
+struct RecentEvent {
+    event: RoomEvent,
+    frame: Utf8Bytes,
 }
 
-/// A welcome's history: the room's recent events in place, or a replay.
-enum HistoryView<'a> {
-    Recent(std::iter::Skip<std::collections::vec_deque::Iter<'a, RoomEvent>>),
-    Events(&'a [RoomEvent]),
-}
-
-impl serde::Serialize for HistoryView<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Recent(events) => serializer.collect_seq(events.clone()),
-            Self::Events(events) => serializer.collect_seq(events.iter()),
-        }
+impl From<RoomEvent> for RecentEvent {
+    fn from(event: RoomEvent) -> Self {
+        Self { frame: encode(&event.clone().into()), event }
     }
-}
-
-/// `ServerMsg::Welcome` serialized straight from the room's state, under
-/// its lock, without cloning members or events (a join into a big room
-/// otherwise copies the whole member list and history first). A test checks
-/// it is byte for byte the JSON of the owned message.
-#[derive(serde::Serialize)]
-struct WelcomeView<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    you: MemberView<'a>,
-    room: &'a RoomName,
-    seq_head: Seq,
-    members: Vec<MemberView<'a>>,
-    history: HistoryView<'a>,
-    resume_token: &'a ResumeToken,
-    history_id: &'a str,
-    #[serde(skip_serializing_if = "is_zero")]
-    missed: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
     /// The latest stored events (for welcomes and short replays).
-    recent: VecDeque<RoomEvent>,
+    recent: VecDeque<RecentEvent>,
     /// The latest stored seq this room has announced.
     head: Seq,
 }
@@ -171,7 +143,11 @@ impl Room {
             store,
             limits,
             recent_max,
-            state: Mutex::new(RoomState { members: HashMap::new(), recent: latest.into(), head }),
+            state: Mutex::new(RoomState {
+                members: HashMap::new(),
+                recent: latest.into_iter().map(RecentEvent::from).collect(),
+                head,
+            }),
         })
     }
 
@@ -211,14 +187,17 @@ impl Room {
                 if state.members.len() >= self.limits.max_members_per_room {
                     return Err(JoinError::RoomFull);
                 }
+                let color = color_for(&req.name);
+                let json = welcome::member_json(&Member { name: req.name.clone(), color: color.clone() });
                 let entry = MemberEntry {
                     id: new_member_id,
                     name: req.name.clone(),
-                    color: color_for(&req.name),
+                    color,
                     token,
                     conn: Some(conn.clone()),
                     epoch: 0,
                     typing_since: None,
+                    json,
                 };
                 let notice = entry.notice(NoticeKind::Joined);
                 state.members.insert(key.clone(), entry);
@@ -239,31 +218,36 @@ impl Room {
         // Members in the order of their keys (the map's keys): no clones.
         let mut members: Vec<(&String, &MemberEntry)> = state.members.iter().collect();
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut size = WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>();
         let history = match &replay {
-            Some(replay) => HistoryView::Events(&replay.events),
-            None => HistoryView::Recent(state.latest_iter(self.limits.welcome_history)),
+            Some(replay) => welcome::History::Events(&replay.events),
+            None => {
+                let frames = state.latest_iter(self.limits.welcome_history).map(|r| &r.frame);
+                size += frames.clone().map(|f| f.len() + 1).sum::<usize>();
+                welcome::History::Frames(frames)
+            }
         };
-        let welcome = WelcomeView {
-            kind: "welcome",
-            you: me.view(),
+        let parts = welcome::Parts {
+            you: &me.json,
             room: &self.name,
             seq_head: state.head,
-            members: members.iter().map(|(_, m)| m.view()).collect(),
+            members: members.iter().map(|(_, m)| &*m.json),
             history,
             resume_token: &me.token,
             history_id: &self.history_id,
             missed: replay.as_ref().map_or(0, |r| r.missed),
         };
-        conn.send(&encode_json(&welcome));
+        conn.send(&welcome::encode(parts, size));
         Ok((membership, kind))
     }
 
     /// The events after `last` up to the announced head: from memory when
     /// recent enough, else from the store.
     fn replay(&self, state: &RoomState, last: Seq) -> Result<Replay, HistoryError> {
-        let covered = state.recent.front().is_some_and(|first| first.seq() <= last.next()) || state.head == last;
+        let covered = state.recent.front().is_some_and(|first| first.event.seq() <= last.next()) || state.head == last;
         if covered {
-            let events: Vec<RoomEvent> = state.recent.iter().filter(|e| e.seq() > last).cloned().collect();
+            let events: Vec<RoomEvent> =
+                state.recent.iter().filter(|r| r.event.seq() > last).map(|r| r.event.clone()).collect();
             let skip = events.len().saturating_sub(self.limits.replay_max);
             return Ok(crate::history::replay_of(last, state.head, events.into_iter().skip(skip).collect()));
         }
@@ -299,11 +283,11 @@ impl Room {
         match (draft, outcome) {
             (draft, Outcome::Stored(event)) => {
                 state.head = state.head.max(event.seq());
-                state.recent.push_back(event.clone());
+                let frame = encode(&event.clone().into());
+                state.recent.push_back(RecentEvent { event: event.clone(), frame: frame.clone() });
                 while state.recent.len() > self.recent_max {
                     state.recent.pop_front();
                 }
-                let frame = encode(&event.clone().into());
                 match draft {
                     Draft::Message { cid, sender, member, .. } => {
                         sender.send_msg(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
@@ -417,13 +401,13 @@ impl Room {
 }
 
 impl RoomState {
-    fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RoomEvent>> {
+    fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RecentEvent>> {
         let skip = self.recent.len().saturating_sub(limit);
         self.recent.iter().skip(skip)
     }
 
     /// Queues one shared frame for every attached member except `except`.
-    fn broadcast(&self, frame: &tokio_tungstenite::tungstenite::Utf8Bytes, except: Option<MemberId>) {
+    fn broadcast(&self, frame: &Utf8Bytes, except: Option<MemberId>) {
         for member in self.members.values() {
             if Some(member.id) == except {
                 continue;
@@ -647,6 +631,7 @@ mod tests {
         let f = Fixture::with_limits(limits);
         let (ada, conn, mut rx) = f.join(1, "Zoë", "t1");
         f.join(2, "ada", "t2");
+        f.join(9, "Q\"uo\\te", "t9");
         for i in 0..6 {
             f.say(&ada, &conn, &format!("c{i}"), "x \"quoted\" é");
         }
@@ -661,7 +646,7 @@ mod tests {
             let [frame] = &frames.iter().collect::<Vec<_>>()[..] else { panic!("one welcome") };
             let owned: ServerMsg = serde_json::from_str(frame.as_str()).expect("a welcome");
             let ServerMsg::Welcome(w) = &owned else { panic!("a welcome") };
-            assert_eq!(w.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()[..2], ["ada", "u3"]);
+            assert_eq!(w.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()[..3], ["ada", "Q\"uo\\te", "u3"]);
             assert!(!w.history.is_empty());
             assert_eq!(w.missed.is_some(), last_seq.is_some(), "missed only on the replay");
             assert_eq!(encode(&owned).as_str(), frame.as_str());

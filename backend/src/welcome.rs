@@ -1,0 +1,108 @@
+//! The `welcome` frame, assembled from JSON the room already holds.
+//!
+//! A join into a busy room sends the member list and the latest events. The
+//! room keeps each member's JSON (made when they join) and each recent
+//! event's frame (the bytes its broadcast sent), so a welcome is mostly
+//! copying: only the joiner's own fields and a replay read from the store
+//! are serialized here. The output is byte for byte serde's JSON of
+//! `ServerMsg::Welcome` (a test in `room.rs` checks it).
+
+use std::io::Write;
+
+use natter_shared::{Member, ResumeToken, RoomEvent, RoomName, Seq};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::outbound::encode_json;
+
+/// A member's JSON, made once when they join.
+pub fn member_json(member: &Member) -> Box<str> {
+    serde_json::to_string(member).unwrap_or_default().into_boxed_str()
+}
+
+/// A welcome's events: frames kept in memory, or a replay read from the store.
+#[derive(Debug)]
+pub enum History<'a, F> {
+    Frames(F),
+    Events(&'a [RoomEvent]),
+}
+
+/// Everything a welcome holds, borrowed from the room.
+#[derive(Debug)]
+pub struct Parts<'a, M, F> {
+    /// The joiner's own member JSON.
+    pub you: &'a str,
+    pub room: &'a RoomName,
+    pub seq_head: Seq,
+    /// Every member's JSON, in key order.
+    pub members: M,
+    pub history: History<'a, F>,
+    pub resume_token: &'a ResumeToken,
+    pub history_id: &'a str,
+    pub missed: u64,
+}
+
+/// Writes the welcome frame.
+pub fn encode<'a, M, F>(parts: Parts<'a, M, F>, size_hint: usize) -> Utf8Bytes
+where
+    M: Iterator<Item = &'a str>,
+    F: Iterator<Item = &'a Utf8Bytes>,
+{
+    let mut out = Vec::with_capacity(size_hint);
+    match write(&mut out, parts) {
+        Ok(()) => match String::from_utf8(out) {
+            Ok(json) => Utf8Bytes::from(json),
+            Err(_) => failed("not UTF-8"),
+        },
+        Err(e) => failed(&e.to_string()),
+    }
+}
+
+fn write<'a, M, F>(out: &mut Vec<u8>, parts: Parts<'a, M, F>) -> std::io::Result<()>
+where
+    M: Iterator<Item = &'a str>,
+    F: Iterator<Item = &'a Utf8Bytes>,
+{
+    out.extend_from_slice(br#"{"type":"welcome","you":"#);
+    out.extend_from_slice(parts.you.as_bytes());
+    out.extend_from_slice(br#","room":"#);
+    serde_json::to_writer(&mut *out, parts.room)?;
+    write!(out, r#","seq_head":{},"members":["#, parts.seq_head.0)?;
+    join(out, parts.members.map(str::as_bytes));
+    out.extend_from_slice(br#"],"history":["#);
+    match parts.history {
+        History::Frames(frames) => join(out, frames.map(|f| f.as_str().as_bytes())),
+        History::Events(events) => {
+            for (i, event) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, event)?;
+            }
+        }
+    }
+    out.extend_from_slice(br#"],"resume_token":"#);
+    serde_json::to_writer(&mut *out, parts.resume_token)?;
+    out.extend_from_slice(br#","history_id":"#);
+    serde_json::to_writer(&mut *out, parts.history_id)?;
+    if parts.missed > 0 {
+        write!(out, r#","missed":{}"#, parts.missed)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn join<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a [u8]>) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+}
+
+/// Our types always serialize; should one not, the joiner gets an error
+/// frame rather than a broken welcome.
+fn failed(why: &str) -> Utf8Bytes {
+    tracing::error!(error = why, "failed to write a welcome");
+    encode_json(&natter_shared::ServerMsg::error(natter_shared::ErrorCode::Internal, "server error"))
+}
