@@ -97,17 +97,25 @@ impl MemberEntry {
     }
 }
 
-/// A stored event and the frame its broadcast sent, kept for welcomes.
+/// A stored event as the frame its broadcast sent: welcomes and replays
+/// from memory copy it instead of serializing the event again.
 #[derive(Debug)]
 struct RecentEvent {
-    event: RoomEvent,
+    seq: Seq,
     frame: Utf8Bytes,
 }
 
 impl From<RoomEvent> for RecentEvent {
     fn from(event: RoomEvent) -> Self {
-        Self { frame: encode(&event.clone().into()), event }
+        Self { seq: event.seq(), frame: encode(&event.into()) }
     }
+}
+
+/// The events a resuming member missed: frames from memory, or a replay
+/// read from the store.
+enum Replayed<'a> {
+    Recent { frames: Vec<&'a Utf8Bytes>, missed: u64 },
+    Stored(Replay),
 }
 
 #[derive(Debug)]
@@ -218,15 +226,16 @@ impl Room {
         // Members in the order of their keys (the map's keys): no clones.
         let mut members: Vec<(&String, &MemberEntry)> = state.members.iter().collect();
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut size = WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>();
-        let history = match &replay {
-            Some(replay) => welcome::History::Events(&replay.events),
+        let (history, missed) = match replay {
+            Some(Replayed::Stored(stored)) => (welcome::History::Events(stored.events), stored.missed),
+            Some(Replayed::Recent { frames, missed }) => (welcome::History::Frames(frames), missed),
             None => {
-                let frames = state.latest_iter(self.limits.welcome_history).map(|r| &r.frame);
-                size += frames.clone().map(|f| f.len() + 1).sum::<usize>();
-                welcome::History::Frames(frames)
+                let frames = state.latest_iter(self.limits.welcome_history).map(|r| &r.frame).collect();
+                (welcome::History::Frames(frames), 0)
             }
         };
+        let size =
+            WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>() + history.frames_len();
         let parts = welcome::Parts {
             you: &me.json,
             room: &self.name,
@@ -235,7 +244,7 @@ impl Room {
             history,
             resume_token: &me.token,
             history_id: &self.history_id,
-            missed: replay.as_ref().map_or(0, |r| r.missed),
+            missed,
         };
         conn.send(&welcome::encode(parts, size));
         Ok((membership, kind))
@@ -243,15 +252,16 @@ impl Room {
 
     /// The events after `last` up to the announced head: from memory when
     /// recent enough, else from the store.
-    fn replay(&self, state: &RoomState, last: Seq) -> Result<Replay, HistoryError> {
-        let covered = state.recent.front().is_some_and(|first| first.event.seq() <= last.next()) || state.head == last;
+    fn replay<'a>(&self, state: &'a RoomState, last: Seq) -> Result<Replayed<'a>, HistoryError> {
+        let covered = state.recent.front().is_some_and(|first| first.seq <= last.next()) || state.head == last;
         if covered {
-            let events: Vec<RoomEvent> =
-                state.recent.iter().filter(|r| r.event.seq() > last).map(|r| r.event.clone()).collect();
-            let skip = events.len().saturating_sub(self.limits.replay_max);
-            return Ok(crate::history::replay_of(last, state.head, events.into_iter().skip(skip).collect()));
+            let after: Vec<&Utf8Bytes> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.frame).collect();
+            let skip = after.len().saturating_sub(self.limits.replay_max);
+            let frames = after[skip..].to_vec();
+            let missed = state.head.0.saturating_sub(last.0).saturating_sub(frames.len() as u64);
+            return Ok(Replayed::Recent { frames, missed });
         }
-        self.store.after(&self.name, last, state.head, self.limits.replay_max)
+        Ok(Replayed::Stored(self.store.after(&self.name, last, state.head, self.limits.replay_max)?))
     }
 
     /// The draft of a chat message from `who`, for the writer. Stops the
@@ -284,7 +294,7 @@ impl Room {
             (draft, Outcome::Stored(event)) => {
                 state.head = state.head.max(event.seq());
                 let frame = encode(&event.clone().into());
-                state.recent.push_back(RecentEvent { event: event.clone(), frame: frame.clone() });
+                state.recent.push_back(RecentEvent { seq: event.seq(), frame: frame.clone() });
                 while state.recent.len() > self.recent_max {
                     state.recent.pop_front();
                 }

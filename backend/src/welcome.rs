@@ -2,9 +2,9 @@
 //!
 //! A join into a busy room sends the member list and the latest events. The
 //! room keeps each member's JSON (made when they join) and each recent
-//! event's frame (the bytes its broadcast sent), so a welcome is mostly
-//! copying: only the joiner's own fields and a replay read from the store
-//! are serialized here. The output is byte for byte serde's JSON of
+//! event's frame (the bytes its broadcast sent), so a welcome, fresh or
+//! resuming from memory, is mostly copying: only the joiner's own fields
+//! and a replay read from the store are serialized here. The output is byte for byte serde's JSON of
 //! `ServerMsg::Welcome` (a test in `room.rs` checks it).
 
 use std::io::Write;
@@ -21,31 +21,41 @@ pub fn member_json(member: &Member) -> Box<str> {
 
 /// A welcome's events: frames kept in memory, or a replay read from the store.
 #[derive(Debug)]
-pub enum History<'a, F> {
-    Frames(F),
-    Events(&'a [RoomEvent]),
+pub enum History<'a> {
+    Frames(Vec<&'a Utf8Bytes>),
+    Events(Vec<RoomEvent>),
+}
+
+impl History<'_> {
+    /// The bytes the frames take in the welcome (0 for events, which are
+    /// serialized as they are written).
+    pub fn frames_len(&self) -> usize {
+        match self {
+            Self::Frames(frames) => frames.iter().map(|f| f.len() + 1).sum(),
+            Self::Events(_) => 0,
+        }
+    }
 }
 
 /// Everything a welcome holds, borrowed from the room.
 #[derive(Debug)]
-pub struct Parts<'a, M, F> {
+pub struct Parts<'a, M> {
     /// The joiner's own member JSON.
     pub you: &'a str,
     pub room: &'a RoomName,
     pub seq_head: Seq,
     /// Every member's JSON, in key order.
     pub members: M,
-    pub history: History<'a, F>,
+    pub history: History<'a>,
     pub resume_token: &'a ResumeToken,
     pub history_id: &'a str,
     pub missed: u64,
 }
 
 /// Writes the welcome frame.
-pub fn encode<'a, M, F>(parts: Parts<'a, M, F>, size_hint: usize) -> Utf8Bytes
+pub fn encode<'a, M>(parts: Parts<'a, M>, size_hint: usize) -> Utf8Bytes
 where
     M: Iterator<Item = &'a str>,
-    F: Iterator<Item = &'a Utf8Bytes>,
 {
     let mut out = Vec::with_capacity(size_hint);
     match write(&mut out, parts) {
@@ -57,10 +67,9 @@ where
     }
 }
 
-fn write<'a, M, F>(out: &mut Vec<u8>, parts: Parts<'a, M, F>) -> std::io::Result<()>
+fn write<'a, M>(out: &mut Vec<u8>, parts: Parts<'a, M>) -> std::io::Result<()>
 where
     M: Iterator<Item = &'a str>,
-    F: Iterator<Item = &'a Utf8Bytes>,
 {
     out.extend_from_slice(br#"{"type":"welcome","you":"#);
     out.extend_from_slice(parts.you.as_bytes());
@@ -70,7 +79,7 @@ where
     join(out, parts.members.map(str::as_bytes));
     out.extend_from_slice(br#"],"history":["#);
     match parts.history {
-        History::Frames(frames) => join(out, frames.map(|f| f.as_str().as_bytes())),
+        History::Frames(frames) => join(out, frames.into_iter().map(|f| f.as_str().as_bytes())),
         History::Events(events) => {
             for (i, event) in events.iter().enumerate() {
                 if i > 0 {

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 use natter_shared::{
-    ClientMsg, ErrorCode, Hello, PROTOCOL_VERSION, RoomName, Say, ServerMsg, Typing, UserName, close,
-    limits::TYPING_REFRESH_MS,
+    ClientMsg, ErrorCode, Hello, RoomName, Say, ServerMsg, Typing, UserName, close, limits::TYPING_REFRESH_MS,
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
@@ -416,12 +415,10 @@ impl Client {
         // take this tab's session.
         let token = self.chat.with_untracked(|c| c.resume_token.as_ref().map(|t| t.as_str().to_owned()));
         let hello = Hello {
-            v: PROTOCOL_VERSION,
-            room: Some(room.to_string()),
-            name: name.to_string(),
             last_seq,
             resume_token: token,
             history_id: self.chat.with_untracked(|c| c.history_id.clone()),
+            ..Hello::new(name.as_str(), room.as_str())
         };
         self.send_msg(&ClientMsg::Hello(hello));
     }

@@ -54,6 +54,20 @@ pub struct Hello {
     pub history_id: Option<String>,
 }
 
+impl Hello {
+    /// A fresh join of `room` as `name` in this protocol version: no resume.
+    pub fn new(name: impl Into<String>, room: impl Into<String>) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            room: Some(room.into()),
+            name: name.into(),
+            last_seq: None,
+            resume_token: None,
+            history_id: None,
+        }
+    }
+}
+
 /// Send a chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Say {

@@ -83,6 +83,14 @@ fn hello_minimal_and_full() {
 }
 
 #[test]
+fn hello_new_is_a_fresh_join() {
+    golden_client(
+        ClientMsg::Hello(Hello::new("Ada", "dev-team")),
+        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada"}"##,
+    );
+}
+
+#[test]
 fn say_and_typing() {
     golden_client(
         ClientMsg::Say(Say { cid: "c-1".into(), text: "hi ✓".into() }),

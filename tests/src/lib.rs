@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use natter_shared::{ClientMsg, Hello, PROTOCOL_VERSION, ServerMsg};
+use natter_shared::{ClientMsg, Hello, ServerMsg};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -206,15 +206,7 @@ impl WsClient {
 
     /// Joins `room` as `name`.
     pub async fn hello(&mut self, name: &str, room: &str) -> ServerMsg {
-        let hello = Hello {
-            v: PROTOCOL_VERSION,
-            room: Some(room.into()),
-            name: name.into(),
-            last_seq: None,
-            resume_token: None,
-            history_id: None,
-        };
-        self.send(&ClientMsg::Hello(hello)).await;
+        self.send(&ClientMsg::Hello(Hello::new(name, room))).await;
         self.recv().await
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use natter_backend::Config;
-use natter_shared::{ClientMsg, Hello, PROTOCOL_VERSION, Say, Seq, ServerMsg, Welcome};
+use natter_shared::{ClientMsg, Hello, Say, Seq, ServerMsg, Welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -251,14 +251,7 @@ impl Client {
 
 /// A `hello` for `name` in `room`.
 pub fn hello(name: &str, room: &str) -> Hello {
-    Hello {
-        v: PROTOCOL_VERSION,
-        room: Some(room.into()),
-        name: name.into(),
-        last_seq: None,
-        resume_token: None,
-        history_id: None,
-    }
+    Hello::new(name, room)
 }
 
 /// A `hello` that resumes after `last_seq`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use natter_shared::{ClientMsg, Hello, PROTOCOL_VERSION};
+use natter_shared::{ClientMsg, Hello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -156,15 +156,7 @@ pub async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usiz
 
 /// The JSON of a `hello`.
 pub fn hello(name: &str, room: &str) -> String {
-    let hello = Hello {
-        v: PROTOCOL_VERSION,
-        room: Some(room.to_owned()),
-        name: name.to_owned(),
-        last_seq: None,
-        resume_token: None,
-        history_id: None,
-    };
-    serde_json::to_string(&ClientMsg::Hello(hello)).unwrap_or_default()
+    serde_json::to_string(&ClientMsg::Hello(Hello::new(name, room))).unwrap_or_default()
 }
 
 /// Sends `hello` and waits for the welcome's first frame (the welcome is the
