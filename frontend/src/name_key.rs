@@ -5,6 +5,12 @@
 //! Unicode mapping, instead of carrying Rust's case tables (~8 KB of the
 //! gzipped bundle). Natively (the unit tests) it is `UserName::key` itself;
 //! a browser test checks both agree on names that need more than ASCII.
+//!
+//! Limit: the two agree as far as the browser's Unicode version and Rust's
+//! agree. A character whose case pair is newer than the browser's tables
+//! would key differently; for such a name the page could miss an outbox an
+//! older page version saved, or not recognise its own messages. The server
+//! stays the judge of which names are the same.
 
 use natter_shared::UserName;
 

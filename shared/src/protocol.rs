@@ -140,6 +140,9 @@ impl RoomEvent {
 }
 
 /// The wire form of a [`RoomEvent`]: every field of both kinds, in any order.
+/// The fields only one kind has are read as plain strings and validated for
+/// that kind alone, so (as with serde's derive) a field meant for the other
+/// kind is ignored rather than refused.
 #[derive(Deserialize)]
 struct RawRoomEvent {
     #[serde(rename = "type")]
@@ -149,11 +152,11 @@ struct RawRoomEvent {
     name: UserName,
     color: Color,
     #[serde(default)]
-    text: Option<MessageText>,
+    text: Option<String>,
     #[serde(default)]
-    cid: Option<ClientMsgId>,
+    cid: Option<String>,
     #[serde(default)]
-    kind: Option<NoticeKind>,
+    kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +186,10 @@ pub enum RoomEventError {
     MessageWithoutText,
     #[error("a notice event has no `kind`")]
     NoticeWithoutKind,
+    #[error("unknown notice kind `{0}`")]
+    UnknownKind(String),
+    #[error(transparent)]
+    Invalid(#[from] crate::error::ValidationError),
 }
 
 impl TryFrom<RawRoomEvent> for RoomEvent {
@@ -192,11 +199,13 @@ impl TryFrom<RawRoomEvent> for RoomEvent {
         let RawRoomEvent { event_type, seq, ts, name, color, text, cid, kind } = raw;
         Ok(match event_type {
             RoomEventType::Message => {
-                let text = text.ok_or(RoomEventError::MessageWithoutText)?;
+                let text = MessageText::parse(&text.ok_or(RoomEventError::MessageWithoutText)?)?;
+                let cid = cid.as_deref().map(ClientMsgId::parse).transpose()?;
                 RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid })
             }
             RoomEventType::Notice => {
                 let kind = kind.ok_or(RoomEventError::NoticeWithoutKind)?;
+                let kind = crate::wire_name::from_name(&kind).ok_or(RoomEventError::UnknownKind(kind))?;
                 RoomEvent::Notice(Notice { seq, ts, kind, name, color })
             }
         })

@@ -27,15 +27,15 @@ pub fn serialize<S: Serializer, T: WireName>(value: T, serializer: S) -> Result<
     serializer.serialize_str(value.wire_name())
 }
 
+/// The variant named `name`, or [`WireName::FALLBACK`].
+pub fn from_name<T: WireName>(name: &str) -> Option<T> {
+    T::ALL.iter().copied().find(|v| v.wire_name() == name).or(T::FALLBACK)
+}
+
 /// Decodes a name into its variant, [`WireName::FALLBACK`] or an error.
 pub fn deserialize<'de, D: Deserializer<'de>, T: WireName>(deserializer: D) -> Result<T, D::Error> {
     let name = String::deserialize(deserializer)?;
-    T::ALL
-        .iter()
-        .copied()
-        .find(|v| v.wire_name() == name)
-        .or(T::FALLBACK)
-        .ok_or_else(|| D::Error::custom(format_args!("unknown {} `{name}`", T::WHAT)))
+    from_name(&name).ok_or_else(|| D::Error::custom(format_args!("unknown {} `{name}`", T::WHAT)))
 }
 
 /// Implements `Serialize` and `Deserialize` for a [`WireName`] enum.

@@ -292,6 +292,17 @@ fn room_event_fields_must_fit_its_type() {
     let no_kind = r##"{"type":"notice","seq":1,"ts":2,"name":"Ada","color":"#1e77d0"}"##;
     let err = serde_json::from_str::<RoomEvent>(no_kind).expect_err("a notice needs a kind");
     assert!(err.to_string().contains("no `kind`"), "{err}");
+    let bad_text = r##"{"type":"message","seq":1,"ts":2,"name":"Ada","color":"#1e77d0","text":"  "}"##;
+    assert!(serde_json::from_str::<RoomEvent>(bad_text).is_err(), "a message's text is validated");
+    let bad_kind = r##"{"type":"notice","seq":1,"ts":2,"name":"Ada","color":"#1e77d0","kind":"exploded"}"##;
+    let err = serde_json::from_str::<RoomEvent>(bad_kind).expect_err("an unknown kind");
+    assert!(err.to_string().contains("unknown notice kind `exploded`"), "{err}");
+    // Fields of the other kind are ignored, as serde's derive ignored them.
+    let extra =
+        r##"{"type":"notice","seq":1,"ts":2,"name":"Ada","color":"#1e77d0","kind":"left","text":"","cid":"!"}"##;
+    assert!(matches!(serde_json::from_str::<RoomEvent>(extra), Ok(RoomEvent::Notice(_))));
+    let extra = r##"{"type":"message","seq":1,"ts":2,"name":"Ada","color":"#1e77d0","text":"hi","kind":"new"}"##;
+    assert!(matches!(serde_json::from_str::<RoomEvent>(extra), Ok(RoomEvent::Message(_))));
     let tag_last = r##"{"seq":1,"ts":2,"name":"Ada","color":"#1e77d0","kind":"left","type":"notice"}"##;
     assert_eq!(
         serde_json::from_str::<RoomEvent>(tag_last).expect("tag last"),
