@@ -1,8 +1,11 @@
 //! A `natter` process under test, and what `/proc` says about it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -12,12 +15,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open files the server may use (our machines' hard limit is 20,000).
 pub const FD_LIMIT: u32 = 20_000;
 
+/// What `natter` logs for a history transaction over 100 ms (an fsync stall
+/// on a slow disk delays every message of that moment).
+const SLOW_COMMIT_LOG: &str = "slow history transaction";
+
 /// A running server, killed when dropped.
 #[derive(Debug)]
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Slow commits the server has logged so far.
+    slow_commits: Arc<AtomicU64>,
 }
 
 /// A fresh temporary directory.
@@ -60,12 +69,26 @@ impl Server {
                 c
             }
         };
-        let child = command
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .context("starting natter")?;
+        let slow_commits = Arc::new(AtomicU64::new(0));
+        if let Some(stderr) = child.stderr.take() {
+            let count = Arc::clone(&slow_commits);
+            // Passes the server's log through and counts its slow commits;
+            // ends when the server closes its stderr.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains(SLOW_COMMIT_LOG) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+            });
+        }
         let deadline = Instant::now() + START_TIMEOUT;
         while std::net::TcpStream::connect(addr).is_err() {
             if Instant::now() > deadline {
@@ -73,7 +96,12 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { child, addr, data_dir })
+        Ok(Self { child, addr, data_dir, slow_commits })
+    }
+
+    /// Transactions over 100 ms the server has logged since it started.
+    pub fn slow_commits(&self) -> u64 {
+        self.slow_commits.load(Ordering::Relaxed)
     }
 
     pub fn pid(&self) -> u32 {

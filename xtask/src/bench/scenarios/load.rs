@@ -109,6 +109,7 @@ pub async fn fanout(args: &Args) -> Result<Value> {
         let cpu_before = server.cpu_time()?;
         let own_before = own_cpu_time()?;
         let closed_before = counters.closed();
+        let slow_before = server.slow_commits();
         let until = Instant::now() + step_len;
         let sent = send_at(senders_socks.clone(), rate, until, epoch, &format!("r{rate}")).await;
         tokio::time::sleep(DRAIN).await; // in-flight deliveries land
@@ -129,6 +130,7 @@ pub async fn fanout(args: &Args) -> Result<Value> {
             "server_cpu_pct": cpu.as_secs_f64() * 100.0 / (secs + DRAIN.as_secs_f64()),
             "generator_cpu_pct": own_cpu.as_secs_f64() * 100.0 / (secs + DRAIN.as_secs_f64()),
             "connections_closed": counters.closed() - closed_before,
+            "server_slow_commits": server.slow_commits() - slow_before,
         });
         let ok = p99 <= 50.0 && expected <= delivered;
         steps.push(step);
@@ -168,9 +170,11 @@ pub async fn slow(args: &Args) -> Result<Value> {
     let rss_end = server.rss_kib()?;
     let stalled_end = stalled_outcome(stalled).await;
     let latency = counters.take_latency();
+    let slow_commits = server.slow_commits();
     server.stop()?;
     Ok(json!({
         "seconds": duration.as_secs(),
+        "server_slow_commits": slow_commits,
         "messages_sent": sent,
         "rss_start_mib": rss_start as f64 / 1024.0,
         "rss_end_mib": rss_end as f64 / 1024.0,
@@ -205,8 +209,10 @@ pub async fn rooms(args: &Args) -> Result<Value> {
     let cpu = server.cpu_time()? - cpu_before;
     let delivered = counters.messages() - before;
     let latency: Samples = counters.take_latency();
+    let slow_commits = server.slow_commits();
     server.stop()?;
     Ok(json!({
+        "server_slow_commits": slow_commits,
         "members": members,
         "rooms": members / per_room,
         "messages_sent": sent,
