@@ -115,3 +115,82 @@ fn failed(why: &str) -> Utf8Bytes {
     tracing::error!(error = why, "failed to write a welcome");
     encode_json(&natter_shared::ServerMsg::error(natter_shared::ErrorCode::Internal, "server error"))
 }
+
+#[cfg(test)]
+mod tests {
+    use natter_shared::{
+        ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, ServerMsg, Timestamp, UserName, Welcome,
+    };
+
+    use super::*;
+    use crate::outbound::encode;
+
+    fn member(name: &str) -> Member {
+        Member { name: UserName::parse(name).expect("valid"), color: Color("#1e77d0".into()) }
+    }
+
+    fn events() -> Vec<RoomEvent> {
+        vec![
+            RoomEvent::Notice(Notice {
+                seq: Seq(7),
+                ts: Timestamp(70),
+                kind: NoticeKind::TimedOut,
+                name: UserName::parse("Bob").expect("valid"),
+                color: Color("#e12b2b".into()),
+            }),
+            RoomEvent::Message(ChatMessage {
+                seq: Seq(8),
+                ts: Timestamp(80),
+                name: UserName::parse("Zoë \"Z\"").expect("valid"),
+                color: Color("#1e77d0".into()),
+                text: MessageText::parse("a \\ b\nc </script>").expect("valid"),
+                cid: Some(ClientMsgId::parse("c-1").expect("valid")),
+            }),
+        ]
+    }
+
+    /// The owned welcome, and the same one written from parts.
+    fn both(members: &[Member], history: Vec<RoomEvent>, frames: bool, missed: u64) -> (String, String) {
+        let room = RoomName::parse("dev-team").expect("valid");
+        let token = ResumeToken::parse("tok_1").expect("valid");
+        let owned = ServerMsg::Welcome(Welcome {
+            you: members.first().cloned().unwrap_or_else(|| member("Ada")),
+            room: room.clone(),
+            seq_head: Seq(8),
+            members: members.to_vec(),
+            history: history.clone(),
+            resume_token: token.clone(),
+            history_id: "h\"1".into(),
+            missed: (missed > 0).then_some(missed),
+        });
+        let you = member_json(&members.first().cloned().unwrap_or_else(|| member("Ada")));
+        let member_jsons: Vec<Box<str>> = members.iter().map(member_json).collect();
+        let event_frames: Vec<Utf8Bytes> = history.iter().map(|e| encode(&e.clone().into())).collect();
+        let history = if frames { History::Frames(event_frames.iter().collect()) } else { History::Events(history) };
+        let parts = Parts {
+            you: &you,
+            room: &room,
+            seq_head: Seq(8),
+            members: member_jsons.iter().map(|m| &**m),
+            history,
+            resume_token: &token,
+            history_id: "h\"1",
+            missed,
+        };
+        (encode(&owned).to_string(), super::encode(parts, 0).to_string())
+    }
+
+    #[test]
+    fn written_welcomes_are_serdes_json_byte_for_byte() {
+        let members = [member("Ada"), member("bob"), member("Zoë \"Z\"")];
+        for frames in [false, true] {
+            for missed in [0, 3] {
+                let (owned, written) = both(&members, events(), frames, missed);
+                assert_eq!(written, owned, "frames {frames}, missed {missed}");
+            }
+        }
+        let (owned, written) = both(&[], vec![], true, 0);
+        assert_eq!(written, owned);
+        assert!(written.contains(r#""members":[],"history":[]"#), "{written}");
+    }
+}

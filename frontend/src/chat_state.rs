@@ -805,4 +805,21 @@ mod tests {
         assert_eq!(shown.len(), MAX_ENTRIES);
         assert_eq!(shown[0], 11);
     }
+
+    #[test]
+    fn joined_members_are_kept_in_key_order() {
+        let mut s = ChatState::default();
+        let mut w = welcome(1, vec![], None);
+        if let ServerMsg::Welcome(w) = &mut w {
+            w.members = vec![member("ada"), member("Me")];
+        }
+        s.apply(w, 0.0);
+        for (seq, who) in [(2, "Zed"), (3, "Carl"), (4, "bob"), (5, "BOB"), (6, "Ä")] {
+            s.apply(ServerMsg::Notice(notice(seq, NoticeKind::Joined, who)), 0.0);
+        }
+        let names = |s: &ChatState| s.members.iter().map(|m| m.name.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&s), ["ada", "bob", "Carl", "Me", "Zed", "Ä"], "by lowercase key, one per key");
+        s.apply(ServerMsg::Notice(notice(7, NoticeKind::Left, "CARL")), 0.0);
+        assert_eq!(names(&s), ["ada", "bob", "Me", "Zed", "Ä"]);
+    }
 }
