@@ -255,9 +255,8 @@ impl Room {
     fn replay<'a>(&self, state: &'a RoomState, last: Seq) -> Result<Replayed<'a>, HistoryError> {
         let covered = state.recent.front().is_some_and(|first| first.seq <= last.next()) || state.head == last;
         if covered {
-            let after: Vec<&Utf8Bytes> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.frame).collect();
-            let skip = after.len().saturating_sub(self.limits.replay_max);
-            let frames = after[skip..].to_vec();
+            let mut frames: Vec<&Utf8Bytes> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.frame).collect();
+            frames.drain(..frames.len().saturating_sub(self.limits.replay_max));
             let missed = state.head.0.saturating_sub(last.0).saturating_sub(frames.len() as u64);
             return Ok(Replayed::Recent { frames, missed });
         }
@@ -293,8 +292,9 @@ impl Room {
         match (draft, outcome) {
             (draft, Outcome::Stored(event)) => {
                 state.head = state.head.max(event.seq());
-                let frame = encode(&event.clone().into());
-                state.recent.push_back(RecentEvent { seq: event.seq(), frame: frame.clone() });
+                let recent = RecentEvent::from(event.clone());
+                let frame = recent.frame.clone();
+                state.recent.push_back(recent);
                 while state.recent.len() > self.recent_max {
                     state.recent.pop_front();
                 }

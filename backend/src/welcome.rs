@@ -4,8 +4,9 @@
 //! room keeps each member's JSON (made when they join) and each recent
 //! event's frame (the bytes its broadcast sent), so a welcome, fresh or
 //! resuming from memory, is mostly copying: only the joiner's own fields
-//! and a replay read from the store are serialized here. The output is byte for byte serde's JSON of
-//! `ServerMsg::Welcome` (a test in `room.rs` checks it).
+//! and a replay read from the store are serialized here. The output is byte
+//! for byte serde's JSON of `ServerMsg::Welcome` (tests here and in
+//! `room.rs` check it).
 
 use std::io::Write;
 

@@ -79,6 +79,18 @@ impl Entries {
     fn clear(&mut self) {
         self.0.clear();
     }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pop_oldest(&mut self) -> Option<Entry> {
+        self.0.pop_front()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.0.iter()
+    }
 }
 
 /// A message the user wrote that the server has not acknowledged yet.
@@ -251,8 +263,8 @@ impl ChatState {
     fn insert(&mut self, entry: Entry) {
         self.seen(entry.seq());
         self.entries.insert(entry);
-        while self.entries.0.len() > MAX_ENTRIES {
-            if let Some(oldest) = self.entries.0.pop_front().map(|e| e.seq()) {
+        while self.entries.len() > MAX_ENTRIES {
+            if let Some(oldest) = self.entries.pop_oldest().map(|e| e.seq()) {
                 self.gaps.retain(|&(g, _)| g > oldest);
             }
         }
@@ -268,7 +280,8 @@ impl ChatState {
         } else if !self.entries.contains(m.seq) && self.hidden {
             self.unread += 1;
         }
-        self.typing.retain(|(n, _)| name_key(n) != name_key(&m.name));
+        let key = name_key(&m.name);
+        self.typing.retain(|(n, _)| name_key(n) != key);
         self.insert(Entry::Message {
             seq: m.seq,
             ts: m.ts,
@@ -281,19 +294,19 @@ impl ChatState {
 
     fn notice(&mut self, n: Notice) {
         if !self.entries.contains(n.seq) {
+            let key = name_key(&n.name);
             match n.kind {
                 NoticeKind::Joined => {
-                    if !self.members.iter().any(|m| name_key(&m.name) == name_key(&n.name)) {
+                    if !self.members.iter().any(|m| name_key(&m.name) == key) {
                         // Kept sorted by key, as the server sends it (by insertion:
                         // a sort function would add ~3 KB to the bundle).
-                        let key = name_key(&n.name);
                         let at = self.members.partition_point(|m| name_key(&m.name) < key);
                         self.members.insert(at, Member { name: n.name.clone(), color: n.color.clone() });
                     }
                 }
                 NoticeKind::Left | NoticeKind::TimedOut => {
-                    self.members.retain(|m| name_key(&m.name) != name_key(&n.name));
-                    self.typing.retain(|(t, _)| name_key(t) != name_key(&n.name));
+                    self.members.retain(|m| name_key(&m.name) != key);
+                    self.typing.retain(|(t, _)| name_key(t) != key);
                 }
             }
         }
@@ -323,7 +336,8 @@ impl ChatState {
     }
 
     fn set_typing(&mut self, name: UserName, active: bool, now_ms: f64) {
-        self.typing.retain(|(n, _)| name_key(n) != name_key(&name));
+        let key = name_key(&name);
+        self.typing.retain(|(n, _)| name_key(n) != key);
         if active && !self.is_me(&name) {
             self.typing.push((name, now_ms + TYPING_TTL_MS as f64));
         }
@@ -454,7 +468,7 @@ impl ChatState {
     /// Everything to show, oldest first: events (with gaps) then the outbox.
     pub fn lines(&self) -> Vec<Line> {
         let mut lines =
-            Vec::with_capacity(self.archive.len() + self.entries.0.len() + self.gaps.len() + self.pending.len() + 1);
+            Vec::with_capacity(self.archive.len() + self.entries.len() + self.gaps.len() + self.pending.len() + 1);
         for (epoch, entry) in &self.archive {
             lines.push(Line::Event(entry.clone(), *epoch));
         }
@@ -462,7 +476,7 @@ impl ChatState {
             lines.push(Line::Restarted(self.epoch));
         }
         let mut gaps = self.gaps.iter().peekable();
-        for entry in &self.entries.0 {
+        for entry in self.entries.iter() {
             let seq = entry.seq();
             while let Some(&(before, missed)) = gaps.next_if(|&&(g, _)| g <= seq) {
                 lines.push(Line::Gap { before, missed });

@@ -177,7 +177,7 @@ impl WireName for RoomEventType {
     }
 }
 
-serde_by_wire_name!(RoomEventType);
+serde_by_wire_name!(RoomEventType, decode_only);
 
 /// A room event whose fields do not fit its `type`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -381,7 +381,7 @@ impl WireName for ServerMsgType {
     }
 }
 
-serde_by_wire_name!(ServerMsgType);
+serde_by_wire_name!(ServerMsgType, decode_only);
 
 impl ServerMsg {
     /// Decodes one server frame. It gives the same result as

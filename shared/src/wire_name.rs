@@ -38,7 +38,8 @@ pub fn deserialize<'de, D: Deserializer<'de>, T: WireName>(deserializer: D) -> R
     from_name(&name).ok_or_else(|| D::Error::custom(format_args!("unknown {} `{name}`", T::WHAT)))
 }
 
-/// Implements `Serialize` and `Deserialize` for a [`WireName`] enum.
+/// Implements `Serialize` and `Deserialize` for a [`WireName`] enum
+/// (`Deserialize` alone with `decode_only`, for tags the code never sends).
 macro_rules! serde_by_wire_name {
     ($t:ty) => {
         impl serde::Serialize for $t {
@@ -47,6 +48,9 @@ macro_rules! serde_by_wire_name {
             }
         }
 
+        serde_by_wire_name!($t, decode_only);
+    };
+    ($t:ty, decode_only) => {
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 $crate::wire_name::deserialize(deserializer)
