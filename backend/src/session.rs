@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,14 @@ const READ_CHUNK: usize = 4096;
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Size of the buffer used to discard those bytes.
 const LINGER_BUF_BYTES: usize = 4096;
+/// The largest write buffer a worker thread keeps between writes (a larger
+/// one, grown for a big batch, is freed after it).
+const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// Where a worker thread gathers a connection's frames for one write.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Why the reader stopped (the text is for the debug log).
 #[derive(Debug)]
@@ -543,6 +552,56 @@ impl Outgoing {
         }
     }
 
+    /// Bytes not yet written (a frame the socket has not taken, a ping).
+    fn has_unwritten(&self) -> bool {
+        self.written < self.buf.len()
+    }
+
+    /// Writes as much of `batch` as the socket takes now, without waiting:
+    /// frames are gathered (at most `max_bytes` per write call) in a buffer
+    /// shared by the thread's connections, so a write that completes
+    /// allocates nothing. Returns what is left if the socket is full: the
+    /// bytes it did not take are then this connection's own (`buf`, with
+    /// `written` marking how far it got), and the frames not yet gathered.
+    fn try_write_batch(&mut self, stream: &TcpStream, mut batch: Batch, max_bytes: usize) -> io::Result<Option<Batch>> {
+        if self.has_unwritten() {
+            // Something is already waiting (a ping): keep the order.
+            return Ok(Some(batch));
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let result = loop {
+                scratch.clear();
+                if let Some(payload) = batch.pong.take() {
+                    frame::encode(frame::OP_PONG, &payload, scratch);
+                }
+                while let Some(text) = batch.frames.front() {
+                    if !scratch.is_empty() && scratch.len() + frame::encoded_len(text.len()) > max_bytes {
+                        break;
+                    }
+                    frame::encode(frame::OP_TEXT, text.as_bytes(), scratch);
+                    batch.frames.pop_front();
+                }
+                if scratch.is_empty() {
+                    break Ok(None);
+                }
+                let taken = match stream.try_write(scratch) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => break Err(e),
+                };
+                if taken < scratch.len() {
+                    self.buf = scratch.clone();
+                    self.written = taken;
+                    break Ok(Some(batch));
+                }
+            };
+            if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                *scratch = Vec::new();
+            }
+            result
+        })
+    }
+
     /// Writes everything buffered. Safe to cancel: progress is kept.
     async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
         while self.written < self.buf.len() {
@@ -590,39 +649,65 @@ enum Interrupt {
     Failed(WriterEnd),
 }
 
-/// Drains the queue into the socket in batches (coalescing writes that come
-/// close together), pings, and sends the close frame when kicked or on shutdown.
-/// Everything but the wait is boxed: an idle connection's task holds only
-/// what waiting needs.
+/// Drains the queue into the socket in batches, pings, and sends the close
+/// frame when kicked or on shutdown.
+///
+/// Coalescing: a frame for a connection written to less than
+/// `write_coalesce` ago waits for the rest of that window, and everything
+/// queued by then goes out in one write; a frame for a connection quiet
+/// longer goes out at once.
+///
+/// The futures the writer waits on (kick, shutdown, one timer) live across
+/// the loop instead of being made anew for each wait, and a write that the
+/// socket takes whole is done without waiting; only a write that blocks is
+/// boxed (with its timeout). An idle connection's task holds only what
+/// waiting needs.
 async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, heard: &LastHeard) -> WriterEnd {
     let timing = &app.config.timing;
+    let coalesce = app.config.ws.write_coalesce;
     let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
     let mut out = Outgoing::default();
     let mut last_write: Option<Instant> = None;
-    let kick = receiver.kick();
+    // Frames are waiting for the end of the window that ends then.
+    let mut window_end: Option<Instant> = None;
+    let kicked = receiver.kick().kicked();
+    let cancelled = app.shutdown.cancelled();
+    let timer = sleep_until(heartbeat.deadline());
+    tokio::pin!(kicked, cancelled, timer);
     let interrupt = loop {
-        let deadline = heartbeat.deadline();
-        tokio::select! {
+        let write = tokio::select! {
             biased;
-            reason = kick.kicked() => break Interrupt::Kicked(reason),
-            () = app.shutdown.cancelled() => break Interrupt::Shutdown,
-            () = receiver.ready() => {
-                if let Err(interrupt) = Box::pin(deliver(stream, &mut out, receiver, app, &mut last_write)).await {
-                    break interrupt;
-                }
+            reason = &mut kicked => break Interrupt::Kicked(reason),
+            () = &mut cancelled => break Interrupt::Shutdown,
+            () = receiver.ready(), if window_end.is_none() => {
+                window_end = last_write.map(|at| at + coalesce).filter(|end| *end > Instant::now());
+                window_end.is_none()
             }
-            () = sleep_until(deadline) => match heartbeat.on_deadline(Instant::now(), heard.get()) {
-                Beat::Ping => {
-                    out.push(frame::OP_PING, &[]);
-                    match Box::pin(timeout(timing.write_timeout, out.flush(stream))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return WriterEnd::WriteFailed(e.to_string()),
-                        Err(_) => return WriterEnd::WriteFailed("ping stalled".into()),
+            () = &mut timer => {
+                let now = Instant::now();
+                let window_ended = window_end.is_some_and(|end| end <= now);
+                if window_ended {
+                    window_end = None;
+                }
+                if heartbeat.deadline() <= now {
+                    match heartbeat.on_deadline(now, heard.get()) {
+                        Beat::Ping => out.push(frame::OP_PING, &[]),
+                        Beat::TimedOut => return WriterEnd::TimedOut,
+                        Beat::Wait => {}
                     }
                 }
-                Beat::TimedOut => return WriterEnd::TimedOut,
-                Beat::Wait => {}
-            },
+                window_ended || out.has_unwritten()
+            }
+        };
+        if write {
+            if let Err(interrupt) = deliver(stream, &mut out, receiver, app, kicked.as_mut()).await {
+                break interrupt;
+            }
+            last_write = Some(Instant::now());
+        }
+        let next = window_end.map_or(heartbeat.deadline(), |end| end.min(heartbeat.deadline()));
+        if timer.is_elapsed() || timer.deadline() != next {
+            timer.as_mut().reset(next);
         }
     };
     match interrupt {
@@ -634,36 +719,33 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
     }
 }
 
-/// Writes what is queued: first waits out the coalescing window if the last
-/// write was recent, then takes everything and writes it.
+/// Writes everything queued (and a ping `out` may hold): at once if the
+/// socket takes it, otherwise waiting for the socket up to the write timeout.
 async fn deliver(
     stream: &TcpStream,
     out: &mut Outgoing,
     receiver: &ConnReceiver,
     app: &App,
-    last_write: &mut Option<Instant>,
+    kicked: Pin<&mut impl Future<Output = CloseReason>>,
 ) -> Result<(), Interrupt> {
-    let timing = &app.config.timing;
     let ws = &app.config.ws;
-    let kick = receiver.kick();
-    if let Some(due) = last_write.map(|at| at + ws.write_coalesce).filter(|due| *due > Instant::now()) {
+    let rest = match out.try_write_batch(stream, receiver.take(), ws.write_batch_bytes) {
+        Ok(None) => return Ok(()),
+        Ok(Some(rest)) => rest,
+        Err(e) => return Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
+    };
+    // The socket is full: wait for it, boxed, since few writes get here.
+    Box::pin(async {
         tokio::select! {
-            biased;
-            reason = kick.kicked() => return Err(Interrupt::Kicked(reason)),
-            () = app.shutdown.cancelled() => return Err(Interrupt::Shutdown),
-            () = sleep_until(due) => {}
+            r = timeout(app.config.timing.write_timeout, out.write_batch(stream, rest, ws.write_batch_bytes)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
+                Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
+            },
+            reason = kicked => Err(Interrupt::Kicked(reason)),
         }
-    }
-    *last_write = Some(Instant::now());
-    let batch = receiver.take();
-    tokio::select! {
-        r = timeout(timing.write_timeout, out.write_batch(stream, batch, ws.write_batch_bytes)) => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
-            Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
-        },
-        reason = kick.kicked() => Err(Interrupt::Kicked(reason)),
-    }
+    })
+    .await
 }
 
 /// Ends the writer for a kick: a lagged connection's close frame is sent
@@ -720,6 +802,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
+    use crate::config::{Config, HistoryKind};
 
     #[tokio::test]
     async fn a_batch_is_written_as_frames_in_order_and_the_buffer_is_freed() {
@@ -740,6 +823,86 @@ mod tests {
         let mut client = client;
         client.read_exact(&mut got).await.expect("read");
         assert_eq!(got, expected);
+    }
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    fn text_frames(texts: &[&str]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for text in texts {
+            frame::encode(frame::OP_TEXT, text.as_bytes(), &mut bytes);
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_write_the_socket_cannot_take_whole_continues_where_it_stopped() {
+        let (server, mut client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let texts: Vec<String> = (0..300).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+        let frames: VecDeque<Utf8Bytes> = texts.iter().map(|t| Utf8Bytes::from(t.clone())).collect();
+        let mut out = Outgoing::default();
+        // The client reads nothing yet: the socket fills.
+        let rest = out
+            .try_write_batch(&server, Batch { frames, pong: None }, 16 * 1024)
+            .expect("no error")
+            .expect("the socket could not take 300 KB");
+        assert!(out.has_unwritten(), "the bytes the socket did not take are the connection's own");
+        let expected = text_frames(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut got = vec![0u8; expected.len()];
+        let (written, read) = tokio::join!(out.write_batch(&server, rest, 16 * 1024), client.read_exact(&mut got));
+        written.expect("written");
+        read.expect("read");
+        assert!(got == expected, "every frame arrives once, whole and in order");
+        assert!(!out.has_unwritten());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_queued_soon_after_a_write_go_out_together_when_the_window_ends() {
+        const WINDOW: Duration = Duration::from_millis(500);
+        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
+        config.ws.write_coalesce = WINDOW;
+        let app = App::new(config).expect("app");
+        let (server, mut client) = socket_pair().await;
+        let (handle, receiver) = outbound::channel(1, 16);
+        let heard = LastHeard::new();
+        let frame = |text: &'static str| Utf8Bytes::from_static(text);
+        let test = async {
+            let mut buf = vec![0u8; 1024];
+            // Quiet so far: the first frame goes out at once.
+            let start = Instant::now();
+            handle.send(&frame("a"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
+            assert!(start.elapsed() < WINDOW);
+            // Within the window: held back until it ends, then one write.
+            handle.send(&frame("b"));
+            tokio::time::sleep(WINDOW / 5).await;
+            handle.send(&frame("c"));
+            let early = timeout(WINDOW / 5, client.read(&mut buf)).await;
+            assert!(early.is_err(), "nothing is written before the window ends");
+            let expected = text_frames(&["b", "c"]);
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.expect("read");
+            assert_eq!(got, expected);
+            assert!(start.elapsed() >= WINDOW);
+            // Quiet again for longer than the window: at once.
+            tokio::time::sleep(WINDOW * 2).await;
+            let again = Instant::now();
+            handle.send(&frame("d"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["d"])[..]);
+            assert!(again.elapsed() < WINDOW);
+        };
+        tokio::select! {
+            end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
+            () = test => {}
+        }
     }
 
     #[test]
