@@ -91,8 +91,14 @@ pub async fn fanout(args: &Args) -> Result<Value> {
     let members = 1_000;
     let senders = 10;
     let step_len = Duration::from_secs(if args.quick { 2 } else { 5 });
-    let rates: &[f64] =
-        if args.quick { &[100.0, 400.0] } else { &[100.0, 250.0, 500.0, 1_000.0, 1_500.0, 2_000.0, 2_500.0, 3_000.0] };
+    let rates: &[f64] = if args.quick {
+        &[100.0, 400.0]
+    } else {
+        &[
+            100.0, 250.0, 500.0, 1_000.0, 1_500.0, 2_000.0, 2_500.0, 3_000.0, 4_000.0, 5_000.0, 6_000.0, 8_000.0,
+            10_000.0,
+        ]
+    };
     let server = server(args, &["--outbound-queue", "4096"])?;
     let (sockets, _, _) =
         open_many(server.addr, members, PARALLEL_CONNECTS, |_| "fanout".to_owned(), |i| format!("m{i}")).await?;
