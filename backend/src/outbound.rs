@@ -237,12 +237,6 @@ impl ConnReceiver {
         Batch { frames: std::mem::take(&mut queue.frames), pong: queue.pong.take() }
     }
 
-    /// Whether anything is queued.
-    pub fn has_queued(&self) -> bool {
-        let queue = self.shared.lock();
-        !queue.frames.is_empty() || queue.pong.is_some()
-    }
-
     /// Waits until something is queued.
     pub async fn ready(&self) {
         loop {

@@ -700,10 +700,15 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
             }
         };
         if write {
-            if let Err(interrupt) = deliver(stream, &mut out, receiver, app, kicked.as_mut()).await {
-                break interrupt;
+            match deliver(stream, &mut out, receiver, app, kicked.as_mut()).await {
+                // Only frames open a window: a ping alone does not hold back the next message.
+                Ok(true) => last_write = Some(Instant::now()),
+                Ok(false) => {}
+                Err(interrupt) => break interrupt,
             }
-            last_write = Some(Instant::now());
+            // A write the socket takes at once never waits: with no window
+            // (`write_coalesce` 0) a busy queue must still let other tasks run.
+            tokio::task::consume_budget().await;
         }
         let next = window_end.map_or(heartbeat.deadline(), |end| end.min(heartbeat.deadline()));
         if timer.is_elapsed() || timer.deadline() != next {
@@ -721,16 +726,19 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
 
 /// Writes everything queued (and a ping `out` may hold): at once if the
 /// socket takes it, otherwise waiting for the socket up to the write timeout.
+/// Returns whether it wrote any frame.
 async fn deliver(
     stream: &TcpStream,
     out: &mut Outgoing,
     receiver: &ConnReceiver,
     app: &App,
     kicked: Pin<&mut impl Future<Output = CloseReason>>,
-) -> Result<(), Interrupt> {
+) -> Result<bool, Interrupt> {
     let ws = &app.config.ws;
-    let rest = match out.try_write_batch(stream, receiver.take(), ws.write_batch_bytes) {
-        Ok(None) => return Ok(()),
+    let batch = receiver.take();
+    let frames = !batch.frames.is_empty();
+    let rest = match out.try_write_batch(stream, batch, ws.write_batch_bytes) {
+        Ok(None) => return Ok(frames),
         Ok(Some(rest)) => rest,
         Err(e) => return Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
     };
@@ -738,7 +746,7 @@ async fn deliver(
     Box::pin(async {
         tokio::select! {
             r = timeout(app.config.timing.write_timeout, out.write_batch(stream, rest, ws.write_batch_bytes)) => match r {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => Ok(frames),
                 Ok(Err(e)) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
                 Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
             },
