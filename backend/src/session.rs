@@ -700,7 +700,7 @@ async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, hear
             }
         };
         if write {
-            match deliver(stream, &mut out, receiver, app, kicked.as_mut()).await {
+            match deliver(stream, &mut out, receiver, app, kicked.as_mut(), cancelled.as_mut()).await {
                 // Only frames open a window: a ping alone does not hold back the next message.
                 Ok(true) => last_write = Some(Instant::now()),
                 Ok(false) => {}
@@ -733,6 +733,7 @@ async fn deliver(
     receiver: &ConnReceiver,
     app: &App,
     kicked: Pin<&mut impl Future<Output = CloseReason>>,
+    cancelled: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, Interrupt> {
     let ws = &app.config.ws;
     let batch = receiver.take();
@@ -751,6 +752,7 @@ async fn deliver(
                 Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
             },
             reason = kicked => Err(Interrupt::Kicked(reason)),
+            () = cancelled => Err(Interrupt::Shutdown),
         }
     })
     .await
@@ -911,6 +913,28 @@ mod tests {
             end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
             () = test => {}
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_write_the_socket_is_not_taking() {
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let (server, _client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let (handle, receiver) = outbound::channel(1, 1024);
+        let heard = LastHeard::new();
+        let text = Utf8Bytes::from("x".repeat(1000));
+        for _ in 0..1000 {
+            handle.send(&text);
+        }
+        let started = Instant::now();
+        // The client reads nothing: the writer is stuck in its slow path.
+        let shutdown = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            app.shutdown.cancel();
+        };
+        let (end, ()) = tokio::join!(write_loop(&server, &receiver, &app, &heard), shutdown);
+        assert!(matches!(end, WriterEnd::Closed(CloseReason::Shutdown)), "ended with {end:?}");
+        assert!(started.elapsed() < app.config.timing.write_timeout, "shutdown did not wait for the write timeout");
     }
 
     #[test]
