@@ -24,7 +24,9 @@ const SLOW_COMMIT_LOG: &str = "slow history transaction";
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
+    /// Whether `data_dir` was made for this server (and is removed with it).
+    owns_data_dir: bool,
     /// Slow commits the server has logged so far.
     slow_commits: Arc<AtomicU64>,
 }
@@ -47,6 +49,7 @@ impl Server {
     pub fn start(natter: &Path, args: &[&str], cpu: Option<u32>, data_dir: Option<PathBuf>) -> Result<Self> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let owns_data_dir = data_dir.is_none();
         let data_dir = data_dir.unwrap_or_else(|| temp_dir("data"));
         let mut line = format!(
             "ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec {} --listen {addr} --data-dir {}",
@@ -96,7 +99,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { child, addr, data_dir, slow_commits })
+        Ok(Self { child, addr, data_dir, owns_data_dir, slow_commits })
     }
 
     /// Transactions over 100 ms the server has logged since it started.
@@ -163,6 +166,11 @@ impl Drop for Server {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // Every run makes a fresh data directory; left behind, a full bench
+        // leaves a gigabyte in the temporary directory.
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
 }

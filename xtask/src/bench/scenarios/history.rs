@@ -95,9 +95,7 @@ async fn throughput(args: &Args) -> Result<Value> {
     let cpu = server.cpu_time()? - cpu_before;
     let rss = server.rss_kib()?;
     let slow_commits = server.slow_commits();
-    let dir = server.data_dir.clone();
     server.stop()?;
-    let _ = std::fs::remove_dir_all(dir);
     Ok(json!({
         "server_slow_commits": slow_commits,
         "senders": SENDERS,
