@@ -21,6 +21,8 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 #[derive(Debug, Clone)]
 pub struct ToolEnv {
     pub path: std::ffi::OsString,
+    /// `TMPDIR` for the tools, when a run keeps its temporary files apart.
+    pub tmpdir: Option<std::path::PathBuf>,
 }
 
 fn output(program: &str, args: &[&str], path: &std::ffi::OsStr) -> Option<String> {
@@ -105,7 +107,7 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
         }
     }
     ensure_chromium(root, &path)?;
-    Ok(ToolEnv { path })
+    Ok(ToolEnv { path, tmpdir: None })
 }
 
 /// Debian's Chromium and its WebDriver, for the browser tests.
