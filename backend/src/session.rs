@@ -571,16 +571,7 @@ impl Outgoing {
         SCRATCH.with_borrow_mut(|scratch| {
             let result = loop {
                 scratch.clear();
-                if let Some(payload) = batch.pong.take() {
-                    frame::encode(frame::OP_PONG, &payload, scratch);
-                }
-                while let Some(text) = batch.frames.front() {
-                    if !scratch.is_empty() && scratch.len() + frame::encoded_len(text.len()) > max_bytes {
-                        break;
-                    }
-                    frame::encode(frame::OP_TEXT, text.as_bytes(), scratch);
-                    batch.frames.pop_front();
-                }
+                gather(&mut batch, scratch, max_bytes);
                 if scratch.is_empty() {
                     break Ok(None);
                 }
@@ -617,29 +608,32 @@ impl Outgoing {
         Ok(())
     }
 
-    /// Writes a batch: the pong first, then the frames, at most `max_bytes`
-    /// gathered per write call.
-    async fn write_batch(&mut self, stream: &TcpStream, batch: Batch, max_bytes: usize) -> io::Result<()> {
-        if let Some(payload) = batch.pong {
-            self.push(frame::OP_PONG, &payload);
-        }
-        for text in batch.frames {
-            if !self.buf.is_empty() && self.buf.len() + frame::encoded_len(text.len()) > max_bytes {
-                self.flush(stream).await?;
+    /// Writes a batch after whatever is still unwritten, waiting for the
+    /// socket as needed (the path of a write the socket did not take whole).
+    async fn write_batch(&mut self, stream: &TcpStream, mut batch: Batch, max_bytes: usize) -> io::Result<()> {
+        loop {
+            gather(&mut batch, &mut self.buf, max_bytes);
+            if !self.has_unwritten() {
+                return Ok(());
             }
-            if self.buf.is_empty() {
-                self.buf.reserve(frame::encoded_len(text.len()).max(max_bytes.min(batch_hint(text.len()))));
-            }
-            self.push(frame::OP_TEXT, text.as_bytes());
+            self.flush(stream).await?;
         }
-        self.flush(stream).await
     }
 }
 
-/// A first guess at a batch buffer's size (it grows if needed).
-fn batch_hint(frame_len: usize) -> usize {
-    const TYPICAL_BATCH_FRAMES: usize = 8;
-    frame::encoded_len(frame_len) * TYPICAL_BATCH_FRAMES
+/// Moves the pong, then frames, from `batch` into `buf` as WebSocket frames,
+/// up to `max_bytes` (at least one frame) for one write call.
+fn gather(batch: &mut Batch, buf: &mut Vec<u8>, max_bytes: usize) {
+    if let Some(payload) = batch.pong.take() {
+        frame::encode(frame::OP_PONG, &payload, buf);
+    }
+    while let Some(text) = batch.frames.front() {
+        if !buf.is_empty() && buf.len() + frame::encoded_len(text.len()) > max_bytes {
+            break;
+        }
+        frame::encode(frame::OP_TEXT, text.as_bytes(), buf);
+        batch.frames.pop_front();
+    }
 }
 
 /// What cut a delivery short.

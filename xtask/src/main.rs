@@ -62,12 +62,12 @@ pub fn step(what: &str) {
 
 /// Runs a command in `dir` with extra environment, failing on a non-zero exit.
 pub fn cmd(dir: &Path, env: &tools::ToolEnv, program: &str, args: &[&str]) -> Result<()> {
-    let mut command = Command::new(program);
-    command.args(args).current_dir(dir).env("PATH", &env.path);
-    if let Some(tmpdir) = &env.tmpdir {
-        command.env("TMPDIR", tmpdir);
-    }
-    let status = command.status().with_context(|| format!("could not start {program}"))?;
+    let status = env
+        .command(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
     if !status.success() {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
@@ -209,14 +209,10 @@ fn run_browser_tests(root: &Path, env: &tools::ToolEnv, listen: &str) -> Result<
         "--test",
         "client",
     ];
-    let mut command = Command::new("cargo");
-    if let Some(tmpdir) = &env.tmpdir {
-        command.env("TMPDIR", tmpdir);
-    }
-    let status = command
+    let status = env
+        .command("cargo")
         .args(args)
         .current_dir(root)
-        .env("PATH", &env.path)
         .env("CHROMEDRIVER", tools::CHROMEDRIVER)
         .env("WASM_BINDGEN_TEST_WEBDRIVER_JSON", root.join("frontend/webdriver.json"))
         .env("NATTER_TEST_WS", format!("ws://{listen}/ws"))

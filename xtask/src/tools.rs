@@ -25,6 +25,18 @@ pub struct ToolEnv {
     pub tmpdir: Option<std::path::PathBuf>,
 }
 
+impl ToolEnv {
+    /// `program` with this environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.env("PATH", &self.path);
+        if let Some(tmpdir) = &self.tmpdir {
+            command.env("TMPDIR", tmpdir);
+        }
+        command
+    }
+}
+
 fn output(program: &str, args: &[&str], path: &std::ffi::OsStr) -> Option<String> {
     let out = Command::new(program).args(args).env("PATH", path).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
