@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::{build_bundle, cmd, step, tools};
 
 /// Scenarios in the order they run (see the bench binary).
-const SCENARIOS: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history"];
+const SCENARIOS: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history", "floor"];
 /// Runs per scenario for the medians.
 const DEFAULT_RUNS: usize = 3;
 

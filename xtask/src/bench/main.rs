@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a measuring tool reports on stdout/stderr
 
 mod client;
+mod floor_server;
 mod load;
 mod scenarios;
 mod server;
@@ -53,6 +54,10 @@ fn parse() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    // `bench floor` runs this binary as the floor server in natter's place.
+    if std::env::args().nth(1).as_deref() == Some("floor-server") {
+        return floor_server::serve(floor_server::FloorArgs::parse(std::env::args().skip(2))?);
+    }
     let args = parse()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let figures = runtime.block_on(scenarios::run(&args))?;

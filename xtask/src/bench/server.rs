@@ -38,7 +38,8 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
-fn free_port() -> Result<u16> {
+/// A free port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -60,24 +61,7 @@ impl Server {
             line.push(' ');
             line.push_str(a);
         }
-        let mut command = match cpu.filter(|_| has_taskset()) {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), "sh", "-c", &line]);
-                c
-            }
-            None => {
-                let mut c = Command::new("sh");
-                c.args(["-c", &line]);
-                c
-            }
-        };
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting natter")?;
+        let mut child = spawn_pinned(&line, cpu, Stdio::null(), Stdio::piped())?;
         let slow_commits = Arc::new(AtomicU64::new(0));
         if let Some(stderr) = child.stderr.take() {
             let count = Arc::clone(&slow_commits);
@@ -92,13 +76,7 @@ impl Server {
                 }
             });
         }
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::net::TcpStream::connect(addr).is_err() {
-            if Instant::now() > deadline {
-                bail!("natter did not listen on {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr)?;
         Ok(Self { child, addr, data_dir, owns_data_dir, slow_commits })
     }
 
@@ -134,7 +112,7 @@ pub fn own_cpu_time() -> Result<Duration> {
 }
 
 /// User + system CPU time of `/proc/{pid}`.
-fn cpu_time_of(pid: &str) -> Result<Duration> {
+pub fn cpu_time_of(pid: &str) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start at ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
@@ -173,6 +151,36 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Runs the shell `line` pinned to `cpu` when `taskset` exists, logging at
+/// `warn`.
+pub fn spawn_pinned(line: &str, cpu: Option<u32>, stdout: Stdio, stderr: Stdio) -> Result<Child> {
+    let mut command = match cpu.filter(|_| has_taskset()) {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "sh", "-c", line]);
+            c
+        }
+        None => {
+            let mut c = Command::new("sh");
+            c.args(["-c", line]);
+            c
+        }
+    };
+    command.env("RUST_LOG", "warn").stdout(stdout).stderr(stderr).spawn().context("starting the server")
+}
+
+/// Waits until something listens on `addr`.
+pub fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("the server did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn has_taskset() -> bool {

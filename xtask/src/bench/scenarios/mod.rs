@@ -1,6 +1,7 @@
 //! The scenarios. Each returns its figures as JSON.
 
 mod bundle;
+mod floor;
 mod history;
 mod load;
 
@@ -10,7 +11,7 @@ use serde_json::Value;
 use crate::Args;
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
-pub const ALL: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history"];
+pub const ALL: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history", "floor"];
 
 pub async fn run(args: &Args) -> Result<Value> {
     match args.scenario.as_str() {
@@ -21,6 +22,7 @@ pub async fn run(args: &Args) -> Result<Value> {
         "fanout" => load::fanout(args).await,
         "slow" => load::slow(args).await,
         "rooms" => load::rooms(args).await,
+        "floor" => floor::run(args).await,
         other => bail!("unknown scenario {other}; known: {}", ALL.join(", ")),
     }
 }

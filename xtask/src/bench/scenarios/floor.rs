@@ -1,0 +1,156 @@
+//! `floor`: what this machine's kernel allows any server, measured with the
+//! floor server (`floor_server.rs`) in natter's place on the same core and
+//! the same load generator. Its figures bound the storm and fan-out targets
+//! from below: natter cannot beat a server that does nothing but the
+//! system calls.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::Args;
+use crate::load::{Counters, open_many, read};
+use crate::server::{FD_LIMIT, cpu_time_of, free_port, own_cpu_time, spawn_pinned, wait_listening};
+
+/// Connections of the storm part (as `bench storm`).
+const STORM_CLIENTS: usize = 10_000;
+/// Handshakes in flight in the storm part (as `bench storm`).
+const STORM_PARALLEL: usize = 1_000;
+/// Members of the fan-out part (as `bench fanout`).
+const FANOUT_MEMBERS: usize = 1_000;
+/// Messages per second each member gets: 100,000 deliveries/s in all.
+const FANOUT_RATE: f64 = 100.0;
+/// The write grids stepped through: 1, 2.5, 5 and 10 frames per write.
+const FANOUT_WINDOWS_MS: &str = "10,25,50,100";
+/// Length of each fan-out step.
+const FANOUT_STEP: Duration = Duration::from_secs(5);
+/// How long the fan-out part may take in all.
+const FANOUT_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the floor server's last step, time for its frames to land.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Starts the floor server (this binary, `floor-server`) pinned like natter.
+fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(Child, std::net::SocketAddr)> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().context("the bench binary's path")?;
+    let mut line = format!(
+        "ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec '{}' floor-server --port {port} --mode {mode}",
+        exe.display()
+    );
+    for a in extra {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let child = spawn_pinned(&line, args.server_cpu, Stdio::piped(), Stdio::inherit())?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(addr)?;
+    Ok((child, addr))
+}
+
+/// Runs both parts. The figures are flat (`storm_…`, `fanout_<window>ms_…`)
+/// so that `cargo xtask bench` takes their medians like any scenario's.
+pub async fn run(args: &Args) -> Result<Value> {
+    let mut figures = serde_json::Map::new();
+    for (key, value) in storm(args).await?.as_object().into_iter().flatten() {
+        figures.insert(format!("storm_{key}"), value.clone());
+    }
+    let fanout = fanout(args).await?;
+    for step in fanout["steps"].as_array().into_iter().flatten() {
+        let window = step["window_ms"].as_u64().unwrap_or(0);
+        for (key, value) in step.as_object().into_iter().flatten() {
+            if key != "window_ms" {
+                figures.insert(format!("fanout_{window}ms_{key}"), value.clone());
+            }
+        }
+    }
+    for key in ["frames_written", "frames_received"] {
+        figures.insert(format!("fanout_{key}"), fanout[key].clone());
+    }
+    Ok(Value::Object(figures))
+}
+
+/// Connects/s and CPU per connection for handshake + hello + welcome only.
+async fn storm(args: &Args) -> Result<Value> {
+    let count = if args.quick { 2_000 } else { STORM_CLIENTS };
+    let (mut child, addr) = start(args, "join", &[])?;
+    let pid = child.id().to_string();
+    let cpu_before = cpu_time_of(&pid)?;
+    let own_before = own_cpu_time()?;
+    let opened = open_many(addr, count, STORM_PARALLEL, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await;
+    let cpu = cpu_time_of(&pid)? - cpu_before;
+    let own = own_cpu_time()? - own_before;
+    let _ = child.kill();
+    let _ = child.wait();
+    let (sockets, took, welcome) = opened?;
+    drop(sockets);
+    Ok(json!({
+        "clients": count,
+        "connects_per_sec": count as f64 / took.as_secs_f64(),
+        "welcome_p50_ms": welcome.percentile_ms(50.0),
+        "welcome_p99_ms": welcome.percentile_ms(99.0),
+        "server_cpu_us_per_connection": cpu.as_secs_f64() * 1e6 / count as f64,
+        "server_cpu_pct": cpu.as_secs_f64() / took.as_secs_f64() * 100.0,
+        "generator_cpu_pct": own.as_secs_f64() / took.as_secs_f64() * 100.0,
+    }))
+}
+
+/// CPU per delivery for 100,000 deliveries/s at 1 to 10 frames per write.
+async fn fanout(args: &Args) -> Result<Value> {
+    let step = if args.quick { Duration::from_secs(1) } else { FANOUT_STEP };
+    let extra = [
+        "--members".to_owned(),
+        FANOUT_MEMBERS.to_string(),
+        "--rate".to_owned(),
+        FANOUT_RATE.to_string(),
+        "--windows-ms".to_owned(),
+        FANOUT_WINDOWS_MS.to_owned(),
+        "--step-ms".to_owned(),
+        step.as_millis().to_string(),
+    ];
+    let (mut child, addr) = start(args, "fanout", &extra)?;
+    let mut stdout = child.stdout.take().context("the floor server's stdout")?;
+    let opened = open_many(addr, FANOUT_MEMBERS, 256, |_| "floor".to_owned(), |i| format!("m{i}")).await;
+    let (sockets, _, _) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let counters = Arc::new(Counters::default());
+    let epoch = Instant::now();
+    for ws in sockets {
+        tokio::spawn(read(ws, false, counters.clone(), epoch));
+    }
+    // The floor server prints its figures and exits when its steps are done.
+    let report = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let out = match tokio::time::timeout(FANOUT_TIMEOUT, report).await {
+        Ok(out) => out??,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the floor server did not finish its fan-out steps");
+        }
+    };
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the floor server failed ({status})");
+    }
+    tokio::time::sleep(DRAIN).await;
+    let mut figures: Value = serde_json::from_str(out.trim()).context("the floor server's figures")?;
+    let written: u64 = figures["steps"]
+        .as_array()
+        .map(|steps| steps.iter().filter_map(|s| s["frames_written"].as_u64()).sum())
+        .unwrap_or(0);
+    figures["frames_received"] = json!(counters.messages());
+    figures["frames_written"] = json!(written);
+    Ok(figures)
+}
