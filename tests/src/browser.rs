@@ -18,6 +18,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use crate::RemoveOnDrop;
+
 /// How long a page may take to show something a test waits for.
 pub const UI_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a wait polls the page.
@@ -61,6 +63,10 @@ pub fn artifacts_dir() -> PathBuf {
 pub struct Driver {
     child: Child,
     pub url: String,
+    /// The temporary directory of chromedriver and its browsers (their
+    /// profiles, and Chromium's own scratch files through `TMPDIR`), removed
+    /// with the driver.
+    tmp: RemoveOnDrop,
 }
 
 impl Driver {
@@ -68,8 +74,18 @@ impl Driver {
     pub async fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let path = chromedriver_path();
+        static DRIVERS: AtomicU64 = AtomicU64::new(0);
+        let tmp = std::env::temp_dir().join(format!(
+            "natter-e2e-{}-driver-{}",
+            std::process::id(),
+            DRIVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).expect("create the browsers' temporary directory");
+        let tmp = RemoveOnDrop(tmp);
         let child = Command::new(&path)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &tmp.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -79,7 +95,7 @@ impl Driver {
             assert!(Instant::now() < deadline, "chromedriver did not listen within {DRIVER_START:?}");
             tokio::time::sleep(POLL).await;
         }
-        Self { child, url: format!("http://127.0.0.1:{port}") }
+        Self { child, url: format!("http://127.0.0.1:{port}"), tmp }
     }
 }
 
@@ -117,9 +133,8 @@ impl Browsers {
     /// Opens a new headless Chromium with its own profile, labelled for artifacts.
     pub async fn open(&self, label: &str) -> Client {
         static PROFILES: AtomicU64 = AtomicU64::new(0);
-        let profile = std::env::temp_dir().join(format!(
-            "natter-e2e-{}-{}-{label}-{}",
-            std::process::id(),
+        let profile = self.driver.tmp.0.join(format!(
+            "profile-{}-{label}-{}",
             self.scenario,
             PROFILES.fetch_add(1, Ordering::Relaxed)
         ));

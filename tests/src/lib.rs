@@ -61,6 +61,16 @@ pub fn bundle_dir() -> PathBuf {
     dir
 }
 
+/// A directory removed (with everything in it) when dropped.
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running `natter` process, killed when dropped.
 #[derive(Debug)]
 pub struct Natter {
@@ -70,6 +80,9 @@ pub struct Natter {
     pub data_dir: PathBuf,
     /// Log lines the process printed (stdout and stderr).
     pub lines: mpsc::Receiver<String>,
+    /// Removes the data directory this process was given, if it made it
+    /// (after the process is killed: fields drop after `Drop::drop`).
+    _made_dir: Option<RemoveOnDrop>,
 }
 
 /// Forwards a child's output lines to `tx`.
@@ -145,7 +158,8 @@ impl Natter {
             }
             seen.push(line);
         };
-        Self { child, addr, data_dir, lines }
+        let made_dir = given.is_none().then(|| RemoveOnDrop(data_dir.clone()));
+        Self { child, addr, data_dir, lines, _made_dir: made_dir }
     }
 
     /// The WebSocket URL.

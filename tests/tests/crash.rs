@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use natter_e2e::{Natter, WsClient, natter_bin, temp_data_dir};
+use natter_e2e::{Natter, RemoveOnDrop, WsClient, natter_bin, temp_data_dir};
 use natter_shared::{ClientMsg, RoomEvent, Say, ServerMsg};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -52,6 +52,7 @@ async fn sender(url: String, round: usize, index: usize) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn every_acknowledged_message_survives_sigkill() {
     let data = temp_data_dir();
+    let _cleanup = RemoveOnDrop(data.clone());
     let data_arg = data.display().to_string();
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let listen = format!("127.0.0.1:{port}");
