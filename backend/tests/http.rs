@@ -3,19 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use common::{TempDir, TestServer, config, header, http_get, http_request, temp_dir};
 
-use common::{TestServer, config, header, http_get, http_request};
-
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh bundle directory with an index, a hashed asset and a plain file.
-fn bundle() -> PathBuf {
-    let n = DIRS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("natter-http-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create bundle dir");
+/// A fresh bundle directory with an index, a hashed asset and a plain file
+/// (removed when the returned guard is dropped).
+fn bundle() -> TempDir {
+    let dir = temp_dir("bundle");
     std::fs::write(dir.join("index.html"), "<!doctype html><title>Natter</title>").expect("write");
     std::fs::write(dir.join("natter-frontend-0123456789abcdef_bg.wasm"), b"\0asm\x01\0\0\0").expect("write");
     std::fs::write(dir.join("natter-frontend-0123456789abcdef.js"), "export {}").expect("write");
@@ -50,7 +43,8 @@ async fn without_a_bundle_the_page_says_how_to_build_it() {
 #[tokio::test]
 async fn the_bundle_is_served_with_types_and_caching() {
     let mut cfg = config();
-    cfg.bundle_dir = bundle();
+    let dir = bundle();
+    cfg.bundle_dir = dir.to_path_buf();
     let server = TestServer::start(cfg).await;
 
     let (status, headers, body) = http_get(server.addr, "/").await;
@@ -87,7 +81,8 @@ async fn the_bundle_is_served_with_types_and_caching() {
 #[tokio::test]
 async fn other_methods_and_plain_requests_to_ws_get_clear_answers() {
     let mut cfg = config();
-    cfg.bundle_dir = bundle();
+    let dir = bundle();
+    cfg.bundle_dir = dir.to_path_buf();
     let server = TestServer::start(cfg).await;
     let host = server.addr;
     let (status, _, _) = http_request(

@@ -40,7 +40,7 @@ fn export(dir: &std::path::Path, room: &str) -> Vec<RoomEvent> {
 
 #[tokio::test]
 async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
-    let cfg = sqlite_config("restart");
+    let (cfg, _dir) = sqlite_config("restart");
     let dir = cfg.storage.data_dir.clone();
     let server = TestServer::start(cfg.clone()).await;
     let (mut ada, welcome) = server.joined("Ada", "lobby").await;
@@ -77,7 +77,7 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
 
 #[tokio::test]
 async fn an_empty_file_becomes_a_new_database() {
-    let cfg = sqlite_config("empty");
+    let (cfg, _dir) = sqlite_config("empty");
     std::fs::write(cfg.storage.data_dir.join(DB_FILE), b"").expect("create empty file");
     let server = TestServer::start(cfg).await;
     let (_ada, w) = server.joined("Ada", "lobby").await;
@@ -86,7 +86,7 @@ async fn an_empty_file_becomes_a_new_database() {
 
 #[tokio::test]
 async fn a_database_of_the_previous_schema_is_migrated_and_kept() {
-    let cfg = sqlite_config("migrate");
+    let (cfg, _dir) = sqlite_config("migrate");
     let path = cfg.storage.data_dir.join(DB_FILE);
     {
         let conn = rusqlite::Connection::open(&path).expect("create");
@@ -127,14 +127,14 @@ async fn start_error(cfg: natter_backend::Config) -> String {
 
 #[tokio::test]
 async fn a_newer_or_corrupt_database_is_refused_naming_the_file() {
-    let newer = sqlite_config("newer");
+    let (newer, _dir) = sqlite_config("newer");
     let path = newer.storage.data_dir.join(DB_FILE);
     rusqlite::Connection::open(&path).expect("create").execute_batch("PRAGMA user_version = 99").expect("set");
     let message = start_error(newer).await;
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains("version 99"), "{message}");
 
-    let corrupt = sqlite_config("corrupt");
+    let (corrupt, _dir) = sqlite_config("corrupt");
     let path = corrupt.storage.data_dir.join(DB_FILE);
     std::fs::write(&path, vec![0x5a; 8192]).expect("write garbage");
     let message = start_error(corrupt).await;
@@ -142,7 +142,7 @@ async fn a_newer_or_corrupt_database_is_refused_naming_the_file() {
     assert!(message.contains("not a Natter database or is damaged"), "{message}");
     assert_eq!(std::fs::read(&path).expect("still there"), vec![0x5a; 8192], "never replaced");
 
-    let foreign = sqlite_config("foreign");
+    let (foreign, _dir) = sqlite_config("foreign");
     let path = foreign.storage.data_dir.join(DB_FILE);
     rusqlite::Connection::open(&path).expect("create").execute_batch("CREATE TABLE t (x)").expect("table");
     assert!(start_error(foreign).await.contains("not a Natter database"));
@@ -150,14 +150,14 @@ async fn a_newer_or_corrupt_database_is_refused_naming_the_file() {
 
 #[tokio::test]
 async fn a_data_dir_that_cannot_be_used_is_refused_naming_it() {
-    let mut cfg = sqlite_config("not-a-dir");
+    let (mut cfg, _dir) = sqlite_config("not-a-dir");
     let file = cfg.storage.data_dir.join("plain-file");
     std::fs::write(&file, b"not a directory").expect("write");
     cfg.storage.data_dir = file.clone();
     let message = start_error(cfg).await;
     assert!(message.contains(&file.display().to_string()), "{message}");
 
-    let mut cfg = sqlite_config("db-is-dir");
+    let (mut cfg, _dir) = sqlite_config("db-is-dir");
     std::fs::create_dir(cfg.storage.data_dir.join(DB_FILE)).expect("a directory where the database should be");
     let path = cfg.storage.data_dir.join(DB_FILE);
     cfg.storage.data_dir = path.parent().expect("parent").to_owned();
@@ -167,7 +167,7 @@ async fn a_data_dir_that_cannot_be_used_is_refused_naming_it() {
 
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_is_refused() {
-    let cfg = sqlite_config("locked");
+    let (cfg, _dir) = sqlite_config("locked");
     let first = TestServer::start(cfg.clone()).await;
     let _ada = first.joined("Ada", "lobby").await; // the first server is up and holds the lock
     let message = start_error(cfg).await;
@@ -176,7 +176,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 
 #[tokio::test]
 async fn when_storage_fails_nothing_is_acked_reads_go_on_and_it_recovers() {
-    let mut cfg = sqlite_config("full");
+    let (mut cfg, _dir) = sqlite_config("full");
     cfg.storage.max_db_bytes = Some(256 * 1024);
     cfg.rate.per_sec = 10_000;
     cfg.rate.burst = 10_000;
@@ -235,7 +235,7 @@ async fn when_storage_fails_nothing_is_acked_reads_go_on_and_it_recovers() {
 
 #[tokio::test]
 async fn older_messages_come_page_by_page() {
-    let mut cfg = sqlite_config("paging");
+    let (mut cfg, _dir) = sqlite_config("paging");
     cfg.limits.welcome_history = 10;
     cfg.rate.burst = 1000;
     let server = TestServer::start(cfg).await;
@@ -276,7 +276,7 @@ async fn paging_works_on_the_memory_store_too() {
 
 #[tokio::test]
 async fn retention_deletes_old_events_in_the_background() {
-    let mut cfg = sqlite_config("retention");
+    let (mut cfg, _dir) = sqlite_config("retention");
     cfg.storage.retain_count = Some(5);
     cfg.storage.retention_interval = Duration::from_millis(100);
     cfg.rate.burst = 1000;
@@ -305,7 +305,7 @@ async fn retention_deletes_old_events_in_the_background() {
 
 #[tokio::test]
 async fn retention_by_age() {
-    let mut cfg = sqlite_config("age");
+    let (mut cfg, _dir) = sqlite_config("age");
     cfg.storage.retain_age = Some(Duration::from_millis(600));
     cfg.storage.retention_interval = Duration::from_millis(100);
     let dir = cfg.storage.data_dir.clone();
@@ -325,7 +325,7 @@ async fn retention_by_age() {
 
 #[tokio::test]
 async fn export_then_import_round_trips_exactly() {
-    let mut cfg = sqlite_config("export");
+    let (mut cfg, _dir) = sqlite_config("export");
     cfg.rate.burst = 100;
     let dir = cfg.storage.data_dir.clone();
     let server = TestServer::start(cfg).await;
@@ -358,8 +358,8 @@ async fn export_then_import_round_trips_exactly() {
     assert!(bad.to_string().starts_with("line 1"), "{bad}");
 
     // The imported database serves a server: history and seqs continue.
-    let mut cfg = sqlite_config("imported");
-    cfg.storage.data_dir = copy;
+    let (mut cfg, _dir) = sqlite_config("imported");
+    cfg.storage.data_dir = copy.to_path_buf();
     let server = TestServer::start(cfg).await;
     let (_bob, w) = server.joined("Bob", "lobby").await;
     assert_eq!(texts(&w.history).len(), 4);

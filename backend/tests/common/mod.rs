@@ -39,8 +39,25 @@ pub fn config() -> Config {
     }
 }
 
+/// A fresh, empty temporary directory, removed with everything in it when
+/// dropped (after the test's server, which is declared later).
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh, empty directory for a test's database.
-pub fn temp_dir(label: &str) -> std::path::PathBuf {
+pub fn temp_dir(label: &str) -> TempDir {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -50,15 +67,17 @@ pub fn temp_dir(label: &str) -> std::path::PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TempDir(dir)
 }
 
-/// A config with durable history in a fresh directory.
-pub fn sqlite_config(label: &str) -> Config {
+/// A config with durable history in a fresh directory, and that directory
+/// (keep it for as long as the config is used).
+pub fn sqlite_config(label: &str) -> (Config, TempDir) {
     let mut config = config();
     config.history = natter_backend::config::HistoryKind::Sqlite;
-    config.storage.data_dir = temp_dir(label);
-    config
+    let dir = temp_dir(label);
+    config.storage.data_dir = dir.to_path_buf();
+    (config, dir)
 }
 
 impl TestServer {
