@@ -40,7 +40,9 @@ pub fn config() -> Config {
 }
 
 /// A fresh, empty temporary directory, removed with everything in it when
-/// dropped (after the test's server, which is declared later).
+/// dropped. Declared before the test's server, it outlives it; a dropped
+/// server's history writer may still hold its files open for a moment,
+/// which Linux allows.
 pub struct TempDir(std::path::PathBuf);
 
 impl std::ops::Deref for TempDir {

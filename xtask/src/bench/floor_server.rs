@@ -30,21 +30,30 @@ const MAX_REQUEST: usize = 4096;
 pub const WELCOME_BYTES: usize = 4096;
 /// How long the fanout mode waits for its members.
 const MEMBERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the fanout mode checks whether its members are in.
+const MEMBERS_POLL: Duration = Duration::from_millis(10);
+/// Length of a fan-out step unless `--step-ms` says otherwise.
+const DEFAULT_STEP: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (e.g. out of file descriptors), so that the
+/// failure does not spin the core being measured.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Failed accepts after which the floor server gives up.
+const ACCEPT_ERRORS_MAX: u32 = 100;
 
 /// The fixed upgrade response (the load generator does not check the key).
 const RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
 sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
-/// A canned chat message as natter frames it (the reader counts frames that
-/// start like this one).
+/// A canned chat message like natter's (125 bytes; 127 framed). The reader
+/// counts frames that start like this one.
 const MESSAGE: &str = r##"{"type":"message","seq":1234567,"ts":1795000000000,"name":"u1234","color":"#1f77b4","text":"t=0;load","cid":"fanout-1-12345"}"##;
 
 /// What the floor server is asked to do.
 #[derive(Debug, Clone)]
 pub struct FloorArgs {
     pub port: u16,
-    /// `join` or `fanout`.
-    pub mode: String,
+    /// `join` (handshakes only) or `fanout`.
+    pub mode: Mode,
     pub members: usize,
     /// Messages per second to every member.
     pub rate: f64,
@@ -55,19 +64,19 @@ pub struct FloorArgs {
 
 impl FloorArgs {
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self> {
-        let mut parsed = Self {
-            port: 0,
-            mode: "join".into(),
-            members: 0,
-            rate: 0.0,
-            windows_ms: Vec::new(),
-            step: Duration::from_secs(5),
-        };
+        let mut parsed =
+            Self { port: 0, mode: Mode::Join, members: 0, rate: 0.0, windows_ms: Vec::new(), step: DEFAULT_STEP };
         while let Some(flag) = args.next() {
             let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--port" => parsed.port = value()?.parse()?,
-                "--mode" => parsed.mode = value()?,
+                "--mode" => {
+                    parsed.mode = match value()?.as_str() {
+                        "join" => Mode::Join,
+                        "fanout" => Mode::Fanout,
+                        other => bail!("unknown floor-server mode {other}; known: join, fanout"),
+                    }
+                }
                 "--members" => parsed.members = value()?.parse()?,
                 "--rate" => parsed.rate = value()?.parse()?,
                 "--windows-ms" => {
@@ -84,16 +93,29 @@ impl FloorArgs {
     }
 }
 
+/// What the floor server does with its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Join,
+    Fanout,
+}
+
 /// A server frame (unmasked) with `payload` as text.
 fn server_frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 4);
+    let mut out = Vec::with_capacity(payload.len() + 10);
     out.push(0x81);
     match payload.len() {
         n if n < 126 => out.push(n as u8),
-        n => {
-            out.push(126);
-            out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
-        }
+        n => match u16::try_from(n) {
+            Ok(n) => {
+                out.push(126);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        },
     }
     out.extend_from_slice(payload);
     out
@@ -123,11 +145,11 @@ async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, done: impl Fn(&[u
     }
 }
 
-/// The length of the client frame at the start of `buf`, if complete.
+/// The length of the masked client frame at the start of `buf`, if complete.
 fn client_frame_len(buf: &[u8]) -> Option<usize> {
     let (head, len) = match *buf.get(1)? & 0x7f {
         126 => (8, u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize),
-        127 => return None,
+        127 => (14, usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?),
         n => (6, n as usize),
     };
     (buf.len() >= head + len).then_some(head + len)
@@ -155,14 +177,23 @@ pub fn serve(args: FloorArgs) -> Result<()> {
         let listener = socket.listen(BACKLOG)?;
         let welcome: Arc<[u8]> = welcome().into();
         let members: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let fanout = args.mode == "fanout";
+        let fanout = args.mode == Mode::Fanout;
         let accept = {
             let members = members.clone();
             async move {
+                let mut errors = 0;
                 loop {
                     let (stream, _) = match listener.accept().await {
                         Ok(s) => s,
-                        Err(_) => continue,
+                        Err(e) => {
+                            errors += 1;
+                            eprintln!("floor server: accept failed: {e}");
+                            if errors >= ACCEPT_ERRORS_MAX {
+                                return Err(anyhow::anyhow!("{errors} accepts failed; last: {e}"));
+                            }
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            continue;
+                        }
                     };
                     let (welcome, members) = (welcome.clone(), members.clone());
                     tokio::spawn(async move {
@@ -179,16 +210,18 @@ pub fn serve(args: FloorArgs) -> Result<()> {
             }
         };
         if !fanout {
-            accept.await;
-            return Ok(());
+            return accept.await;
         }
-        tokio::spawn(accept);
+        let accepting = tokio::spawn(accept);
         let deadline = Instant::now() + MEMBERS_TIMEOUT;
         while members.lock().unwrap_or_else(|p| p.into_inner()).len() < args.members {
-            if Instant::now() > deadline {
-                bail!("members did not arrive");
+            if accepting.is_finished() {
+                bail!("the floor server stopped accepting before its members were in");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if Instant::now() > deadline {
+                bail!("members did not arrive within {MEMBERS_TIMEOUT:?}");
+            }
+            tokio::time::sleep(MEMBERS_POLL).await;
         }
         let members = std::mem::take(&mut *members.lock().unwrap_or_else(|p| p.into_inner()));
         let mut steps = Vec::new();
@@ -202,6 +235,10 @@ pub fn serve(args: FloorArgs) -> Result<()> {
 
 /// Writes `rate` frames per second to every member for `length`, on a grid
 /// `window` apart, as many frames per write as are due; returns its figures.
+/// A member whose socket does not take a write whole gets nothing more
+/// until its unwritten tail is out (so its stream stays whole), and is
+/// counted in `short_writes`; `writes` counts the writes that reached the
+/// kernel.
 async fn step(members: &[TcpStream], rate: f64, window: Duration, length: Duration) -> Result<Value> {
     let one = server_frame(MESSAGE.as_bytes());
     let most = (rate * window.as_secs_f64()).ceil() as usize + 1;
@@ -209,6 +246,8 @@ async fn step(members: &[TcpStream], rate: f64, window: Duration, length: Durati
     let mut grid = tokio::time::interval(window);
     grid.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut frames, mut writes, mut short) = (0u64, 0u64, 0u64);
+    // Each member's bytes not yet taken by its socket.
+    let mut tails: Vec<Vec<u8>> = vec![Vec::new(); members.len()];
     let mut sent = 0u64;
     grid.tick().await;
     let cpu_before = own_cpu_time()?;
@@ -222,11 +261,30 @@ async fn step(members: &[TcpStream], rate: f64, window: Duration, length: Durati
         }
         sent += now as u64;
         let bytes = &batch[..one.len() * now];
-        for member in members {
-            writes += 1;
+        for (member, tail) in members.iter().zip(&mut tails) {
+            if !tail.is_empty() {
+                match member.try_write(tail) {
+                    Ok(n) => {
+                        writes += 1;
+                        tail.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if !tail.is_empty() {
+                    short += 1;
+                    continue;
+                }
+            }
             match member.try_write(bytes) {
-                Ok(n) if n == bytes.len() => frames += now as u64,
-                Ok(_) => short += 1,
+                Ok(n) => {
+                    writes += 1;
+                    frames += now as u64;
+                    if n < bytes.len() {
+                        short += 1;
+                        tail.extend_from_slice(&bytes[n..]);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => short += 1,
                 Err(e) => return Err(e.into()),
             }
@@ -263,6 +321,44 @@ mod tests {
         let m = server_frame(MESSAGE.as_bytes());
         let parsed = parse(&m).expect("complete");
         assert!(m[parsed.payload.0..].starts_with(br#"{"type":"message""#));
+    }
+
+    /// A send buffer far smaller than one tick's frames.
+    const SMALL_SEND_BUFFER: u32 = 8 * 1024;
+
+    #[tokio::test]
+    async fn a_member_that_reads_slowly_still_gets_a_whole_stream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // The member's side with a small send buffer, so that writes go short.
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(SMALL_SEND_BUFFER).expect("send buffer");
+        let member = socket.connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (mut client, _) = listener.accept().await.expect("accept");
+        // A reader slower than the writer: its socket fills, writes go short,
+        // and later writes must start with the unwritten rest.
+        let reader = tokio::spawn(async move {
+            let (mut received, mut chunk) = (Vec::new(), [0u8; 4096]);
+            loop {
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break received,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let figures =
+            step(std::slice::from_ref(&member), 2_000_000.0, Duration::from_millis(1), Duration::from_millis(300))
+                .await
+                .expect("step");
+        assert!(figures["short_writes"].as_u64().unwrap_or(0) > 0, "{figures}");
+        drop(member);
+        let received = reader.await.expect("reader");
+        let one = server_frame(MESSAGE.as_bytes());
+        let whole = received.len() / one.len();
+        assert!(whole > 0);
+        for (i, chunk) in received.chunks(one.len()).enumerate() {
+            assert_eq!(chunk, &one[..chunk.len()], "frame {i} of {whole} is broken");
+        }
     }
 
     #[test]

@@ -30,11 +30,31 @@ const FANOUT_WINDOWS_MS: &str = "10,25,50,100";
 const FANOUT_STEP: Duration = Duration::from_secs(5);
 /// How long the fan-out part may take in all.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(120);
-/// After the floor server's last step, time for its frames to land.
-const DRAIN: Duration = Duration::from_millis(500);
+/// After the floor server exits, how long its members' readers get to see
+/// the end of their streams.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the drain checks the readers.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Handshakes in flight while the fan-out members join.
+const FANOUT_PARALLEL: usize = 256;
+/// Clients and step length with `--quick`.
+const QUICK_CLIENTS: usize = 2_000;
+const QUICK_STEP: Duration = Duration::from_secs(1);
+
+/// The floor server's process, killed when dropped (on every error path).
+struct FloorProcess(Child);
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 /// Starts the floor server (this binary, `floor-server`) pinned like natter.
-fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(Child, std::net::SocketAddr)> {
+fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(FloorProcess, std::net::SocketAddr)> {
     let port = free_port()?;
     let exe = std::env::current_exe().context("the bench binary's path")?;
     let mut line = format!(
@@ -45,7 +65,7 @@ fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(Child, std::net::
         line.push(' ');
         line.push_str(a);
     }
-    let child = spawn_pinned(&line, args.server_cpu, Stdio::piped(), Stdio::inherit())?;
+    let child = FloorProcess(spawn_pinned(&line, args.server_cpu, Stdio::piped(), Stdio::inherit())?);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr)?;
     Ok((child, addr))
@@ -75,16 +95,15 @@ pub async fn run(args: &Args) -> Result<Value> {
 
 /// Connects/s and CPU per connection for handshake + hello + welcome only.
 async fn storm(args: &Args) -> Result<Value> {
-    let count = if args.quick { 2_000 } else { STORM_CLIENTS };
-    let (mut child, addr) = start(args, "join", &[])?;
-    let pid = child.id().to_string();
+    let count = if args.quick { QUICK_CLIENTS } else { STORM_CLIENTS };
+    let (child, addr) = start(args, "join", &[])?;
+    let pid = child.0.id().to_string();
     let cpu_before = cpu_time_of(&pid)?;
     let own_before = own_cpu_time()?;
     let opened = open_many(addr, count, STORM_PARALLEL, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await;
     let cpu = cpu_time_of(&pid)? - cpu_before;
     let own = own_cpu_time()? - own_before;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let (sockets, took, welcome) = opened?;
     drop(sockets);
     Ok(json!({
@@ -100,7 +119,7 @@ async fn storm(args: &Args) -> Result<Value> {
 
 /// CPU per delivery for 100,000 deliveries/s at 1 to 10 frames per write.
 async fn fanout(args: &Args) -> Result<Value> {
-    let step = if args.quick { Duration::from_secs(1) } else { FANOUT_STEP };
+    let step = if args.quick { QUICK_STEP } else { FANOUT_STEP };
     let extra = [
         "--members".to_owned(),
         FANOUT_MEMBERS.to_string(),
@@ -112,16 +131,9 @@ async fn fanout(args: &Args) -> Result<Value> {
         step.as_millis().to_string(),
     ];
     let (mut child, addr) = start(args, "fanout", &extra)?;
-    let mut stdout = child.stdout.take().context("the floor server's stdout")?;
-    let opened = open_many(addr, FANOUT_MEMBERS, 256, |_| "floor".to_owned(), |i| format!("m{i}")).await;
-    let (sockets, _, _) = match opened {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+    let mut stdout = child.0.stdout.take().context("the floor server's stdout")?;
+    let (sockets, _, _) =
+        open_many(addr, FANOUT_MEMBERS, FANOUT_PARALLEL, |_| "floor".to_owned(), |i| format!("m{i}")).await?;
     let counters = Arc::new(Counters::default());
     let epoch = Instant::now();
     for ws in sockets {
@@ -132,19 +144,19 @@ async fn fanout(args: &Args) -> Result<Value> {
         let mut out = String::new();
         stdout.read_to_string(&mut out).map(|_| out)
     });
-    let out = match tokio::time::timeout(FANOUT_TIMEOUT, report).await {
-        Ok(out) => out??,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the floor server did not finish its fan-out steps");
-        }
+    let Ok(out) = tokio::time::timeout(FANOUT_TIMEOUT, report).await else {
+        bail!("the floor server did not finish its fan-out steps within {FANOUT_TIMEOUT:?}");
     };
-    let status = child.wait()?;
+    let out = out??;
+    let status = child.0.wait()?;
     if !status.success() {
         bail!("the floor server failed ({status})");
     }
-    tokio::time::sleep(DRAIN).await;
+    // Its exit closed every member: wait until each reader has seen the end.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while counters.closed() < FANOUT_MEMBERS as u64 && Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
     let mut figures: Value = serde_json::from_str(out.trim()).context("the floor server's figures")?;
     let written: u64 = figures["steps"]
         .as_array()
