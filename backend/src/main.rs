@@ -71,8 +71,6 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let addr = listener.local_addr().map_or_else(|_| cli.listen.to_string(), |a| a.to_string());
-        info!("Natter is running at http://{addr}/");
         match natter_backend::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -67,8 +67,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let http_routes = warp::service(routes(app.clone()));
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
+    // Only now, with the history open, is the server really running: a
+    // locked or damaged database is reported without a URL before it.
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, bundle = %app.config.bundle_dir.display(), "natter serving");
+        info!(bundle = %app.config.bundle_dir.display(), "serving the page");
+        info!("Natter is running at http://{addr}/");
     }
 
     tokio::pin!(shutdown);

@@ -46,6 +46,22 @@ fn a_taken_port_is_a_clear_error_and_exit_code_1() {
 }
 
 #[test]
+fn a_data_directory_in_use_is_a_clear_error_without_a_url() {
+    let first = Natter::start(&[]);
+    let data = first.data_dir.display().to_string();
+    let out = Command::new(natter_bin())
+        .args(["--listen", "127.0.0.1:0", "--data-dir", &data])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run natter");
+    assert_eq!(out.status.code(), Some(1));
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(output.contains("another natter is using"), "{output}");
+    assert!(!output.contains("is running at"), "no URL for a server that did not start: {output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
+
+#[test]
 fn an_invalid_flag_value_is_a_clear_error() {
     let out = Command::new(natter_bin()).args(["--allow-origin", "not-an-origin"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
