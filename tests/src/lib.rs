@@ -124,6 +124,8 @@ impl Natter {
     pub fn start_on(listen: &str, args: &[&str]) -> Self {
         let given = args.windows(2).find(|w| w[0] == "--data-dir").map(|w| PathBuf::from(w[1]));
         let data_dir = given.clone().unwrap_or_else(temp_data_dir);
+        // Made here, so removed even if the start fails below.
+        let made_dir = given.is_none().then(|| RemoveOnDrop(data_dir.clone()));
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         if given.is_none() {
             args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
@@ -149,16 +151,24 @@ impl Natter {
                 Ok(line) => plain(&line),
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("natter did not start listening; output:\n{}", seen.join("\n"));
                 }
             };
             if let Some(rest) = line.split(READY_MARKER).nth(1) {
                 let addr = rest.trim().trim_end_matches('/');
-                break addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+                match addr.parse() {
+                    Ok(addr) => break addr,
+                    Err(_) => {
+                        // Never leave the process behind a failed start.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("bad address in {line:?}");
+                    }
+                }
             }
             seen.push(line);
         };
-        let made_dir = given.is_none().then(|| RemoveOnDrop(data_dir.clone()));
         Self { child, addr, data_dir, lines, _made_dir: made_dir }
     }
 
