@@ -18,7 +18,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::RemoveOnDrop;
+use crate::{RemoveOnDrop, fresh_temp_path};
 
 /// How long a page may take to show something a test waits for.
 pub const UI_TIMEOUT: Duration = Duration::from_secs(15);
@@ -74,13 +74,7 @@ impl Driver {
     pub async fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let path = chromedriver_path();
-        static DRIVERS: AtomicU64 = AtomicU64::new(0);
-        let tmp = std::env::temp_dir().join(format!(
-            "natter-e2e-{}-driver-{}",
-            std::process::id(),
-            DRIVERS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = fresh_temp_path("driver");
         std::fs::create_dir_all(&tmp).expect("create the browsers' temporary directory");
         let tmp = RemoveOnDrop(tmp);
         let child = Command::new(&path)

@@ -37,17 +37,23 @@ pub fn natter_bin() -> PathBuf {
     target.join("debug/natter")
 }
 
-/// A fresh directory for a server's database.
-pub fn temp_data_dir() -> PathBuf {
+/// A fresh path in the temporary directory, `natter-e2e-<label>-<pid>-<n>`
+/// (anything left there by an earlier process with the same pid removed).
+pub fn fresh_temp_path(label: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "natter-e2e-data-{}-{}",
+        "natter-e2e-{label}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// A fresh directory for a server's database (natter creates it).
+pub fn temp_data_dir() -> PathBuf {
+    fresh_temp_path("data")
 }
 
 /// The built page (`dist/` of the workspace), which `cargo xtask test` builds first.

@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 
 /// How long the server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the start checks whether the server listens.
+const LISTEN_POLL: Duration = Duration::from_millis(20);
 /// Open files the server may use (our machines' hard limit is 20,000).
 pub const FD_LIMIT: u32 = 20_000;
 
@@ -22,7 +24,7 @@ const SLOW_COMMIT_LOG: &str = "slow history transaction";
 /// A running server, killed when dropped.
 #[derive(Debug)]
 pub struct Server {
-    child: Child,
+    child: Process,
     pub addr: SocketAddr,
     data_dir: PathBuf,
     /// Whether `data_dir` was made for this server (and is removed with it).
@@ -52,18 +54,14 @@ impl Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let owns_data_dir = data_dir.is_none();
         let data_dir = data_dir.unwrap_or_else(|| temp_dir("data"));
-        let mut line = format!(
-            "ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec {} --listen {addr} --data-dir {}",
-            natter.display(),
-            data_dir.display()
-        );
+        let mut line = format!("{} --listen {addr} --data-dir {}", natter.display(), data_dir.display());
         for a in args {
             line.push(' ');
             line.push_str(a);
         }
         let mut child = spawn_pinned(&line, cpu, Stdio::null(), Stdio::piped())?;
         let slow_commits = Arc::new(AtomicU64::new(0));
-        if let Some(stderr) = child.stderr.take() {
+        if let Some(stderr) = child.0.stderr.take() {
             let count = Arc::clone(&slow_commits);
             // Passes the server's log through and counts its slow commits;
             // ends when the server closes its stderr.
@@ -86,7 +84,7 @@ impl Server {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// Resident memory in KiB.
@@ -128,9 +126,9 @@ impl Server {
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait()?.is_none() {
+        while self.child.0.try_wait()?.is_none() {
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = self.child.0.kill();
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -141,10 +139,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The process first, then its data directory.
+        self.child.end();
         // Every run makes a fresh data directory; left behind, a full bench
         // leaves a gigabyte in the temporary directory.
         if self.owns_data_dir {
@@ -153,9 +149,33 @@ impl Drop for Server {
     }
 }
 
-/// Runs the shell `line` pinned to `cpu` when `taskset` exists, logging at
-/// `warn`.
-pub fn spawn_pinned(line: &str, cpu: Option<u32>, stdout: Stdio, stderr: Stdio) -> Result<Child> {
+/// A server process, killed (and waited for) when dropped, so that no error
+/// path leaves one running.
+#[derive(Debug)]
+pub struct Process(pub Child);
+
+impl Process {
+    /// Kills the process if it still runs, and reaps it.
+    pub fn end(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Runs `command` (a shell command line) with its open-file limit raised to
+/// [`FD_LIMIT`] (or the hard limit), pinned to `cpu` when `taskset` exists,
+/// logging at `warn`.
+pub fn spawn_pinned(command: &str, cpu: Option<u32>, stdout: Stdio, stderr: Stdio) -> Result<Process> {
+    let line = format!("ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec {command}");
+    let line = line.as_str();
     let mut command = match cpu.filter(|_| has_taskset()) {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -168,7 +188,8 @@ pub fn spawn_pinned(line: &str, cpu: Option<u32>, stdout: Stdio, stderr: Stdio) 
             c
         }
     };
-    command.env("RUST_LOG", "warn").stdout(stdout).stderr(stderr).spawn().context("starting the server")
+    let child = command.env("RUST_LOG", "warn").stdout(stdout).stderr(stderr).spawn().context("starting the server")?;
+    Ok(Process(child))
 }
 
 /// Waits until something listens on `addr`.
@@ -178,7 +199,7 @@ pub fn wait_listening(addr: SocketAddr) -> Result<()> {
         if Instant::now() > deadline {
             bail!("the server did not listen on {addr}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(LISTEN_POLL);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! system calls.
 
 use std::io::Read;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::Args;
 use crate::load::{Counters, open_many, read};
-use crate::server::{FD_LIMIT, cpu_time_of, free_port, own_cpu_time, spawn_pinned, wait_listening};
+use crate::server::{Process, cpu_time_of, free_port, own_cpu_time, spawn_pinned, wait_listening};
 
 /// Connections of the storm part (as `bench storm`).
 const STORM_CLIENTS: usize = 10_000;
@@ -41,31 +41,16 @@ const FANOUT_PARALLEL: usize = 256;
 const QUICK_CLIENTS: usize = 2_000;
 const QUICK_STEP: Duration = Duration::from_secs(1);
 
-/// The floor server's process, killed when dropped (on every error path).
-struct FloorProcess(Child);
-
-impl Drop for FloorProcess {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Starts the floor server (this binary, `floor-server`) pinned like natter.
-fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(FloorProcess, std::net::SocketAddr)> {
+fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(Process, std::net::SocketAddr)> {
     let port = free_port()?;
     let exe = std::env::current_exe().context("the bench binary's path")?;
-    let mut line = format!(
-        "ulimit -n {FD_LIMIT} 2>/dev/null || ulimit -n $(ulimit -Hn); exec '{}' floor-server --port {port} --mode {mode}",
-        exe.display()
-    );
+    let mut line = format!("'{}' floor-server --port {port} --mode {mode}", exe.display());
     for a in extra {
         line.push(' ');
         line.push_str(a);
     }
-    let child = FloorProcess(spawn_pinned(&line, args.server_cpu, Stdio::piped(), Stdio::inherit())?);
+    let child = spawn_pinned(&line, args.server_cpu, Stdio::piped(), Stdio::inherit())?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(addr)?;
     Ok((child, addr))
