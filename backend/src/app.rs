@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::chat::hub::Hub;
+use crate::chat::room::Room;
 use crate::config::{Config, HistoryKind};
-use crate::history::{HistoryError, HistoryStore, MemoryStore, WriteQueue};
-use crate::hub::Hub;
-use crate::sqlite::{SqliteStore, StoreError};
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::{SqliteStore, StoreError};
+use crate::store::{Draft, HistoryError, HistoryStore, WriteQueue};
 
 /// Shared server state.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl App {
     }
 
     /// Hands a draft to the history writer for `room`.
-    pub async fn submit(&self, room: Arc<crate::room::Room>, draft: crate::history::Draft) -> Result<(), HistoryError> {
+    pub async fn submit(&self, room: Arc<Room>, draft: Draft) -> Result<(), HistoryError> {
         self.writes.submit(room, draft).await
     }
 
@@ -77,12 +79,4 @@ impl Drop for SessionCount {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Milliseconds since the Unix epoch, for event timestamps.
-pub fn now_ms() -> natter_shared::Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    natter_shared::Timestamp(ms)
 }

@@ -4,37 +4,25 @@
 //! shutdown future. The binary (`main.rs`) only parses flags, sets up logging,
 //! binds and calls it; tests call it with port 0.
 //!
-//! Layout, outside in:
-//! * [`server`] — the accept loop: connection cap, TCP_NODELAY, hyper per connection, shutdown.
-//! * [`http`] — static files of the built page, SPA fallback, `/healthz`.
-//! * [`upgrade`] — the `/ws` handshake and `Origin` check, with our WebSocket config.
-//! * [`session`] — one WebSocket: reader + writer, protocol handling, how it ends.
-//! * [`outbound`] — a connection's bounded queue and its close "kick".
-//! * [`hub`] and [`room`] — rooms, members, presence, ordering, dedupe.
-//! * [`history`] — the `HistoryStore` trait, the writer queue, the in-memory store.
-//! * [`sqlite`] — the durable store: SQLite (WAL), one group-committing writer thread.
-//! * [`rate_limit`], [`heartbeat`], [`origin`] — plain policies with unit tests.
-//! * [`config`] and [`cli`] — every bound and timeout, with defaults as constants.
+//! The folders are the layers, outside in; each uses only those below it
+//! (docs/ARCHITECTURE.md has the table, and `cargo xtask test` checks it):
+//! * [`net`] — the accept loop, static files and `/healthz`, the `/ws` handshake.
+//! * [`session`] — one WebSocket: reader + writer, the requests, how it ends.
+//! * [`app`] — what every connection of a running server shares.
+//! * [`chat`] — the hub and its rooms: members, presence, ordering, welcomes.
+//! * [`store`] — history: the writer queue, the memory and SQLite stores, export/import.
+//! * [`ws`] — RFC 6455 framing and each connection's bounded outbound queue.
+//! * [`config`] — every bound and timeout with defaults as constants, the flags, `Origin` policy.
+//! * [`random`] — random ids and tokens.
 
 pub mod app;
-pub mod cli;
+pub mod chat;
 pub mod config;
-pub mod frame;
-pub mod heartbeat;
-pub mod history;
-pub mod http;
-pub mod hub;
-pub mod origin;
-pub mod outbound;
+pub mod net;
 pub mod random;
-pub mod rate_limit;
-pub mod room;
-pub mod server;
 pub mod session;
-pub mod sqlite;
-pub mod transfer;
-pub mod upgrade;
-pub mod welcome;
+pub mod store;
+pub mod ws;
 
 pub use config::Config;
-pub use server::{ServerError, run};
+pub use net::server::{ServerError, run};

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use natter_backend::cli::{Cli, Command};
+use natter_backend::ServerError;
+use natter_backend::config::cli::Cli;
+use natter_backend::store::transfer;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -19,34 +21,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    match &cli.command {
-        Some(Command::Export(args)) => {
-            let mut out = std::io::stdout().lock();
-            return match natter_backend::transfer::export(&args.data_dir, &args.room, args.since(), &mut out) {
-                Ok(n) => {
-                    eprintln!("natter: exported {n} events of #{}", args.room);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("natter: export failed: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
-        Some(Command::Import(args)) => {
-            let input = std::io::stdin().lock();
-            return match natter_backend::transfer::import(&args.data_dir, &args.room, input) {
-                Ok(n) => {
-                    eprintln!("natter: imported {n} events into #{}", args.room);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("natter: import failed: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
-        None => {}
+    if let Some(command) = &cli.command {
+        return match transfer::run(command) {
+            Ok(report) => {
+                eprintln!("natter: {report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("natter: {} failed: {e}", command.name());
+                ExitCode::from(1)
+            }
+        };
     }
     let cli = cli.serve;
     let config = match cli.config() {
@@ -64,7 +49,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match natter_backend::server::bind(cli.listen) {
+        let listener = match natter_backend::net::server::bind(cli.listen) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("natter: cannot listen on {}: {e}", cli.listen);
@@ -73,6 +58,10 @@ fn main() -> ExitCode {
         };
         match natter_backend::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(ServerError::Config(e)) => {
+                eprintln!("natter: {e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 error!(error = %e, "server failed");
                 ExitCode::from(1)

@@ -51,7 +51,7 @@ async fn small_buffer_client(server: &TestServer) -> Client {
 async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
     const MESSAGES: usize = 3000;
     let mut cfg = config();
-    cfg.limits.outbound_queue = 16;
+    cfg.conn.outbound_queue = 16;
     // The sender waits for each batch's acks: write coalescing would pace
     // this lock-step exchange at one round per coalescing window.
     cfg.ws.write_coalesce = Duration::ZERO;
@@ -126,7 +126,7 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
 #[tokio::test]
 async fn a_foreign_origin_is_refused_with_403_before_the_upgrade() {
     let mut cfg = config();
-    cfg.origins = natter_backend::origin::OriginPolicy::new(&["https://pages.example"]).expect("valid");
+    cfg.origins = natter_backend::config::origin::OriginPolicy::new(&["https://pages.example"]).expect("valid");
     let server = TestServer::start(cfg).await;
     match Client::try_connect_with(&server.url(), &[("origin", "http://evil.example")]).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 403),

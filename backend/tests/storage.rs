@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestServer, config, resume, sqlite_config, temp_dir};
 use natter_backend::config::HistoryKind;
-use natter_backend::sqlite::{DB_FILE, MIGRATIONS, SCHEMA_VERSION};
+use natter_backend::store::sqlite::{DB_FILE, MIGRATIONS, SCHEMA_VERSION};
 use natter_shared::{ClientMsg, ErrorCode, HistoryRequest, RoomEvent, RoomName, Seq, ServerMsg};
 
 fn texts(events: &[RoomEvent]) -> Vec<String> {
@@ -30,7 +30,8 @@ fn ack_seq(msg: ServerMsg) -> Seq {
 /// Exports a room of a data directory (the server may be running: WAL readers are fine).
 fn export(dir: &std::path::Path, room: &str) -> Vec<RoomEvent> {
     let mut out = Vec::new();
-    natter_backend::transfer::export(dir, &RoomName::parse(room).expect("valid"), Seq(0), &mut out).expect("export");
+    natter_backend::store::transfer::export(dir, &RoomName::parse(room).expect("valid"), Seq(0), &mut out)
+        .expect("export");
     String::from_utf8(out)
         .expect("utf-8")
         .lines()
@@ -338,23 +339,23 @@ async fn export_then_import_round_trips_exactly() {
     server.shutdown().await.expect("stops");
     let room = RoomName::parse("lobby").expect("valid");
     let mut first = Vec::new();
-    let count = natter_backend::transfer::export(&dir, &room, Seq(0), &mut first).expect("export");
+    let count = natter_backend::store::transfer::export(&dir, &room, Seq(0), &mut first).expect("export");
     assert_eq!(count, 5);
 
     let copy = temp_dir("import");
-    assert_eq!(natter_backend::transfer::import(&copy, &room, &first[..]).expect("import"), 5);
+    assert_eq!(natter_backend::store::transfer::import(&copy, &room, &first[..]).expect("import"), 5);
     let mut second = Vec::new();
-    natter_backend::transfer::export(&copy, &room, Seq(0), &mut second).expect("export again");
+    natter_backend::store::transfer::export(&copy, &room, Seq(0), &mut second).expect("export again");
     assert_eq!(String::from_utf8(first.clone()).expect("utf-8"), String::from_utf8(second).expect("utf-8"));
 
     // --since, a non-empty target and bad input are handled.
     let mut tail = Vec::new();
-    natter_backend::transfer::export(&dir, &room, Seq(3), &mut tail).expect("export since");
+    natter_backend::store::transfer::export(&dir, &room, Seq(3), &mut tail).expect("export since");
     assert_eq!(String::from_utf8(tail).expect("utf-8").lines().count(), 2);
-    let again = natter_backend::transfer::import(&copy, &room, &first[..]).expect_err("not empty");
+    let again = natter_backend::store::transfer::import(&copy, &room, &first[..]).expect_err("not empty");
     assert!(again.to_string().contains("already holds events"), "{again}");
-    let bad =
-        natter_backend::transfer::import(&temp_dir("bad"), &room, &b"{\"type\":\"nope\"}\n"[..]).expect_err("bad line");
+    let bad = natter_backend::store::transfer::import(&temp_dir("bad"), &room, &b"{\"type\":\"nope\"}\n"[..])
+        .expect_err("bad line");
     assert!(bad.to_string().starts_with("line 1"), "{bad}");
 
     // The imported database serves a server: history and seqs continue.

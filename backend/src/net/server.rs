@@ -18,10 +18,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
+use super::http::{Body, from_warp, routes, text_response};
+use super::upgrade::{self, WS_PATH};
 use crate::app::App;
 use crate::config::{Config, ConfigError};
-use crate::http::{Body, from_warp, routes, text_response};
-use crate::upgrade::{self, WS_PATH};
+use crate::store::sqlite::StoreError;
 
 /// Connections over the cap that may be answered with 503 at once; beyond
 /// that they are closed without an answer (policy: never queue them).
@@ -40,7 +41,7 @@ pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Storage(#[from] crate::sqlite::StoreError),
+    Storage(#[from] StoreError),
 }
 
 /// Connections the kernel holds for the accept loop (capped by

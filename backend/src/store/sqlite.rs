@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use natter_shared::wire_name::{WireName, from_name};
 use natter_shared::{
     ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
 };
@@ -18,10 +19,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::writer::{Sequencer, Write, WriteQueue, WriterMsg};
+use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, now_ms, replay_of};
 use crate::config::StorageConfig;
-use crate::history::{
-    Draft, HistoryError, HistoryStore, Outcome, Replay, Sequencer, Write, WriteQueue, WriterMsg, replay_of,
-};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "natter.db";
@@ -148,7 +148,7 @@ fn migrate(conn: &Connection, path: &Path, from: i64) -> Result<(), StoreError> 
         let tx = conn.unchecked_transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
         if to == 1 {
-            let id = crate::random::random_hex(8).unwrap_or_else(|| format!("s{}", crate::app::now_ms().0));
+            let id = crate::random::random_hex(8).unwrap_or_else(|| format!("s{}", now_ms().0));
             tx.execute("INSERT INTO meta (key, value) VALUES ('history_id', ?1)", [id]).map_err(err)?;
         }
         tx.execute_batch(&format!("PRAGMA user_version = {to}")).map_err(err)?;
@@ -167,13 +167,8 @@ fn storage_error(e: rusqlite::Error) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
 
-fn kind_str(kind: NoticeKind) -> &'static str {
-    match kind {
-        NoticeKind::Joined => "joined",
-        NoticeKind::Left => "left",
-        NoticeKind::TimedOut => "timed_out",
-    }
-}
+/// The `kind` column of a chat message; a notice's is its kind's wire name.
+const MESSAGE_KIND: &str = "message";
 
 const EVENT_COLUMNS: &str = "seq, ts, kind, name, color, text, cid";
 
@@ -185,23 +180,14 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RoomEvent> {
     let kind: String = row.get(2)?;
     let name = UserName::parse(&row.get::<_, String>(3)?).map_err(|_| bad("name"))?;
     let color = Color(row.get(4)?);
-    Ok(match kind.as_str() {
-        "message" => {
-            let text = MessageText::parse(&row.get::<_, String>(5)?).map_err(|_| bad("text"))?;
-            let cid =
-                row.get::<_, Option<String>>(6)?.map(|c| ClientMsgId::parse(&c)).transpose().map_err(|_| bad("cid"))?;
-            RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid })
-        }
-        "joined" | "left" | "timed_out" => {
-            let kind = match kind.as_str() {
-                "joined" => NoticeKind::Joined,
-                "left" => NoticeKind::Left,
-                _ => NoticeKind::TimedOut,
-            };
-            RoomEvent::Notice(Notice { seq, ts, kind, name, color })
-        }
-        _ => return Err(bad("kind")),
-    })
+    if kind == MESSAGE_KIND {
+        let text = MessageText::parse(&row.get::<_, String>(5)?).map_err(|_| bad("text"))?;
+        let cid =
+            row.get::<_, Option<String>>(6)?.map(|c| ClientMsgId::parse(&c)).transpose().map_err(|_| bad("cid"))?;
+        return Ok(RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid }));
+    }
+    let kind = from_name::<NoticeKind>(&kind).ok_or_else(|| bad("kind"))?;
+    Ok(RoomEvent::Notice(Notice { seq, ts, kind, name, color }))
 }
 
 /// Stores one event (used by the writer and by `import`).
@@ -215,7 +201,7 @@ pub fn insert_event(tx: &Transaction<'_>, room: &RoomName, event: &RoomEvent) ->
             room.as_str(),
             seq,
             ts,
-            "message",
+            MESSAGE_KIND,
             m.name.as_str(),
             m.name.key(),
             m.color.as_str(),
@@ -226,7 +212,7 @@ pub fn insert_event(tx: &Transaction<'_>, room: &RoomName, event: &RoomEvent) ->
             room.as_str(),
             seq,
             ts,
-            kind_str(n.kind),
+            n.kind.wire_name(),
             n.name.as_str(),
             n.name.key(),
             n.color.as_str(),
@@ -278,7 +264,6 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
 /// The durable store.
 #[derive(Debug)]
 pub struct SqliteStore {
-    path: PathBuf,
     history_id: String,
     keeps: Option<usize>,
     /// Reads run beside the writer (WAL); one connection is plenty for the
@@ -312,7 +297,7 @@ impl SqliteStore {
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let reader = open_for_reading(&path)?;
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let store = Arc::new(Self { path: path.clone(), history_id, keeps, reader: Mutex::new(reader) });
+        let store = Arc::new(Self { history_id, keeps, reader: Mutex::new(reader) });
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -329,11 +314,6 @@ impl SqliteStore {
 
     fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -461,14 +441,14 @@ impl Writer {
 
     /// Stores a batch in one transaction, then reports every outcome in order.
     fn store(&mut self, batch: Vec<Write>) {
-        let now = crate::app::now_ms();
+        let now = now_ms();
         let started = Instant::now();
         let result = (|| -> rusqlite::Result<Vec<Outcome>> {
             let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut heads: Vec<(RoomName, Seq)> = Vec::new();
             for write in &batch {
-                let room = &write.room.name;
+                let room = write.room.room_name();
                 if let Some((key, cid)) = write.draft.sender_key() {
                     let found: Option<(i64, i64)> = tx
                         .prepare_cached("SELECT seq, ts FROM events WHERE room = ?1 AND name_key = ?2 AND cid = ?3")?
@@ -515,7 +495,7 @@ impl Writer {
             Err(e) => {
                 warn!(error = %e, events = batch.len(), "history transaction failed");
                 // Nothing of the batch was stored: its seqs are free again.
-                self.seqs.forget(batch.iter().map(|w| &w.room.name));
+                self.seqs.forget(batch.iter().map(|w| w.room.room_name()));
                 let error = storage_error(e);
                 for write in batch {
                     match write.draft {
@@ -555,9 +535,7 @@ impl Writer {
                     .execute(params![room, cutoff, budget as i64])?;
                 }
                 if let Some(age) = self.options.retain_age {
-                    let cutoff =
-                        crate::app::now_ms().0.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
-                            as i64;
+                    let cutoff = now_ms().0.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)) as i64;
                     let budget = RETENTION_CHUNK.saturating_sub(deleted);
                     deleted += tx.prepare_cached(
                         "DELETE FROM events WHERE room = ?1 AND seq IN (SELECT seq FROM events WHERE room = ?1 AND ts < ?2 ORDER BY seq LIMIT ?3)",

@@ -1,8 +1,8 @@
-//! The `welcome` frame, assembled from JSON the room already holds.
+//! The `welcome` message, assembled from JSON the room already holds.
 //!
 //! A join into a busy room sends the member list and the latest events. The
 //! room keeps each member's JSON (made when they join) and each recent
-//! event's frame (the bytes its broadcast sent), so a welcome, fresh or
+//! event as encoded for its broadcast, so a welcome, fresh or
 //! resuming from memory, is mostly copying: only the joiner's own fields
 //! and a replay read from the store are serialized here. The output is byte
 //! for byte serde's JSON of `ServerMsg::Welcome` (tests here and in
@@ -13,26 +13,27 @@ use std::io::Write;
 use natter_shared::{Member, ResumeToken, RoomEvent, RoomName, Seq};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::outbound::encode_json;
+use crate::ws::outbound::{Encoded, encode_json};
 
 /// A member's JSON, made once when they join.
 pub fn member_json(member: &Member) -> Box<str> {
     serde_json::to_string(member).unwrap_or_default().into_boxed_str()
 }
 
-/// A welcome's events: frames kept in memory, or a replay read from the store.
+/// A welcome's events: as encoded for their broadcasts and kept in memory,
+/// or a replay read from the store.
 #[derive(Debug)]
 pub enum History<'a> {
-    Frames(Vec<&'a Utf8Bytes>),
+    Encoded(Vec<&'a Encoded>),
     Events(Vec<RoomEvent>),
 }
 
 impl History<'_> {
-    /// The bytes the frames take in the welcome (0 for events, which are
-    /// serialized as they are written).
-    pub fn frames_len(&self) -> usize {
+    /// The bytes the encoded events take in the welcome (0 for events, which
+    /// are serialized as they are written).
+    pub fn encoded_len(&self) -> usize {
         match self {
-            Self::Frames(frames) => frames.iter().map(|f| f.len() + 1).sum(),
+            Self::Encoded(encoded) => encoded.iter().map(|e| e.len() + 1).sum(),
             Self::Events(_) => 0,
         }
     }
@@ -53,8 +54,8 @@ pub struct Parts<'a, M> {
     pub missed: u64,
 }
 
-/// Writes the welcome frame.
-pub fn encode<'a, M>(parts: Parts<'a, M>, size_hint: usize) -> Utf8Bytes
+/// Writes the welcome.
+pub fn encode<'a, M>(parts: Parts<'a, M>, size_hint: usize) -> Encoded
 where
     M: Iterator<Item = &'a str>,
 {
@@ -80,7 +81,7 @@ where
     join(out, parts.members.map(str::as_bytes));
     out.extend_from_slice(br#"],"history":["#);
     match parts.history {
-        History::Frames(frames) => join(out, frames.into_iter().map(|f| f.as_str().as_bytes())),
+        History::Encoded(encoded) => join(out, encoded.into_iter().map(|e| e.as_str().as_bytes())),
         History::Events(events) => {
             for (i, event) in events.iter().enumerate() {
                 if i > 0 {
@@ -111,8 +112,8 @@ fn join<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a [u8]>) {
 }
 
 /// Our types always serialize; should one not, the joiner gets an error
-/// frame rather than a broken welcome.
-fn failed(why: &str) -> Utf8Bytes {
+/// rather than a broken welcome.
+fn failed(why: &str) -> Encoded {
     tracing::error!(error = why, "failed to write a welcome");
     encode_json(&natter_shared::ServerMsg::error(natter_shared::ErrorCode::Internal, "server error"))
 }
@@ -124,7 +125,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::outbound::encode;
+    use crate::ws::outbound::encode;
 
     fn member(name: &str) -> Member {
         Member { name: UserName::parse(name).expect("valid"), color: Color("#1e77d0".into()) }
@@ -151,7 +152,7 @@ mod tests {
     }
 
     /// The owned welcome, and the same one written from parts.
-    fn both(members: &[Member], history: Vec<RoomEvent>, frames: bool, missed: u64) -> (String, String) {
+    fn both(members: &[Member], history: Vec<RoomEvent>, from_memory: bool, missed: u64) -> (String, String) {
         let room = RoomName::parse("dev-team").expect("valid");
         let token = ResumeToken::parse("tok_1").expect("valid");
         let owned = ServerMsg::Welcome(Welcome {
@@ -166,8 +167,8 @@ mod tests {
         });
         let you = member_json(&members.first().cloned().unwrap_or_else(|| member("Ada")));
         let member_jsons: Vec<Box<str>> = members.iter().map(member_json).collect();
-        let event_frames: Vec<Utf8Bytes> = history.iter().map(|e| encode(&e.clone().into())).collect();
-        let history = if frames { History::Frames(event_frames.iter().collect()) } else { History::Events(history) };
+        let encoded: Vec<Encoded> = history.iter().map(|e| encode(&e.clone().into())).collect();
+        let history = if from_memory { History::Encoded(encoded.iter().collect()) } else { History::Events(history) };
         let parts = Parts {
             you: &you,
             room: &room,
@@ -184,10 +185,10 @@ mod tests {
     #[test]
     fn written_welcomes_are_serdes_json_byte_for_byte() {
         let members = [member("Ada"), member("bob"), member("Zoë \"Z\"")];
-        for frames in [false, true] {
+        for from_memory in [false, true] {
             for missed in [0, 3] {
-                let (owned, written) = both(&members, events(), frames, missed);
-                assert_eq!(written, owned, "frames {frames}, missed {missed}");
+                let (owned, written) = both(&members, events(), from_memory, missed);
+                assert_eq!(written, owned, "from memory {from_memory}, missed {missed}");
             }
         }
         let (owned, written) = both(&[], vec![], true, 0);

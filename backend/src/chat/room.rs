@@ -1,9 +1,9 @@
 //! One room: its members, its recent events, and the order of its events.
 //!
-//! Every change to a room happens under its lock, and every frame it sends is
+//! Every change to a room happens under its lock, and every message it sends is
 //! queued (never awaited) under that lock. Events get their seq from the
 //! history writer; the writer hands each stored event back through
-//! [`Room::committed`] in seq order, which acknowledges and broadcasts it, so
+//! [`Committed::committed`] in seq order, which acknowledges and broadcasts it, so
 //! all members see the same events in the same order and nothing is
 //! acknowledged before it is stored. The lock is a plain mutex held for
 //! microseconds and never across an `.await`.
@@ -16,20 +16,16 @@ use natter_shared::{
     RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for, limits::TYPING_REFRESH_MIN_MS,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
+use super::welcome;
 use crate::config::RoomLimits;
-use crate::history::{Draft, HistoryError, HistoryStore, Outcome, Replay};
-use crate::outbound::{CloseReason, ConnHandle, ConnId, encode};
-use crate::welcome;
+use crate::store::{Committed, Draft, HistoryError, HistoryStore, MemberId, Outcome, Replay};
+use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
 /// the room, the token and the history id), for sizing its buffer.
 const WELCOME_FIXED_BYTES: usize = 256;
-
-/// Identifies one membership (a name in a room, across resumes).
-pub type MemberId = u64;
 
 /// What a session holds to act as a member of a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,24 +93,24 @@ impl MemberEntry {
     }
 }
 
-/// A stored event as the frame its broadcast sent: welcomes and replays
-/// from memory copy it instead of serializing the event again.
+/// A stored event as encoded for its broadcast: welcomes and replays from
+/// memory copy it instead of serializing the event again.
 #[derive(Debug)]
 struct RecentEvent {
     seq: Seq,
-    frame: Utf8Bytes,
+    encoded: Encoded,
 }
 
 impl From<RoomEvent> for RecentEvent {
     fn from(event: RoomEvent) -> Self {
-        Self { seq: event.seq(), frame: encode(&event.into()) }
+        Self { seq: event.seq(), encoded: encode(&event.into()) }
     }
 }
 
-/// The events a resuming member missed: frames from memory, or a replay
-/// read from the store.
+/// The events a resuming member missed: encoded ones from memory, or a
+/// replay read from the store.
 enum Replayed<'a> {
-    Recent { frames: Vec<&'a Utf8Bytes>, missed: u64 },
+    Recent { encoded: Vec<&'a Encoded>, missed: u64 },
     Stored(Replay),
 }
 
@@ -175,11 +171,29 @@ impl Room {
         new_member_id: MemberId,
         token: ResumeToken,
     ) -> Result<(Membership, JoinKind), JoinError> {
-        let key = req.name.key();
         let mut guard = self.lock();
         let state = &mut *guard;
+        // A seq of another history (an in-memory server that restarted)
+        // means nothing here.
+        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
+        let resume_after = req.last_seq.filter(|_| same_history);
+        let (membership, kind) = self.admit(state, req, conn, new_member_id, token)?;
+        self.send_welcome(state, &membership.key, resume_after, conn)?;
+        Ok((membership, kind))
+    }
 
-        let (membership, kind) = match state.members.get_mut(&key) {
+    /// Takes a new member in, or gives a member's session back to the browser
+    /// holding its token (kicking an older connection still attached).
+    fn admit(
+        &self,
+        state: &mut RoomState,
+        req: JoinRequest,
+        conn: &ConnHandle,
+        new_member_id: MemberId,
+        token: ResumeToken,
+    ) -> Result<(Membership, JoinKind), JoinError> {
+        let key = req.name.key();
+        match state.members.get_mut(&key) {
             Some(existing) if req.resume_token.as_ref() == Some(&existing.token) => {
                 // Take the session back; an older connection still attached is replaced.
                 if let Some(old) = existing.conn.replace(conn.clone()) {
@@ -187,10 +201,10 @@ impl Room {
                 }
                 existing.epoch += 1;
                 existing.typing_since = None;
-                let m = Membership { member_id: existing.id, key: key.clone(), name: existing.name.clone() };
-                (m, JoinKind::Resumed)
+                let m = Membership { member_id: existing.id, key, name: existing.name.clone() };
+                Ok((m, JoinKind::Resumed))
             }
-            Some(_) => return Err(JoinError::NameTaken),
+            Some(_) => Err(JoinError::NameTaken),
             None => {
                 if state.members.len() >= self.limits.max_members_per_room {
                     return Err(JoinError::RoomFull);
@@ -209,33 +223,41 @@ impl Room {
                 };
                 let notice = entry.notice(NoticeKind::Joined);
                 state.members.insert(key.clone(), entry);
-                let m = Membership { member_id: new_member_id, key: key.clone(), name: req.name };
-                (m, JoinKind::Joined(notice))
+                let m = Membership { member_id: new_member_id, key, name: req.name };
+                Ok((m, JoinKind::Joined(notice)))
             }
-        };
+        }
+    }
 
-        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
-        let replay = match req.last_seq {
-            // A seq of another history (an in-memory server that restarted),
-            // or beyond the head, means nothing here: start afresh.
-            Some(last) if same_history && last <= state.head => Some(self.replay(state, last)?),
-            // A fresh join: the latest events, serialized straight from memory.
+    /// Queues the welcome of the member under `key` on `conn`: the events
+    /// after `resume_after` (a resume), or the latest ones (a fresh join, or
+    /// a seq beyond the head, which means nothing here).
+    fn send_welcome(
+        &self,
+        state: &RoomState,
+        key: &str,
+        resume_after: Option<Seq>,
+        conn: &ConnHandle,
+    ) -> Result<(), HistoryError> {
+        let replay = match resume_after {
+            Some(last) if last <= state.head => Some(self.replay(state, last)?),
             _ => None,
         };
-        let me = &state.members[&key];
+        let me = &state.members[key];
         // Members in the order of their keys (the map's keys): no clones.
         let mut members: Vec<(&String, &MemberEntry)> = state.members.iter().collect();
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let (history, missed) = match replay {
             Some(Replayed::Stored(stored)) => (welcome::History::Events(stored.events), stored.missed),
-            Some(Replayed::Recent { frames, missed }) => (welcome::History::Frames(frames), missed),
+            Some(Replayed::Recent { encoded, missed }) => (welcome::History::Encoded(encoded), missed),
+            // A fresh join: the latest events, copied from memory.
             None => {
-                let frames = state.latest_iter(self.limits.welcome_history).map(|r| &r.frame).collect();
-                (welcome::History::Frames(frames), 0)
+                let encoded = state.latest_iter(self.limits.welcome_history).map(|r| &r.encoded).collect();
+                (welcome::History::Encoded(encoded), 0)
             }
         };
         let size =
-            WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>() + history.frames_len();
+            WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>() + history.encoded_len();
         let parts = welcome::Parts {
             you: &me.json,
             room: &self.name,
@@ -247,7 +269,7 @@ impl Room {
             missed,
         };
         conn.send(&welcome::encode(parts, size));
-        Ok((membership, kind))
+        Ok(())
     }
 
     /// The events after `last` up to the announced head: from memory when
@@ -255,10 +277,10 @@ impl Room {
     fn replay<'a>(&self, state: &'a RoomState, last: Seq) -> Result<Replayed<'a>, HistoryError> {
         let covered = state.recent.front().is_some_and(|first| first.seq <= last.next()) || state.head == last;
         if covered {
-            let mut frames: Vec<&Utf8Bytes> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.frame).collect();
-            frames.drain(..frames.len().saturating_sub(self.limits.replay_max));
-            let missed = state.head.0.saturating_sub(last.0).saturating_sub(frames.len() as u64);
-            return Ok(Replayed::Recent { frames, missed });
+            let mut encoded: Vec<&Encoded> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.encoded).collect();
+            encoded.drain(..encoded.len().saturating_sub(self.limits.replay_max));
+            let missed = state.head.0.saturating_sub(last.0).saturating_sub(encoded.len() as u64);
+            return Ok(Replayed::Recent { encoded, missed });
         }
         Ok(Replayed::Stored(self.store.after(&self.name, last, state.head, self.limits.replay_max)?))
     }
@@ -283,44 +305,6 @@ impl Room {
             sender: conn.clone(),
             member: member.id,
         })
-    }
-
-    /// The writer stored (or refused) a draft: acknowledge and broadcast it.
-    pub fn committed(&self, draft: Draft, outcome: Outcome) {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        match (draft, outcome) {
-            (draft, Outcome::Stored(event)) => {
-                state.head = state.head.max(event.seq());
-                let recent = RecentEvent::from(event.clone());
-                let frame = recent.frame.clone();
-                state.recent.push_back(recent);
-                while state.recent.len() > self.recent_max {
-                    state.recent.pop_front();
-                }
-                match draft {
-                    Draft::Message { cid, sender, member, .. } => {
-                        sender.send_msg(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
-                        state.broadcast(&frame, Some(member));
-                    }
-                    Draft::Notice { .. } => state.broadcast(&frame, None),
-                }
-            }
-            (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
-                sender.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
-            }
-            (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
-                sender.send_msg(&ServerMsg::Error(ErrorMsg {
-                    code: ErrorCode::StorageUnavailable,
-                    message: format!("the message was not stored ({e}); it will be sent again"),
-                    cid: Some(cid.to_string()),
-                }));
-            }
-            (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
-                warn!(room = %self.name, ?kind, error = %e, "notice not stored");
-            }
-            (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
-        }
     }
 
     /// Tells the others that `who` started or stopped typing, dropping
@@ -410,20 +394,64 @@ impl Room {
     }
 }
 
+/// The writer reports here: acknowledge and broadcast what it stored.
+impl Committed for Room {
+    fn room_name(&self) -> &RoomName {
+        &self.name
+    }
+
+    fn committed(&self, draft: Draft, outcome: Outcome) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        match (draft, outcome) {
+            (draft, Outcome::Stored(event)) => {
+                state.head = state.head.max(event.seq());
+                let recent = RecentEvent::from(event.clone());
+                let encoded = recent.encoded.clone();
+                state.recent.push_back(recent);
+                while state.recent.len() > self.recent_max {
+                    state.recent.pop_front();
+                }
+                match draft {
+                    Draft::Message { cid, sender, member, .. } => {
+                        sender.send_msg(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                        state.broadcast(&encoded, Some(member));
+                    }
+                    Draft::Notice { .. } => state.broadcast(&encoded, None),
+                }
+            }
+            (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
+                sender.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
+            }
+            (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
+                sender.send_msg(&ServerMsg::Error(ErrorMsg {
+                    code: ErrorCode::StorageUnavailable,
+                    message: format!("the message was not stored ({e}); it will be sent again"),
+                    cid: Some(cid.to_string()),
+                }));
+            }
+            (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
+                warn!(room = %self.name, ?kind, error = %e, "notice not stored");
+            }
+            (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
+        }
+    }
+}
+
 impl RoomState {
     fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RecentEvent>> {
         let skip = self.recent.len().saturating_sub(limit);
         self.recent.iter().skip(skip)
     }
 
-    /// Queues one shared frame for every attached member except `except`.
-    fn broadcast(&self, frame: &Utf8Bytes, except: Option<MemberId>) {
+    /// Queues one shared encoded message for every attached member except `except`.
+    fn broadcast(&self, encoded: &Encoded, except: Option<MemberId>) {
         for member in self.members.values() {
             if Some(member.id) == except {
                 continue;
             }
             if let Some(conn) = &member.conn {
-                conn.send(frame);
+                conn.send(encoded);
             }
         }
     }
@@ -432,8 +460,8 @@ impl RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::MemoryStore;
-    use crate::outbound::{ConnReceiver, channel};
+    use crate::store::memory::MemoryStore;
+    use crate::ws::outbound::{ConnReceiver, channel};
 
     /// A room over a memory store whose writer the test drives by hand.
     struct Fixture {
@@ -491,9 +519,9 @@ mod tests {
         }
     }
 
-    /// Every frame queued so far, decoded.
+    /// Every message queued so far, decoded.
     fn drain(rx: &mut ConnReceiver) -> Vec<ServerMsg> {
-        rx.take().frames.iter().map(|frame| serde_json::from_str(frame.as_str()).expect("valid frame")).collect()
+        rx.take().encoded.iter().map(|encoded| serde_json::from_str(encoded.as_str()).expect("valid JSON")).collect()
     }
 
     #[test]
@@ -652,14 +680,14 @@ mod tests {
             f.room
                 .join(request(&format!("u{id}"), None, last_seq), &other, id, token(&format!("t{id}")))
                 .expect("joins");
-            let frames = other_rx.take().frames;
-            let [frame] = &frames.iter().collect::<Vec<_>>()[..] else { panic!("one welcome") };
-            let owned: ServerMsg = serde_json::from_str(frame.as_str()).expect("a welcome");
+            let queued = other_rx.take().encoded;
+            let [welcome] = &queued.iter().collect::<Vec<_>>()[..] else { panic!("one welcome") };
+            let owned: ServerMsg = serde_json::from_str(welcome.as_str()).expect("a welcome");
             let ServerMsg::Welcome(w) = &owned else { panic!("a welcome") };
             assert_eq!(w.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()[..3], ["ada", "Q\"uo\\te", "u3"]);
             assert!(!w.history.is_empty());
             assert_eq!(w.missed.is_some(), last_seq.is_some(), "missed only on the replay");
-            assert_eq!(encode(&owned).as_str(), frame.as_str());
+            assert_eq!(encode(&owned).as_str(), welcome.as_str());
         }
     }
 

@@ -1,5 +1,5 @@
 //! WebSocket framing (RFC 6455), server side, on plain bytes: a decoder for
-//! the client's frames and an encoder for ours. No I/O here; `session.rs`
+//! the client's frames and an encoder for ours. No I/O here; the session
 //! moves the bytes.
 //!
 //! The decoder keeps no buffer while it is between frames: bytes of an

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use natter_shared::{RoomEvent, RoomName, Seq};
 
-use crate::sqlite::{self, StoreError};
+use super::sqlite::{self, StoreError};
+use crate::config::cli::Command;
 
 /// Events read per query while exporting.
 pub const EXPORT_PAGE: usize = 10_000;
@@ -32,6 +33,21 @@ pub enum TransferError {
     OutOfOrder { line: usize, seq: u64, previous: u64 },
     #[error("the database at {0} already holds events; import only into an empty database")]
     NotEmpty(PathBuf),
+}
+
+/// Runs `natter export` (to stdout) or `natter import` (from stdin);
+/// returns the line that reports what was done.
+pub fn run(command: &Command) -> Result<String, TransferError> {
+    match command {
+        Command::Export(args) => {
+            let n = export(&args.data_dir, &args.room, args.since(), &mut std::io::stdout().lock())?;
+            Ok(format!("exported {n} events of #{}", args.room))
+        }
+        Command::Import(args) => {
+            let n = import(&args.data_dir, &args.room, std::io::stdin().lock())?;
+            Ok(format!("imported {n} events into #{}", args.room))
+        }
+    }
 }
 
 /// Writes `room`'s events after `since` to `out`, oldest first; returns how many.

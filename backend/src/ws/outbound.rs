@@ -1,9 +1,9 @@
-//! The way into a connection: a bounded queue of ready-to-send frames plus a
-//! "kick" that makes its writer close it.
+//! The way into a connection: a bounded queue of encoded server messages
+//! (JSON text, framed only when written) plus a "kick" that makes its writer close it.
 //!
 //! Policy when the queue is full: the connection is closed with
 //! [`close::LAGGED`] and its client resumes from `last_seq`. Nothing is
-//! dropped silently and nothing grows: a frame that does not fit is not
+//! dropped silently and nothing grows: a message that does not fit is not
 //! queued, and the lagged client learns from the close code that it must resume.
 
 use std::collections::VecDeque;
@@ -15,6 +15,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Identifies one WebSocket connection for the server's lifetime.
 pub type ConnId = u64;
+
+/// A server message serialized once as JSON text, shared by every recipient.
+/// Not yet a WebSocket frame: the connection's writer frames it as it writes.
+pub type Encoded = Utf8Bytes;
 
 /// Why the server closes a connection, with the close code the client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +96,7 @@ impl Kick {
     }
 }
 
-/// What happened to a frame offered to a connection.
+/// What happened to a message offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Queued,
@@ -106,7 +110,7 @@ pub enum Delivery {
 /// It holds no memory while empty: the writer takes the whole deque.
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<Utf8Bytes>,
+    encoded: VecDeque<Encoded>,
     /// The payload of the latest ping still to answer.
     pong: Option<Vec<u8>>,
     /// The writer is gone.
@@ -144,33 +148,33 @@ pub struct ConnReceiver {
 /// What the writer takes from the queue in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: VecDeque<Utf8Bytes>,
+    pub encoded: VecDeque<Encoded>,
     pub pong: Option<Vec<u8>>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.pong.is_none()
+        self.encoded.is_empty() && self.pong.is_none()
     }
 }
 
-/// A connection's queue with room for `capacity` frames.
+/// A connection's queue with room for `capacity` messages.
 pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
     let shared = Arc::new(Shared { queue: Mutex::default(), capacity, ready: Notify::new(), kick: Kick::default() });
     (ConnHandle { id, shared: shared.clone() }, ConnReceiver { shared })
 }
 
 /// Serializes a message once; the bytes are shared by every recipient.
-pub fn encode(msg: &ServerMsg) -> Utf8Bytes {
+pub fn encode(msg: &ServerMsg) -> Encoded {
     encode_json(msg)
 }
 
 /// Serializes anything that serializes like a [`ServerMsg`] (a borrowed view
 /// of one, built without cloning).
-pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Utf8Bytes {
+pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Encoded {
     match serde_json::to_string(msg) {
         Ok(json) => Utf8Bytes::from(json),
-        // Our message types always serialize; never send a broken frame.
+        // Our message types always serialize; never send broken JSON.
         Err(e) => {
             tracing::error!(error = %e, "failed to serialize a server message");
             Utf8Bytes::from_static(r#"{"type":"error","code":"internal","message":"server error"}"#)
@@ -179,23 +183,23 @@ pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Utf8Bytes {
 }
 
 impl ConnHandle {
-    /// Queues a frame without waiting; a full queue closes the connection as lagged.
-    pub fn send(&self, frame: &Utf8Bytes) -> Delivery {
+    /// Queues a message without waiting; a full queue closes the connection as lagged.
+    pub fn send(&self, encoded: &Encoded) -> Delivery {
         let was_empty = {
             let mut queue = self.shared.lock();
             if queue.closed {
                 return Delivery::Gone;
             }
-            if queue.frames.len() >= self.shared.capacity {
+            if queue.encoded.len() >= self.shared.capacity {
                 drop(queue);
                 self.kick(CloseReason::Lagged);
                 return Delivery::Lagged;
             }
-            queue.frames.push_back(frame.clone());
-            queue.frames.len() == 1 && queue.pong.is_none()
+            queue.encoded.push_back(encoded.clone());
+            queue.encoded.len() == 1 && queue.pong.is_none()
         };
         if was_empty {
-            // The writer takes everything at once: only the first frame wakes it.
+            // The writer takes everything at once: only the first message wakes it.
             self.shared.ready.notify_one();
         }
         Delivery::Queued
@@ -234,7 +238,7 @@ impl ConnReceiver {
     /// Takes everything queued (possibly nothing).
     pub fn take(&self) -> Batch {
         let mut queue = self.shared.lock();
-        Batch { frames: std::mem::take(&mut queue.frames), pong: queue.pong.take() }
+        Batch { encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
     }
 
     /// Waits until something is queued.
@@ -242,7 +246,7 @@ impl ConnReceiver {
         loop {
             {
                 let queue = self.shared.lock();
-                if !queue.frames.is_empty() || queue.pong.is_some() {
+                if !queue.encoded.is_empty() || queue.pong.is_some() {
                     return;
                 }
             }
@@ -261,7 +265,7 @@ impl Drop for ConnReceiver {
     fn drop(&mut self) {
         let mut queue = self.shared.lock();
         queue.closed = true;
-        queue.frames = VecDeque::new();
+        queue.encoded = VecDeque::new();
     }
 }
 
@@ -274,17 +278,17 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_kicks_the_connection_as_lagged() {
         let (handle, receiver) = channel(1, 2);
-        let frame = Utf8Bytes::from_static("x");
-        assert_eq!(handle.send(&frame), Delivery::Queued);
-        assert_eq!(handle.send(&frame), Delivery::Queued);
-        assert_eq!(handle.send(&frame), Delivery::Lagged);
+        let encoded = Utf8Bytes::from_static("x");
+        assert_eq!(handle.send(&encoded), Delivery::Queued);
+        assert_eq!(handle.send(&encoded), Delivery::Queued);
+        assert_eq!(handle.send(&encoded), Delivery::Lagged);
         assert_eq!(receiver.kick().kicked().await, CloseReason::Lagged);
         receiver.ready().await;
         let batch = receiver.take();
-        assert_eq!(batch.frames.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["x", "x"]);
+        assert_eq!(batch.encoded.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["x", "x"]);
         assert!(receiver.take().is_empty());
         drop(receiver);
-        assert_eq!(handle.send(&frame), Delivery::Gone);
+        assert_eq!(handle.send(&encoded), Delivery::Gone);
     }
 
     #[tokio::test]
@@ -304,12 +308,12 @@ mod tests {
         receiver.ready().await;
         let batch = receiver.take();
         assert_eq!(batch.pong.as_deref(), Some(&b"b"[..]));
-        assert!(batch.frames.is_empty());
+        assert!(batch.encoded.is_empty());
     }
 
     #[test]
     fn encode_produces_the_wire_json() {
-        let frame = encode(&ServerMsg::error(ErrorCode::NotJoined, "say hello first"));
-        assert_eq!(frame.as_str(), r#"{"type":"error","code":"not_joined","message":"say hello first"}"#);
+        let encoded = encode(&ServerMsg::error(ErrorCode::NotJoined, "say hello first"));
+        assert_eq!(encoded.as_str(), r#"{"type":"error","code":"not_joined","message":"say hello first"}"#);
     }
 }

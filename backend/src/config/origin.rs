@@ -3,8 +3,6 @@
 //! visitor's browser to talk to this server (cross-site WebSocket hijacking).
 //! Requests without `Origin` come from non-browser clients and are allowed.
 
-use crate::config::ConfigError;
-
 /// The allowed origins besides the server's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginPolicy {
@@ -13,6 +11,11 @@ pub struct OriginPolicy {
     /// `--allow-origin '*'`: any page may connect (development only).
     any: bool,
 }
+
+/// An `--allow-origin` value that is not an origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--allow-origin {0:?} is not an origin like https://chat.example.com[:port] (or *)")]
+pub struct BadOrigin(pub String);
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +29,7 @@ fn normalize(origin: &str) -> String {
 
 impl OriginPolicy {
     /// Builds the policy from `--allow-origin` values; `*` allows every origin.
-    pub fn new<S: AsRef<str>>(origins: &[S]) -> Result<Self, ConfigError> {
+    pub fn new<S: AsRef<str>>(origins: &[S]) -> Result<Self, BadOrigin> {
         let mut policy = Self::default();
         for raw in origins {
             let raw = raw.as_ref().trim();
@@ -40,7 +43,7 @@ impl OriginPolicy {
                 Some(authority) if !authority.is_empty() && !authority.contains(['/', '?', '#', ' ']) => {
                     policy.allowed.push(origin);
                 }
-                _ => return Err(ConfigError::BadOrigin(raw.to_owned())),
+                _ => return Err(BadOrigin(raw.to_owned())),
             }
         }
         Ok(policy)
@@ -108,7 +111,7 @@ mod tests {
     #[test]
     fn malformed_allowed_origins_are_config_errors() {
         for bad in ["example.com", "https://", "https://a.com/path", "ws://a.com"] {
-            assert_eq!(OriginPolicy::new(&[bad]), Err(ConfigError::BadOrigin(bad.to_owned())), "{bad}");
+            assert_eq!(OriginPolicy::new(&[bad]), Err(BadOrigin(bad.to_owned())), "{bad}");
         }
     }
 }

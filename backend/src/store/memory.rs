@@ -1,198 +1,28 @@
-//! Room history: where events get their seq and become durable.
-//!
-//! Every event goes through one writer per store (a [`WriteQueue`]): the
-//! writer gives it the room's next seq and a timestamp, stores it, and only
-//! then hands it back to the room ([`Room::committed`]), which acknowledges
-//! and broadcasts it. So `ack` means stored, and every member sees events in
-//! seq order. Reads (welcome, replay, older pages) go to the store directly.
-//!
-//! Two stores implement [`HistoryStore`]: [`MemoryStore`] (bounded, lost on
-//! restart) and [`crate::sqlite::SqliteStore`] (durable, the default).
+//! The in-memory store (`--history memory`): a bounded ring of events per
+//! room, written by a Tokio task, forgotten on restart.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use natter_shared::{
-    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
-};
+use natter_shared::{ClientMsgId, RoomEvent, RoomName, Seq, Timestamp};
 use tokio::sync::mpsc;
 
-use crate::outbound::ConnHandle;
-use crate::room::{MemberId, Room};
-
-/// A history operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum HistoryError {
-    #[error("history storage is unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Events replayed for a resume.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replay {
-    /// Oldest first.
-    pub events: Vec<RoomEvent>,
-    /// Events after the requested seq that are not in `events`.
-    pub missed: u64,
-}
-
-/// An event before the writer has given it a seq and a time.
-#[derive(Debug, Clone)]
-pub enum Draft {
-    Message {
-        name: UserName,
-        color: Color,
-        text: MessageText,
-        cid: ClientMsgId,
-        /// Who to acknowledge, and whom not to echo the message to.
-        sender: ConnHandle,
-        member: MemberId,
-    },
-    Notice {
-        kind: NoticeKind,
-        name: UserName,
-        color: Color,
-    },
-}
-
-impl Draft {
-    /// The stored event this draft becomes under `seq` at `ts`.
-    pub fn into_event(self, seq: Seq, ts: Timestamp) -> RoomEvent {
-        match self {
-            Draft::Message { name, color, text, cid, .. } => {
-                RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid: Some(cid) })
-            }
-            Draft::Notice { kind, name, color } => RoomEvent::Notice(Notice { seq, ts, kind, name, color }),
-        }
-    }
-
-    /// For messages: (name key, cid), the deduplication key.
-    pub fn sender_key(&self) -> Option<(String, &ClientMsgId)> {
-        match self {
-            Draft::Message { name, cid, .. } => Some((name.key(), cid)),
-            Draft::Notice { .. } => None,
-        }
-    }
-}
-
-/// What the writer did with a draft.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Stored under the event's seq.
-    Stored(RoomEvent),
-    /// The same sender already stored this cid: this seq and time.
-    Duplicate(Seq, Timestamp),
-    /// Not stored.
-    Failed(HistoryError),
-}
-
-/// One write for the writer: a draft and the room to report back to.
-#[derive(Debug)]
-pub struct Write {
-    pub room: Arc<Room>,
-    pub draft: Draft,
-}
-
-/// What the writer receives.
-#[derive(Debug)]
-pub enum WriterMsg {
-    Write(Write),
-    /// Finish everything queued before this, then stop and say so.
-    Stop(tokio::sync::oneshot::Sender<()>),
-}
-
-/// The way to the writer. Bounded: when it is full, senders wait (the
-/// connection's reader pauses, so TCP pushes back on the client); nothing is
-/// dropped.
-#[derive(Debug, Clone)]
-pub struct WriteQueue(pub mpsc::Sender<WriterMsg>);
-
-impl WriteQueue {
-    /// Hands a draft to the writer; fails only if the writer has stopped.
-    pub async fn submit(&self, room: Arc<Room>, draft: Draft) -> Result<(), HistoryError> {
-        self.0
-            .send(WriterMsg::Write(Write { room, draft }))
-            .await
-            .map_err(|_| HistoryError::Unavailable("the history writer has stopped".into()))
-    }
-
-    /// Lets the writer finish what is queued, then stops it; waits at most `limit`.
-    pub async fn stop(&self, limit: std::time::Duration) -> bool {
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let sent = tokio::time::timeout(limit, self.0.send(WriterMsg::Stop(done))).await;
-        matches!(sent, Ok(Ok(()))) && tokio::time::timeout(limit, finished).await.is_ok()
-    }
-}
-
-/// Where rooms keep their events.
-pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Identifies `room`'s history: seqs from a history with another id are
-    /// unrelated (the history started afresh).
-    fn history_id(&self, room: &RoomName) -> String;
-    /// The room is no longer held by the server (nobody is in it).
-    fn forget(&self, room: &RoomName);
-    /// The most events a room keeps, if bounded by count (older ones are gone).
-    fn keeps(&self) -> Option<usize>;
-    /// The room's latest seq and its latest `limit` events (oldest first).
-    fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError>;
-    /// Events with `after < seq <= upto`, the latest `limit` of them, and how
-    /// many of that range are not included.
-    fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError>;
-    /// Up to `limit` events with `seq < before`, the latest of them, oldest first.
-    fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError>;
-}
-
-/// Counts a replay's `missed` from the range asked for and what was found.
-pub fn replay_of(after: Seq, upto: Seq, events: Vec<RoomEvent>) -> Replay {
-    let wanted = upto.0.saturating_sub(after.0);
-    Replay { missed: wanted.saturating_sub(events.len() as u64), events }
-}
-
-/// Gives each room's drafts seqs and times, in order, for a writer.
-#[derive(Debug, Default)]
-pub struct Sequencer {
-    rooms: HashMap<RoomName, (Seq, Timestamp)>,
-}
-
-impl Sequencer {
-    /// The next seq and a time for `room` (never earlier than the room's
-    /// last), without taking them yet. `stored` gives the room's head and
-    /// last time when the sequencer does not know the room yet.
-    pub fn peek(
-        &mut self,
-        room: &RoomName,
-        stored: impl FnOnce() -> (Seq, Timestamp),
-        now: Timestamp,
-    ) -> (Seq, Timestamp) {
-        let (seq, ts) = *self.rooms.entry(room.clone()).or_insert_with(stored);
-        (seq.next(), ts.max(now))
-    }
-
-    /// Records that `seq` at `ts` was used in `room`.
-    pub fn take(&mut self, room: &RoomName, seq: Seq, ts: Timestamp) {
-        self.rooms.insert(room.clone(), (seq, ts));
-    }
-
-    /// Forgets rooms whose last transaction failed: their next seq is read
-    /// from storage again, so a rolled-back seq is reused and none is skipped.
-    pub fn forget<'a>(&mut self, rooms: impl IntoIterator<Item = &'a RoomName>) {
-        for room in rooms {
-            self.rooms.remove(room);
-        }
-    }
-}
+use super::writer::{WriteQueue, WriterMsg};
+use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, now_ms, replay_of};
 
 /// Keeps the latest events of each room in memory; forgets on restart, so
 /// every process gets a new random history id.
 #[derive(Debug)]
 pub struct MemoryStore {
     per_room: usize,
-    /// Rooms whose history is kept; beyond it the least recently written
-    /// room's history is forgotten (policy: memory stays bounded).
+    /// This process's random id, the first part of every history id. There
+    /// is no eviction here: a room's history is forgotten when the hub drops
+    /// the room (`forget`), and the hub bounds how many rooms it holds.
     id: String,
     rooms: Mutex<HashMap<RoomName, MemoryHistory>>,
     /// Numbers each room history this store starts (part of its history id).
-    generations: std::sync::atomic::AtomicU64,
+    generations: AtomicU64,
 }
 
 impl MemoryStore {
@@ -201,12 +31,12 @@ impl MemoryStore {
     /// bounds how many it holds); a room dropped and joined again starts a
     /// new history with a new id.
     pub fn new(per_room: usize) -> Arc<Self> {
-        let id = crate::random::random_hex(8).unwrap_or_else(|| format!("m{}", crate::app::now_ms().0));
+        let id = crate::random::random_hex(8).unwrap_or_else(|| format!("m{}", now_ms().0));
         Arc::new(Self {
             per_room: per_room.max(1),
             id,
             rooms: Mutex::new(HashMap::new()),
-            generations: std::sync::atomic::AtomicU64::new(1),
+            generations: AtomicU64::new(1),
         })
     }
 
@@ -219,7 +49,7 @@ impl MemoryStore {
             while let Some(msg) = rx.recv().await {
                 match msg {
                     WriterMsg::Write(write) => {
-                        let outcome = writer.apply(&write.room.name, &write.draft);
+                        let outcome = writer.apply(write.room.room_name(), &write.draft);
                         write.room.committed(write.draft, outcome);
                     }
                     WriterMsg::Stop(done) => {
@@ -240,7 +70,7 @@ impl MemoryStore {
     fn history<'a>(&self, rooms: &'a mut HashMap<RoomName, MemoryHistory>, room: &RoomName) -> &'a mut MemoryHistory {
         rooms.entry(room.clone()).or_insert_with(|| {
             let mut history = MemoryHistory::new(self.per_room);
-            history.generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            history.generation = self.generations.fetch_add(1, Ordering::Relaxed);
             history
         })
     }
@@ -254,7 +84,7 @@ impl MemoryStore {
         {
             return Outcome::Duplicate(seq, ts);
         }
-        let ts = history.last_ts.max(crate::app::now_ms());
+        let ts = history.last_ts.max(now_ms());
         let event = draft.clone().into_event(history.head.next(), ts);
         let sender = draft.sender_key().map(|(k, c)| (k, c.clone()));
         history.append(event.clone(), sender);
@@ -419,19 +249,5 @@ mod tests {
         assert_eq!(h.find_sent(&key), Some((Seq(1), Timestamp(10))));
         h.append(notice(3), None);
         assert_eq!(h.find_sent(&key), None, "forgotten with its event");
-    }
-
-    #[test]
-    fn the_sequencer_keeps_seqs_dense_and_times_monotonic() {
-        let room = RoomName::default();
-        let mut s = Sequencer::default();
-        let (seq, ts) = s.peek(&room, || (Seq(41), Timestamp(90)), Timestamp(100));
-        assert_eq!((seq, ts), (Seq(42), Timestamp(100)));
-        s.take(&room, seq, ts);
-        // The wall clock stepped back: the time does not.
-        assert_eq!(s.peek(&room, || unreachable!(), Timestamp(50)), (Seq(43), Timestamp(100)));
-        // After a failed transaction the stored head counts again.
-        s.forget([&room]);
-        assert_eq!(s.peek(&room, || (Seq(42), Timestamp(100)), Timestamp(7)), (Seq(43), Timestamp(100)));
     }
 }

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use natter_shared::RoomName;
 
+use super::room::Room;
 use crate::config::RoomLimits;
-use crate::history::{HistoryError, HistoryStore};
-use crate::room::Room;
+use crate::store::{HistoryError, HistoryStore};
 
 /// Why a room could not be had.
 #[derive(Debug, thiserror::Error)]

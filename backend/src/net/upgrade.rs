@@ -14,8 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::http::{Body, text_response};
 use crate::app::App;
-use crate::http::{Body, text_response};
+use crate::config::origin::OriginRefused;
 use crate::session;
 
 /// The WebSocket endpoint's path.
@@ -33,7 +34,7 @@ pub enum Refusal {
     #[error("missing Sec-WebSocket-Key")]
     MissingKey,
     #[error("{0}")]
-    Origin(#[from] crate::origin::OriginRefused),
+    Origin(#[from] OriginRefused),
 }
 
 impl Refusal {
@@ -120,7 +121,7 @@ pub fn handle(
         }
         .instrument(span),
     );
-    let mut resp = Response::new(crate::http::empty());
+    let mut resp = Response::new(super::http::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

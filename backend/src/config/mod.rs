@@ -1,13 +1,16 @@
 //! Server configuration: every limit, timeout and bound in one plain struct,
-//! with the defaults as named constants. `cli.rs` fills it from flags and the
+//! with the defaults as named constants. [`cli`] fills it from flags and the
 //! environment; tests build it directly.
+
+pub mod cli;
+pub mod origin;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use natter_shared::limits::MAX_FRAME_BYTES;
 
-use crate::origin::OriginPolicy;
+use origin::{BadOrigin, OriginPolicy};
 
 /// Default listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -16,12 +19,12 @@ pub const DEFAULT_BUNDLE_DIR: &str = "dist";
 /// Open TCP connections (HTTP and WebSocket) above which new ones get 503.
 /// Stays below the 20,000 open-file limit of our machines.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
-/// Frames queued for one connection before it counts as lagged and is closed
+/// Messages queued for one connection before it counts as lagged and is closed
 /// with the `lagged` code (policy: close and let it resume; never grow, never drop silently).
 /// Room for a whole group commit (at most [`DEFAULT_WRITE_BATCH`] events,
 /// broadcast together when the commit lands): a disk that stalls an fsync
 /// for a second must not make every member of a busy room "lag". 32 bytes
-/// per queued frame (the text is shared), and only while queued.
+/// per queued message (the text is shared), and only while queued.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 /// Events the in-memory history keeps per room (older ones are forgotten).
 pub const DEFAULT_HISTORY_PER_ROOM: usize = 500;
@@ -85,7 +88,7 @@ pub const DEFAULT_WRITE_BATCH: usize = 4_096;
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HistoryKind {
     /// SQLite in the data directory: survives restarts and crashes.
     #[default]
@@ -134,16 +137,23 @@ pub struct Config {
     pub max_connections: usize,
     pub history: HistoryKind,
     pub storage: StorageConfig,
+    pub conn: ConnLimits,
     pub limits: RoomLimits,
     pub rate: RateConfig,
     pub timing: Timing,
     pub ws: WsConfig,
 }
 
+/// Bounds on one connection.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Messages queued for the connection before it is closed as lagged.
+    pub outbound_queue: usize,
+}
+
 /// Bounds on rooms, members and history.
 #[derive(Debug, Clone)]
 pub struct RoomLimits {
-    pub outbound_queue: usize,
     pub history_per_room: usize,
     pub welcome_history: usize,
     pub replay_max: usize,
@@ -190,6 +200,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             history: HistoryKind::default(),
             storage: StorageConfig::default(),
+            conn: ConnLimits::default(),
             limits: RoomLimits::default(),
             rate: RateConfig::default(),
             timing: Timing::default(),
@@ -198,10 +209,15 @@ impl Default for Config {
     }
 }
 
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self { outbound_queue: DEFAULT_OUTBOUND_QUEUE }
+    }
+}
+
 impl Default for RoomLimits {
     fn default() -> Self {
         Self {
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             history_per_room: DEFAULT_HISTORY_PER_ROOM,
             welcome_history: DEFAULT_WELCOME_HISTORY,
             replay_max: DEFAULT_REPLAY_MAX,
@@ -251,8 +267,8 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u64, value: u64 },
     #[error("{name} must be at most {max:?} (got {value:?})")]
     TooLong { name: &'static str, max: Duration, value: Duration },
-    #[error("--allow-origin {0:?} is not an origin like https://chat.example.com[:port] (or *)")]
-    BadOrigin(String),
+    #[error(transparent)]
+    BadOrigin(#[from] BadOrigin),
 }
 
 impl Config {
@@ -263,7 +279,7 @@ impl Config {
             ("write queue", 1, self.storage.write_queue as u64),
             ("write batch", 1, self.storage.write_batch as u64),
             ("max connections", 1, self.max_connections as u64),
-            ("outbound queue", 2, self.limits.outbound_queue as u64),
+            ("outbound queue", 2, self.conn.outbound_queue as u64),
             ("history per room", 1, self.limits.history_per_room as u64),
             ("replay max", 1, self.limits.replay_max as u64),
             ("max rooms", 1, self.limits.max_rooms as u64),
@@ -313,7 +329,7 @@ mod tests {
     #[test]
     fn a_zero_queue_is_refused() {
         let mut config = Config::default();
-        config.limits.outbound_queue = 0;
+        config.conn.outbound_queue = 0;
         assert_eq!(config.validate(), Err(ConfigError::TooSmall { name: "outbound queue", min: 2, value: 0 }));
     }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use natter_shared::{RoomName, Seq};
 
-use crate::config::{self, Config, ConfigError, HistoryKind, RateConfig, RoomLimits, StorageConfig, Timing, WsConfig};
-use crate::origin::OriginPolicy;
+use super::origin::OriginPolicy;
+use crate::config::{
+    self, Config, ConfigError, ConnLimits, HistoryKind, RateConfig, RoomLimits, StorageConfig, Timing, WsConfig,
+};
 
 /// Natter: a self-hosted real-time group chat server.
 ///
@@ -32,6 +34,16 @@ pub enum Command {
     Export(ExportArgs),
     /// Read NDJSON events (as written by export) from stdin into a room of an empty database.
     Import(ImportArgs),
+}
+
+impl Command {
+    /// The subcommand's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Export(_) => "export",
+            Self::Import(_) => "import",
+        }
+    }
 }
 
 /// `natter export`.
@@ -78,8 +90,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Where history is kept: sqlite (durable, in --data-dir) or memory (lost on restart).
-    #[arg(long, env = "NATTER_HISTORY", value_enum, default_value_t = HistoryKind::Sqlite)]
-    pub history: HistoryKind,
+    #[arg(long, env = "NATTER_HISTORY", value_enum, default_value_t = HistoryArg::Sqlite)]
+    pub history: HistoryArg,
 
     /// Directory for the database (created on first start).
     #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
@@ -174,6 +186,24 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 }
 
+/// `--history`: where history is kept (clap's side of [`HistoryKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryArg {
+    /// SQLite in the data directory: survives restarts and crashes.
+    Sqlite,
+    /// In memory, bounded per room: lost on restart (tests, ephemeral rooms).
+    Memory,
+}
+
+impl From<HistoryArg> for HistoryKind {
+    fn from(arg: HistoryArg) -> Self {
+        match arg {
+            HistoryArg::Sqlite => Self::Sqlite,
+            HistoryArg::Memory => Self::Memory,
+        }
+    }
+}
+
 /// Parses `500ms`, `20s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -197,14 +227,15 @@ impl Cli {
 }
 
 impl ServeArgs {
-    /// The server configuration these flags describe.
+    /// The server configuration these flags describe. Its bounds are checked
+    /// where every configuration is, when the server starts (`run`).
     pub fn config(&self) -> Result<Config, ConfigError> {
         let defaults = Config::default();
-        let config = Config {
+        Ok(Config {
             bundle_dir: self.bundle_dir.clone(),
             origins: OriginPolicy::new(&self.allow_origins)?,
             max_connections: self.max_connections,
-            history: self.history,
+            history: self.history.into(),
             storage: StorageConfig {
                 data_dir: self.data_dir.clone(),
                 retain_count: self.retain_count,
@@ -213,8 +244,8 @@ impl ServeArgs {
                 max_db_bytes: self.max_db_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
                 ..StorageConfig::default()
             },
+            conn: ConnLimits { outbound_queue: self.outbound_queue },
             limits: RoomLimits {
-                outbound_queue: self.outbound_queue,
                 history_per_room: self.history_per_room,
                 welcome_history: self.welcome_history,
                 replay_max: self.replay_max,
@@ -230,9 +261,7 @@ impl ServeArgs {
                 ..defaults.timing
             },
             ws: WsConfig { write_coalesce: self.write_coalesce, ..defaults.ws },
-        };
-        config.validate()?;
-        Ok(config)
+        })
     }
 }
 
@@ -270,7 +299,7 @@ mod tests {
         assert_eq!(config.timing.pong_timeout, defaults.timing.pong_timeout);
         assert_eq!(config.timing.leave_grace, defaults.timing.leave_grace);
         assert_eq!(config.rate.per_sec, defaults.rate.per_sec);
-        assert_eq!(config.limits.outbound_queue, defaults.limits.outbound_queue);
+        assert_eq!(config.conn.outbound_queue, defaults.conn.outbound_queue);
         assert_eq!(config.ws.write_coalesce, defaults.ws.write_coalesce);
     }
 
@@ -306,6 +335,6 @@ mod tests {
         assert!(bad.config().is_err());
         assert!(Cli::try_parse_from(["natter", "--listen", "nowhere"]).is_err());
         let zero = Cli::try_parse_from(["natter", "--rate-per-sec", "0"]).expect("parses");
-        assert!(zero.config().is_err());
+        assert!(zero.config().expect("builds").validate().is_err());
     }
 }

@@ -1,0 +1,199 @@
+//! The requests a joined (or joining) client makes: `hello`, `say`,
+//! `history`, `typing` and `ping`, each validated at the edge and answered
+//! with a typed reply or error.
+
+use std::sync::Arc;
+
+use natter_shared::{
+    ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MessageText, PROTOCOL_VERSION, ResumeToken,
+    RoomName, Say, ServerMsg, UserName, ValidationError,
+    limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
+};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::Session;
+use crate::chat::hub::HubError;
+use crate::chat::room::{JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
+use crate::store::Draft;
+
+impl Session {
+    /// Handles one text message from the client.
+    pub(super) async fn handle_text(&self, text: &str) {
+        match serde_json::from_str::<ClientMsg>(text) {
+            Ok(ClientMsg::Hello(hello)) => self.hello(hello).await,
+            Ok(ClientMsg::Say(say)) => self.say(say).await,
+            Ok(ClientMsg::Typing(typing)) => self.typing(typing.active),
+            Ok(ClientMsg::History(request)) => self.history(request),
+            Ok(ClientMsg::Ping) => {
+                self.conn.send_msg(&ServerMsg::Pong);
+            }
+            Err(e) => self.reply(ErrorCode::BadRequest, &format!("could not read that message: {e}"), None),
+        }
+    }
+
+    /// Refuses a request with an `error`; the connection stays open.
+    pub(super) fn reply(&self, code: ErrorCode, message: &str, cid: Option<String>) {
+        debug!(conn = self.conn.id, %code, "refused a request");
+        self.conn.send_msg(&ServerMsg::Error(ErrorMsg { code, message: message.to_owned(), cid }));
+    }
+
+    fn refuse(&self, err: &ValidationError, cid: Option<String>) {
+        self.reply(err.code(), &err.to_string(), cid);
+    }
+
+    /// The room and membership, once joined.
+    pub(super) fn joined(&self) -> Option<(Arc<Room>, Membership)> {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn hello(&self, hello: Hello) {
+        if self.joined().is_some() {
+            return self.reply(
+                ErrorCode::AlreadyJoined,
+                "this connection already joined a room; open a new connection to join another",
+                None,
+            );
+        }
+        if hello.v != PROTOCOL_VERSION {
+            let message = format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}, not {}; reload the page to update it",
+                hello.v
+            );
+            return self.reply(ErrorCode::UnsupportedVersion, &message, None);
+        }
+        let room = match hello.room.as_deref().map(RoomName::parse).transpose() {
+            Ok(room) => room.unwrap_or_default(),
+            Err(e) => return self.refuse(&e, None),
+        };
+        let name = match UserName::parse(&hello.name) {
+            Ok(name) => name,
+            Err(e) => return self.refuse(&e, None),
+        };
+        let resume_token = match hello.resume_token.as_deref().map(ResumeToken::parse).transpose() {
+            Ok(token) => token,
+            Err(_) => {
+                return self.reply(ErrorCode::BadRequest, "resume_token is malformed; join without it", None);
+            }
+        };
+        let Some(token) = new_token() else {
+            return self.reply(ErrorCode::Internal, "the server could not create a session; try again", None);
+        };
+        let hub = &self.app.hub;
+        let room = match hub.room(&room) {
+            Ok(room) => room,
+            Err(HubError::TooManyRooms) => {
+                return self.reply(
+                    ErrorCode::TooManyRooms,
+                    "the server has no room for another room; join an existing one",
+                    None,
+                );
+            }
+            Err(HubError::Storage(e)) => {
+                warn!(conn = self.conn.id, error = %e, "history unavailable");
+                return self.reply(ErrorCode::Internal, "the server could not open that room; try again", None);
+            }
+        };
+        let request = JoinRequest { name, resume_token, last_seq: hello.last_seq, history_id: hello.history_id };
+        match room.join(request, &self.conn, hub.next_id(), token) {
+            Ok((membership, kind)) => {
+                let resumed = matches!(kind, JoinKind::Resumed);
+                info!(conn = self.conn.id, peer = %self.peer, room = %room.name, resumed, "joined");
+                *self.joined.lock().unwrap_or_else(|p| p.into_inner()) = Some((room.clone(), membership));
+                if let JoinKind::Joined(notice) = kind {
+                    self.store(room, notice).await;
+                }
+            }
+            Err(JoinError::NameTaken) => {
+                let message =
+                    format!("someone in #{} is already called {}; pick another name", room.name, hello.name.trim());
+                self.reply(ErrorCode::NameTaken, &message, None);
+            }
+            Err(JoinError::RoomFull) => self.reply(ErrorCode::RoomFull, "this room is full", None),
+            Err(JoinError::Storage(e)) => {
+                warn!(conn = self.conn.id, error = %e, "history unavailable");
+                self.reply(ErrorCode::Internal, "the server could not join you; try again", None);
+            }
+        }
+    }
+
+    async fn say(&self, say: Say) {
+        let Some((room, me)) = self.joined() else {
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", Some(truncate_cid(&say.cid)));
+        };
+        let cid = match ClientMsgId::parse(&say.cid) {
+            Ok(cid) => cid,
+            Err(e) => return self.refuse(&e, Some(truncate_cid(&say.cid))),
+        };
+        let text = match MessageText::parse(&say.text) {
+            Ok(text) => text,
+            Err(e) => return self.refuse(&e, Some(say.cid)),
+        };
+        match room.say(&me, &self.conn, cid, text) {
+            Ok(draft) => {
+                if let Err(e) = self.app.submit(room, draft).await {
+                    warn!(conn = self.conn.id, error = %e, "message not stored");
+                    self.reply(
+                        ErrorCode::StorageUnavailable,
+                        "the message was not stored; it will be sent again",
+                        Some(say.cid),
+                    );
+                }
+            }
+            Err(NotMember) => {
+                self.reply(ErrorCode::NotJoined, "your membership ended; join again", Some(say.cid));
+            }
+        }
+    }
+
+    /// Hands a notice to the writer; a stopped writer is logged (the
+    /// membership change itself already happened).
+    pub(super) async fn store(&self, room: Arc<Room>, draft: Draft) {
+        if let Err(e) = self.app.submit(room, draft).await {
+            warn!(conn = self.conn.id, error = %e, "notice not stored");
+        }
+    }
+
+    fn history(&self, request: HistoryRequest) {
+        let Some((room, _)) = self.joined() else {
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
+        };
+        let limit = request.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
+        match room.history(request.before, limit) {
+            Ok(page) => {
+                self.conn.send_msg(&ServerMsg::History(page));
+            }
+            Err(e) => {
+                warn!(conn = self.conn.id, error = %e, "history not readable");
+                self.reply(ErrorCode::StorageUnavailable, "older messages cannot be read right now; try again", None);
+            }
+        }
+    }
+
+    fn typing(&self, active: bool) {
+        let Some((room, me)) = self.joined() else {
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
+        };
+        room.typing(&me, active, Instant::now());
+    }
+}
+
+/// The `cid` of a `say` refused before it was read (rate limit), so the
+/// client knows which message to retry. Cheap: only looks for the field.
+pub(super) fn cid_of(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct CidOnly {
+        cid: Option<String>,
+    }
+    serde_json::from_str::<CidOnly>(text).ok().and_then(|c| c.cid).map(|c| truncate_cid(&c))
+}
+
+/// Echoes at most a cid's worth of a client's (possibly invalid) id.
+fn truncate_cid(cid: &str) -> String {
+    cid.chars().take(CID_MAX_LEN).collect()
+}
+
+/// 128 random bits as 32 hex characters.
+fn new_token() -> Option<ResumeToken> {
+    ResumeToken::parse(&crate::random::random_hex(16)?).ok()
+}

@@ -1,0 +1,457 @@
+//! The writer half of a session: drains the connection's queue into the
+//! socket as WebSocket frames (several messages per write when the
+//! connection is busy), pings, and sends the close frame when kicked or on
+//! shutdown. A write buffer exists only while a write is under way.
+
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use natter_shared::close;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::debug;
+
+use super::heartbeat::{Beat, Heartbeat};
+use super::{LastHeard, WriterEnd};
+use crate::app::App;
+use crate::ws::frame;
+use crate::ws::outbound::{Batch, CloseReason, ConnReceiver};
+
+/// The largest write buffer a worker thread keeps between writes (a larger
+/// one, grown for a big batch, is freed after it).
+const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// Where a worker thread gathers a connection's frames for one write.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Bytes on their way to the socket, as WebSocket frames. Empty (no
+/// allocation) between writes;
+/// whatever a cancelled write left is written before anything else, so a
+/// close frame never lands inside another frame.
+#[derive(Debug, Default)]
+pub(super) struct WriteBuf {
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl WriteBuf {
+    fn push(&mut self, opcode: u8, payload: &[u8]) {
+        frame::encode(opcode, payload, &mut self.buf);
+    }
+
+    /// Drops the frames not yet begun, keeping the rest of the one being
+    /// written (a frame cut short would break the stream).
+    fn drop_unstarted(&mut self) {
+        let mut at = 0;
+        while at < self.buf.len() {
+            let Some(len) = frame::encoded_frame_len(&self.buf[at..]) else { break };
+            if at + len > self.written {
+                let keep = if at < self.written { at + len } else { at };
+                self.buf.truncate(keep);
+                break;
+            }
+            at += len;
+        }
+    }
+
+    /// Bytes not yet written (a frame the socket has not taken, a ping).
+    fn has_unwritten(&self) -> bool {
+        self.written < self.buf.len()
+    }
+
+    /// Writes as much of `batch` as the socket takes now, without waiting:
+    /// frames are gathered (at most `max_bytes` per write call) in a buffer
+    /// shared by the thread's connections, so a write that completes
+    /// allocates nothing. Returns what is left if the socket is full: the
+    /// bytes it did not take are then this connection's own (`buf`, with
+    /// `written` marking how far it got), and the frames not yet gathered.
+    fn try_write_batch(&mut self, stream: &TcpStream, mut batch: Batch, max_bytes: usize) -> io::Result<Option<Batch>> {
+        if self.has_unwritten() {
+            // Something is already waiting (a ping): keep the order.
+            return Ok(Some(batch));
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let result = loop {
+                scratch.clear();
+                gather(&mut batch, scratch, max_bytes);
+                if scratch.is_empty() {
+                    break Ok(None);
+                }
+                let taken = match stream.try_write(scratch) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => break Err(e),
+                };
+                if taken < scratch.len() {
+                    self.buf = scratch.clone();
+                    self.written = taken;
+                    break Ok(Some(batch));
+                }
+            };
+            if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                *scratch = Vec::new();
+            }
+            result
+        })
+    }
+
+    /// Writes everything buffered. Safe to cancel: progress is kept.
+    async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while self.written < self.buf.len() {
+            stream.writable().await?;
+            match stream.try_write(&self.buf[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Done: give the memory back.
+        *self = Self::default();
+        Ok(())
+    }
+
+    /// Writes a batch after whatever is still unwritten, waiting for the
+    /// socket as needed (the path of a write the socket did not take whole).
+    async fn write_batch(&mut self, stream: &TcpStream, mut batch: Batch, max_bytes: usize) -> io::Result<()> {
+        loop {
+            gather(&mut batch, &mut self.buf, max_bytes);
+            if !self.has_unwritten() {
+                return Ok(());
+            }
+            self.flush(stream).await?;
+        }
+    }
+}
+
+/// Moves the pong, then the encoded messages, from `batch` into `buf` as
+/// WebSocket frames, up to `max_bytes` (at least one frame) for one write call.
+fn gather(batch: &mut Batch, buf: &mut Vec<u8>, max_bytes: usize) {
+    if let Some(payload) = batch.pong.take() {
+        frame::encode(frame::OP_PONG, &payload, buf);
+    }
+    while let Some(text) = batch.encoded.front() {
+        if !buf.is_empty() && buf.len() + frame::encoded_len(text.len()) > max_bytes {
+            break;
+        }
+        frame::encode(frame::OP_TEXT, text.as_bytes(), buf);
+        batch.encoded.pop_front();
+    }
+}
+
+/// What cut a delivery short.
+enum Interrupt {
+    Kicked(CloseReason),
+    Shutdown,
+    Failed(WriterEnd),
+}
+
+/// Drains the queue into the socket in batches, pings, and sends the close
+/// frame when kicked or on shutdown.
+///
+/// Coalescing: a message for a connection written to less than
+/// `write_coalesce` ago waits for the rest of that window, and everything
+/// queued by then goes out in one write; a message for a connection quiet
+/// longer goes out at once.
+///
+/// The futures the writer waits on (kick, shutdown, one timer) live across
+/// the loop instead of being made anew for each wait, and a write that the
+/// socket takes whole is done without waiting; only a write that blocks is
+/// boxed (with its timeout). An idle connection's task holds only what
+/// waiting needs.
+pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, heard: &LastHeard) -> WriterEnd {
+    let timing = &app.config.timing;
+    let coalesce = app.config.ws.write_coalesce;
+    let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
+    let mut out = WriteBuf::default();
+    let mut last_write: Option<Instant> = None;
+    // Frames are waiting for the end of the window that ends then.
+    let mut window_end: Option<Instant> = None;
+    let kicked = receiver.kick().kicked();
+    let cancelled = app.shutdown.cancelled();
+    let timer = sleep_until(heartbeat.deadline());
+    tokio::pin!(kicked, cancelled, timer);
+    let interrupt = loop {
+        let write = tokio::select! {
+            biased;
+            reason = &mut kicked => break Interrupt::Kicked(reason),
+            () = &mut cancelled => break Interrupt::Shutdown,
+            () = receiver.ready(), if window_end.is_none() => {
+                window_end = last_write.map(|at| at + coalesce).filter(|end| *end > Instant::now());
+                window_end.is_none()
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                let window_ended = window_end.is_some_and(|end| end <= now);
+                if window_ended {
+                    window_end = None;
+                }
+                if heartbeat.deadline() <= now {
+                    match heartbeat.on_deadline(now, heard.get()) {
+                        Beat::Ping => out.push(frame::OP_PING, &[]),
+                        Beat::TimedOut => return WriterEnd::TimedOut,
+                        Beat::Wait => {}
+                    }
+                }
+                window_ended || out.has_unwritten()
+            }
+        };
+        if write {
+            match deliver(stream, &mut out, receiver, app, kicked.as_mut(), cancelled.as_mut()).await {
+                // Only frames open a window: a ping alone does not hold back the next message.
+                Ok(true) => last_write = Some(Instant::now()),
+                Ok(false) => {}
+                Err(interrupt) => break interrupt,
+            }
+            // A write the socket takes at once never waits: with no window
+            // (`write_coalesce` 0) a busy queue must still let other tasks run.
+            tokio::task::consume_budget().await;
+        }
+        let next = window_end.map_or(heartbeat.deadline(), |end| end.min(heartbeat.deadline()));
+        if timer.is_elapsed() || timer.deadline() != next {
+            timer.as_mut().reset(next);
+        }
+    };
+    match interrupt {
+        Interrupt::Kicked(reason) => Box::pin(close_for(stream, out, reason, timing.close_timeout)).await,
+        Interrupt::Shutdown => {
+            Box::pin(send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout)).await
+        }
+        Interrupt::Failed(end) => end,
+    }
+}
+
+/// Writes everything queued (and a ping `out` may hold): at once if the
+/// socket takes it, otherwise waiting for the socket up to the write timeout.
+/// Returns whether it wrote any frame.
+async fn deliver(
+    stream: &TcpStream,
+    out: &mut WriteBuf,
+    receiver: &ConnReceiver,
+    app: &App,
+    kicked: Pin<&mut impl Future<Output = CloseReason>>,
+    cancelled: Pin<&mut impl Future<Output = ()>>,
+) -> Result<bool, Interrupt> {
+    let ws = &app.config.ws;
+    let batch = receiver.take();
+    let frames = !batch.encoded.is_empty();
+    let rest = match out.try_write_batch(stream, batch, ws.write_batch_bytes) {
+        Ok(None) => return Ok(frames),
+        Ok(Some(rest)) => rest,
+        Err(e) => return Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
+    };
+    // The socket is full: wait for it, boxed, since few writes get here.
+    Box::pin(async {
+        tokio::select! {
+            r = timeout(app.config.timing.write_timeout, out.write_batch(stream, rest, ws.write_batch_bytes)) => match r {
+                Ok(Ok(())) => Ok(frames),
+                Ok(Err(e)) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
+                Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
+            },
+            reason = kicked => Err(Interrupt::Kicked(reason)),
+            () = cancelled => Err(Interrupt::Shutdown),
+        }
+    })
+    .await
+}
+
+/// Ends the writer for a kick: a lagged connection's close frame is sent
+/// by the caller after the membership is settled; any other goes out now.
+async fn close_for(stream: &TcpStream, mut out: WriteBuf, reason: CloseReason, limit: Duration) -> WriterEnd {
+    if reason == CloseReason::Lagged {
+        return WriterEnd::Lagged(out);
+    }
+    send_close(stream, &mut out, reason, limit).await
+}
+
+/// Sends a lagged connection's close frame right after the frame it was in
+/// the middle of (everything after that is dropped: the client resumes from
+/// the last seq it got). A client that reads nothing gets the lagged close
+/// timeout to get there. Returns whether the close frame went out.
+pub(super) async fn send_lagged_close(stream: &TcpStream, mut out: WriteBuf, app: &App) -> bool {
+    out.drop_unstarted();
+    let reason = CloseReason::Lagged;
+    let (code, text) = reason.frame().unwrap_or((close::LAGGED, close::LAGGED_REASON));
+    out.push(frame::OP_CLOSE, &frame::close_payload(code, text));
+    tokio::select! {
+        r = timeout(app.config.timing.lagged_close_timeout, out.flush(stream)) => {
+            let sent = matches!(r, Ok(Ok(())));
+            if !sent {
+                debug!("lagged close frame not sent");
+            }
+            sent
+        }
+        () = app.shutdown.cancelled() => false,
+    }
+}
+
+/// Sends our close frame (or the reply to the peer's) within `limit`, after
+/// whatever an interrupted write left.
+async fn send_close(stream: &TcpStream, out: &mut WriteBuf, reason: CloseReason, limit: Duration) -> WriterEnd {
+    let payload = match reason.frame() {
+        Some((code, text)) => frame::close_payload(code, text),
+        None => Vec::new(),
+    };
+    out.push(frame::OP_CLOSE, &payload);
+    match timeout(limit, out.flush(stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "close frame not sent"),
+        Err(_) => debug!("close frame not sent in time"),
+    }
+    WriterEnd::Closed(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::config::{Config, HistoryKind};
+    use crate::ws::outbound;
+
+    #[tokio::test]
+    async fn a_batch_is_written_as_frames_in_order_and_the_buffer_is_freed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let frames: VecDeque<Utf8Bytes> = ["a", &"b".repeat(300), "c"].into_iter().map(Utf8Bytes::from).collect();
+        let mut out = WriteBuf::default();
+        // A tiny batch limit: one write call per frame.
+        out.write_batch(&server, Batch { encoded: frames, pong: Some(b"p".to_vec()) }, 16).await.expect("written");
+        assert_eq!(out.buf.capacity(), 0);
+        let mut expected = Vec::new();
+        frame::encode(frame::OP_PONG, b"p", &mut expected);
+        frame::encode(frame::OP_TEXT, b"a", &mut expected);
+        frame::encode(frame::OP_TEXT, "b".repeat(300).as_bytes(), &mut expected);
+        frame::encode(frame::OP_TEXT, b"c", &mut expected);
+        let mut got = vec![0u8; expected.len()];
+        let mut client = client;
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
+    }
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    fn text_frames(texts: &[&str]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for text in texts {
+            frame::encode(frame::OP_TEXT, text.as_bytes(), &mut bytes);
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_write_the_socket_cannot_take_whole_continues_where_it_stopped() {
+        let (server, mut client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let texts: Vec<String> = (0..300).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+        let frames: VecDeque<Utf8Bytes> = texts.iter().map(|t| Utf8Bytes::from(t.clone())).collect();
+        let mut out = WriteBuf::default();
+        // The client reads nothing yet: the socket fills.
+        let rest = out
+            .try_write_batch(&server, Batch { encoded: frames, pong: None }, 16 * 1024)
+            .expect("no error")
+            .expect("the socket could not take 300 KB");
+        assert!(out.has_unwritten(), "the bytes the socket did not take are the connection's own");
+        let expected = text_frames(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut got = vec![0u8; expected.len()];
+        let (written, read) = tokio::join!(out.write_batch(&server, rest, 16 * 1024), client.read_exact(&mut got));
+        written.expect("written");
+        read.expect("read");
+        assert!(got == expected, "every frame arrives once, whole and in order");
+        assert!(!out.has_unwritten());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_queued_soon_after_a_write_go_out_together_when_the_window_ends() {
+        const WINDOW: Duration = Duration::from_millis(500);
+        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
+        config.ws.write_coalesce = WINDOW;
+        let app = App::new(config).expect("app");
+        let (server, mut client) = socket_pair().await;
+        let (handle, receiver) = outbound::channel(1, 16);
+        let heard = LastHeard::new();
+        let frame = |text: &'static str| Utf8Bytes::from_static(text);
+        let test = async {
+            let mut buf = vec![0u8; 1024];
+            // Quiet so far: the first frame goes out at once.
+            let start = Instant::now();
+            handle.send(&frame("a"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
+            assert!(start.elapsed() < WINDOW);
+            // Within the window: held back until it ends, then one write.
+            handle.send(&frame("b"));
+            tokio::time::sleep(WINDOW / 5).await;
+            handle.send(&frame("c"));
+            let early = timeout(WINDOW / 5, client.read(&mut buf)).await;
+            assert!(early.is_err(), "nothing is written before the window ends");
+            let expected = text_frames(&["b", "c"]);
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.expect("read");
+            assert_eq!(got, expected);
+            assert!(start.elapsed() >= WINDOW);
+            // Quiet again for longer than the window: at once.
+            tokio::time::sleep(WINDOW * 2).await;
+            let again = Instant::now();
+            handle.send(&frame("d"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["d"])[..]);
+            assert!(again.elapsed() < WINDOW);
+        };
+        tokio::select! {
+            end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
+            () = test => {}
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_write_the_socket_is_not_taking() {
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let (server, _client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let (handle, receiver) = outbound::channel(1, 1024);
+        let heard = LastHeard::new();
+        let text = Utf8Bytes::from("x".repeat(1000));
+        for _ in 0..1000 {
+            handle.send(&text);
+        }
+        let started = Instant::now();
+        // The client reads nothing: the writer is stuck in its slow path.
+        let shutdown = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            app.shutdown.cancel();
+        };
+        let (end, ()) = tokio::join!(write_loop(&server, &receiver, &app, &heard), shutdown);
+        assert!(matches!(end, WriterEnd::Closed(CloseReason::Shutdown)), "ended with {end:?}");
+        assert!(started.elapsed() < app.config.timing.write_timeout, "shutdown did not wait for the write timeout");
+    }
+
+    #[test]
+    fn a_lagged_close_comes_right_after_the_frame_being_written() {
+        let mut out = WriteBuf::default();
+        out.push(frame::OP_TEXT, b"first");
+        out.push(frame::OP_TEXT, &[b'x'; 300]);
+        out.push(frame::OP_TEXT, b"never started");
+        let second_end = frame::encoded_len(5) + frame::encoded_len(300);
+        out.written = frame::encoded_len(5) + 3; // inside the second frame
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), second_end);
+        out.written = second_end; // exactly between frames
+        out.push(frame::OP_TEXT, b"later");
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), second_end);
+    }
+}

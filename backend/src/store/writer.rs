@@ -1,0 +1,104 @@
+//! The way to a store's one writer, and how the writer numbers events.
+//!
+//! Each store runs one writer (a task or a thread) fed by a bounded
+//! [`WriteQueue`]; the [`Sequencer`] gives each room's drafts dense seqs and
+//! times that never go back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use natter_shared::{RoomName, Seq, Timestamp};
+use tokio::sync::mpsc;
+
+use super::{Committed, Draft, HistoryError};
+
+/// One write for the writer: a draft and the room to report back to.
+#[derive(Debug)]
+pub struct Write {
+    pub room: Arc<dyn Committed>,
+    pub draft: Draft,
+}
+
+/// What the writer receives.
+#[derive(Debug)]
+pub enum WriterMsg {
+    Write(Write),
+    /// Finish everything queued before this, then stop and say so.
+    Stop(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The way to the writer. Bounded: when it is full, senders wait (the
+/// connection's reader pauses, so TCP pushes back on the client); nothing is
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct WriteQueue(pub mpsc::Sender<WriterMsg>);
+
+impl WriteQueue {
+    /// Hands a draft to the writer; fails only if the writer has stopped.
+    pub async fn submit(&self, room: Arc<dyn Committed>, draft: Draft) -> Result<(), HistoryError> {
+        self.0
+            .send(WriterMsg::Write(Write { room, draft }))
+            .await
+            .map_err(|_| HistoryError::Unavailable("the history writer has stopped".into()))
+    }
+
+    /// Lets the writer finish what is queued, then stops it; waits at most `limit`.
+    pub async fn stop(&self, limit: std::time::Duration) -> bool {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let sent = tokio::time::timeout(limit, self.0.send(WriterMsg::Stop(done))).await;
+        matches!(sent, Ok(Ok(()))) && tokio::time::timeout(limit, finished).await.is_ok()
+    }
+}
+
+/// Gives each room's drafts seqs and times, in order, for a writer.
+#[derive(Debug, Default)]
+pub struct Sequencer {
+    rooms: HashMap<RoomName, (Seq, Timestamp)>,
+}
+
+impl Sequencer {
+    /// The next seq and a time for `room` (never earlier than the room's
+    /// last), without taking them yet. `stored` gives the room's head and
+    /// last time when the sequencer does not know the room yet.
+    pub fn peek(
+        &mut self,
+        room: &RoomName,
+        stored: impl FnOnce() -> (Seq, Timestamp),
+        now: Timestamp,
+    ) -> (Seq, Timestamp) {
+        let (seq, ts) = *self.rooms.entry(room.clone()).or_insert_with(stored);
+        (seq.next(), ts.max(now))
+    }
+
+    /// Records that `seq` at `ts` was used in `room`.
+    pub fn take(&mut self, room: &RoomName, seq: Seq, ts: Timestamp) {
+        self.rooms.insert(room.clone(), (seq, ts));
+    }
+
+    /// Forgets rooms whose last transaction failed: their next seq is read
+    /// from storage again, so a rolled-back seq is reused and none is skipped.
+    pub fn forget<'a>(&mut self, rooms: impl IntoIterator<Item = &'a RoomName>) {
+        for room in rooms {
+            self.rooms.remove(room);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequencer_keeps_seqs_dense_and_times_monotonic() {
+        let room = RoomName::default();
+        let mut s = Sequencer::default();
+        let (seq, ts) = s.peek(&room, || (Seq(41), Timestamp(90)), Timestamp(100));
+        assert_eq!((seq, ts), (Seq(42), Timestamp(100)));
+        s.take(&room, seq, ts);
+        // The wall clock stepped back: the time does not.
+        assert_eq!(s.peek(&room, || unreachable!(), Timestamp(50)), (Seq(43), Timestamp(100)));
+        // After a failed transaction the stored head counts again.
+        s.forget([&room]);
+        assert_eq!(s.peek(&room, || (Seq(42), Timestamp(100)), Timestamp(7)), (Seq(43), Timestamp(100)));
+    }
+}
