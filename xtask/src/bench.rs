@@ -1,7 +1,8 @@
-//! `cargo xtask bench [SCENARIO] [--runs N] [--quick]`: builds the server, the
-//! page and the load generator in release mode, runs each scenario `N` times
-//! (default 3) with the server pinned to core 0 and the load generator to
-//! core 1, prints medians with min–max, and writes `target/bench/*.json`.
+//! `cargo xtask bench [SCENARIO] [--runs N] [--quick]`, the driver: builds the
+//! server, the page and the load generator (the separate `bench` binary in
+//! `src/bin/bench/`) in release mode, runs each scenario `N` times (default 3)
+//! with the server pinned to core 0 and the load generator to core 1, prints
+//! medians with min–max, and writes `target/bench/*.json`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-use crate::{build_bundle, cmd, step, tools};
+use crate::process::cmd;
+use crate::report::step;
+use crate::{bundle, tools};
 
 /// Scenarios in the order they run (see the bench binary).
 const SCENARIOS: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history", "floor"];
@@ -35,7 +38,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     let env = tools::ensure_all(root)?;
-    build_bundle(root, &env)?;
+    bundle::build(root, &env)?;
     step("building the server and the load generator in release mode");
     cmd(root, &env, "cargo", &["build", "--release", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
     cmd(root, &env, "cargo", &["build", "--release", "--locked", "-p", "xtask", "--bin", "bench"])?;

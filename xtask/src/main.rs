@@ -2,8 +2,12 @@
 //!
 //! * `cargo xtask run [-- natter flags]` — install what is missing, build the
 //!   chat page and the server, start it, print the URL.
-//! * `cargo xtask test` — install what is missing, then formatting, clippy
-//!   (host and wasm32), and every test.
+//! * `cargo xtask test` — install what is missing, then formatting, the
+//!   backend's layering, clippy (host and wasm32), and every test.
+//! * `cargo xtask bundle` — build only the chat page into `dist/`.
+//! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
+//!   separate `bench` binary in `src/bin/bench/`.
+//! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
 //!
 //! Every step says what it does; installs happen only when a tool is missing
 //! or has the wrong version.
@@ -11,12 +15,21 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a CLI whose job is to report
 
 mod bench;
+mod bundle;
+mod layers;
+mod process;
+mod report;
+mod scratch;
 mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+use process::cmd;
+use report::step;
+use scratch::ScratchDir;
 
 /// Where `cargo xtask run` serves by default.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -28,16 +41,18 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
-        Some("bundle") => tools::ensure_all(&root()).and_then(|env| build_bundle(&root(), &env)),
+        Some("bundle") => tools::ensure_all(&root()).and_then(|env| bundle::build(&root(), &env)),
         Some("bench") => bench::run(&root(), &args[1..]),
+        Some("layers") => layers::check_repo(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick]>"
+                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick] | layers>"
             );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
-            eprintln!("  test    fmt, clippy (host and wasm32) and every test");
+            eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
             eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
+            eprintln!("  layers  only check the backend's module layering against docs/ARCHITECTURE.md");
             return ExitCode::from(2);
         }
     };
@@ -55,36 +70,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Prints a step so the user knows what is happening.
-pub fn step(what: &str) {
-    eprintln!("xtask: {what}");
-}
-
-/// Runs a command in `dir` with extra environment, failing on a non-zero exit.
-pub fn cmd(dir: &Path, env: &tools::ToolEnv, program: &str, args: &[&str]) -> Result<()> {
-    let status = env
-        .command(program)
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .with_context(|| format!("could not start {program}"))?;
-    if !status.success() {
-        bail!("`{program} {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-pub fn build_bundle(root: &Path, env: &tools::ToolEnv) -> Result<()> {
-    step("fetching crates for the offline page build (cargo fetch --locked)");
-    cmd(root, env, "cargo", &["fetch", "--locked"])?;
-    step("building the chat page into dist/ (trunk build --release --offline)");
-    cmd(root, env, "trunk", &["build", "--release", "--offline"])
-}
-
 fn run(extra: &[String]) -> Result<()> {
     let root = root();
     let env = tools::ensure_all(&root)?;
-    build_bundle(&root, &env)?;
+    bundle::build(&root, &env)?;
     step("building the server (cargo build --release -p natter-backend)");
     cmd(&root, &env, "cargo", &["build", "--release", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
     let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
@@ -112,35 +101,14 @@ fn run(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A run's own temporary directory, removed with everything in it when
-/// dropped: the tests' data directories, the browsers' profiles and
-/// Chromium's scoped directories (each run left ~150 MB in /tmp before).
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn create() -> Result<Self> {
-        // Short, under the system's temporary directory: Chromium puts a
-        // Unix socket path (at most 108 bytes) below it.
-        let dir = std::env::temp_dir().join(format!("natter-xtask-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn test() -> Result<()> {
     let root = root();
     let scratch = ScratchDir::create()?;
-    let env = tools::ToolEnv { tmpdir: Some(scratch.0.clone()), ..tools::ensure_all(&root)? };
-    step(&format!("temporary files go to {} (removed at the end)", scratch.0.display()));
+    let env = tools::ToolEnv { tmpdir: Some(scratch.path().to_path_buf()), ..tools::ensure_all(&root)? };
+    step(&format!("temporary files go to {} (removed at the end)", scratch.path().display()));
     step("checking formatting (cargo fmt --check)");
     cmd(&root, &env, "cargo", &["fmt", "--all", "--", "--check"])?;
+    layers::check_repo(&root)?;
     step("linting the host build (cargo clippy --workspace --all-targets -D warnings)");
     let host = ["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"];
     cmd(&root, &env, "cargo", &host)?;
@@ -160,7 +128,7 @@ fn test() -> Result<()> {
         "warnings",
     ];
     cmd(&root, &env, "cargo", &wasm)?;
-    build_bundle(&root, &env)?;
+    bundle::build(&root, &env)?;
     step("building the natter binary the end-to-end tests start (cargo build -p natter-backend)");
     let build = ["build", "--locked", "-p", "natter-backend", "--bin", "natter"];
     cmd(&root, &env, "cargo", &build)?;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::step;
+use crate::report::step;
 
 /// The trunk release that builds with our Rust (0.22 needs a newer rustc).
 pub const TRUNK_VERSION: &str = "0.21.14";

@@ -8,7 +8,7 @@ mod load;
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::Args;
+use crate::args::Args;
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
 pub const ALL: &[&str] = &["bundle", "idle", "storm", "fanout", "rooms", "slow", "history", "floor"];

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-use crate::Args;
+use crate::args::Args;
 use crate::client::{OP_CLOSE, Ws, close_code, parse, read_more};
 use crate::load::{Counters, open_many, read, send_at};
 use crate::server::{Server, own_cpu_time};

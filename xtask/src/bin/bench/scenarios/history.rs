@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use natter_shared::{ChatMessage, ClientMsgId, Color, MessageText, RoomEvent, Seq, Timestamp, UserName};
 use serde_json::{Value, json};
 
-use crate::Args;
+use crate::args::Args;
 use crate::client::{OP_TEXT, Ws, connect, join, parse, read_more, source, text, write_all};
 use crate::server::{Server, temp_dir};
 use crate::stats::Samples;

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::Args;
+use crate::args::Args;
 
 fn gzipped(path: &std::path::Path) -> Result<u64> {
     let out = Command::new("gzip").args(["-9", "-c"]).arg(path).output().context("gzip")?;

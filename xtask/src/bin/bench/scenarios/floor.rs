@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::Args;
+use crate::args::Args;
 use crate::load::{Counters, open_many, read};
 use crate::server::{Process, cpu_time_of, free_port, own_cpu_time, spawn_pinned, wait_listening};
 
