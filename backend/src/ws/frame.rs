@@ -69,6 +69,7 @@ impl Decoder {
     }
 
     /// Bytes held for unfinished frames or messages (0 between messages).
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.partial.capacity() + self.message.capacity()
     }

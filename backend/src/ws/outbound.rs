@@ -153,6 +153,8 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Nothing to write.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.encoded.is_empty() && self.pong.is_none()
     }
