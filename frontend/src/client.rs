@@ -116,6 +116,17 @@ struct Inner {
     ping_sent: Option<f64>,
 }
 
+impl Inner {
+    /// Takes the socket out, detaches its callbacks, closes it with `code`
+    /// and parks it in `retired` (this may run inside one of its callbacks).
+    fn retire_socket(&mut self, code: u16, reason: &str) {
+        if let Some(socket) = self.socket.take() {
+            socket.shut(code, reason);
+            self.retired = Some(socket);
+        }
+    }
+}
+
 /// The chat client. `Copy`: every field is a reactive handle.
 #[derive(Clone, Copy)]
 pub struct Client {
@@ -233,7 +244,7 @@ impl Client {
             let request = natter_shared::HistoryRequest { before, limit: OLDER_PAGE };
             if !self.send_msg(&ClientMsg::History(request)) {
                 // Not connected: let the button be pressed again later.
-                self.chat.update(|c| c.apply(ServerMsg::error(ErrorCode::Internal, "offline"), now_ms()));
+                self.chat.update(ChatState::older_request_failed);
             }
         }
     }
@@ -325,10 +336,7 @@ impl Client {
     fn abandon(self) {
         web_sys::console::info_1(&"natter: connection not answering; reconnecting".into());
         self.inner.update_value(|i| {
-            if let Some(socket) = i.socket.take() {
-                socket.shut(close::CLIENT_RECONNECTING, "reconnecting");
-                i.retired = Some(socket);
-            }
+            i.retire_socket(close::CLIENT_RECONNECTING, "reconnecting");
             i.typing_since = None;
         });
         self.chat.update(|c| c.disconnected());
@@ -356,10 +364,7 @@ impl Client {
             if let Some(t) = i.retry.take() {
                 t.clear();
             }
-            if let Some(socket) = i.socket.take() {
-                socket.shut(code, reason);
-                i.retired = Some(socket);
-            }
+            i.retire_socket(code, reason);
         });
         self.chat.update(|c| c.disconnected());
     }
@@ -373,10 +378,9 @@ impl Client {
             if let Some(t) = i.retry.take() {
                 t.clear();
             }
+            i.retire_socket(close::NORMAL, "reconnecting");
+            // No callback of an old socket runs now: drop them.
             i.retired = None;
-            if let Some(old) = i.socket.take() {
-                old.shut(close::NORMAL, "reconnecting");
-            }
             i.welcomed = false;
         });
         let ws = match WebSocket::new(&url) {
@@ -488,8 +492,10 @@ impl Client {
     }
 
     fn closed(self, code: u16, reason: &str) {
-        self.retire();
-        self.inner.update_value(|i| i.typing_since = None);
+        self.inner.update_value(|i| {
+            i.retire_socket(close::NORMAL, "");
+            i.typing_since = None;
+        });
         self.chat.update(|c| c.disconnected());
         match code {
             close::REPLACED => {
@@ -504,18 +510,8 @@ impl Client {
         }
     }
 
-    /// Moves the current socket aside (its callback may be running).
-    fn retire(self) {
-        self.inner.update_value(|i| {
-            if let Some(socket) = i.socket.take() {
-                socket.shut(close::NORMAL, "");
-                i.retired = Some(socket);
-            }
-        });
-    }
-
     fn retire_and_reconnect(self) {
-        self.retire();
+        self.inner.update_value(|i| i.retire_socket(close::NORMAL, ""));
         self.chat.update(|c| c.disconnected());
         self.schedule_reconnect();
     }

@@ -18,11 +18,6 @@ pub fn notice_verb(kind: NoticeKind) -> &'static str {
     }
 }
 
-/// The sentence of a system notice.
-pub fn notice_text(kind: NoticeKind, name: &str) -> String {
-    format!("{name} {}", notice_verb(kind))
-}
-
 /// A key that changes when a line's rendering must change.
 fn render_key(line: &Line) -> String {
     match line {
@@ -192,6 +187,11 @@ fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sentence of a system notice, as `LineView` puts it together.
+    fn notice_text(kind: NoticeKind, name: &str) -> String {
+        format!("{name} {}", notice_verb(kind))
+    }
 
     #[test]
     fn notices_read_like_the_tutorial() {

@@ -1,0 +1,214 @@
+//! The user's own messages until acknowledged: queued, sent a window at a time, matched by `cid`.
+
+use natter_shared::{ErrorCode, MessageText, ValidationError};
+use serde::{Deserialize, Serialize};
+
+/// Where one of the user's own messages is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SendStatus {
+    /// Not sent yet (offline or not joined); sent when the connection is up.
+    Waiting,
+    /// Sent; waiting for the server's `ack`.
+    Sending,
+    /// Refused by the server; `retry` sends it again.
+    Failed(String),
+}
+
+/// A message the user wrote that the server has not acknowledged yet.
+/// Kept (with its `cid`) across reconnects and reloads, so it is sent until
+/// acknowledged and shown exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub cid: String,
+    pub text: String,
+    pub status: SendStatus,
+}
+
+/// The pending messages, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Outbox(Vec<Pending>);
+
+impl Outbox {
+    /// An outbox saved by an earlier page: what was in flight waits to be sent again.
+    pub(super) fn reloaded(pending: Vec<Pending>) -> Self {
+        let pending = pending
+            .into_iter()
+            .map(|p| Pending {
+                status: if matches!(p.status, SendStatus::Failed(_)) { p.status } else { SendStatus::Waiting },
+                ..p
+            })
+            .collect();
+        Self(pending)
+    }
+
+    pub(super) fn pending(&self) -> &[Pending] {
+        &self.0
+    }
+
+    /// Adds a message. The text is checked with the protocol's rules.
+    pub(super) fn queue(&mut self, cid: String, text: &str) -> Result<(), ValidationError> {
+        MessageText::parse(text)?;
+        self.0.push(Pending { cid, text: text.to_owned(), status: SendStatus::Waiting });
+        Ok(())
+    }
+
+    /// Marks waiting messages as sending, oldest first, so that at most
+    /// `window` are unacknowledged at once, and returns them.
+    pub(super) fn take_outgoing(&mut self, window: usize) -> Vec<(String, String)> {
+        let in_flight = self.0.iter().filter(|p| p.status == SendStatus::Sending).count();
+        self.0
+            .iter_mut()
+            .filter(|p| p.status == SendStatus::Waiting)
+            .take(window.saturating_sub(in_flight))
+            .map(|p| {
+                p.status = SendStatus::Sending;
+                (p.cid.clone(), p.text.clone())
+            })
+            .collect()
+    }
+
+    /// What was sent and not acknowledged waits to be sent again (the server
+    /// deduplicates by `cid`).
+    pub(super) fn resend_in_flight(&mut self) {
+        for p in &mut self.0 {
+            if p.status == SendStatus::Sending {
+                p.status = SendStatus::Waiting;
+            }
+        }
+    }
+
+    /// Takes out the message the server acknowledged, if it is here.
+    pub(super) fn acked(&mut self, cid: &str) -> Option<Pending> {
+        let index = self.0.iter().position(|p| p.cid == cid)?;
+        Some(self.0.remove(index))
+    }
+
+    /// The server refused the message: transient refusals send it again
+    /// later, the others fail it with `message`.
+    pub(super) fn refused(&mut self, cid: &str, code: ErrorCode, message: &str) {
+        if let Some(p) = self.0.iter_mut().find(|p| p.cid == cid) {
+            p.status = match code {
+                // Transient: send again when possible.
+                ErrorCode::RateLimited | ErrorCode::NotJoined | ErrorCode::Internal | ErrorCode::StorageUnavailable => {
+                    SendStatus::Waiting
+                }
+                _ => SendStatus::Failed(message.to_owned()),
+            };
+        }
+    }
+
+    /// Sends a failed message again.
+    pub(super) fn retry(&mut self, cid: &str) {
+        if let Some(p) = self.0.iter_mut().find(|p| p.cid == cid) {
+            p.status = SendStatus::Waiting;
+        }
+    }
+
+    /// Drops the message (discarded, or already stored by the server).
+    pub(super) fn remove(&mut self, cid: &str) {
+        self.0.retain(|p| p.cid != cid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_shared::{Ack, ClientMsgId, ErrorMsg, RoomEvent, Seq, ServerMsg, Timestamp};
+
+    use super::*;
+    use crate::chat_state::tests::{msg, seqs, welcome};
+    use crate::chat_state::{ChatState, Entry, Line};
+
+    #[test]
+    fn the_outbox_goes_waiting_sending_acked() {
+        let mut s = ChatState::default();
+        s.queue("c1".into(), "hello").expect("valid");
+        assert_eq!(s.queue("c2".into(), "  "), Err(ValidationError::MessageEmpty));
+        assert!(matches!(s.lines().last(), Some(Line::Pending(p)) if p.status == SendStatus::Waiting));
+        // Offline: nothing to send until joined... the client decides; here we join.
+        s.apply(welcome(1, vec![], None), 0.0);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hello".to_owned())]);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![], "sent once");
+        assert_eq!(s.pending()[0].status, SendStatus::Sending);
+        let ack = Ack { cid: ClientMsgId::parse("c1").expect("valid"), seq: Seq(2), ts: Timestamp(5) };
+        s.apply(ServerMsg::Ack(ack.clone()), 0.0);
+        assert!(s.pending().is_empty());
+        assert!(matches!(s.lines().last(), Some(Line::Event(Entry::Message { mine: true, seq: Seq(2), .. }, _))));
+        // A second ack for the same cid changes nothing.
+        s.apply(ServerMsg::Ack(ack), 0.0);
+        assert_eq!(seqs(&s), vec![2]);
+    }
+
+    #[test]
+    fn a_long_outbox_is_sent_a_window_at_a_time() {
+        let mut s = ChatState::default();
+        s.apply(welcome(1, vec![], None), 0.0);
+        for i in 0..7 {
+            s.queue(format!("c{i}"), "x").expect("valid");
+        }
+        let first: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(first, ["c0", "c1", "c2"]);
+        assert!(s.take_outgoing(3).is_empty(), "the window is full");
+        s.apply(
+            ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c0").expect("valid"), seq: Seq(2), ts: Timestamp(2) }),
+            0.0,
+        );
+        let next: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(next, ["c3"], "one acked, one more sent, in order");
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_resent_after_a_reconnect() {
+        let mut s = ChatState::default();
+        s.apply(welcome(1, vec![], None), 0.0);
+        s.queue("c1".into(), "hi").expect("valid");
+        assert_eq!(s.take_outgoing(usize::MAX).len(), 1);
+        s.disconnected();
+        assert_eq!(s.pending()[0].status, SendStatus::Waiting);
+        s.apply(welcome(1, vec![], None), 0.0);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hi".to_owned())]);
+    }
+
+    #[test]
+    fn a_replayed_own_message_clears_the_outbox_entry_once() {
+        let mut s = ChatState::default();
+        s.apply(welcome(1, vec![], None), 0.0);
+        s.queue("c1".into(), "hi").expect("valid");
+        s.take_outgoing(usize::MAX);
+        s.disconnected();
+        // The ack was lost, but the replay holds the stored message.
+        s.apply(welcome(2, vec![RoomEvent::Message(msg(2, "me", "hi", Some("c1")))], None), 0.0);
+        assert!(s.pending().is_empty());
+        assert_eq!(s.lines().len(), 1);
+        assert!(matches!(&s.lines()[0], Line::Event(Entry::Message { mine: true, .. }, _)));
+    }
+
+    #[test]
+    fn refusals_fail_or_requeue_the_message() {
+        let mut s = ChatState::default();
+        s.apply(welcome(1, vec![], None), 0.0);
+        s.queue("c1".into(), "a").expect("valid");
+        s.queue("c2".into(), "b").expect("valid");
+        s.take_outgoing(usize::MAX);
+        let refuse =
+            |code, cid: &str| ServerMsg::Error(ErrorMsg { code, message: "nope".into(), cid: Some(cid.into()) });
+        s.apply(refuse(ErrorCode::TooLong, "c1"), 0.0);
+        s.apply(refuse(ErrorCode::RateLimited, "c2"), 0.0);
+        assert_eq!(s.pending()[0].status, SendStatus::Failed("nope".into()));
+        assert_eq!(s.pending()[1].status, SendStatus::Waiting);
+        s.retry("c1");
+        assert_eq!(s.take_outgoing(usize::MAX).len(), 2);
+        s.discard("c1");
+        assert_eq!(s.pending().len(), 1);
+    }
+
+    #[test]
+    fn a_reloaded_outbox_is_waiting_again() {
+        let saved = vec![
+            Pending { cid: "a".into(), text: "x".into(), status: SendStatus::Sending },
+            Pending { cid: "b".into(), text: "y".into(), status: SendStatus::Failed("too long".into()) },
+        ];
+        let s = ChatState::with_outbox(saved);
+        assert_eq!(s.pending()[0].status, SendStatus::Waiting);
+        assert!(matches!(s.pending()[1].status, SendStatus::Failed(_)));
+    }
+}
