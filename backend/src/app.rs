@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::address::PerAddress;
 use crate::chat::hub::Hub;
 use crate::chat::room::Room;
 use crate::config::{Config, HistoryKind};
@@ -26,6 +27,10 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Open WebSocket sessions (for `/healthz`).
     pub sessions: AtomicUsize,
+    /// Open connections per client address.
+    pub connections_per_address: Arc<PerAddress>,
+    /// Joined sessions per client address.
+    pub joins_per_address: Arc<PerAddress>,
 }
 
 impl App {
@@ -43,12 +48,14 @@ impl App {
         };
         let hub = Hub::new(store, config.limits.clone());
         Ok(Arc::new(Self {
-            config,
             hub,
             writes,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             sessions: AtomicUsize::new(0),
+            connections_per_address: PerAddress::new(config.conn.max_connections_per_address),
+            joins_per_address: PerAddress::new(config.conn.max_joins_per_address),
+            config,
         }))
     }
 

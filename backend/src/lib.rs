@@ -13,8 +13,10 @@
 //! * [`store`] — history: the writer queue, the memory and SQLite stores, export/import.
 //! * [`ws`] — RFC 6455 framing and each connection's bounded outbound queue.
 //! * [`config`] — every bound and timeout with defaults as constants, the flags, `Origin` policy.
+//! * [`address`] — per-address keys, counted slots, trusted proxies' `X-Forwarded-For`.
 //! * [`random`] — random ids and tokens.
 
+pub mod address;
 pub mod app;
 pub mod chat;
 pub mod config;

@@ -77,6 +77,26 @@ async fn hello_is_validated_field_by_field() {
 }
 
 #[tokio::test]
+async fn look_alike_names_are_taken_and_invisible_ones_refused() {
+    let server = TestServer::start(config()).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    let mut c = server.client().await;
+    // A Cyrillic А (U+0410) for the Latin A.
+    let answer = c.hello_with(hello("\u{410}da", "lobby")).await;
+    assert!(matches!(&answer, ServerMsg::Error(e) if e.code == ErrorCode::NameTaken), "{answer:?}");
+    // Tag characters (U+E0041 TAG LATIN CAPITAL LETTER A) render as nothing.
+    let answer = c.hello_with(hello("Ada\u{E0041}", "lobby")).await;
+    match answer {
+        ServerMsg::Error(e) if e.code == ErrorCode::InvalidName => assert!(e.message.contains("invisible"), "{e:?}"),
+        other => panic!("expected invalid_name, got {other:?}"),
+    }
+    // Ada saw no one join; a name of its own still does.
+    ada.expect_quiet().await;
+    let w = c.hello("Ana", "lobby").await;
+    assert_eq!(w.members.len(), 2);
+}
+
+#[tokio::test]
 async fn say_is_validated_and_refusals_name_the_message() {
     let server = TestServer::start(config()).await;
     let (mut c, _) = server.joined("Ada", "lobby").await;

@@ -1,5 +1,5 @@
-//! Connection lifecycle: heartbeats, lagging clients, the Origin check, the
-//! connection cap and graceful shutdown.
+//! Connection lifecycle: heartbeats, lagging clients, the Host and Origin
+//! checks, the connection cap, graceful shutdown and refusing to start.
 
 mod common;
 
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Client, Ended, TestServer, config, resume};
 use futures_util::StreamExt;
+use natter_backend::config::ConfigError;
 use natter_shared::{NoticeKind, ServerMsg, close};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -52,6 +53,9 @@ async fn a_lagging_client_is_closed_with_the_lagged_code_and_can_resume() {
     const MESSAGES: usize = 3000;
     let mut cfg = config();
     cfg.conn.outbound_queue = 16;
+    // This test is about the queue's message cap; the byte budget must hold
+    // the whole 3 MB replay in one welcome (no reply is over half of it).
+    cfg.conn.output_budget = 16 * 1024 * 1024;
     // The sender waits for each batch's acks: write coalescing would pace
     // this lock-step exchange at one round per coalescing window.
     cfg.ws.write_coalesce = Duration::ZERO;
@@ -257,4 +261,75 @@ async fn empty_rooms_make_way_for_new_ones() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, again) = server.joined("Ann", "one").await;
     assert_ne!(again.history_id, first_id);
+}
+
+/// A handshake to `server` naming `host` in `Host`, with an `Origin`.
+async fn connect_as(server: &TestServer, host: &str, origin: &str) -> Result<Client, WsError> {
+    Client::try_connect_with(&server.url(), &[("host", host), ("origin", origin)]).await
+}
+
+/// The HTTP status of a refused handshake.
+fn refused_with(result: Result<Client, WsError>) -> u16 {
+    match result {
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("the handshake must be refused"),
+    }
+}
+
+#[tokio::test]
+async fn dns_rebinding_a_foreign_host_is_refused_even_when_origin_matches_it() {
+    let server = TestServer::start(config()).await;
+    let port = server.addr.port();
+    // The attacker's page at http://evil.example:PORT, its name now resolving to us.
+    let evil = format!("evil.example:{port}");
+    assert_eq!(refused_with(connect_as(&server, &evil, &format!("http://{evil}")).await), 421);
+    // The server's own names, as a page of its own sends them.
+    for host in [server.addr.to_string(), format!("localhost:{port}")] {
+        assert!(connect_as(&server, &host, &format!("http://{host}")).await.is_ok(), "{host}");
+    }
+}
+
+#[tokio::test]
+async fn with_a_public_url_an_origin_of_another_scheme_is_foreign() {
+    let mut cfg = config();
+    cfg.names = natter_backend::config::names::Names::parse(&["https://chat.example.com"], &[]).expect("valid");
+    cfg.origins = natter_backend::config::origin::OriginPolicy::new(&["https://pages.example"]).expect("valid");
+    let server = TestServer::start(cfg).await;
+    let host = "chat.example.com";
+    assert_eq!(refused_with(connect_as(&server, host, "http://chat.example.com").await), 403);
+    assert_eq!(refused_with(connect_as(&server, host, "https://chat.example.com:8443").await), 403);
+    assert!(connect_as(&server, host, "https://chat.example.com").await.is_ok(), "its own origin");
+    assert!(connect_as(&server, host, "https://pages.example").await.is_ok(), "--allow-origin still works");
+    assert_eq!(refused_with(connect_as(&server, &server.addr.to_string(), "https://chat.example.com").await), 421);
+}
+
+#[tokio::test]
+async fn a_data_directory_inside_the_bundle_directory_is_refused_at_start() {
+    let bundle = common::temp_dir("bundle-with-data");
+    for data in [bundle.join("natter-data"), bundle.to_path_buf(), bundle.join("x/../natter-data")] {
+        let mut cfg = config();
+        cfg.history = natter_backend::config::HistoryKind::Sqlite;
+        cfg.bundle_dir = bundle.to_path_buf();
+        cfg.storage.data_dir = data.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let result = tokio::time::timeout(Duration::from_secs(5), natter_backend::run(cfg, listener, async {}))
+            .await
+            .expect("returns at once");
+        match result {
+            Err(natter_backend::ServerError::Config(e @ ConfigError::DataInsideBundle { .. })) => {
+                assert!(e.to_string().contains("inside the bundle directory"), "{e}");
+            }
+            other => panic!("{}: expected DataInsideBundle, got {other:?}", data.display()),
+        }
+        assert!(!bundle.join("natter-data").exists(), "nothing was created");
+        assert!(!bundle.join("natter.db").exists(), "nothing was created");
+    }
+    // Beside the bundle is fine.
+    let mut cfg = config();
+    cfg.history = natter_backend::config::HistoryKind::Sqlite;
+    cfg.bundle_dir = bundle.join("dist");
+    cfg.storage.data_dir = bundle.join("natter-data");
+    let server = TestServer::start(cfg).await;
+    assert!(server.shutdown().await.is_ok());
 }

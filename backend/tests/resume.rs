@@ -173,3 +173,55 @@ async fn resume_without_a_token_after_timing_out_rejoins_with_the_gap_filled() {
     bob.own_join("Bob").await;
     assert!(matches!(ada.recv().await, ServerMsg::Notice(n) if n.kind == NoticeKind::Joined));
 }
+
+#[tokio::test]
+async fn every_resume_rotates_the_token_and_a_stale_token_is_refused() {
+    let mut cfg = config();
+    cfg.timing.leave_grace = Duration::from_secs(30);
+    let server = TestServer::start(cfg).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    let (bob, first) = server.joined("Bob", "lobby").await;
+    let _ = ada.recv().await; // Bob joined
+    let welcome = |msg: ServerMsg| match msg {
+        ServerMsg::Welcome(w) => w,
+        other => panic!("expected welcome, got {other:?}"),
+    };
+    let name_taken =
+        |msg: ServerMsg| matches!(msg, ServerMsg::Error(e) if e.code == natter_shared::ErrorCode::NameTaken);
+    let mut tokens = vec![first.resume_token.as_str().to_owned()];
+    let mut bob = Some(bob);
+
+    for _ in 0..2 {
+        // Dropped, then back with the latest token: a new one each time.
+        if let Some(gone) = bob.take() {
+            gone.drop_connection();
+        }
+        let latest = tokens.last().expect("a token").clone();
+        let mut back = server.client().await;
+        let w = welcome(back.hello_with(resume("Bob", "lobby", first.seq_head, Some(&latest))).await);
+        let rotated = w.resume_token.as_str().to_owned();
+        assert!(!tokens.contains(&rotated), "the welcome of a resume carries a new token");
+        tokens.push(rotated);
+        bob = Some(back);
+    }
+    // Every earlier token is dead, and trying one does not disturb Bob.
+    let mut bob = bob.expect("attached");
+    for stale in &tokens[..tokens.len() - 1] {
+        let mut thief = server.client().await;
+        assert!(name_taken(thief.hello_with(resume("Bob", "lobby", first.seq_head, Some(stale))).await));
+    }
+    bob.say("b1", "still me").await;
+    assert!(matches!(bob.recv().await, ServerMsg::Ack(_)));
+    assert!(matches!(ada.recv().await, ServerMsg::Message(m) if m.text.as_str() == "still me"));
+    // Dropped again: a stale token cannot take the name in the grace period either.
+    bob.drop_connection();
+    let mut thief = server.client().await;
+    assert!(name_taken(thief.hello_with(resume("Bob", "lobby", first.seq_head, Some(&tokens[1]))).await));
+    let mut bob = server.client().await;
+    let latest = tokens.last().expect("a token");
+    assert!(matches!(
+        bob.hello_with(resume("Bob", "lobby", first.seq_head, Some(latest))).await,
+        ServerMsg::Welcome(_)
+    ));
+    ada.expect_quiet().await;
+}

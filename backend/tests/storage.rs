@@ -366,3 +366,300 @@ async fn export_then_import_round_trips_exactly() {
     assert_eq!(texts(&w.history).len(), 4);
     assert_eq!(w.seq_head, Seq(6));
 }
+
+/// Opens the test's database beside the server, as an operator's shell would.
+fn side_connection(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).expect("open the database");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn
+}
+
+/// Replies to `cids` (acks and errors), in any order, keyed by cid.
+async fn replies(client: &mut common::Client, cids: &[&str]) -> Vec<(String, Result<Seq, ErrorCode>)> {
+    let mut got = Vec::new();
+    while got.len() < cids.len() {
+        match client.recv().await {
+            ServerMsg::Ack(a) => got.push((a.cid.to_string(), Ok(a.seq))),
+            ServerMsg::Error(e) => got.push((e.cid.clone().expect("a say's error names its cid"), Err(e.code))),
+            ServerMsg::Notice(_) | ServerMsg::Message(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    got
+}
+
+#[tokio::test]
+async fn a_poisoned_message_fails_alone_and_the_rest_of_its_batch_is_stored() {
+    let (mut cfg, _dir) = sqlite_config("poison-message");
+    cfg.rate.burst = 100;
+    let dir = cfg.storage.data_dir.clone();
+    let server = TestServer::start(cfg).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await; // seq 1
+    let (mut bob, _) = server.joined("Bob", "lobby").await; // seq 2
+    let _ = ada.recv().await; // Bob joined
+    let db = side_connection(&dir);
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.text = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    )
+    .expect("install the trigger");
+    // Holding the write lock stalls the writer on its next batch, so the
+    // messages behind it queue up and share a batch with the poisoned one.
+    db.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    ada.say("a1", "before").await;
+    ada.say("a2", "poison").await;
+    ada.say("a3", "after").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.execute_batch("COMMIT").expect("unlock");
+
+    let got = replies(&mut ada, &["a1", "a2", "a3"]).await;
+    assert_eq!(
+        got,
+        [
+            ("a1".to_owned(), Ok(Seq(3))),
+            ("a2".to_owned(), Err(ErrorCode::StorageUnavailable)),
+            ("a3".to_owned(), Ok(Seq(4))), // the poisoned write took no seq
+        ]
+    );
+    for (seq, text) in [(3, "before"), (4, "after")] {
+        match bob.recv().await {
+            ServerMsg::Message(m) => assert_eq!((m.seq, m.text.as_str()), (Seq(seq), text)),
+            other => panic!("expected {text:?}, got {other:?}"),
+        }
+    }
+    // Nothing keeps retrying it: later messages are stored, with dense seqs.
+    ada.say("a4", "later").await;
+    assert_eq!(ack_seq(ada.recv().await), Seq(5));
+    assert!(matches!(bob.recv().await, ServerMsg::Message(m) if m.seq == Seq(5)));
+    bob.expect_quiet().await;
+    let events = export(&dir, "lobby");
+    assert_eq!(texts(&events), ["before", "after", "later"]);
+    assert_eq!(events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_poisoned_notice_is_dropped_after_its_attempts_and_the_room_keeps_working() {
+    let (mut cfg, _dir) = sqlite_config("poison-notice");
+    cfg.rate.burst = 100;
+    let dir = cfg.storage.data_dir.clone();
+    let server = TestServer::start(cfg).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await; // seq 1
+    let db = side_connection(&dir);
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.kind = 'joined' AND NEW.name = 'Mallory'
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    )
+    .expect("install the trigger");
+    let mut mallory = server.client().await;
+    let welcome = mallory.hello("Mallory", "lobby").await;
+    assert_eq!(welcome.members.len(), 2, "the membership itself does not depend on the notice");
+
+    // Every later batch stores its other writes; the notice's retries (each
+    // batch carries it until it has used its attempts) harm none of them.
+    for i in 0..5u64 {
+        ada.say(&format!("m{i}"), &format!("{i}")).await;
+        assert_eq!(ack_seq(ada.recv().await), Seq(2 + i), "dense seqs: the failing notice took none");
+    }
+    // By now the notice was given up: even with the trigger gone it is not stored.
+    db.execute_batch("DROP TRIGGER poison").expect("drop the trigger");
+    ada.say("after", "after").await;
+    assert_eq!(ack_seq(ada.recv().await), Seq(7));
+    mallory.say("hi", "hi").await;
+    assert_eq!(replies(&mut mallory, &["hi"]).await, [("hi".to_owned(), Ok(Seq(8)))]);
+    let (_bob, w) = server.joined("Bob", "lobby").await;
+    assert_eq!(w.seq_head, Seq(9), "Mallory's message and Bob's join follow at once");
+    let events = export(&dir, "lobby");
+    assert_eq!(events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+    assert!(
+        !events.iter().any(|e| matches!(e, RoomEvent::Notice(n) if n.name.as_str() == "Mallory")),
+        "the poisoned notice was dropped, not stored late"
+    );
+}
+
+/// The next frame as plain JSON, read without the protocol's validation.
+async fn recv_json(client: &mut common::Client) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(common::RECV_TIMEOUT, client.ws.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn stored_events_that_todays_rules_refuse_are_still_served() {
+    let (cfg, _dir) = sqlite_config("lenient");
+    let dir = cfg.storage.data_dir.clone();
+    drop(natter_backend::store::sqlite::open_for_writing(&dir.join(DB_FILE)).expect("create"));
+    let zwj = "Zero\u{200D}Width";
+    let long_name = "n".repeat(100);
+    let long_text = "t".repeat(natter_shared::limits::MESSAGE_MAX_CHARS + 100);
+    let db = side_connection(&dir);
+    let insert = "INSERT INTO events (room, seq, ts, kind, name, name_key, color, text, cid)
+                  VALUES ('lobby', ?1, ?2, ?3, ?4, lower(?4), '#e12b2b', ?5, ?6)";
+    /// seq, ts, kind, name, text, cid
+    type Row<'a> = (i64, &'a dyn rusqlite::ToSql, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+    let rows: [Row<'_>; 6] = [
+        // Written under older, looser rules: served as stored.
+        (1, &1000, "message", zwj, Some("from the past"), Some("c1")),
+        (2, &1001, "joined", long_name.as_str(), None, None),
+        (3, &1002, "message", "Old", Some(long_text.as_str()), Some("not a cid!")),
+        // Truly unreadable: skipped with a warning, the room still opens.
+        (4, &1003, "exploded", "Old", None, None),
+        (5, &1004, "message", "Old", None, Some("c5")),
+        (6, &"yesterday", "message", "Old", Some("x"), Some("c6")),
+    ];
+    for (seq, ts, kind, name, text, cid) in rows {
+        db.execute(insert, rusqlite::params![seq, ts, kind, name, text, cid]).expect("insert");
+    }
+    db.execute("INSERT INTO rooms (room, head) VALUES ('lobby', 6)", []).expect("head");
+    drop(db);
+
+    let server = TestServer::start(cfg).await;
+    let mut ada = server.client().await;
+    ada.send(&ClientMsg::Hello(common::hello("Ada", "lobby"))).await;
+    let welcome = recv_json(&mut ada).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["seq_head"], 6);
+    let history = welcome["history"].as_array().expect("history");
+    assert_eq!(history.iter().map(|e| e["seq"].as_u64().expect("seq")).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(history[0]["name"], zwj);
+    assert_eq!(history[0]["text"], "from the past");
+    assert_eq!(history[1]["name"], long_name.as_str());
+    assert_eq!(history[1]["kind"], "joined");
+    assert_eq!(history[2]["text"], long_text.as_str());
+    assert_eq!(history[2]["cid"], "not a cid!");
+    let joined = recv_json(&mut ada).await;
+    assert_eq!(joined["type"], "notice", "{joined}");
+    assert_eq!(joined["seq"], 7, "{joined}");
+    // Older pages read the same rows the same way.
+    ada.send(&ClientMsg::History(HistoryRequest { before: Seq(7), limit: 10 })).await;
+    let page = recv_json(&mut ada).await;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(3), "{page}");
+}
+
+/// An NDJSON message line for an import.
+fn message_line(seq: u64, text: &str) -> String {
+    format!(
+        r##"{{"type":"message","seq":{seq},"ts":{},"name":"Ada","color":"#1e77d0","text":"{text}","cid":"c{seq}"}}"##,
+        1_000 + seq
+    )
+}
+
+fn event_count(dir: &std::path::Path) -> (i64, i64) {
+    let db = side_connection(dir);
+    let events = db.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).expect("count events");
+    let rooms = db.query_row("SELECT count(*) FROM rooms", [], |r| r.get(0)).expect("count rooms");
+    (events, rooms)
+}
+
+#[test]
+fn an_import_that_fails_at_any_line_leaves_the_database_as_it_was() {
+    use natter_backend::store::transfer::import;
+    let room = RoomName::parse("lobby").expect("valid");
+    // More lines than the import once committed per transaction (10,000), then a bad one.
+    let mut input: String = (1..=10_001).map(|seq| message_line(seq, "x") + "\n").collect();
+    input.push_str(&message_line(10_001, "the same seq again"));
+
+    let existing = temp_dir("import-atomic");
+    drop(natter_backend::store::sqlite::open_for_writing(&existing.join(DB_FILE)).expect("create"));
+    let err = import(&existing, &room, input.as_bytes()).expect_err("line 10002 is refused");
+    assert_eq!(event_count(&existing), (0, 0), "nothing of the import is kept");
+    assert!(err.to_string().starts_with("line 10002, field `seq`"), "{err}");
+
+    let fresh = temp_dir("import-atomic-new");
+    let err = import(&fresh, &room, input.as_bytes()).expect_err("line 10002 is refused");
+    assert!(err.to_string().starts_with("line 10002"), "{err}");
+    assert!(!fresh.join(DB_FILE).exists(), "no database is left behind");
+
+    // The same input without its bad line imports whole.
+    let good = input.rsplit_once('\n').expect("lines").0;
+    assert_eq!(import(&existing, &room, good.as_bytes()).expect("imports"), 10_001);
+    assert_eq!(event_count(&existing), (10_001, 1));
+}
+
+#[test]
+fn import_checks_every_field_like_the_server_and_names_the_line_and_field() {
+    use natter_backend::store::transfer::import;
+    let room = RoomName::parse("lobby").expect("valid");
+    let notice = |fields: &str| format!(r##"{{"type":"notice","seq":2,"ts":1002,"kind":"left",{fields}}}"##);
+    let message = |fields: &str| format!(r##"{{"type":"message","seq":2,"ts":1002,"cid":"c2",{fields}}}"##);
+    let ada = r##""name":"Ada","color":"#1e77d0""##;
+    let cases: Vec<(String, &str)> = vec![
+        // seq: a number, increasing, and small enough to store and to go on from.
+        (message_line(2, "x").replace("\"seq\":2", "\"seq\":9223372036854775808"), "seq"),
+        (message_line(2, "x").replace("\"seq\":2", "\"seq\":18446744073709551615"), "seq"),
+        (message_line(2, "x").replace("\"seq\":2", "\"seq\":9007199254740992"), "seq"),
+        (message_line(2, "x").replace("\"seq\":2", "\"seq\":-2"), "seq"),
+        (message_line(2, "x").replace("\"seq\":2", "\"seq\":\"2\""), "seq"),
+        (message_line(2, "x").replace("\"seq\":2,", ""), "seq"),
+        (message_line(1, "x"), "seq"),
+        // ts: a number within i64, and not in the future.
+        (message_line(2, "x").replace("\"ts\":1002", "\"ts\":9223372036854775808"), "ts"),
+        (message_line(2, "x").replace("\"ts\":1002", "\"ts\":9000000000000"), "ts"),
+        (message_line(2, "x").replace("\"ts\":1002", "\"ts\":-1"), "ts"),
+        // The colour is #rrggbb, nothing else.
+        (message(r##""name":"Ada","color":"red","text":"x""##), "color"),
+        (message(r##""name":"Ada","color":"#12345","text":"x""##), "color"),
+        (message(r##""name":"Ada","color":"#1e77d0; background: url(x)","text":"x""##), "color"),
+        (message(r##""name":"Ada","color":"#gggggg","text":"x""##), "color"),
+        // Names, texts and cids pass the rules a client's input passes.
+        (message(r##""name":"","color":"#1e77d0","text":"x""##), "name"),
+        (message(r##""name":"Zero\u200dWidth","color":"#1e77d0","text":"x""##), "name"),
+        (message(&format!(r##""name":"{}","color":"#1e77d0","text":"x""##, "n".repeat(25))), "name"),
+        (message(r##""name":7,"color":"#1e77d0","text":"x""##), "name"),
+        (message(&format!("{ada},\"text\":\"  \"")), "text"),
+        (message(&format!("{ada},\"text\":\"bell\\u0007\"")), "text"),
+        (message(&format!("{ada},\"text\":\"{}\"", "x".repeat(2001))), "text"),
+        (message(ada), "text"),
+        (message(&format!("{ada},\"text\":\"x\"")).replace("\"cid\":\"c2\"", "\"cid\":\"has space\""), "cid"),
+        (message(&format!("{ada},\"text\":\"x\"")).replace("\"cid\":\"c2\"", "\"cid\":\"c1\""), "cid"),
+        (notice(ada).replace("\"left\"", "\"exploded\""), "kind"),
+        (notice(ada).replace("\"kind\":\"left\",", ""), "kind"),
+        (notice(ada).replace("\"notice\"", "\"shout\""), "type"),
+    ];
+    for (bad, field) in cases {
+        let dir = temp_dir("import-field");
+        let input = format!("{}\n{bad}\n{}\n", message_line(1, "first"), message_line(3, "third"));
+        let err = import(&dir, &room, input.as_bytes()).expect_err(&bad);
+        assert!(err.to_string().starts_with(&format!("line 2, field `{field}`")), "{bad}\n→ {err}");
+        assert!(!dir.join(DB_FILE).exists(), "nothing is left of a refused import: {bad}");
+    }
+    let dir = temp_dir("import-not-json");
+    let err = import(&dir, &room, &b"{\"type\":\"message\",\n"[..]).expect_err("not JSON");
+    assert!(err.to_string().starts_with("line 1: not JSON"), "{err}");
+
+    // Decided: times may go back (history merged from several clocks is still
+    // history; the page orders by seq), and surrounding spaces of a name are
+    // trimmed as the server trims them.
+    let dir = temp_dir("import-ts-back");
+    let input = format!(
+        "{}\n{}\n{}\n",
+        message_line(1, "x"),
+        message_line(2, "y").replace("\"ts\":1002", "\"ts\":5"),
+        message(r##""name":"  Ada ","color":"#1E77D0","text":"z""##)
+            .replace("\"seq\":2", "\"seq\":3")
+            .replace("\"cid\":\"c2\"", "\"cid\":\"c3\""),
+    );
+    assert_eq!(import(&dir, &room, input.as_bytes()).expect("imports"), 3);
+    let events = export(&dir, "lobby");
+    assert_eq!(events.iter().map(|e| e.ts().0).collect::<Vec<_>>(), [1001, 5, 1002]);
+    assert!(matches!(&events[2], RoomEvent::Message(m) if m.name.as_str() == "Ada"));
+}
+
+#[test]
+fn import_never_takes_a_room_below_its_head() {
+    use natter_backend::store::transfer::import;
+    // Retention deleted every event, but the room's seqs went up to 57.
+    let dir = temp_dir("import-head");
+    drop(natter_backend::store::sqlite::open_for_writing(&dir.join(DB_FILE)).expect("create"));
+    side_connection(&dir).execute("INSERT INTO rooms (room, head) VALUES ('lobby', 57)", []).expect("head");
+    let room = RoomName::parse("lobby").expect("valid");
+    let err = import(&dir, &room, message_line(1, "x").as_bytes()).expect_err("seqs would be reused");
+    assert!(err.to_string().contains("already"), "{err}");
+    assert_eq!(event_count(&dir), (0, 1));
+}

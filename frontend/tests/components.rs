@@ -263,6 +263,56 @@ async fn the_list_offers_older_messages_while_there_may_be_some() {
     assert_eq!(count(&root, ".load-older"), 0, "hidden when nothing older is kept");
 }
 
+/// Names and message texts are bidi-isolated by the page's own stylesheet,
+/// so right-to-left letters in a name cannot reorder the rest of its line.
+#[wasm_bindgen_test]
+async fn names_and_texts_are_isolated_from_the_rest_of_their_line() {
+    let document = web_sys::window().and_then(|w| w.document()).expect("document");
+    let style = document.create_element("style").expect("style");
+    style.set_text_content(Some(include_str!("../style.css")));
+    document.head().expect("head").append_child(&style).expect("append");
+    let root = container();
+    let rtl = "\u{5D0}\u{5D1}\u{5D2}!"; // Hebrew alef, bet, gimel, then "!"
+    let color = || Color("#e12b2b".into());
+    let lines = vec![
+        Line::Event(
+            Entry::Notice { seq: Seq(1), ts: Timestamp(0), kind: NoticeKind::Joined, name: name(rtl), color: color() },
+            0,
+        ),
+        Line::Event(
+            Entry::Message {
+                seq: Seq(2),
+                ts: Timestamp(0),
+                name: name(rtl),
+                color: color(),
+                text: "\u{5E9}\u{5DC}\u{5D5}\u{5DD}, world".into(),
+                mine: false,
+            },
+            0,
+        ),
+    ];
+    let _mounted = mount_to(root.clone(), move || {
+        view! { <MessageList lines=lines on_retry=Callback::new(|_: String| {}) on_discard=Callback::new(|_: String| {}) /> }
+    });
+    tick().await;
+    let window = web_sys::window().expect("window");
+    for css in [".notice .name", ".msg .name", ".msg .text"] {
+        let computed = window.get_computed_style(&get(&root, css)).expect("style").expect("a computed style");
+        assert_eq!(computed.get_property_value("unicode-bidi").expect("property"), "plaintext", "{css}");
+    }
+    // In effect: read right to left inside its isolate, the name ends with
+    // its "!" on the left, instead of the "!" joining " joined" on the right.
+    let letters = get(&root, ".notice .name").first_child().expect("the name's text");
+    let left = |from: u32, to: u32| {
+        let range = document.create_range().expect("range");
+        range.set_start(&letters, from).expect("start");
+        range.set_end(&letters, to).expect("end");
+        range.get_bounding_client_rect().left()
+    };
+    assert!(left(3, 4) < left(0, 3), "the name's own \"!\" stays at its end");
+    style.remove();
+}
+
 #[wasm_bindgen_test]
 async fn header_shows_the_countdown_and_retry_now() {
     let root = container();

@@ -25,6 +25,14 @@ impl Color {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Accepts exactly `#rrggbb` (hex digits of either case), the form the
+    /// server assigns; anything else is refused, so a colour from outside
+    /// (an imported history) can never be more than a colour.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = raw.len() == 7 && raw.starts_with('#') && raw.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
+        ok.then(|| Self(raw.to_owned()))
+    }
 }
 
 /// FNV-1a over the name's key: stable across processes and platforms
@@ -78,6 +86,17 @@ mod tests {
         assert_eq!(color_for(&ada).as_str(), PALETTE[(fnv1a(b"ada") % 12) as usize]);
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn only_hex_colours_parse() {
+        for ok in PALETTE.iter().copied().chain(["#000000", "#FFFFFF", "#1E77d0"]) {
+            assert_eq!(Color::parse(ok).map(|c| c.0), Some(ok.to_owned()), "{ok}");
+        }
+        for bad in ["", "red", "#12345", "#1234567", "1e77d0", "#gggggg", "#1e77d0;", "#1e77d0 ", "＃1e77d0", "#1é77d"]
+        {
+            assert_eq!(Color::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub enum ErrorCode {
     InvalidName,
     /// The name is longer than [`NAME_MAX_CHARS`].
     NameTooLong,
-    /// Someone in the room already has this name (compared case-insensitively).
+    /// Someone in the room already has this name, or one that looks the same
+    /// (compared without case, composition or look-alike letters).
     NameTaken,
     /// The room name is not 1–32 characters of `[a-z0-9-]`.
     InvalidRoom,
@@ -44,6 +45,9 @@ pub enum ErrorCode {
     /// History storage failed (disk full, database error); the message was
     /// not stored and should be sent again later.
     StorageUnavailable,
+    /// The client's address holds as many joined sessions as the server
+    /// allows one address.
+    TooManyJoins,
     /// A code this client version does not know (sent by a newer server).
     Unknown,
 }
@@ -69,6 +73,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
             Self::StorageUnavailable => "storage_unavailable",
+            Self::TooManyJoins => "too_many_joins",
             Self::Unknown => "unknown",
         }
     }
@@ -94,6 +99,7 @@ impl WireName for ErrorCode {
         Self::RateLimited,
         Self::Internal,
         Self::StorageUnavailable,
+        Self::TooManyJoins,
         Self::Unknown,
     ];
     const FALLBACK: Option<Self> = Some(Self::Unknown);
@@ -123,7 +129,7 @@ pub enum ValidationError {
     NameEmpty,
     #[error("a name can be at most {NAME_MAX_CHARS} characters")]
     NameTooLong,
-    #[error("a name cannot contain control or invisible formatting characters")]
+    #[error("a name cannot contain control, invisible or text-direction characters")]
     NameInvalidChar,
     #[error("a room name is 1–{ROOM_MAX_CHARS} characters of a–z, 0–9 and '-'")]
     RoomInvalid,

@@ -76,22 +76,53 @@ impl Default for RoomName {
 
 string_newtype_serde!(RoomName);
 
-/// A user's display name: trimmed, 1–24 characters, no control or invisible
-/// formatting characters. Uniqueness in a room is case-insensitive: compare
-/// [`UserName::key`], never the display form.
+/// A user's display name: trimmed, 1–24 characters, no control, invisible or
+/// text-direction characters. Never compare the display form: two names are
+/// the same person when their [`UserName::key`] is equal (the server's rooms
+/// also fold composition and look-alike letters).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserName(String);
 
-/// Characters that render as nothing (or reorder text) and would let two names
-/// look identical or spoof their neighbours: zero-width and bidi controls.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{180E}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}'
-        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}'
-        | '\u{FFF0}'..='\u{FFFB}')
+/// Characters a name may not hold, as sorted inclusive ranges: every
+/// Default_Ignorable_Code_Point of Unicode's DerivedCoreProperties (zero-width
+/// characters, fillers, variation selectors, tags, invisible operators; all
+/// bidi controls are among them), plus U+2800 BRAILLE PATTERN BLANK and the
+/// interlinear annotation marks U+FFF9–FFFB, which show blank or hide text. Any
+/// of them lets two names look the same or a name reorder its neighbours.
+/// One range to a `u32` ([`range`]): the page's wasm carries this table, and
+/// packed it costs less there than a `match` or a table of pairs (measured).
+const NAME_REFUSED: [u32; 18] = [
+    range(0x00AD, 0x00AD),
+    range(0x034F, 0x034F),
+    range(0x061C, 0x061C),
+    range(0x115F, 0x1160),
+    range(0x17B4, 0x17B5),
+    range(0x180B, 0x180F),
+    range(0x200B, 0x200F),
+    range(0x202A, 0x202E),
+    range(0x2060, 0x206F),
+    range(0x2800, 0x2800),
+    range(0x3164, 0x3164),
+    range(0xFE00, 0xFE0F),
+    range(0xFEFF, 0xFEFF),
+    range(0xFFA0, 0xFFA0),
+    range(0xFFF0, 0xFFFB),
+    range(0x1BCA0, 0x1BCA3),
+    range(0x1D173, 0x1D17A),
+    range(0xE0000, 0xE0FFF),
+];
+
+/// `first..=last` as one number: `first` in the high 20 bits, `last - first`
+/// in the low 12 (checked when the table is compiled).
+const fn range(first: u32, last: u32) -> u32 {
+    assert!(first <= 0xF_FFFF && first <= last && last - first <= 0xFFF);
+    first << 12 | (last - first)
+}
+
+/// Whether `c` renders as nothing or steers the direction of text. A plain
+/// scan: 18 ranges, names of at most 24 characters.
+fn is_invisible(c: char) -> bool {
+    NAME_REFUSED.iter().any(|&r| (c as u32).wrapping_sub(r >> 12) <= r & 0xFFF)
 }
 
 impl UserName {
@@ -101,7 +132,7 @@ impl UserName {
         if name.is_empty() {
             return Err(ValidationError::NameEmpty);
         }
-        if name.chars().any(|c| c.is_control() || is_invisible_format(c)) {
+        if name.chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(ValidationError::NameInvalidChar);
         }
         if name.chars().count() > NAME_MAX_CHARS {
@@ -110,10 +141,19 @@ impl UserName {
         Ok(Self(name.to_owned()))
     }
 
-    /// The case-insensitive identity of the name, used for uniqueness and
-    /// for deduplicating re-sent messages.
+    /// The case-insensitive identity of the name: what re-sent messages are
+    /// deduplicated by, and what the page matches names by. (A room's
+    /// uniqueness check folds more, on the server.)
     pub fn key(&self) -> String {
         self.0.to_lowercase()
+    }
+
+    /// A name read back from the server's own storage, taken as stored and
+    /// not checked again: it passed the rules of its day, and a rule
+    /// tightened since must not make old history unreadable. Never for
+    /// input from a client; that goes through [`UserName::parse`].
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
     }
 }
 
@@ -139,6 +179,12 @@ impl MessageText {
         }
         Ok(Self(raw.to_owned()))
     }
+
+    /// A text read back from the server's own storage, not checked again
+    /// (see [`UserName::from_stored`]). Never for input from a client.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
 }
 
 string_newtype_serde!(MessageText);
@@ -157,6 +203,12 @@ impl ClientMsgId {
     /// Checks an id: 1–64 characters of `[A-Za-z0-9_-]`.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         if is_token(raw, CID_MAX_LEN) { Ok(Self(raw.to_owned())) } else { Err(ValidationError::CidInvalid) }
+    }
+
+    /// An id read back from the server's own storage, not checked again
+    /// (see [`UserName::from_stored`]). Never for input from a client.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
     }
 }
 
@@ -276,6 +328,33 @@ mod tests {
     }
 
     #[test]
+    fn names_refuse_every_default_ignorable_bidi_control_and_blank() {
+        let refused = [
+            // Default_Ignorable_Code_Point (DerivedCoreProperties), both ends of each range.
+            0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180E, 0x180F, 0x200B, 0x200F, 0x202A,
+            0x202E, 0x2060, 0x2065, 0x206F, 0x3164, 0xFE00, 0xFE0F, 0xFEFF, 0xFFA0, 0xFFF0, 0xFFF8, 0x1BCA0, 0x1BCA3,
+            0x1D173, 0x1D17A, 0xE0000, 0xE0001, 0xE0020, 0xE007F, 0xE0100, 0xE01EF, 0xE0FFF,
+            // Bidi controls (all default-ignorable too): ALM, LRM, RLM, embeddings, overrides, isolates.
+            0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069,
+            // Blank-looking or hiding, though not default-ignorable.
+            0x2800, 0xFFF9, 0xFFFB,
+        ];
+        for cp in refused {
+            let c = char::from_u32(cp).expect("a scalar value");
+            for name in [format!("Ada{c}"), format!("{c}Ada"), format!("A{c}da")] {
+                assert_eq!(UserName::parse(&name), Err(ValidationError::NameInvalidChar), "U+{cp:04X}");
+            }
+        }
+        // Their visible neighbours stay allowed.
+        for cp in [0x00AC, 0x034E, 0x115E, 0x1161, 0x180A, 0x1810, 0x2801, 0x3165, 0xFE10, 0x1D172, 0x1D17B, 0xE1000] {
+            let name = format!("Ada{}", char::from_u32(cp).expect("a scalar value"));
+            assert!(UserName::parse(&name).is_ok(), "U+{cp:04X} is visible");
+        }
+        // Ranges sorted and apart, as the table says.
+        assert!(NAME_REFUSED.windows(2).all(|w| (w[0] >> 12) + (w[0] & 0xFFF) < w[1] >> 12));
+    }
+
+    #[test]
     fn name_keys_compare_case_insensitively() {
         let a = UserName::parse("Ada").expect("valid");
         let b = UserName::parse("aDA").expect("valid");
@@ -311,6 +390,23 @@ mod tests {
         for bad in ["", "has space", "ü", "a.b", &"a".repeat(CID_MAX_LEN + 1)] {
             assert_eq!(ClientMsgId::parse(bad), Err(ValidationError::CidInvalid), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stored_values_are_taken_as_stored() {
+        // What today's rules refuse may have been stored under older ones.
+        let zwj = "Zero\u{200D}Width";
+        assert!(UserName::parse(zwj).is_err());
+        let name = UserName::from_stored(zwj.to_owned());
+        assert_eq!((name.as_str(), name.key().as_str()), (zwj, "zero\u{200d}width"));
+        let long = "n".repeat(NAME_MAX_CHARS * 4);
+        assert_eq!(UserName::from_stored(long.clone()).as_str(), long);
+        let text = "x".repeat(MESSAGE_MAX_CHARS + 1);
+        assert_eq!(MessageText::from_stored(text.clone()).as_str(), text);
+        assert_eq!(ClientMsgId::from_stored("not a cid!".into()).as_str(), "not a cid!");
+        // Serialized as stored; parsing them again still refuses them.
+        let json = serde_json::to_string(&UserName::from_stored(zwj.to_owned())).expect("json");
+        assert!(serde_json::from_str::<UserName>(&json).is_err());
     }
 
     #[test]

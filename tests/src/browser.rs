@@ -123,6 +123,39 @@ impl WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
+/// A Chrome DevTools Protocol command, through chromedriver's endpoint for them.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: serde_json::Value,
+}
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _url: &url::Url) -> (http::Method, Option<String>) {
+        let body = serde_json::json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Runs `script` in every document `client` loads from now on, before the
+/// page's own scripts (and outside the page's Content-Security-Policy).
+pub async fn run_before_each_page(client: &Client, script: &str) {
+    let cmd = Cdp { cmd: "Page.addScriptToEvaluateOnNewDocument", params: serde_json::json!({ "source": script }) };
+    client.issue_cmd(cmd).await.expect("add a script to every new document");
+}
+
+/// Chromium's console messages since the last call (CSP violations are among
+/// them, load-time ones included).
+pub async fn console_messages(client: &Client) -> Vec<String> {
+    let log = client.issue_cmd(BrowserLog).await.expect("read the browser's log");
+    let entries = log.as_array().cloned().unwrap_or_else(|| panic!("a log is a list: {log}"));
+    entries.iter().filter_map(|e| e["message"].as_str().map(str::to_owned)).collect()
+}
+
 impl Browsers {
     /// Opens a new headless Chromium with its own profile, labelled for artifacts.
     pub async fn open(&self, label: &str) -> Client {

@@ -1,9 +1,10 @@
 //! The real `natter` binary: flags, startup errors, chat, and signals.
 
 use std::net::TcpListener;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use natter_e2e::{Natter, WsClient, natter_bin};
+use natter_e2e::{Natter, RemoveOnDrop, WAIT, WsClient, fresh_temp_path, natter_bin};
 use natter_shared::{ClientMsg, Say, ServerMsg, close};
 
 #[test]
@@ -15,6 +16,9 @@ fn help_explains_every_flag_and_its_variable() {
         "--listen",
         "--bundle-dir",
         "--allow-origin",
+        "--public-url",
+        "--server-name",
+        "--healthz-detail",
         "--max-connections",
         "--max-rooms",
         "--outbound-queue",
@@ -43,6 +47,34 @@ fn a_taken_port_is_a_clear_error_and_exit_code_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_data_directory_inside_the_bundle_directory_is_refused_with_exit_code_2() {
+    let bundle = RemoveOnDrop(fresh_temp_path("bundle"));
+    std::fs::create_dir_all(&bundle.0).expect("create the bundle directory");
+    let data = bundle.0.join("natter-data");
+    let mut child = Command::new(natter_bin())
+        .args(["--listen", "127.0.0.1:0", "--bundle-dir"])
+        .arg(&bundle.0)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run natter");
+    // A server that starts instead would never exit: bound the wait.
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("natter's output");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is inside the bundle directory"), "{stderr}");
+    assert!(!stderr.contains("is running at"), "{stderr}");
+    assert!(!data.exists(), "nothing was created in the bundle directory");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use natter_e2e::browser::{Page, artifacts_dir, scenario};
+use natter_e2e::browser::{Page, artifacts_dir, console_messages, run_before_each_page, scenario};
 use natter_e2e::{Natter, bundle_dir};
 use natter_shared::{UserName, color_for};
 
@@ -38,7 +38,7 @@ async fn two_browsers_chat_a_third_room_sees_nothing_and_text_stays_text() {
         // Typing shows up for the others.
         let composer = ada.client.find(fantoccini::Locator::Css("#composer-text")).await.expect("composer");
         composer.send_keys("Hello Bob").await.expect("type");
-        bob.wait_for_text(".typing", "Ada is typing…").await;
+        bob.wait_for_text(".typing", "\u{2068}Ada\u{2069} is typing…").await; // the name bidi-isolated
         ada.say(", how are you?").await;
         bob.wait_texts(".typing", "the typing line to clear", |t| t.iter().all(String::is_empty)).await;
         bob.wait_for_text(".messages .msg .text", "Hello Bob, how are you?").await;
@@ -170,6 +170,53 @@ async fn a_reload_restores_the_name_and_the_history() {
         assert_eq!(name.as_str(), Some("Ada"));
         let room = ada.js("return document.getElementById('join-room').value").await;
         assert_eq!(room.as_str(), Some("dev-team"));
+    })
+    .await;
+}
+
+/// Records every Content-Security-Policy violation of the page in
+/// `window.__csp`, from before the page's first script runs.
+const RECORD_CSP_VIOLATIONS: &str = "window.__csp = []; document.addEventListener('securitypolicyviolation', \
+     e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));";
+
+#[tokio::test]
+async fn the_page_works_under_its_content_security_policy() {
+    let natter = start_server();
+    let url = format!("http://{}/", natter.addr);
+    scenario("csp", LIMIT, |browsers| async move {
+        let mut pages = Vec::new();
+        for label in ["ada", "bob"] {
+            let client = browsers.open(label).await;
+            run_before_each_page(&client, RECORD_CSP_VIOLATIONS).await;
+            pages.push(Page::open(client, &url).await);
+        }
+        let (ada, bob) = (&pages[0], &pages[1]);
+        // The loader (inline), the wasm, the stylesheet, the icon and the socket all load.
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        ada.say("under a policy").await;
+        bob.wait_for_text(".messages .msg .text", "under a policy").await;
+        ada.wait_for_text(".messages .msg.mine .state", "sent").await;
+        for page in [ada, bob] {
+            assert_eq!(page.js("return window.__csp").await, serde_json::json!([]), "no violation");
+            let refused: Vec<String> = console_messages(&page.client)
+                .await
+                .into_iter()
+                .filter(|m| m.contains("Content Security Policy"))
+                .collect();
+            assert!(refused.is_empty(), "{refused:#?}");
+        }
+        // The policy is really there: a script injected into the page does not run.
+        let injected = "const s = document.createElement('script'); s.textContent = 'window.__injected = 1'; \
+                        document.body.append(s); return window.__injected === undefined";
+        assert_eq!(ada.js(injected).await, true, "an injected inline script must be blocked");
+        let reported = ada.js("return window.__csp").await;
+        assert!(
+            reported
+                .as_array()
+                .is_some_and(|v| v.len() == 1 && v[0].as_str().is_some_and(|d| d.starts_with("script-src"))),
+            "{reported}"
+        );
     })
     .await;
 }

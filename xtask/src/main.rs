@@ -3,11 +3,14 @@
 //! * `cargo xtask run [-- natter flags]` — install what is missing, build the
 //!   chat page and the server, start it, print the URL.
 //! * `cargo xtask test` — install what is missing, then formatting, the
-//!   backend's layering, clippy (host and wasm32), and every test.
+//!   backend's layering, clippy (host and wasm32), every test, and a minute
+//!   of fuzzing per fuzz target.
 //! * `cargo xtask bundle` — build only the chat page into `dist/`.
 //! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
 //!   separate `bench` binary in `src/bin/bench/`.
 //! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
+//! * `cargo xtask fuzz [TARGET] [--time SECS]` — coverage-guided fuzzing of
+//!   the targets in `fuzz/` with AFL++ (`fuzz.rs`).
 //!
 //! Every step says what it does; installs happen only when a tool is missing
 //! or has the wrong version.
@@ -16,6 +19,7 @@
 
 mod bench;
 mod bundle;
+mod fuzz;
 mod layers;
 mod process;
 mod report;
@@ -44,15 +48,17 @@ fn main() -> ExitCode {
         Some("bundle") => tools::ensure_all(&root()).and_then(|env| bundle::build(&root(), &env)),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("layers") => layers::check_repo(&root()),
+        Some("fuzz") => fuzz::run(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick] | layers>"
+                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
             );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
             eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
             eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
             eprintln!("  layers  only check the backend's module layering against docs/ARCHITECTURE.md");
+            eprintln!("  fuzz    fuzz the frame decoder and the message parser with AFL++ (60 s a target)");
             return ExitCode::from(2);
         }
     };
@@ -108,6 +114,7 @@ fn test() -> Result<()> {
     step(&format!("temporary files go to {} (removed at the end)", scratch.path().display()));
     step("checking formatting (cargo fmt --check)");
     cmd(&root, &env, "cargo", &["fmt", "--all", "--", "--check"])?;
+    cmd(&root, &env, "cargo", &["fmt", "--all", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])?;
     layers::check_repo(&root)?;
     step("linting the host build (cargo clippy --workspace --all-targets -D warnings)");
     let host = ["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"];
@@ -135,6 +142,8 @@ fn test() -> Result<()> {
     step("running the unit, integration and end-to-end tests (cargo test --workspace)");
     cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
     browser_tests(&root, &env)?;
+    step(&format!("fuzzing each target in fuzz/ for {} s (cargo xtask fuzz)", fuzz::TEST_TIME.as_secs()));
+    fuzz::fuzz(&root, &env, fuzz::TARGETS, fuzz::TEST_TIME)?;
     step("all checks passed");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! All rooms of the server, created on first use, up to the configured number
-//! of rooms with members (empty rooms are dropped when room is needed).
+//! of rooms with members (empty rooms are dropped when room is needed), and
+//! up to a number per address of the rooms it created that the hub holds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,14 +9,17 @@ use std::sync::{Arc, Mutex};
 use natter_shared::RoomName;
 
 use super::room::Room;
+use crate::address::{AddressKey, PerAddress, Slot};
 use crate::config::RoomLimits;
-use crate::store::{HistoryError, HistoryStore};
+use crate::store::{self, HistoryError, HistoryStore};
 
 /// Why a room could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("the server holds its maximum number of rooms")]
     TooManyRooms,
+    #[error("{0} created its maximum number of rooms")]
+    TooManyRoomsFrom(AddressKey),
     #[error(transparent)]
     Storage(#[from] HistoryError),
 }
@@ -24,7 +28,10 @@ pub enum HubError {
 /// reverse; neither is held across an `.await`.
 #[derive(Debug)]
 pub struct Hub {
-    rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
+    /// Each room, and the slot it takes from the address that created it
+    /// (given back when the room is dropped).
+    rooms: Mutex<HashMap<RoomName, (Arc<Room>, Slot)>>,
+    created_by: Arc<PerAddress>,
     store: Arc<dyn HistoryStore>,
     limits: RoomLimits,
     next_id: AtomicU64,
@@ -33,7 +40,8 @@ pub struct Hub {
 impl Hub {
     /// An empty hub whose rooms keep their history in `store`.
     pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Self {
-        Self { rooms: Mutex::new(HashMap::new()), store, limits, next_id: AtomicU64::new(1) }
+        let created_by = PerAddress::new(limits.max_rooms_per_address);
+        Self { rooms: Mutex::new(HashMap::new()), created_by, store, limits, next_id: AtomicU64::new(1) }
     }
 
     /// A fresh id for a connection or a membership.
@@ -41,33 +49,67 @@ impl Hub {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The room called `name`, created if it does not exist yet.
-    pub fn room(&self, name: &RoomName) -> Result<Arc<Room>, HubError> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(room) = rooms.get(name) {
+    /// The room called `name`, created (on behalf of `creator`) if it does
+    /// not exist yet. A new room's stored state is read on a blocking
+    /// thread, without the registry's lock.
+    pub async fn room(&self, name: &RoomName, creator: AddressKey) -> Result<Arc<Room>, HubError> {
+        if let Some((room, _)) = self.lock().get(name) {
             return Ok(room.clone());
         }
+        self.make_room(creator)?;
+        let (store, limits, opened) = (self.store.clone(), self.limits.clone(), name.clone());
+        let room = Arc::new(store::blocking(move || Room::open(opened, store, limits)).await?);
+        // Places are checked again: others may have come meanwhile.
+        let mut rooms = self.lock();
+        if let Some((existing, _)) = rooms.get(name) {
+            return Ok(existing.clone());
+        }
+        let slot = self.place(&mut rooms, creator)?;
+        rooms.insert(name.clone(), (room.clone(), slot));
+        Ok(room)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, (Arc<Room>, Slot)>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses early a room that would not get a place.
+    fn make_room(&self, creator: AddressKey) -> Result<(), HubError> {
+        let mut rooms = self.lock();
+        self.place(&mut rooms, creator).map(drop)
+    }
+
+    /// A place for one more room from `creator`: under the server's room cap
+    /// and the creator's, letting rooms nobody is in go first (they are only
+    /// a cache of their stored history).
+    fn place(&self, rooms: &mut HashMap<RoomName, (Arc<Room>, Slot)>, creator: AddressKey) -> Result<Slot, HubError> {
         if rooms.len() >= self.limits.max_rooms {
-            // Rooms nobody is in are only a cache of their stored history:
-            // let them go before refusing a new room.
-            rooms.retain(|name, room| {
-                let keep = room.member_count() > 0;
-                if !keep {
-                    self.store.forget(name);
-                }
-                keep
-            });
+            self.let_go(rooms, |_| true);
             if rooms.len() >= self.limits.max_rooms {
                 return Err(HubError::TooManyRooms);
             }
         }
-        let room = Arc::new(Room::open(name.clone(), self.store.clone(), self.limits.clone())?);
-        rooms.insert(name.clone(), room.clone());
-        Ok(room)
+        if let Some(slot) = self.created_by.try_take(creator) {
+            return Ok(slot);
+        }
+        // Its own empty rooms count against it too: let them go first.
+        self.let_go(rooms, |slot| slot.key() == creator);
+        self.created_by.try_take(creator).ok_or(HubError::TooManyRoomsFrom(creator))
+    }
+
+    /// Drops the rooms nobody is in whose creator's slot matches.
+    fn let_go(&self, rooms: &mut HashMap<RoomName, (Arc<Room>, Slot)>, which: impl Fn(&Slot) -> bool) {
+        rooms.retain(|name, (room, slot)| {
+            let keep = room.member_count() > 0 || !which(slot);
+            if !keep {
+                self.store.forget(name);
+            }
+            keep
+        });
     }
 
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
     }
 }

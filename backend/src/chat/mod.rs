@@ -4,5 +4,6 @@
 //! [`crate::store::Committed`].
 
 pub mod hub;
+pub mod names;
 pub mod room;
 pub mod welcome;

@@ -15,12 +15,14 @@ use natter_shared::{
     Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
     RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for, limits::TYPING_REFRESH_MIN_MS,
 };
+use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
-use crate::store::{Committed, Draft, HistoryError, HistoryStore, MemberId, Outcome, Replay};
+use crate::store::{self, Committed, Draft, HistoryError, HistoryStore, MemberId, Outcome, Replay};
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
@@ -31,7 +33,8 @@ const WELCOME_FIXED_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
     pub member_id: MemberId,
-    /// The name's case-insensitive key.
+    /// The room's key for the name ([`member_key`]): case, composition and
+    /// look-alike letters folded.
     pub key: String,
     pub name: UserName,
 }
@@ -42,8 +45,23 @@ pub struct JoinRequest {
     pub name: UserName,
     pub resume_token: Option<ResumeToken>,
     pub last_seq: Option<Seq>,
+    /// The most bytes of events the welcome may carry (the joiner's
+    /// connection's reply limit); older ones are left out (counted as
+    /// `missed` in a replay; a fresh join can page back for them).
+    pub history_max_bytes: usize,
     /// The history `last_seq` belongs to (from the client's last welcome).
     pub history_id: Option<String>,
+    /// What a resume needs from the store, read before joining ([`Room::enter`]).
+    pub prefetched: Option<Prefetched>,
+}
+
+/// Stored events read for a resume before taking the room's lock: those
+/// with `after < seq <= upto` (the latest of them, and how many are left out).
+#[derive(Debug, Clone)]
+pub struct Prefetched {
+    pub after: Seq,
+    pub upto: Seq,
+    pub replay: Replay,
 }
 
 /// How a join went.
@@ -85,6 +103,8 @@ struct MemberEntry {
     typing_since: Option<Instant>,
     /// The member's JSON for welcomes, made once.
     json: Box<str>,
+    /// The name's [`glyph_key`]: a newcomer with the same one is refused.
+    glyph_key: Box<str>,
 }
 
 impl MemberEntry {
@@ -108,10 +128,10 @@ impl From<RoomEvent> for RecentEvent {
 }
 
 /// The events a resuming member missed: encoded ones from memory, or a
-/// replay read from the store.
+/// replay read from the store before the join, then what memory holds after it.
 enum Replayed<'a> {
     Recent { encoded: Vec<&'a Encoded>, missed: u64 },
-    Stored(Replay),
+    Stored { replay: Replay, then: Vec<&'a Encoded> },
 }
 
 #[derive(Debug)]
@@ -161,24 +181,57 @@ impl Room {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Joins (or resumes) and queues the `welcome` on `conn`. A new member's
-    /// `joined` notice is returned, to be stored and announced (to everyone,
-    /// the joiner included) by the writer.
-    pub fn join(
+    /// Joins (or resumes) as [`Room::join`] does, reading first, on a
+    /// blocking thread and without the room's lock, what a resume needs from
+    /// the store.
+    pub async fn enter(
         &self,
-        req: JoinRequest,
+        mut req: JoinRequest,
         conn: &ConnHandle,
         new_member_id: MemberId,
         token: ResumeToken,
     ) -> Result<(Membership, JoinKind), JoinError> {
+        if let Some((after, upto)) = self.to_read(&req) {
+            let (store, name, max) = (self.store.clone(), self.name.clone(), self.limits.replay_max);
+            let replay = store::blocking(move || store.after(&name, after, upto, max)).await?;
+            req.prefetched = Some(Prefetched { after, upto, replay });
+        }
+        self.join(req, conn, new_member_id, token)
+    }
+
+    /// The stored range a resume needs that memory does not hold.
+    fn to_read(&self, req: &JoinRequest) -> Option<(Seq, Seq)> {
+        let last = self.resume_after(req)?;
+        let state = self.lock();
+        (last < state.head && !state.covers(last)).then_some((last, state.head))
+    }
+
+    /// The seq a `hello` resumes after, if it belongs to this room's history
+    /// (a seq of another history, say of an in-memory server that
+    /// restarted, means nothing here).
+    fn resume_after(&self, req: &JoinRequest) -> Option<Seq> {
+        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
+        req.last_seq.filter(|_| same_history)
+    }
+
+    /// Joins (or resumes) and queues the `welcome` on `conn`. A new member's
+    /// `joined` notice is returned, to be stored and announced (to everyone,
+    /// the joiner included) by the writer. `token` is a fresh resume token:
+    /// the new member's, or the resumed member's next one (each works once).
+    pub fn join(
+        &self,
+        mut req: JoinRequest,
+        conn: &ConnHandle,
+        new_member_id: MemberId,
+        token: ResumeToken,
+    ) -> Result<(Membership, JoinKind), JoinError> {
+        let resume_after = self.resume_after(&req);
+        let max_bytes = req.history_max_bytes;
+        let prefetched = req.prefetched.take();
         let mut guard = self.lock();
         let state = &mut *guard;
-        // A seq of another history (an in-memory server that restarted)
-        // means nothing here.
-        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
-        let resume_after = req.last_seq.filter(|_| same_history);
         let (membership, kind) = self.admit(state, req, conn, new_member_id, token)?;
-        self.send_welcome(state, &membership.key, resume_after, conn)?;
+        self.send_welcome(state, &membership.key, resume_after, prefetched, max_bytes, conn);
         Ok((membership, kind))
     }
 
@@ -192,13 +245,15 @@ impl Room {
         new_member_id: MemberId,
         token: ResumeToken,
     ) -> Result<(Membership, JoinKind), JoinError> {
-        let key = req.name.key();
+        let key = member_key(&req.name);
         match state.members.get_mut(&key) {
-            Some(existing) if req.resume_token.as_ref() == Some(&existing.token) => {
+            Some(existing) if req.resume_token.as_ref().is_some_and(|t| token_matches(t, &existing.token)) => {
                 // Take the session back; an older connection still attached is replaced.
                 if let Some(old) = existing.conn.replace(conn.clone()) {
                     old.kick(CloseReason::Replaced);
                 }
+                // A token works once: the welcome carries its successor.
+                existing.token = token;
                 existing.epoch += 1;
                 existing.typing_since = None;
                 let m = Membership { member_id: existing.id, key, name: existing.name.clone() };
@@ -206,6 +261,10 @@ impl Room {
             }
             Some(_) => Err(JoinError::NameTaken),
             None => {
+                let glyph_key: Box<str> = glyph_key(&req.name).into();
+                if state.members.values().any(|m| m.glyph_key == glyph_key) {
+                    return Err(JoinError::NameTaken);
+                }
                 if state.members.len() >= self.limits.max_members_per_room {
                     return Err(JoinError::RoomFull);
                 }
@@ -220,6 +279,7 @@ impl Room {
                     epoch: 0,
                     typing_since: None,
                     json,
+                    glyph_key,
                 };
                 let notice = entry.notice(NoticeKind::Joined);
                 state.members.insert(key.clone(), entry);
@@ -237,52 +297,74 @@ impl Room {
         state: &RoomState,
         key: &str,
         resume_after: Option<Seq>,
+        prefetched: Option<Prefetched>,
+        max_bytes: usize,
         conn: &ConnHandle,
-    ) -> Result<(), HistoryError> {
+    ) {
         let replay = match resume_after {
-            Some(last) if last <= state.head => Some(self.replay(state, last)?),
+            Some(last) if last <= state.head => Some(self.replay(state, last, prefetched)),
             _ => None,
         };
+        // A replay read from the store, encoded here (those from memory are
+        // already); the welcome borrows them.
+        let stored: Vec<Encoded>;
         let me = &state.members[key];
-        // Members in the order of their keys (the map's keys): no clones.
-        let mut members: Vec<(&String, &MemberEntry)> = state.members.iter().collect();
-        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // Members in the order of their lower-cased names, as the page keeps
+        // them (not of the map's keys: a skeleton orders `m` as `rn`),
+        // compared a character at a time: no clones.
+        let mut members: Vec<&MemberEntry> = state.members.values().collect();
+        members.sort_unstable_by(|a, b| lower(&a.name).cmp(lower(&b.name)));
         let (history, missed) = match replay {
-            Some(Replayed::Stored(stored)) => (welcome::History::Events(stored.events), stored.missed),
-            Some(Replayed::Recent { encoded, missed }) => (welcome::History::Encoded(encoded), missed),
+            Some(Replayed::Stored { replay, then }) => {
+                stored = replay.events.into_iter().map(|e| encode(&e.into())).collect();
+                let mut encoded: Vec<&Encoded> = stored.iter().chain(then).collect();
+                let over = encoded.len().saturating_sub(self.limits.replay_max);
+                encoded.drain(..over);
+                let left_out = fit_encoded(&mut encoded, max_bytes);
+                (welcome::History::Encoded(encoded), replay.missed + (over + left_out) as u64)
+            }
+            Some(Replayed::Recent { mut encoded, missed }) => {
+                let left_out = fit_encoded(&mut encoded, max_bytes);
+                (welcome::History::Encoded(encoded), missed + left_out as u64)
+            }
             // A fresh join: the latest events, copied from memory.
             None => {
-                let encoded = state.latest_iter(self.limits.welcome_history).map(|r| &r.encoded).collect();
+                let mut encoded = state.latest_iter(self.limits.welcome_history).map(|r| &r.encoded).collect();
+                fit_encoded(&mut encoded, max_bytes);
                 (welcome::History::Encoded(encoded), 0)
             }
         };
         let size =
-            WELCOME_FIXED_BYTES + members.iter().map(|(_, m)| m.json.len() + 1).sum::<usize>() + history.encoded_len();
+            WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>() + history.encoded_len();
         let parts = welcome::Parts {
             you: &me.json,
             room: &self.name,
             seq_head: state.head,
-            members: members.iter().map(|(_, m)| &*m.json),
+            members: members.iter().map(|m| &*m.json),
             history,
             resume_token: &me.token,
             history_id: &self.history_id,
             missed,
         };
         conn.send(&welcome::encode(parts, size));
-        Ok(())
     }
 
     /// The events after `last` up to the announced head: from memory when
-    /// recent enough, else from the store.
-    fn replay<'a>(&self, state: &'a RoomState, last: Seq) -> Result<Replayed<'a>, HistoryError> {
-        let covered = state.recent.front().is_some_and(|first| first.seq <= last.next()) || state.head == last;
-        if covered {
-            let mut encoded: Vec<&Encoded> = state.recent.iter().filter(|r| r.seq > last).map(|r| &r.encoded).collect();
-            encoded.drain(..encoded.len().saturating_sub(self.limits.replay_max));
-            let missed = state.head.0.saturating_sub(last.0).saturating_sub(encoded.len() as u64);
-            return Ok(Replayed::Recent { encoded, missed });
+    /// recent enough, else the store's part read before the join and
+    /// memory's after it. Never reads the store (this runs under the lock):
+    /// if nothing was read, or memory moved on too far since, the latest
+    /// from memory go, and the rest count as missed (the client pages back).
+    fn replay<'a>(&self, state: &'a RoomState, last: Seq, prefetched: Option<Prefetched>) -> Replayed<'a> {
+        let after = |seq: Seq| state.recent.iter().filter(move |r| r.seq > seq).map(|r| &r.encoded);
+        if !state.covers(last)
+            && let Some(p) = prefetched.filter(|p| p.after == last && state.covers(p.upto))
+        {
+            return Replayed::Stored { replay: p.replay, then: after(p.upto).collect() };
         }
-        Ok(Replayed::Stored(self.store.after(&self.name, last, state.head, self.limits.replay_max)?))
+        let mut encoded: Vec<&Encoded> = after(last).collect();
+        encoded.drain(..encoded.len().saturating_sub(self.limits.replay_max));
+        let missed = state.head.0.saturating_sub(last.0).saturating_sub(encoded.len() as u64);
+        Replayed::Recent { encoded, missed }
     }
 
     /// The draft of a chat message from `who`, for the writer. Stops the
@@ -374,12 +456,16 @@ impl Room {
     }
 
     /// Up to `limit` stored events before `before` (capped at the head this
-    /// room has announced), oldest first.
-    pub fn history(&self, before: Seq, limit: usize) -> Result<HistoryPage, HistoryError> {
+    /// room has announced), oldest first, and no more than fit in
+    /// `max_bytes` of JSON (the latest of them; the client pages on).
+    /// Read on a blocking thread, without the room's lock.
+    pub async fn history(&self, before: Seq, limit: usize, max_bytes: usize) -> Result<HistoryPage, HistoryError> {
         let head = self.head();
         let before_capped = before.min(head.next());
-        let events = self.store.before(&self.name, before_capped, limit)?;
-        let complete = events.len() < limit || events.first().is_some_and(|e| e.seq() <= Seq(1));
+        let (store, name) = (self.store.clone(), self.name.clone());
+        let mut events = store::blocking(move || store.before(&name, before_capped, limit)).await?;
+        let left_out = fit_events(&mut events, max_bytes);
+        let complete = left_out == 0 && (events.len() < limit || events.first().is_some_and(|e| e.seq() <= Seq(1)));
         Ok(HistoryPage { before, events, complete })
     }
 
@@ -392,6 +478,49 @@ impl Room {
     pub fn head(&self) -> Seq {
         self.lock().head
     }
+}
+
+/// A name's characters lower-cased, to compare names in the page's order.
+fn lower(name: &UserName) -> impl Iterator<Item = char> + '_ {
+    name.as_str().chars().flat_map(char::to_lowercase)
+}
+
+/// Whether a presented resume token is the member's, compared in constant
+/// time so the answer's timing tells nothing about how much of it matched.
+fn token_matches(presented: &ResumeToken, held: &ResumeToken) -> bool {
+    presented.as_str().as_bytes().ct_eq(held.as_str().as_bytes()).into()
+}
+
+/// Keeps the latest events whose JSON fits in `max_bytes` (always at least
+/// one), dropping the oldest; returns how many were dropped.
+fn fit_events(events: &mut Vec<RoomEvent>, max_bytes: usize) -> usize {
+    let sizes: Vec<usize> = events.iter().map(|e| serde_json::to_string(e).map_or(0, |j| j.len()) + 1).collect();
+    let keep_from = fit_from(&sizes, max_bytes);
+    events.drain(..keep_from);
+    keep_from
+}
+
+/// [`fit_events`] for events kept encoded.
+fn fit_encoded(encoded: &mut Vec<&Encoded>, max_bytes: usize) -> usize {
+    let sizes: Vec<usize> = encoded.iter().map(|e| e.len() + 1).collect();
+    let keep_from = fit_from(&sizes, max_bytes);
+    encoded.drain(..keep_from);
+    keep_from
+}
+
+/// The first index from which the sizes, summed from the end, fit in
+/// `max_bytes` (never past the last one).
+fn fit_from(sizes: &[usize], max_bytes: usize) -> usize {
+    let mut total = 0;
+    let mut keep_from = sizes.len();
+    for (i, size) in sizes.iter().enumerate().rev() {
+        if total + size > max_bytes && keep_from < sizes.len() {
+            break;
+        }
+        total += size;
+        keep_from = i;
+    }
+    keep_from
 }
 
 /// The writer reports here: acknowledge and broadcast what it stored.
@@ -414,19 +543,21 @@ impl Committed for Room {
                 }
                 match draft {
                     Draft::Message { cid, sender, member, .. } => {
-                        sender.send_msg(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                        sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
                         state.broadcast(&encoded, Some(member));
                     }
                     Draft::Notice { .. } => state.broadcast(&encoded, None),
                 }
             }
             (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
-                sender.send_msg(&ServerMsg::Ack(Ack { cid, seq, ts }));
+                sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts }));
             }
             (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
-                sender.send_msg(&ServerMsg::Error(ErrorMsg {
+                // The details are for the log, not for clients.
+                warn!(room = %self.name, conn = sender.id, error = %e, "message not stored");
+                sender.send_reply(&ServerMsg::Error(ErrorMsg {
                     code: ErrorCode::StorageUnavailable,
-                    message: format!("the message was not stored ({e}); it will be sent again"),
+                    message: "the message was not stored; it will be sent again".into(),
                     cid: Some(cid.to_string()),
                 }));
             }
@@ -439,6 +570,11 @@ impl Committed for Room {
 }
 
 impl RoomState {
+    /// True if memory holds every event after `seq` up to the head.
+    fn covers(&self, seq: Seq) -> bool {
+        self.head == seq || self.recent.front().is_some_and(|first| first.seq <= seq.next())
+    }
+
     fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RecentEvent>> {
         let skip = self.recent.len().saturating_sub(limit);
         self.recent.iter().skip(skip)
@@ -516,6 +652,8 @@ mod tests {
             resume_token: resume_token.map(token),
             last_seq: last_seq.map(Seq),
             history_id: None,
+            history_max_bytes: usize::MAX,
+            prefetched: None,
         }
     }
 
@@ -555,6 +693,65 @@ mod tests {
         assert!(matches!(f.room.join(request("ADA", None, None), &conn, 2, token("t2")), Err(JoinError::NameTaken)));
         let wrong = f.room.join(request("ada", Some("wrong"), None), &conn, 2, token("t2"));
         assert!(matches!(wrong, Err(JoinError::NameTaken)), "a wrong token does not help");
+    }
+
+    #[test]
+    fn a_name_that_looks_like_a_members_is_taken() {
+        let f = Fixture::new();
+        let (conn, _rx) = channel(99, 8);
+        let taken = |name: &str| {
+            matches!(f.room.join(request(name, None, None), &conn, 99, token("t")), Err(JoinError::NameTaken))
+        };
+        f.join(1, "José", "t1");
+        assert!(taken("Jose\u{301}"), "composed or not, the same letters");
+        assert!(taken("JOSE\u{301}"));
+        f.join(2, "Ada", "t2");
+        assert!(taken("ADA"));
+        assert!(taken("\u{410}da"), "Cyrillic А");
+        f.join(3, "paypal", "t3");
+        assert!(taken("paypaI"), "capital I");
+        assert!(taken("p\u{430}yp\u{430}l"), "Cyrillic а");
+        f.join(4, "BiII", "t4");
+        assert!(taken("Bill"), "whoever came first");
+        // Names that only resemble each other still share a room.
+        f.join(5, "Kai", "t5");
+        f.join(6, "Kal", "t6");
+        f.join(7, "Jose", "t7");
+        assert_eq!(f.room.member_count(), 7);
+    }
+
+    #[test]
+    fn a_resume_finds_its_member_by_the_folded_key() {
+        let f = Fixture::new();
+        let (jose, conn, _rx) = f.join(1, "José", "t1");
+        f.room.detach(&jose, conn.id).expect("attached");
+        let (back, mut back_rx) = channel(2, 8);
+        let (again, kind) =
+            f.room.join(request("jose\u{301}", Some("t1"), Some(1)), &back, 2, token("t2")).expect("resumes");
+        assert!(matches!(kind, JoinKind::Resumed));
+        assert_eq!(
+            (again.member_id, again.key.as_str(), again.name.as_str()),
+            (jose.member_id, jose.key.as_str(), "José")
+        );
+        assert!(matches!(drain(&mut back_rx).as_slice(), [ServerMsg::Welcome(w)] if w.you.name.as_str() == "José"));
+    }
+
+    #[test]
+    fn a_welcome_lists_members_by_their_lower_cased_names() {
+        let f = Fixture::new();
+        // Keyed by skeleton, "mary" would be "rnary", after "ray".
+        f.join(1, "Ray", "t1");
+        f.join(2, "mary", "t2");
+        f.join(3, "Émile", "t3");
+        let (conn, mut rx) = channel(4, 8);
+        f.room.join(request("Zed", None, None), &conn, 4, token("t4")).expect("joins");
+        match drain(&mut rx).as_slice() {
+            [ServerMsg::Welcome(w)] => assert_eq!(
+                w.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                ["mary", "Ray", "Zed", "Émile"]
+            ),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
     }
 
     #[test]
@@ -647,6 +844,65 @@ mod tests {
         assert_eq!(new_conn.kick_reason(), None);
     }
 
+    /// The token of the welcome queued on `rx`.
+    fn welcome_token(rx: &mut ConnReceiver) -> String {
+        match drain(rx).as_slice() {
+            [ServerMsg::Welcome(w)] => w.resume_token.as_str().to_owned(),
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resume_rotates_the_token_and_the_old_one_is_refused() {
+        let f = Fixture::new();
+        let (ada, conn, _rx) = f.join(1, "Ada", "t1");
+        f.room.detach(&ada, conn.id).expect("attached");
+        let (second, mut second_rx) = channel(2, 8);
+        f.room.join(request("Ada", Some("t1"), None), &second, 2, token("t2")).expect("resumes");
+        assert_eq!(welcome_token(&mut second_rx), "t2", "the welcome carries the new token");
+
+        // The old token no longer works, attached or not, and kicks no one.
+        let (third, _third_rx) = channel(3, 8);
+        let stale = f.room.join(request("Ada", Some("t1"), None), &third, 3, token("t3"));
+        assert!(matches!(stale, Err(JoinError::NameTaken)));
+        assert_eq!(second.kick_reason(), None);
+        f.room.detach(&ada, second.id).expect("attached");
+        let stale = f.room.join(request("Ada", Some("t1"), None), &third, 3, token("t3"));
+        assert!(matches!(stale, Err(JoinError::NameTaken)));
+
+        // The new one does, once: it rotates again.
+        let (fourth, mut fourth_rx) = channel(4, 8);
+        let (again, kind) = f.room.join(request("Ada", Some("t2"), None), &fourth, 4, token("t4")).expect("resumes");
+        assert!(matches!(kind, JoinKind::Resumed));
+        assert_eq!(again.member_id, ada.member_id);
+        assert_eq!(welcome_token(&mut fourth_rx), "t4");
+        let (fifth, _fifth_rx) = channel(5, 8);
+        assert!(matches!(
+            f.room.join(request("Ada", Some("t2"), None), &fifth, 5, token("t5")),
+            Err(JoinError::NameTaken)
+        ));
+        assert_eq!(fourth.kick_reason(), None);
+    }
+
+    #[test]
+    fn a_token_dies_with_its_membership() {
+        let f = Fixture::new();
+        let (ada, conn, _rx) = f.join(1, "Ada", "t1");
+        f.commit(f.room.leave(&ada, conn.id).expect("left"));
+        // After a leave the old token is just ignored: a new member, a new token.
+        let (back, mut back_rx) = channel(2, 8);
+        let (again, kind) = f.room.join(request("Ada", Some("t1"), None), &back, 2, token("t2")).expect("joins");
+        assert!(matches!(kind, JoinKind::Joined(_)), "not a resume");
+        assert_ne!(again.member_id, ada.member_id);
+        assert_eq!(welcome_token(&mut back_rx), "t2");
+        // Likewise after the grace period ran out.
+        let epoch = f.room.detach(&again, back.id).expect("attached");
+        f.commit(f.room.expire(&again, epoch).expect("timed out"));
+        let (third, _third_rx) = channel(3, 8);
+        let (_, kind) = f.room.join(request("Ada", Some("t2"), None), &third, 3, token("t3")).expect("joins");
+        assert!(matches!(kind, JoinKind::Joined(_)), "not a resume");
+    }
+
     #[test]
     fn typing_goes_to_others_with_refreshes_limited() {
         let f = Fixture::new();
@@ -691,8 +947,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn replays_come_from_memory_or_the_store_and_respect_the_history_id() {
+    #[tokio::test]
+    async fn replays_come_from_memory_or_the_store_and_respect_the_history_id() {
         let limits = RoomLimits { welcome_history: 3, ..RoomLimits::default() };
         let f = Fixture::with_limits(limits);
         let (ada, conn, mut rx) = f.join(1, "Ada", "t1");
@@ -702,7 +958,7 @@ mod tests {
         drain(&mut rx);
         // head 7; memory keeps 5..=7; a replay after 2 reads the store.
         let (other, mut other_rx) = channel(2, 8);
-        f.room.join(request("Bob", None, Some(2)), &other, 2, token("t2")).expect("joins");
+        f.room.enter(request("Bob", None, Some(2)), &other, 2, token("t2")).await.expect("joins");
         match drain(&mut other_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
                 assert_eq!(w.history.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [3, 4, 5, 6, 7])
@@ -722,17 +978,136 @@ mod tests {
         }
     }
 
-    #[test]
-    fn older_pages_stop_at_the_first_event() {
+    /// A memory store whose replay read waits until another thread has
+    /// taken the room's lock, and says which thread it ran on.
+    #[derive(Debug)]
+    struct WatchedStore {
+        inner: Arc<MemoryStore>,
+        reading: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        read_on: std::sync::Mutex<Option<std::thread::ThreadId>>,
+    }
+
+    impl HistoryStore for WatchedStore {
+        fn history_id(&self, room: &RoomName) -> String {
+            self.inner.history_id(room)
+        }
+        fn forget(&self, room: &RoomName) {
+            self.inner.forget(room);
+        }
+        fn keeps(&self) -> Option<usize> {
+            self.inner.keeps()
+        }
+        fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
+            self.inner.open_room(room, limit)
+        }
+        fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError> {
+            *self.read_on.lock().expect("lock") = Some(std::thread::current().id());
+            let _ = self.reading.lock().expect("lock").send(());
+            let go = self.go.lock().expect("lock").recv_timeout(std::time::Duration::from_secs(2));
+            go.map_err(|_| HistoryError::Unavailable("the room stayed locked during the read".into()))?;
+            self.inner.after(room, after, upto, limit)
+        }
+        fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
+            self.inner.before(room, before, limit)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replay_is_read_off_the_async_thread_and_without_the_room_lock() {
+        let inner = MemoryStore::new(100);
+        let (reading_tx, reading_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let store = Arc::new(WatchedStore {
+            inner: inner.clone(),
+            reading: std::sync::Mutex::new(reading_tx),
+            go: std::sync::Mutex::new(go_rx),
+            read_on: std::sync::Mutex::new(None),
+        });
+        let limits = RoomLimits { welcome_history: 2, ..RoomLimits::default() };
+        let room = Arc::new(Room::open(RoomName::default(), store.clone(), limits).expect("opens"));
+        let (ada_conn, _ada_rx) = channel(1, 64);
+        let (ada, JoinKind::Joined(notice)) =
+            room.join(request("Ada", None, None), &ada_conn, 1, token("t1")).expect("joins")
+        else {
+            panic!("a new member")
+        };
+        let outcome = inner.apply(&room.name, &notice);
+        room.committed(notice, outcome);
+        for i in 0..5 {
+            let draft = room
+                .say(
+                    &ada,
+                    &ada_conn,
+                    ClientMsgId::parse(&format!("c{i}")).expect("valid"),
+                    MessageText::parse("x").expect("valid"),
+                )
+                .expect("member");
+            let outcome = inner.apply(&room.name, &draft);
+            room.committed(draft, outcome);
+        }
+        // While the store reads, another thread takes the room's lock.
+        let other = room.clone();
+        let locker = std::thread::spawn(move || {
+            if reading_rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok() {
+                let _ = other.member_count();
+                let _ = go_tx.send(());
+            }
+        });
+        let (bob, mut bob_rx) = channel(2, 8);
+        room.enter(request("Bob", None, Some(1)), &bob, 2, token("t2")).await.expect("joins while the room is usable");
+        locker.join().expect("the other thread");
+        assert_ne!(
+            *store.read_on.lock().expect("lock"),
+            Some(std::thread::current().id()),
+            "read on a blocking thread"
+        );
+        match drain(&mut bob_rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!(w.history.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [2, 3, 4, 5, 6])
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_keep_the_latest_events_that_fit_in_their_bytes() {
+        assert_eq!(fit_from(&[10, 10, 10], 25), 1);
+        assert_eq!(fit_from(&[10, 10, 10], 30), 0);
+        assert_eq!(fit_from(&[50], 10), 0, "one event always goes");
+        assert_eq!(fit_from(&[], 10), 0);
+        let f = Fixture::new();
+        let (ada, conn, _rx) = f.join(1, "Ada", "t1");
+        for i in 0..5 {
+            f.say(&ada, &conn, &format!("c{i}"), &"é".repeat(500));
+        }
+        let page = f.room.history(Seq(7), 10, 2500).await.expect("reads");
+        assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [5, 6]);
+        assert!(!page.complete, "the older ones are still to fetch");
+        let (other, mut other_rx) = channel(2, 8);
+        let mut req = request("Bob", None, Some(1));
+        req.history_max_bytes = 2500;
+        f.room.join(req, &other, 2, token("t2")).expect("joins");
+        match drain(&mut other_rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!(w.history.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [5, 6]);
+                assert_eq!(w.missed, Some(3), "seqs 2 to 4 left out");
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn older_pages_stop_at_the_first_event() {
         let f = Fixture::new();
         let (ada, conn, _rx) = f.join(1, "Ada", "t1");
         for i in 0..5 {
             f.say(&ada, &conn, &format!("c{i}"), "x");
         }
-        let page = f.room.history(Seq(6), 3).expect("reads");
+        let page = f.room.history(Seq(6), 3, usize::MAX).await.expect("reads");
         assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [3, 4, 5]);
         assert!(!page.complete);
-        let page = f.room.history(Seq(3), 3).expect("reads");
+        let page = f.room.history(Seq(3), 3, usize::MAX).await.expect("reads");
         assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [1, 2]);
         assert!(page.complete);
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use natter_shared::{RoomName, Seq};
 
+use super::names::Names;
 use super::origin::OriginPolicy;
 use crate::config::{
     self, Config, ConfigError, ConnLimits, HistoryKind, RateConfig, RoomLimits, StorageConfig, Timing, WsConfig,
@@ -114,6 +115,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_MAX_DB_MB")]
     pub max_db_mb: Option<u64>,
 
+    /// Read-only database connections for replays and history pages (sqlite); more reads wait.
+    #[arg(long, env = "NATTER_READ_CONNECTIONS", default_value_t = config::DEFAULT_READ_CONNECTIONS)]
+    pub read_connections: usize,
+
     /// Directory of the built chat page (trunk's output, holding index.html).
     #[arg(long, env = "NATTER_BUNDLE_DIR", default_value = config::DEFAULT_BUNDLE_DIR)]
     pub bundle_dir: PathBuf,
@@ -124,9 +129,48 @@ pub struct ServeArgs {
     #[arg(long = "allow-origin", env = "NATTER_ALLOW_ORIGINS", value_delimiter = ',')]
     pub allow_origins: Vec<String>,
 
+    /// A URL browsers reach this server at, e.g. https://chat.example.com (repeatable, or
+    /// comma-separated in the variable): requests must name it in Host (else HTTP 421), and
+    /// pages must come from it, scheme included. Without it or --server-name, only the listen
+    /// address and localhost, 127.0.0.1, [::1] with the listening port are accepted.
+    #[arg(long = "public-url", env = "NATTER_PUBLIC_URLS", value_delimiter = ',')]
+    pub public_urls: Vec<String>,
+
+    /// A host name requests may name in Host, any port (or name:port), e.g. chat.internal
+    /// (repeatable, or comma-separated in the variable). See --public-url.
+    #[arg(long = "server-name", env = "NATTER_SERVER_NAMES", value_delimiter = ',')]
+    pub server_names: Vec<String>,
+
+    /// Let /healthz also report the numbers of sessions and rooms (to requests naming this server).
+    #[arg(
+        long,
+        env = "NATTER_HEALTHZ_DETAIL",
+        default_value_t = config::DEFAULT_HEALTHZ_DETAIL,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub healthz_detail: bool,
+
     /// Most open connections; more get HTTP 503.
     #[arg(long, env = "NATTER_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Most open connections from one client address (an IPv4 address or an IPv6 /64); more get HTTP 429.
+    #[arg(long = "max-connections-per-ip", env = "NATTER_MAX_CONNECTIONS_PER_IP", default_value_t = config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_ip: u32,
+
+    /// Most joined chat sessions from one client address; more get error too_many_joins.
+    #[arg(long = "max-joins-per-ip", env = "NATTER_MAX_JOINS_PER_IP", default_value_t = config::DEFAULT_MAX_JOINS_PER_ADDRESS)]
+    pub max_joins_per_ip: u32,
+
+    /// Most rooms held at once that one client address created; more get error too_many_rooms.
+    #[arg(long = "max-rooms-per-ip", env = "NATTER_MAX_ROOMS_PER_IP", default_value_t = config::DEFAULT_MAX_ROOMS_PER_ADDRESS)]
+    pub max_rooms_per_ip: u32,
+
+    /// A reverse proxy (address or network, e.g. 10.0.0.0/8; repeatable, or comma-separated in the
+    /// variable) whose X-Forwarded-For names the client address the per-address limits count.
+    /// Without it the header is ignored.
+    #[arg(long = "trusted-proxy", env = "NATTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 
     /// Most rooms at once; joining a new room beyond it is refused.
     #[arg(long, env = "NATTER_MAX_ROOMS", default_value_t = config::DEFAULT_MAX_ROOMS)]
@@ -152,6 +196,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_OUTBOUND_QUEUE", default_value_t = config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
 
+    /// KiB queued for one client, or being written to it, before it is closed as lagged
+    /// (code 4000); no single reply is larger than half of it.
+    #[arg(long, env = "NATTER_OUTPUT_BUDGET_KIB", default_value_t = config::DEFAULT_OUTPUT_BUDGET / 1024)]
+    pub output_budget_kib: usize,
+
     /// Messages per second one connection may send, sustained.
     #[arg(long, env = "NATTER_RATE_PER_SEC", default_value_t = config::DEFAULT_RATE_PER_SEC)]
     pub rate_per_sec: u32,
@@ -176,6 +225,11 @@ pub struct ServeArgs {
     /// How long to wait for an answer to a ping before dropping the client.
     #[arg(long, env = "NATTER_PONG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub pong_timeout: Duration,
+
+    /// How long one frame (or all fragments of one message) may take to arrive once begun;
+    /// a client that trickles bytes is closed with 1008.
+    #[arg(long, env = "NATTER_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub frame_timeout: Duration,
 
     /// How long a dropped client may take to reconnect before others see "timed out".
     #[arg(long, env = "NATTER_LEAVE_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -234,7 +288,10 @@ impl ServeArgs {
         Ok(Config {
             bundle_dir: self.bundle_dir.clone(),
             origins: OriginPolicy::new(&self.allow_origins)?,
+            names: Names::parse(&self.public_urls, &self.server_names)?,
+            healthz_detail: self.healthz_detail,
             max_connections: self.max_connections,
+            trusted_proxies: self.trusted_proxies.iter().map(|raw| raw.parse()).collect::<Result<_, _>>()?,
             history: self.history.into(),
             storage: StorageConfig {
                 data_dir: self.data_dir.clone(),
@@ -242,15 +299,22 @@ impl ServeArgs {
                 retain_age: self.retain_age,
                 retention_interval: self.retention_interval,
                 max_db_bytes: self.max_db_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                read_connections: self.read_connections,
                 ..StorageConfig::default()
             },
-            conn: ConnLimits { outbound_queue: self.outbound_queue },
+            conn: ConnLimits {
+                outbound_queue: self.outbound_queue,
+                output_budget: self.output_budget_kib.saturating_mul(1024),
+                max_connections_per_address: self.max_connections_per_ip,
+                max_joins_per_address: self.max_joins_per_ip,
+            },
             limits: RoomLimits {
                 history_per_room: self.history_per_room,
                 welcome_history: self.welcome_history,
                 replay_max: self.replay_max,
                 max_rooms: self.max_rooms,
                 max_members_per_room: self.max_members_per_room,
+                max_rooms_per_address: self.max_rooms_per_ip,
             },
             rate: RateConfig { per_sec: self.rate_per_sec, burst: self.rate_burst, strikes: self.rate_strikes },
             timing: Timing {
@@ -258,6 +322,7 @@ impl ServeArgs {
                 pong_timeout: self.pong_timeout,
                 leave_grace: self.leave_grace,
                 shutdown_timeout: self.shutdown_timeout,
+                frame_timeout: self.frame_timeout,
                 ..defaults.timing
             },
             ws: WsConfig { write_coalesce: self.write_coalesce, ..defaults.ws },
@@ -270,6 +335,7 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+    use crate::config::names::HostMatch;
 
     #[test]
     fn the_command_is_well_formed() {
@@ -330,11 +396,38 @@ mod tests {
         .expect("parses");
         let config = cli.config().expect("valid");
         assert_eq!(config.timing.leave_grace, Duration::from_millis(250));
-        assert!(config.origins.check(Some("https://b.example"), Some("x")).is_ok());
+        let host = HostMatch { authority: "x".into(), public_origins: Vec::new() };
+        assert!(config.origins.check(Some("https://b.example"), &host).is_ok());
         let bad = Cli::try_parse_from(["natter", "--allow-origin", "b.example"]).expect("parses");
         assert!(bad.config().is_err());
         assert!(Cli::try_parse_from(["natter", "--listen", "nowhere"]).is_err());
         let zero = Cli::try_parse_from(["natter", "--rate-per-sec", "0"]).expect("parses");
         assert!(zero.config().expect("builds").validate().is_err());
+    }
+
+    #[test]
+    fn public_names_and_healthz_detail_reach_the_config() {
+        let defaults = Cli::try_parse_from(["natter"]).expect("parses").config().expect("valid");
+        assert!(defaults.names.is_empty(), "no names: the listen address and loopback");
+        assert!(!defaults.healthz_detail);
+        let cli = Cli::try_parse_from([
+            "natter",
+            "--public-url",
+            "https://chat.example.com,http://10.0.0.5:8080",
+            "--server-name",
+            "chat.internal",
+            "--server-name",
+            "probe.internal:9000",
+            "--healthz-detail",
+        ])
+        .expect("parses");
+        let config = cli.config().expect("valid");
+        assert_eq!(config.names.public_urls.len(), 2);
+        assert_eq!(config.names.server_names.len(), 2);
+        assert!(config.healthz_detail);
+        for bad in [["--public-url", "chat.example.com"], ["--server-name", "https://chat.example.com"]] {
+            let cli = Cli::try_parse_from(["natter", bad[0], bad[1]]).expect("parses");
+            assert!(matches!(cli.config(), Err(ConfigError::BadName(_))), "{bad:?}");
+        }
     }
 }

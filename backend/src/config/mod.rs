@@ -3,19 +3,25 @@
 //! environment; tests build it directly.
 
 pub mod cli;
+pub mod names;
 pub mod origin;
+pub mod paths;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use natter_shared::limits::MAX_FRAME_BYTES;
 
+pub use crate::address::Network;
+use names::{BadName, Names};
 use origin::{BadOrigin, OriginPolicy};
 
 /// Default listen address: loopback only, so a fresh start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default directory of the built page (trunk's output).
 pub const DEFAULT_BUNDLE_DIR: &str = "dist";
+/// `/healthz` says only `{"status":"ok"}`; counts of sessions and rooms are opt-in.
+pub const DEFAULT_HEALTHZ_DETAIL: bool = false;
 /// Open TCP connections (HTTP and WebSocket) above which new ones get 503.
 /// Stays below the 20,000 open-file limit of our machines.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
@@ -26,6 +32,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_000;
 /// for a second must not make every member of a busy room "lag". 32 bytes
 /// per queued message (the text is shared), and only while queued.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
+/// Bytes queued for one connection, or being written to it, before it
+/// counts as lagged and is closed (the connection's output budget). The
+/// connection's reader answers no further request while more than half of
+/// it is in use, and no single reply (a `history` page, a welcome) is larger
+/// than half: so a client that asks for more than it reads costs at most
+/// this much. A busy room's member that falls further behind resumes.
+pub const DEFAULT_OUTPUT_BUDGET: usize = 1024 * 1024;
+/// The smallest output budget: a welcome or a page of a few full-length
+/// messages must fit in half of it.
+pub const MIN_OUTPUT_BUDGET: usize = 64 * 1024;
 /// Events the in-memory history keeps per room (older ones are forgotten).
 pub const DEFAULT_HISTORY_PER_ROOM: usize = 500;
 /// Events sent in `welcome` on a fresh join.
@@ -34,6 +50,15 @@ pub const DEFAULT_WELCOME_HISTORY: usize = 100;
 pub const DEFAULT_REPLAY_MAX: usize = 500;
 /// Rooms the server holds at once; `hello` to a new room beyond it gets `too_many_rooms`.
 pub const DEFAULT_MAX_ROOMS: usize = 2_000;
+/// Open connections from one client address (an IPv4 address or an IPv6
+/// /64): beyond it new ones get 429, so one host cannot take the slots that
+/// belong to everyone. Room for an office behind one NAT address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
+/// Joined sessions from one client address; beyond it `hello` gets `too_many_joins`.
+pub const DEFAULT_MAX_JOINS_PER_ADDRESS: u32 = 256;
+/// Rooms one client address created that the server holds at once; beyond
+/// it `hello` to a new room gets `too_many_rooms` (its empty ones are let go first).
+pub const DEFAULT_MAX_ROOMS_PER_ADDRESS: u32 = 50;
 /// Members one room holds; beyond it `hello` gets `room_full`.
 pub const DEFAULT_MAX_MEMBERS_PER_ROOM: usize = 5_000;
 /// Token bucket: sustained client frames per second.
@@ -56,8 +81,14 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// (only the rest of the frame it was in the middle of comes before it; the
 /// connection holds nothing else meanwhile and has already left its room).
 pub const DEFAULT_LAGGED_CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long one write to a client may block before the client counts as gone.
+/// How long a write to a client may go without the socket taking a byte
+/// before the client counts as gone (progress, not the whole write: a slow
+/// but steady reader of a long replay is not cut off).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one frame, or all the fragments of one message, may take to
+/// arrive once begun: a client that trickles bytes holds decoder buffers and
+/// looks alive, so it is closed (1008) instead.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an open WebSocket may take to send `hello`.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its HTTP request head.
@@ -84,6 +115,9 @@ pub const DEFAULT_DATA_DIR: &str = "natter-data";
 pub const DEFAULT_WRITE_QUEUE: usize = 65_536;
 /// Most events the writer stores in one transaction (group commit).
 pub const DEFAULT_WRITE_BATCH: usize = 4_096;
+/// Read-only database connections (WAL readers on blocking threads) for
+/// replays, history pages and rooms being opened; more reads wait for one.
+pub const DEFAULT_READ_CONNECTIONS: usize = 4;
 /// How often retention looks for events to delete.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -111,6 +145,8 @@ pub struct StorageConfig {
     /// Most bytes the database may use; beyond it writes fail with
     /// `storage_unavailable` until space is freed.
     pub max_db_bytes: Option<u64>,
+    /// Read-only connections for replays, pages and room loads.
+    pub read_connections: usize,
 }
 
 impl Default for StorageConfig {
@@ -123,6 +159,7 @@ impl Default for StorageConfig {
             retain_age: None,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             max_db_bytes: None,
+            read_connections: DEFAULT_READ_CONNECTIONS,
         }
     }
 }
@@ -134,7 +171,14 @@ pub struct Config {
     pub bundle_dir: PathBuf,
     /// Which browser origins may open a WebSocket.
     pub origins: OriginPolicy,
+    /// The names (`Host`) the server answers to; empty: its listen address and loopback names.
+    pub names: Names,
+    /// `/healthz` also reports session and room counts (to requests naming the server).
+    pub healthz_detail: bool,
     pub max_connections: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client address
+    /// that per-address limits count; everyone else's header is ignored.
+    pub trusted_proxies: Vec<Network>,
     pub history: HistoryKind,
     pub storage: StorageConfig,
     pub conn: ConnLimits,
@@ -149,6 +193,20 @@ pub struct Config {
 pub struct ConnLimits {
     /// Messages queued for the connection before it is closed as lagged.
     pub outbound_queue: usize,
+    /// Bytes queued or being written before it is closed as lagged.
+    pub output_budget: usize,
+    /// Open connections (HTTP or WebSocket) from one client address.
+    pub max_connections_per_address: u32,
+    /// Joined WebSocket sessions from one client address.
+    pub max_joins_per_address: u32,
+}
+
+impl ConnLimits {
+    /// The largest reply to one request (a `history` page, a welcome), and
+    /// the output in use above which the reader waits before the next request.
+    pub fn reply_max_bytes(&self) -> usize {
+        self.output_budget / 2
+    }
 }
 
 /// Bounds on rooms, members and history.
@@ -159,6 +217,8 @@ pub struct RoomLimits {
     pub replay_max: usize,
     pub max_rooms: usize,
     pub max_members_per_room: usize,
+    /// Rooms held by the hub that one client address created.
+    pub max_rooms_per_address: u32,
 }
 
 /// Per-connection flood control (a token bucket).
@@ -181,6 +241,7 @@ pub struct Timing {
     pub write_timeout: Duration,
     pub header_read_timeout: Duration,
     pub hello_timeout: Duration,
+    pub frame_timeout: Duration,
 }
 
 /// WebSocket framing limits and how frames are written.
@@ -197,7 +258,10 @@ impl Default for Config {
         Self {
             bundle_dir: PathBuf::from(DEFAULT_BUNDLE_DIR),
             origins: OriginPolicy::default(),
+            names: Names::default(),
+            healthz_detail: DEFAULT_HEALTHZ_DETAIL,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            trusted_proxies: Vec::new(),
             history: HistoryKind::default(),
             storage: StorageConfig::default(),
             conn: ConnLimits::default(),
@@ -211,7 +275,12 @@ impl Default for Config {
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        Self { outbound_queue: DEFAULT_OUTBOUND_QUEUE }
+        Self {
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            output_budget: DEFAULT_OUTPUT_BUDGET,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_joins_per_address: DEFAULT_MAX_JOINS_PER_ADDRESS,
+        }
     }
 }
 
@@ -223,6 +292,7 @@ impl Default for RoomLimits {
             replay_max: DEFAULT_REPLAY_MAX,
             max_rooms: DEFAULT_MAX_ROOMS,
             max_members_per_room: DEFAULT_MAX_MEMBERS_PER_ROOM,
+            max_rooms_per_address: DEFAULT_MAX_ROOMS_PER_ADDRESS,
         }
     }
 }
@@ -245,6 +315,7 @@ impl Default for Timing {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
         }
     }
 }
@@ -269,21 +340,40 @@ pub enum ConfigError {
     TooLong { name: &'static str, max: Duration, value: Duration },
     #[error(transparent)]
     BadOrigin(#[from] BadOrigin),
+    #[error(transparent)]
+    BadName(#[from] BadName),
+    #[error(transparent)]
+    BadNetwork(#[from] crate::address::BadNetwork),
+    #[error(
+        "the data directory {} is inside the bundle directory {}, whose files are served to everyone; \
+         choose a --data-dir outside --bundle-dir",
+        .data.display(),
+        .bundle.display()
+    )]
+    DataInsideBundle { data: PathBuf, bundle: PathBuf },
+    #[error("cannot tell where the data directory {} is: {error}", .data.display())]
+    DataDir { data: PathBuf, error: String },
 }
 
 impl Config {
     /// Checks the bounds that would make the server misbehave rather than
     /// refuse clearly (a zero queue, a zero rate).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, u64, u64); 13] = [
+        let checks: [(&'static str, u64, u64); 19] = [
             ("write queue", 1, self.storage.write_queue as u64),
             ("write batch", 1, self.storage.write_batch as u64),
+            ("read connections", 1, self.storage.read_connections as u64),
             ("max connections", 1, self.max_connections as u64),
             ("outbound queue", 2, self.conn.outbound_queue as u64),
+            ("output budget bytes", MIN_OUTPUT_BUDGET as u64, self.conn.output_budget as u64),
             ("history per room", 1, self.limits.history_per_room as u64),
             ("replay max", 1, self.limits.replay_max as u64),
             ("max rooms", 1, self.limits.max_rooms as u64),
             ("max members per room", 1, self.limits.max_members_per_room as u64),
+            ("max rooms per address", 1, u64::from(self.limits.max_rooms_per_address)),
+            ("max connections per address", 1, u64::from(self.conn.max_connections_per_address)),
+            ("max joins per address", 1, u64::from(self.conn.max_joins_per_address)),
+            ("frame timeout ms", 1, self.timing.frame_timeout.as_millis() as u64),
             ("rate per second", 1, u64::from(self.rate.per_sec)),
             ("rate burst", 1, u64::from(self.rate.burst)),
             ("max message bytes", 1024, self.ws.max_message_bytes as u64),
@@ -299,7 +389,21 @@ impl Config {
             let (max, value) = (MAX_WS_WRITE_COALESCE, self.ws.write_coalesce);
             return Err(ConfigError::TooLong { name: "write coalescing", max, value });
         }
-        Ok(())
+        self.check_data_dir()
+    }
+
+    /// Refuses a data directory inside the bundle directory, which would serve
+    /// the database to everyone (only SQLite writes there).
+    fn check_data_dir(&self) -> Result<(), ConfigError> {
+        if self.history != HistoryKind::Sqlite {
+            return Ok(());
+        }
+        let (data, bundle) = (&self.storage.data_dir, &self.bundle_dir);
+        match paths::is_inside(data, bundle) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(ConfigError::DataInsideBundle { data: data.clone(), bundle: bundle.clone() }),
+            Err(e) => Err(ConfigError::DataDir { data: data.clone(), error: e.to_string() }),
+        }
     }
 }
 

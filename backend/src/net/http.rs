@@ -11,10 +11,15 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use warp::filters::BoxedFilter;
 use warp::{Filter, Rejection, Reply};
 
+use super::headers::hash_source;
 use crate::app::App;
+use crate::config::names::HostMatch;
 
 /// Every response body the server sends.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The health check's path.
+pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// `Cache-Control` for files whose name carries a content hash.
 pub const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -62,24 +67,34 @@ pub fn is_app_route(path: &str) -> bool {
     !path.rsplit('/').next().unwrap_or_default().contains('.')
 }
 
+/// The "not built" page's style (its policy allows exactly this inline style).
+const NO_BUNDLE_STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}
+code{background:#8882;padding:.1em .3em;border-radius:4px}";
+
+/// The page served while the bundle directory has no `index.html`. It names
+/// no server path: anyone can load it (the log says which directory it is).
 const NO_BUNDLE_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Natter — page not built</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}
-code{background:#8882;padding:.1em .3em;border-radius:4px}</style></head>
+<style>STYLE</style></head>
 <body><h1>Natter is running, but the chat page has not been built</h1>
 <p>The server is up (the WebSocket endpoint is <code>/ws</code>), but it found no
-<code>index.html</code> in its bundle directory (<code>--bundle-dir</code>, now <code>BUNDLE_DIR</code>).</p>
+<code>index.html</code> in its bundle directory (<code>--bundle-dir</code>).</p>
 <p>From the repository, <code>cargo xtask run</code> builds the page and starts the server.
 To build only the page: <code>trunk build --release</code>.</p></body></html>
 "#;
 
+/// The "not built" page's own `Content-Security-Policy`: nothing but its style.
+fn no_bundle_policy() -> String {
+    format!(
+        "default-src 'none'; style-src {}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hash_source(NO_BUNDLE_STYLE)
+    )
+}
+
 fn with_headers(reply: impl Reply, cache: &'static str) -> warp::reply::Response {
     let mut resp = reply.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     resp
 }
 
@@ -90,14 +105,21 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
     let get_or_head = warp::get().or(warp::head()).unify().boxed();
 
     let health_app = app.clone();
-    let healthz = warp::path!("healthz").and(get_or_head.clone()).map(move || {
-        let body = serde_json::json!({
-            "status": "ok",
-            "sessions": health_app.session_count(),
-            "rooms": health_app.hub.room_count(),
-        });
-        with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
-    });
+    let healthz = warp::path!("healthz").and(get_or_head.clone()).and(warp::ext::optional::<HostMatch>()).map(
+        move |host: Option<HostMatch>| {
+            // Counts only with --healthz-detail, and only for a Host naming this server.
+            let body = if health_app.config.healthz_detail && host.is_some() {
+                serde_json::json!({
+                    "status": "ok",
+                    "sessions": health_app.session_count(),
+                    "rooms": health_app.hub.room_count(),
+                })
+            } else {
+                serde_json::json!({ "status": "ok" })
+            };
+            with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
+        },
+    );
 
     let files = get_or_head.clone().and(warp::fs::dir(dir.clone())).map(|file: warp::fs::File| {
         let cache = cache_policy(file.path());
@@ -114,14 +136,20 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::fs::file(index.clone()))
         .map(|file: warp::fs::File| with_headers(file, CACHE_REVALIDATE));
 
-    let page = NO_BUNDLE_PAGE.replace("BUNDLE_DIR", &html_escape(&dir.display().to_string()));
+    let page = NO_BUNDLE_PAGE.replace("STYLE", NO_BUNDLE_STYLE);
+    let policy = HeaderValue::from_str(&no_bundle_policy()).ok();
     let no_bundle = get_or_head.and(warp::path::full()).and_then(move |path: warp::path::FullPath| {
         let page = page.clone();
         let index = index.clone();
+        let policy = policy.clone();
         async move {
             if is_app_route(path.as_str()) && !index.exists() {
                 let reply = warp::reply::with_status(warp::reply::html(page), StatusCode::SERVICE_UNAVAILABLE);
-                Ok(with_headers(reply, CACHE_REVALIDATE))
+                let mut resp = with_headers(reply, CACHE_REVALIDATE);
+                if let Some(policy) = policy {
+                    resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, policy);
+                }
+                Ok(resp)
             } else {
                 Err(warp::reject::not_found())
             }
@@ -140,11 +168,11 @@ async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {
         (StatusCode::BAD_REQUEST, "bad request")
     };
     let reply = warp::reply::with_status(format!("{text}\n"), status);
-    Ok(with_headers(reply, CACHE_REVALIDATE))
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    let mut resp = with_headers(reply, CACHE_REVALIDATE);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]
@@ -176,7 +204,10 @@ mod tests {
     }
 
     #[test]
-    fn escapes_html() {
-        assert_eq!(html_escape("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+    fn the_not_built_page_allows_exactly_its_own_style() {
+        let page = NO_BUNDLE_PAGE.replace("STYLE", NO_BUNDLE_STYLE);
+        let style = &page[page.find("<style>").expect("style") + 7..page.find("</style>").expect("end")];
+        assert!(no_bundle_policy().contains(&hash_source(style)), "{}", no_bundle_policy());
+        assert!(no_bundle_policy().starts_with("default-src 'none'; "));
     }
 }

@@ -1,6 +1,8 @@
 //! The accept loop: owns every connection (TCP_NODELAY, the connection cap,
-//! shutdown tracking) and serves each with hyper, routing `/ws` to our own
-//! upgrade and everything else to warp's filters.
+//! shutdown tracking) and serves each with hyper: checks every request's
+//! `Host` against the server's names (DNS rebinding), routes `/ws` to our own
+//! upgrade and everything else to warp's filters, and puts the security
+//! headers on every response.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,9 +20,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
-use super::http::{Body, from_warp, routes, text_response};
+use super::headers::SecurityHeaders;
+use super::http::{Body, HEALTHZ_PATH, from_warp, routes, text_response};
 use super::upgrade::{self, WS_PATH};
+use crate::address::{AddressKey, Slot};
 use crate::app::App;
+use crate::config::names::{HostMatch, HostPolicy, HostRefused};
 use crate::config::{Config, ConfigError};
 use crate::store::sqlite::StoreError;
 
@@ -42,6 +47,16 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+    #[error("cannot read the listening address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// What the connections share at the network edge: which `Host` values
+/// name this server, and the headers every response gets.
+#[derive(Debug)]
+struct Edge {
+    hosts: HostPolicy,
+    headers: SecurityHeaders,
 }
 
 /// Connections the kernel holds for the accept loop (capped by
@@ -64,16 +79,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// configured shutdown timeout) for connections to finish.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     config.validate()?;
+    // The names as bound: a listener on port 0 has its real port by now.
+    let addr = listener.local_addr().map_err(ServerError::Listener)?;
+    let edge = Arc::new(Edge {
+        hosts: HostPolicy::new(&config.names, addr),
+        headers: SecurityHeaders::new(&config.bundle_dir),
+    });
     let app = App::new(config)?;
     let http_routes = warp::service(routes(app.clone()));
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
     // Only now, with the history open, is the server really running: a
     // locked or damaged database is reported without a URL before it.
-    if let Ok(addr) = listener.local_addr() {
-        info!(bundle = %app.config.bundle_dir.display(), "serving the page");
-        info!("Natter is running at http://{addr}/");
+    info!(bundle = %app.config.bundle_dir.display(), "serving the page");
+    if !app.config.bundle_dir.join("index.html").exists() {
+        warn!(bundle = %app.config.bundle_dir.display(), "no index.html there: / says how to build the page");
     }
+    info!(hosts = %edge.hosts, "answering requests that name one of these hosts");
+    info!("Natter is running at http://{addr}/");
 
     tokio::pin!(shutdown);
     loop {
@@ -91,17 +114,30 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        match permits.clone().try_acquire_owned() {
+        // One address may hold only its share of the connections. A trusted
+        // proxy's are counted per forwarded client, at the upgrade instead.
+        let trusted = app.config.trusted_proxies.iter().any(|n| n.contains(peer.ip()));
+        let address = if trusted {
+            Ok(None)
+        } else {
+            app.connections_per_address.try_take(AddressKey::of(peer.ip())).map(Some).ok_or(Busy::Address)
+        };
+        let permit = address.and_then(|address| match permits.clone().try_acquire_owned() {
+            Ok(server) => Ok(ConnPermit { _server: server, _address: address }),
+            Err(_) => Err(Busy::Server),
+        });
+        match permit {
             Ok(permit) => {
-                let conn = serve_connection(stream, peer, Arc::new(permit), app.clone(), http_routes.clone());
+                let conn =
+                    serve_connection(stream, peer, Arc::new(permit), app.clone(), edge.clone(), http_routes.clone());
                 app.tasks.spawn(conn);
             }
-            Err(_) => match rejections.clone().try_acquire_owned() {
+            Err(busy) => match rejections.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    debug!(%peer, "connection cap reached; answering 503");
-                    app.tasks.spawn(reject_busy(stream, slot));
+                    debug!(%peer, ?busy, "connection cap reached; answering");
+                    app.tasks.spawn(reject_busy(stream, slot, edge.clone(), busy));
                 }
-                Err(_) => debug!(%peer, "connection cap reached; closing"),
+                Err(_) => debug!(%peer, ?busy, "connection cap reached; closing"),
             },
         }
     }
@@ -127,12 +163,80 @@ fn http1_builder(app: &App) -> http1::Builder {
     builder
 }
 
+/// The one `Host` of a request (the header; an absolute request target
+/// must name the same), as sent.
+fn request_host<B>(req: &Request<B>) -> Result<&str, HostRefused> {
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let host = match (values.next(), values.next()) {
+        (None, _) => return Err(HostRefused::Missing),
+        (Some(_), Some(_)) => return Err(HostRefused::Several),
+        (Some(host), None) => host.to_str().map_err(|_| HostRefused::Malformed)?,
+    };
+    match req.uri().authority() {
+        Some(target) if !target.as_str().eq_ignore_ascii_case(host) => Err(HostRefused::Several),
+        _ => Ok(host),
+    }
+}
+
+/// The answer to a request whose `Host` is refused: 421 for a name that is
+/// not the server's (the DNS-rebinding case), 400 for a missing or malformed one.
+fn host_refusal(refused: &HostRefused) -> Response<Body> {
+    let status = match refused {
+        HostRefused::Foreign => StatusCode::MISDIRECTED_REQUEST,
+        HostRefused::Missing | HostRefused::Several | HostRefused::Malformed => StatusCode::BAD_REQUEST,
+    };
+    text_response(status, &refused.to_string())
+}
+
+/// Answers one request: the `Host` check, then `/ws` or warp's routes.
+/// `/healthz` answers any `Host`: probes (a load balancer's, Kubernetes')
+/// address the server by an IP of their own, and "ok" tells a rebinding
+/// page nothing; its counts (`--healthz-detail`) go only to the server's names.
+async fn serve_request<S>(
+    mut req: Request<Incoming>,
+    app: Arc<App>,
+    edge: &Edge,
+    peer: SocketAddr,
+    permit: Arc<ConnPermit>,
+    mut routes: S,
+) -> Response<Body>
+where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
+{
+    let host = request_host(&req).and_then(|host| edge.hosts.check(host));
+    let (ws, healthz) = (req.uri().path() == WS_PATH, req.uri().path() == HEALTHZ_PATH);
+    let mut resp = match &host {
+        Ok(host) if ws => upgrade::handle(req, app, peer, permit, host),
+        Err(HostRefused::Foreign) if !healthz => {
+            debug!(%peer, host = ?request_host(&req).unwrap_or_default(), "request for another host refused");
+            host_refusal(&HostRefused::Foreign)
+        }
+        Err(refused @ (HostRefused::Missing | HostRefused::Several | HostRefused::Malformed)) => {
+            debug!(%peer, %refused, "request refused");
+            host_refusal(refused)
+        }
+        Ok(_) | Err(HostRefused::Foreign) => {
+            if let Ok(host) = &host {
+                req.extensions_mut().insert::<HostMatch>(host.clone());
+            }
+            match routes.call(req).await {
+                Ok(resp) => from_warp(resp),
+                Err(never) => match never {},
+            }
+        }
+    };
+    let ws_host = host.as_ref().ok().map(|h| h.authority.as_str());
+    edge.headers.apply(resp.headers_mut(), ws_host);
+    resp
+}
+
 /// Serves one connection until it ends or the server shuts down.
 async fn serve_connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<ConnPermit>,
     app: Arc<App>,
+    edge: Arc<Edge>,
     http_routes: S,
 ) where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible> + Clone + Send + 'static,
@@ -143,18 +247,9 @@ async fn serve_connection<S>(
     let service = service_fn(move |req: Request<Incoming>| {
         let app = service_app.clone();
         let permit = service_permit.clone();
-        let mut routes = http_routes.clone();
-        async move {
-            if req.uri().path() == WS_PATH {
-                Ok::<_, Infallible>(upgrade::handle(req, app, peer, permit))
-            } else {
-                let resp = match routes.call(req).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                };
-                Ok(from_warp(resp))
-            }
-        }
+        let edge = edge.clone();
+        let routes = http_routes.clone();
+        async move { Ok::<_, Infallible>(serve_request(req, app, &edge, peer, permit, routes).await) }
     });
     let conn = http1_builder(&app).serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
@@ -174,14 +269,37 @@ async fn serve_connection<S>(
     drop(permit);
 }
 
-/// Answers a connection over the cap with 503 and closes it.
-async fn reject_busy(stream: TcpStream, slot: OwnedSemaphorePermit) {
-    let service = service_fn(|_req: Request<Incoming>| async {
-        let mut resp: Response<Body> =
-            text_response(StatusCode::SERVICE_UNAVAILABLE, "Natter is at its connection limit; try again shortly");
+/// A connection's place under the caps: the server's, and its address's
+/// (none for a trusted proxy). Held until the connection, or the WebSocket
+/// session it became, ends.
+#[derive(Debug)]
+pub struct ConnPermit {
+    _server: OwnedSemaphorePermit,
+    _address: Option<Slot>,
+}
+
+/// Which cap a connection is over.
+#[derive(Debug, Clone, Copy)]
+enum Busy {
+    /// The server's (`--max-connections`): 503.
+    Server,
+    /// Its address's (`--max-connections-per-ip`): 429.
+    Address,
+}
+
+/// Answers a connection over a cap with 503 or 429 and closes it.
+async fn reject_busy(stream: TcpStream, slot: OwnedSemaphorePermit, edge: Arc<Edge>, busy: Busy) {
+    let service = service_fn(move |_req: Request<Incoming>| {
+        let mut resp: Response<Body> = match busy {
+            Busy::Server => {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "Natter is at its connection limit; try again shortly")
+            }
+            Busy::Address => upgrade::too_many_from_address(),
+        };
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        Ok::<_, Infallible>(resp)
+        edge.headers.apply(resp.headers_mut(), None);
+        std::future::ready(Ok::<_, Infallible>(resp))
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(REJECTION_TIMEOUT).keep_alive(false);

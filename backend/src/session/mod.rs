@@ -14,7 +14,7 @@ mod reader;
 mod requests;
 mod writer;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
+use crate::address::{AddressKey, Slot};
 use crate::app::{App, SessionCount};
 use crate::chat::room::{Membership, Room};
 use crate::ws::outbound::{self, CloseReason, ConnHandle, ConnId};
@@ -97,16 +98,29 @@ struct Session {
     app: Arc<App>,
     conn: ConnHandle,
     peer: SocketAddr,
+    /// What per-address limits count this client under (the peer, or the
+    /// address a trusted proxy forwarded).
+    client: AddressKey,
     joined: Mutex<Option<(Arc<Room>, Membership)>>,
+    /// The joined session's slot under the per-address join cap.
+    join_slot: Mutex<Option<Slot>>,
 }
 
 /// Runs one upgraded connection to its end. `early` holds bytes the client
 /// sent right after its handshake, already read by the HTTP server.
-pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr) {
+pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr, client: IpAddr) {
     let _count = SessionCount::new(app.clone());
     let conn_id: ConnId = app.hub.next_id();
-    let (handle, receiver) = outbound::channel(conn_id, app.config.conn.outbound_queue);
-    let session = Session { app: app.clone(), conn: handle, peer, joined: Mutex::new(None) };
+    let limits = &app.config.conn;
+    let (handle, receiver) = outbound::bounded(conn_id, limits.outbound_queue, limits.output_budget);
+    let session = Session {
+        app: app.clone(),
+        conn: handle,
+        peer,
+        client: AddressKey::of(client),
+        joined: Mutex::new(None),
+        join_slot: Mutex::new(None),
+    };
     let heard = LastHeard::new();
     if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(app.config.ws.send_buffer) {
         debug!(conn = conn_id, error = %e, "could not bound the send buffer");
@@ -379,7 +393,7 @@ mod footprint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let run = super::run(stream, Bytes::new(), app, peer);
+        let run = super::run(stream, Bytes::new(), app, peer, peer.ip());
         let size = std::mem::size_of_val(&run);
         assert!(size <= SESSION_FUTURE_MAX, "the session future is {size} bytes (at most {SESSION_FUTURE_MAX})");
     }

@@ -24,6 +24,9 @@ impl Session {
     pub(super) async fn read_loop(&self, stream: &TcpStream, early: Bytes, heard: &LastHeard) -> ReaderEnd {
         let mut bucket = TokenBucket::new(self.app.config.rate, Instant::now());
         let hello_by = Instant::now() + self.app.config.timing.hello_timeout;
+        let frame_timeout = self.app.config.timing.frame_timeout;
+        // When the frame or fragmented message now arriving began.
+        let mut partial_since: Option<Instant> = None;
         let mut decoder = Decoder::new(self.app.config.ws.max_message_bytes);
         let mut events = Vec::new();
         // A frame error ends the connection, after the events decoded before it.
@@ -37,6 +40,23 @@ impl Session {
             }
             if let Some(e) = failed {
                 return violation(e);
+            }
+            // The deadlines are checked on every pass, not only when the
+            // socket would block, so a client that keeps it busy (or trickles
+            // a frame byte by byte) cannot outrun them.
+            let now = Instant::now();
+            let hello_due = (self.joined().is_none() && !self.closing()).then_some(hello_by);
+            if hello_due.is_some_and(|by| now >= by) {
+                return ReaderEnd::Violation(CloseReason::NoHello);
+            }
+            let partial_by = if decoder.in_progress() {
+                Some(*partial_since.get_or_insert(now) + frame_timeout)
+            } else {
+                partial_since = None;
+                None
+            };
+            if partial_by.is_some_and(|by| now >= by) {
+                return ReaderEnd::Violation(CloseReason::SlowFrame);
             }
             // Read what has arrived into a buffer that is not kept.
             let got = {
@@ -63,15 +83,18 @@ impl Session {
                     continue;
                 }
             }
-            // A connection must join within the hello timeout.
-            let ready = if self.joined().is_some() || self.closing() {
-                stream.readable().await
-            } else {
-                // Boxed: only a connection that has not joined yet waits with a deadline.
-                match Box::pin(tokio::time::timeout_at(hello_by, stream.readable())).await {
+            // Wait for bytes, up to the next deadline (checked above).
+            let deadline = match (hello_due, partial_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let ready = match deadline {
+                None => stream.readable().await,
+                // Boxed: only a connection with a deadline running waits with a timer.
+                Some(by) => match Box::pin(tokio::time::timeout_at(by, stream.readable())).await {
                     Ok(ready) => ready,
-                    Err(_) => return ReaderEnd::Violation(CloseReason::NoHello),
-                }
+                    Err(_) => continue,
+                },
             };
             if let Err(e) = ready {
                 return ReaderEnd::Dropped(e.to_string());
@@ -93,24 +116,50 @@ impl Session {
             Event::Text(text) => match bucket.take(Instant::now()) {
                 // Boxed: the request futures are large and an idle
                 // connection should not carry their space.
-                Verdict::Allow => Box::pin(self.handle_text(&text)).await,
+                Verdict::Allow => Box::pin(self.request(&text)).await,
                 Verdict::Refuse => {
                     self.reply(ErrorCode::RateLimited, "too many messages; wait a moment and try again", cid_of(&text))
                 }
-                Verdict::Disconnect => return Some(ReaderEnd::Violation(CloseReason::Flooding)),
+                Verdict::Disconnect => return Some(Box::pin(self.flooded()).await),
             },
             Event::Ping(payload) => {
                 // Counted so pings cannot flood.
                 if bucket.take(Instant::now()) == Verdict::Disconnect {
-                    return Some(ReaderEnd::Violation(CloseReason::Flooding));
+                    return Some(Box::pin(self.flooded()).await);
                 }
                 self.conn.pong(payload);
             }
-            Event::Pong => {}
+            Event::Pong => {
+                // Counted too: unsolicited pongs are frames like any other.
+                if bucket.take(Instant::now()) == Verdict::Disconnect {
+                    return Some(Box::pin(self.flooded()).await);
+                }
+            }
             Event::Close(Some(close::CLIENT_RECONNECTING)) => return Some(ReaderEnd::PeerReconnecting),
             Event::Close(code) => return Some(ReaderEnd::PeerClosed(code)),
         }
         None
+    }
+
+    /// Handles a request once the replies to earlier ones have drained: a
+    /// client that asks for more than it reads waits here, and TCP pushes back.
+    async fn request(&self, text: &str) {
+        self.conn.drained(self.app.config.conn.reply_max_bytes()).await;
+        if !self.closing() {
+            self.handle_text(text).await;
+        }
+    }
+
+    /// Ends a flooding client's connection (1008), once the replies to what
+    /// it sent before the flood (the acks of its stored messages) are queued
+    /// ahead of the close frame, so it learns what was stored. Bounded by
+    /// the close timeout.
+    async fn flooded(&self) -> ReaderEnd {
+        let limit = self.app.config.timing.close_timeout;
+        if tokio::time::timeout(limit, self.conn.replies_settled()).await.is_err() {
+            debug!(conn = self.conn.id, "replies still pending at a flood close");
+        }
+        ReaderEnd::Violation(CloseReason::Flooding)
     }
 }
 

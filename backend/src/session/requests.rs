@@ -24,7 +24,7 @@ impl Session {
             Ok(ClientMsg::Hello(hello)) => self.hello(hello).await,
             Ok(ClientMsg::Say(say)) => self.say(say).await,
             Ok(ClientMsg::Typing(typing)) => self.typing(typing.active),
-            Ok(ClientMsg::History(request)) => self.history(request),
+            Ok(ClientMsg::History(request)) => self.history(request).await,
             Ok(ClientMsg::Ping) => {
                 self.conn.send_msg(&ServerMsg::Pong);
             }
@@ -76,11 +76,20 @@ impl Session {
                 return self.reply(ErrorCode::BadRequest, "resume_token is malformed; join without it", None);
             }
         };
+        // A new member's token, or a resumed member's next one (tokens rotate).
         let Some(token) = new_token() else {
             return self.reply(ErrorCode::Internal, "the server could not create a session; try again", None);
         };
         let hub = &self.app.hub;
-        let room = match hub.room(&room) {
+        let Some(join_slot) = self.app.joins_per_address.try_take(self.client) else {
+            debug!(conn = self.conn.id, client = %self.client, "joins per address at the cap");
+            return self.reply(
+                ErrorCode::TooManyJoins,
+                "too many chats are open from your network; close one and try again",
+                None,
+            );
+        };
+        let room = match hub.room(&room, self.client).await {
             Ok(room) => room,
             Err(HubError::TooManyRooms) => {
                 return self.reply(
@@ -89,24 +98,42 @@ impl Session {
                     None,
                 );
             }
+            Err(HubError::TooManyRoomsFrom(_)) => {
+                return self.reply(
+                    ErrorCode::TooManyRooms,
+                    "your network has opened as many rooms as it may; join an existing one",
+                    None,
+                );
+            }
             Err(HubError::Storage(e)) => {
                 warn!(conn = self.conn.id, error = %e, "history unavailable");
                 return self.reply(ErrorCode::Internal, "the server could not open that room; try again", None);
             }
         };
-        let request = JoinRequest { name, resume_token, last_seq: hello.last_seq, history_id: hello.history_id };
-        match room.join(request, &self.conn, hub.next_id(), token) {
+        let request = JoinRequest {
+            name,
+            resume_token,
+            last_seq: hello.last_seq,
+            history_id: hello.history_id,
+            history_max_bytes: self.app.config.conn.reply_max_bytes(),
+            prefetched: None,
+        };
+        match room.enter(request, &self.conn, hub.next_id(), token).await {
             Ok((membership, kind)) => {
                 let resumed = matches!(kind, JoinKind::Resumed);
                 info!(conn = self.conn.id, peer = %self.peer, room = %room.name, resumed, "joined");
                 *self.joined.lock().unwrap_or_else(|p| p.into_inner()) = Some((room.clone(), membership));
+                *self.join_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(join_slot);
                 if let JoinKind::Joined(notice) = kind {
                     self.store(room, notice).await;
                 }
             }
             Err(JoinError::NameTaken) => {
-                let message =
-                    format!("someone in #{} is already called {}; pick another name", room.name, hello.name.trim());
+                let message = format!(
+                    "someone in #{} is already called {} or a name that looks like it; pick another name",
+                    room.name,
+                    hello.name.trim()
+                );
                 self.reply(ErrorCode::NameTaken, &message, None);
             }
             Err(JoinError::RoomFull) => self.reply(ErrorCode::RoomFull, "this room is full", None),
@@ -131,7 +158,10 @@ impl Session {
         };
         match room.say(&me, &self.conn, cid, text) {
             Ok(draft) => {
+                // Its ack (or error) comes from the writer's report.
+                self.conn.expect_reply();
                 if let Err(e) = self.app.submit(room, draft).await {
+                    self.conn.replied();
                     warn!(conn = self.conn.id, error = %e, "message not stored");
                     self.reply(
                         ErrorCode::StorageUnavailable,
@@ -154,12 +184,12 @@ impl Session {
         }
     }
 
-    fn history(&self, request: HistoryRequest) {
+    async fn history(&self, request: HistoryRequest) {
         let Some((room, _)) = self.joined() else {
             return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
         };
         let limit = request.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
-        match room.history(request.before, limit) {
+        match room.history(request.before, limit, self.app.config.conn.reply_max_bytes()).await {
             Ok(page) => {
                 self.conn.send_msg(&ServerMsg::History(page));
             }

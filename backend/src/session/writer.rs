@@ -98,12 +98,22 @@ impl WriteBuf {
         })
     }
 
-    /// Writes everything buffered. Safe to cancel: progress is kept.
-    async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+    /// Writes everything buffered, failing when the socket takes nothing
+    /// for `stall`: the deadline measures progress, so a client that reads
+    /// slowly but steadily is never cut off in the middle of a long write.
+    /// Safe to cancel: progress is kept.
+    async fn flush(&mut self, stream: &TcpStream, stall: Duration) -> io::Result<()> {
+        let mut progress_by = Instant::now() + stall;
         while self.written < self.buf.len() {
-            stream.writable().await?;
+            match tokio::time::timeout_at(progress_by, stream.writable()).await {
+                Ok(ready) => ready?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write stalled")),
+            }
             match stream.try_write(&self.buf[self.written..]) {
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    self.written += n;
+                    progress_by = Instant::now() + stall;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -115,13 +125,19 @@ impl WriteBuf {
 
     /// Writes a batch after whatever is still unwritten, waiting for the
     /// socket as needed (the path of a write the socket did not take whole).
-    async fn write_batch(&mut self, stream: &TcpStream, mut batch: Batch, max_bytes: usize) -> io::Result<()> {
+    async fn write_batch(
+        &mut self,
+        stream: &TcpStream,
+        mut batch: Batch,
+        max_bytes: usize,
+        stall: Duration,
+    ) -> io::Result<()> {
         loop {
             gather(&mut batch, &mut self.buf, max_bytes);
             if !self.has_unwritten() {
                 return Ok(());
             }
-            self.flush(stream).await?;
+            self.flush(stream, stall).await?;
         }
     }
 }
@@ -215,17 +231,18 @@ pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app:
         }
     };
     match interrupt {
-        Interrupt::Kicked(reason) => Box::pin(close_for(stream, out, reason, timing.close_timeout)).await,
+        Interrupt::Kicked(reason) => Box::pin(close_for(stream, out, receiver, reason, timing.close_timeout)).await,
         Interrupt::Shutdown => {
-            Box::pin(send_close(stream, &mut out, CloseReason::Shutdown, timing.close_timeout)).await
+            Box::pin(send_close(stream, &mut out, receiver, CloseReason::Shutdown, timing.close_timeout)).await
         }
         Interrupt::Failed(end) => end,
     }
 }
 
 /// Writes everything queued (and a ping `out` may hold): at once if the
-/// socket takes it, otherwise waiting for the socket up to the write timeout.
-/// Returns whether it wrote any frame.
+/// socket takes it, otherwise waiting for the socket as long as it keeps
+/// taking bytes (the write timeout bounds a wait without progress). Returns
+/// whether it wrote any frame.
 async fn deliver(
     stream: &TcpStream,
     out: &mut WriteBuf,
@@ -238,17 +255,23 @@ async fn deliver(
     let batch = receiver.take();
     let frames = !batch.encoded.is_empty();
     let rest = match out.try_write_batch(stream, batch, ws.write_batch_bytes) {
-        Ok(None) => return Ok(frames),
+        Ok(None) => {
+            receiver.written();
+            return Ok(frames);
+        }
         Ok(Some(rest)) => rest,
         Err(e) => return Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
     };
     // The socket is full: wait for it, boxed, since few writes get here.
+    let stall = app.config.timing.write_timeout;
     Box::pin(async {
         tokio::select! {
-            r = timeout(app.config.timing.write_timeout, out.write_batch(stream, rest, ws.write_batch_bytes)) => match r {
-                Ok(Ok(())) => Ok(frames),
-                Ok(Err(e)) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
-                Err(_) => Err(Interrupt::Failed(WriterEnd::WriteFailed("write stalled".into()))),
+            r = out.write_batch(stream, rest, ws.write_batch_bytes, stall) => match r {
+                Ok(()) => {
+                    receiver.written();
+                    Ok(frames)
+                }
+                Err(e) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
             },
             reason = kicked => Err(Interrupt::Kicked(reason)),
             () = cancelled => Err(Interrupt::Shutdown),
@@ -259,11 +282,17 @@ async fn deliver(
 
 /// Ends the writer for a kick: a lagged connection's close frame is sent
 /// by the caller after the membership is settled; any other goes out now.
-async fn close_for(stream: &TcpStream, mut out: WriteBuf, reason: CloseReason, limit: Duration) -> WriterEnd {
+async fn close_for(
+    stream: &TcpStream,
+    mut out: WriteBuf,
+    receiver: &ConnReceiver,
+    reason: CloseReason,
+    limit: Duration,
+) -> WriterEnd {
     if reason == CloseReason::Lagged {
         return WriterEnd::Lagged(out);
     }
-    send_close(stream, &mut out, reason, limit).await
+    send_close(stream, &mut out, receiver, reason, limit).await
 }
 
 /// Sends a lagged connection's close frame right after the frame it was in
@@ -275,8 +304,9 @@ pub(super) async fn send_lagged_close(stream: &TcpStream, mut out: WriteBuf, app
     let reason = CloseReason::Lagged;
     let (code, text) = reason.frame().unwrap_or((close::LAGGED, close::LAGGED_REASON));
     out.push(frame::OP_CLOSE, &frame::close_payload(code, text));
+    let limit = app.config.timing.lagged_close_timeout;
     tokio::select! {
-        r = timeout(app.config.timing.lagged_close_timeout, out.flush(stream)) => {
+        r = timeout(limit, out.flush(stream, limit)) => {
             let sent = matches!(r, Ok(Ok(())));
             if !sent {
                 debug!("lagged close frame not sent");
@@ -288,14 +318,25 @@ pub(super) async fn send_lagged_close(stream: &TcpStream, mut out: WriteBuf, app
 }
 
 /// Sends our close frame (or the reply to the peer's) within `limit`, after
-/// whatever an interrupted write left.
-async fn send_close(stream: &TcpStream, out: &mut WriteBuf, reason: CloseReason, limit: Duration) -> WriterEnd {
+/// whatever an interrupted write left and everything still queued: a client
+/// closed for a violation hears first what was already said to it (the acks
+/// of its stored messages, the `rate_limited` errors). The queue is within
+/// the output budget, so this is bounded.
+async fn send_close(
+    stream: &TcpStream,
+    out: &mut WriteBuf,
+    receiver: &ConnReceiver,
+    reason: CloseReason,
+    limit: Duration,
+) -> WriterEnd {
+    let mut queued = receiver.take();
+    gather(&mut queued, &mut out.buf, usize::MAX);
     let payload = match reason.frame() {
         Some((code, text)) => frame::close_payload(code, text),
         None => Vec::new(),
     };
     out.push(frame::OP_CLOSE, &payload);
-    match timeout(limit, out.flush(stream)).await {
+    match timeout(limit, out.flush(stream, limit)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, "close frame not sent"),
         Err(_) => debug!("close frame not sent in time"),
@@ -324,7 +365,9 @@ mod tests {
         let frames: VecDeque<Utf8Bytes> = ["a", &"b".repeat(300), "c"].into_iter().map(Utf8Bytes::from).collect();
         let mut out = WriteBuf::default();
         // A tiny batch limit: one write call per frame.
-        out.write_batch(&server, Batch { encoded: frames, pong: Some(b"p".to_vec()) }, 16).await.expect("written");
+        out.write_batch(&server, Batch { encoded: frames, pong: Some(b"p".to_vec()) }, 16, Duration::from_secs(10))
+            .await
+            .expect("written");
         assert_eq!(out.buf.capacity(), 0);
         let mut expected = Vec::new();
         frame::encode(frame::OP_PONG, b"p", &mut expected);
@@ -367,7 +410,9 @@ mod tests {
         assert!(out.has_unwritten(), "the bytes the socket did not take are the connection's own");
         let expected = text_frames(&texts.iter().map(String::as_str).collect::<Vec<_>>());
         let mut got = vec![0u8; expected.len()];
-        let (written, read) = tokio::join!(out.write_batch(&server, rest, 16 * 1024), client.read_exact(&mut got));
+        let stall = Duration::from_secs(10);
+        let (written, read) =
+            tokio::join!(out.write_batch(&server, rest, 16 * 1024, stall), client.read_exact(&mut got));
         written.expect("written");
         read.expect("read");
         assert!(got == expected, "every frame arrives once, whole and in order");
@@ -414,6 +459,43 @@ mod tests {
         tokio::select! {
             end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
             () = test => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_reader_is_not_dropped_in_the_middle_of_a_long_write() {
+        const STALL: Duration = Duration::from_millis(300);
+        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
+        config.timing.write_timeout = STALL;
+        config.ws.write_coalesce = Duration::ZERO;
+        let app = App::new(config).expect("app");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("small receive buffer");
+        let mut client = socket.connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let (handle, receiver) = outbound::channel(1, 4096);
+        let heard = LastHeard::new();
+        // 1 MB, read 16 KiB every 20 ms: about 1.3 s in all, far beyond the
+        // write timeout, but never a wait of more than 20 ms for progress.
+        let text = Utf8Bytes::from("x".repeat(1000));
+        for _ in 0..1000 {
+            handle.send(&text);
+        }
+        let expected = 1000 * frame::encoded_len(1000);
+        let read = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0;
+            while got < expected {
+                got += client.read(&mut buf).await.expect("read");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            got
+        };
+        tokio::select! {
+            end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
+            got = read => assert_eq!(got, expected),
         }
     }
 

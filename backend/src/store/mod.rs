@@ -129,6 +129,16 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError>;
 }
 
+/// Runs a read of the store on a blocking thread: storage is never read on
+/// the async runtime's worker threads (nor, by the callers, under a room lock).
+pub async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
+) -> Result<T, HistoryError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(HistoryError::Unavailable(format!("a history read failed: {e}"))))
+}
+
 /// Counts a replay's `missed` from the range asked for and what was found.
 pub fn replay_of(after: Seq, upto: Seq, events: Vec<RoomEvent>) -> Replay {
     let wanted = upto.0.saturating_sub(after.0);

@@ -2,6 +2,12 @@
 //! stores everything queued in one transaction (group commit) and only then
 //! reports each event back to its room. `kill -9` at any moment loses nothing
 //! that was acknowledged, because nothing is acknowledged before its commit.
+//! Each write has a savepoint of its own inside the batch's transaction, so
+//! one write that cannot be stored fails alone, and only a failure of the
+//! storage itself fails the batch.
+//!
+//! Stored rows are read back as they were stored, without today's
+//! validation: a rule tightened later never makes an old room unreadable.
 //!
 //! Schema versions live in `PRAGMA user_version` and [`MIGRATIONS`]; a
 //! database is migrated forward on start, and a newer or unreadable one is
@@ -14,8 +20,9 @@ use std::time::{Duration, Instant};
 use natter_shared::wire_name::{WireName, from_name};
 use natter_shared::{
     ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
+    color_for,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -32,8 +39,13 @@ pub const LOCK_FILE: &str = "natter.lock";
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events deleted per retention transaction, so the writer is never held up long.
 pub const RETENTION_CHUNK: usize = 1_000;
-/// Failed notices kept for a retry (policy: beyond it the oldest is dropped and logged).
-pub const NOTICE_RETRY_MAX: usize = 10_000;
+/// Writes kept for a retry: notices of failed transactions, and writes that
+/// failed on their own (policy: beyond it the oldest is dropped, as failed).
+pub const RETRY_MAX: usize = 10_000;
+/// How often one write may fail on its own (in its savepoint: a constraint,
+/// a value SQLite refuses) before it is dropped with an error to its sender,
+/// so a write that can never be stored cannot hold up the writer for good.
+pub const WRITE_ATTEMPTS: u32 = 3;
 /// The writer's page cache in KiB. It only appends (the hot pages are the
 /// right edges of the b-trees), so SQLite's default 2 MiB buys nothing.
 pub const WRITER_CACHE_KIB: i64 = 512;
@@ -172,30 +184,43 @@ const MESSAGE_KIND: &str = "message";
 
 const EVENT_COLUMNS: &str = "seq, ts, kind, name, color, text, cid";
 
-/// Reads a row of [`EVENT_COLUMNS`] back into an event.
-fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RoomEvent> {
-    let bad = |what: &str| rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text);
-    let seq = Seq(u64::try_from(row.get::<_, i64>(0)?).map_err(|_| bad("seq"))?);
-    let ts = Timestamp(u64::try_from(row.get::<_, i64>(1)?).map_err(|_| bad("ts"))?);
-    let kind: String = row.get(2)?;
-    let name = UserName::parse(&row.get::<_, String>(3)?).map_err(|_| bad("name"))?;
-    let color = Color(row.get(4)?);
+/// Reads a row of [`EVENT_COLUMNS`] back into an event, as it was stored:
+/// names, texts and ids are not validated again. Fails, naming the column,
+/// only for a row that cannot be an event at all (a missing or non-integer
+/// seq or time, a message without text, a kind no version ever wrote).
+fn event_from_row(row: &rusqlite::Row<'_>) -> Result<RoomEvent, &'static str> {
+    let unsigned = |column| row.get_ref(column).ok().and_then(|v| v.as_i64().ok()).and_then(|v| u64::try_from(v).ok());
+    let seq = Seq(unsigned(0).ok_or("seq")?);
+    let ts = Timestamp(unsigned(1).ok_or("ts")?);
+    let kind: String = row.get(2).map_err(|_| "kind")?;
+    let name = UserName::from_stored(row.get(3).map_err(|_| "name")?);
+    // The colour is the name's anyway; only a missing one is made up.
+    let color = row.get::<_, String>(4).map_or_else(|_| color_for(&name), Color);
     if kind == MESSAGE_KIND {
-        let text = MessageText::parse(&row.get::<_, String>(5)?).map_err(|_| bad("text"))?;
-        let cid =
-            row.get::<_, Option<String>>(6)?.map(|c| ClientMsgId::parse(&c)).transpose().map_err(|_| bad("cid"))?;
+        let text = MessageText::from_stored(row.get::<_, Option<String>>(5).ok().flatten().ok_or("text")?);
+        let cid = row.get::<_, Option<String>>(6).ok().flatten().map(ClientMsgId::from_stored);
         return Ok(RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid }));
     }
-    let kind = from_name::<NoticeKind>(&kind).ok_or_else(|| bad("kind"))?;
+    let kind = from_name::<NoticeKind>(&kind).ok_or("kind")?;
     Ok(RoomEvent::Notice(Notice { seq, ts, kind, name, color }))
 }
 
+/// A seq or time as SQLite's integer: one above `i64::MAX` is refused, never wrapped.
+fn sql_int(value: u64) -> rusqlite::Result<i64> {
+    i64::try_from(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// A seq as a bound of a query (one above `i64::MAX` is above every stored one).
+fn sql_bound(seq: Seq) -> i64 {
+    i64::try_from(seq.0).unwrap_or(i64::MAX)
+}
+
 /// Stores one event (used by the writer and by `import`).
-pub fn insert_event(tx: &Transaction<'_>, room: &RoomName, event: &RoomEvent) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
+pub fn insert_event(conn: &Connection, room: &RoomName, event: &RoomEvent) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO events (room, seq, ts, kind, name, name_key, color, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let (seq, ts) = (event.seq().0 as i64, event.ts().0 as i64);
+    let (seq, ts) = (sql_int(event.seq().0)?, sql_int(event.ts().0)?);
     match event {
         RoomEvent::Message(m) => stmt.execute(params![
             room.as_str(),
@@ -224,15 +249,16 @@ pub fn insert_event(tx: &Transaction<'_>, room: &RoomName, event: &RoomEvent) ->
 }
 
 /// Sets a room's head (used by the writer and by `import`).
-pub fn set_head(tx: &Transaction<'_>, room: &RoomName, head: Seq) -> rusqlite::Result<()> {
-    tx.prepare_cached(
+pub fn set_head(conn: &Connection, room: &RoomName, head: Seq) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT INTO rooms (room, head) VALUES (?1, ?2) ON CONFLICT (room) DO UPDATE SET head = excluded.head",
     )?
-    .execute(params![room.as_str(), head.0 as i64])?;
+    .execute(params![room.as_str(), sql_int(head.0)?])?;
     Ok(())
 }
 
-fn head_of(conn: &Connection, room: &RoomName) -> rusqlite::Result<Seq> {
+/// A room's head as stored in `rooms` (0 for a room without one).
+pub fn head_of(conn: &Connection, room: &RoomName) -> rusqlite::Result<Seq> {
     let head: Option<i64> = conn
         .prepare_cached("SELECT head FROM rooms WHERE room = ?1")?
         .query_row([room.as_str()], |r| r.get(0))
@@ -240,14 +266,21 @@ fn head_of(conn: &Connection, room: &RoomName) -> rusqlite::Result<Seq> {
     Ok(Seq(head.map_or(0, |h| u64::try_from(h).unwrap_or(0))))
 }
 
-/// A room's head and the time of its latest stored event.
+/// A room's last seq and the time of its latest stored event, for numbering
+/// new ones: the head, or a stored seq above it should `rooms` lag behind
+/// `events` (a hand-edited file), so a new seq never clashes with an old one.
+/// A time that cannot be read counts as 0.
 fn last_of(conn: &Connection, room: &RoomName) -> rusqlite::Result<(Seq, Timestamp)> {
     let head = head_of(conn, room)?;
-    let ts: Option<i64> = conn
-        .prepare_cached("SELECT ts FROM events WHERE room = ?1 ORDER BY seq DESC LIMIT 1")?
-        .query_row([room.as_str()], |r| r.get(0))
+    let last = conn
+        .prepare_cached(
+            "SELECT seq, ts FROM events WHERE room = ?1 AND typeof(seq) = 'integer' ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([room.as_str()], |r| Ok((r.get_ref(0)?.as_i64().ok(), r.get_ref(1)?.as_i64().ok())))
         .optional()?;
-    Ok((head, Timestamp(ts.map_or(0, |t| u64::try_from(t).unwrap_or(0)))))
+    let (seq, ts) = last.unwrap_or((None, None));
+    let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    Ok((head.max(Seq(unsigned(seq))), Timestamp(unsigned(ts))))
 }
 
 /// Events of `room` with `lo < seq <= hi`, the latest `limit`, oldest first.
@@ -255,8 +288,16 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE room = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT ?4"
     ))?;
-    let rows = stmt.query_map(params![room.as_str(), lo.0 as i64, hi.0 as i64, limit as i64], event_from_row)?;
-    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let bounds = params![room.as_str(), sql_bound(lo), sql_bound(hi), i64::try_from(limit).unwrap_or(i64::MAX)];
+    let rows = stmt.query_map(bounds, |row| {
+        Ok(event_from_row(row)
+            .inspect_err(|column| {
+                let seq = row.get_ref(0).ok().and_then(|v| v.as_i64().ok());
+                warn!(room = %room, seq, column, "a stored event cannot be read; it is skipped");
+            })
+            .ok())
+    })?;
+    let mut events = rows.filter_map(Result::transpose).collect::<rusqlite::Result<Vec<_>>>()?;
     events.reverse();
     Ok(events)
 }
@@ -266,9 +307,63 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
 pub struct SqliteStore {
     history_id: String,
     keeps: Option<usize>,
-    /// Reads run beside the writer (WAL); one connection is plenty for the
-    /// occasional welcome replay or older page.
-    reader: Mutex<Connection>,
+    /// Reads run beside the writer (WAL), on blocking threads, each on a
+    /// connection of its own from a small pool.
+    readers: ReadPool,
+}
+
+/// Read-only connections, each used by one read at a time. A read takes an
+/// idle one or waits for one (policy: the pool is small and reads are short,
+/// so a burst of reads queues here instead of opening more files).
+#[derive(Debug)]
+pub struct ReadPool {
+    idle: Mutex<Vec<Connection>>,
+    returned: std::sync::Condvar,
+}
+
+/// A connection taken from the pool; dropping it gives it back.
+#[derive(Debug)]
+pub struct PooledConnection<'a> {
+    pool: &'a ReadPool,
+    conn: Option<Connection>,
+}
+
+impl ReadPool {
+    /// `size` read-only connections to the database at `path`.
+    pub fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
+        let conns = (0..size.max(1)).map(|_| open_for_reading(path)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { idle: Mutex::new(conns), returned: std::sync::Condvar::new() })
+    }
+
+    /// An idle connection, waiting for one if all are in use. Blocks: call
+    /// it on a blocking thread.
+    pub fn get(&self) -> PooledConnection<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return PooledConnection { pool: self, conn: Some(conn) };
+            }
+            idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl std::ops::Deref for PooledConnection<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Present until dropped.
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("a pooled connection is taken only on drop"))
+    }
+}
+
+impl Drop for PooledConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
 }
 
 impl SqliteStore {
@@ -295,9 +390,9 @@ impl SqliteStore {
         writer
             .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let reader = open_for_reading(&path)?;
+        let readers = ReadPool::open(&path, options.read_connections)?;
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let store = Arc::new(Self { history_id, keeps, reader: Mutex::new(reader) });
+        let store = Arc::new(Self { history_id, keeps, readers });
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -312,8 +407,8 @@ impl SqliteStore {
         Ok((store, WriteQueue(tx)))
     }
 
-    fn read(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> PooledConnection<'_> {
+        self.readers.get()
     }
 }
 
@@ -352,10 +447,64 @@ struct Writer {
     conn: Connection,
     options: StorageConfig,
     seqs: Sequencer,
-    /// Notices whose transaction failed, stored again with the next batch.
-    retry: std::collections::VecDeque<Write>,
+    /// Writes to store again with the next batch: notices whose transaction
+    /// failed, and writes that failed on their own.
+    retry: std::collections::VecDeque<Pending>,
     next_retention: Instant,
     retention_busy: bool,
+}
+
+/// A write in the writer's hands, and how often it failed on its own.
+#[derive(Debug)]
+struct Pending {
+    write: Write,
+    failures: u32,
+}
+
+impl Pending {
+    /// Tells the write's room that it was not stored (the sender of a
+    /// message gets `storage_unavailable`; a notice is logged).
+    fn fail(self, error: HistoryError) {
+        self.write.room.committed(self.write.draft, Outcome::Failed(error));
+    }
+}
+
+/// Whether an error is the storage's own (the disk, the file, a lock, the
+/// `--max-db-mb` quota): then the whole batch fails, as it would for any
+/// write in it. Any other error (a constraint, a value SQLite refuses, a
+/// trigger) belongs to the write that met it, which then fails alone.
+fn is_storage_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code,
+        C::DiskFull | C::SystemIoFailure | C::DatabaseBusy | C::DatabaseLocked | C::OutOfMemory | C::ReadOnly
+        | C::DatabaseCorrupt | C::NotADatabase | C::CannotOpen | C::FileLockingProtocolFailed
+        | C::NoLargeFileSupport | C::PermissionDenied | C::OperationInterrupted | C::InternalMalfunction))
+}
+
+/// Stores one draft inside the batch's transaction (in the write's own
+/// savepoint): finds a duplicate, or gives the draft its seq and inserts it.
+/// The seq is only peeked at; the caller takes it once the savepoint holds.
+fn store_one(
+    conn: &Connection,
+    seqs: &mut Sequencer,
+    room: &RoomName,
+    draft: &Draft,
+    now: Timestamp,
+) -> rusqlite::Result<Outcome> {
+    if let Some((key, cid)) = draft.sender_key() {
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached("SELECT seq, ts FROM events WHERE room = ?1 AND name_key = ?2 AND cid = ?3")?
+            .query_row(params![room.as_str(), key, cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((seq, ts)) = found {
+            let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+            return Ok(Outcome::Duplicate(Seq(unsigned(seq)), Timestamp(unsigned(ts))));
+        }
+    }
+    let (seq, ts) = seqs.try_peek(room, || last_of(conn, room), now)?;
+    let event = draft.clone().into_event(seq, ts);
+    insert_event(conn, room, &event)?;
+    Ok(Outcome::Stored(event))
 }
 
 impl Writer {
@@ -394,12 +543,12 @@ impl Writer {
                     Err(_) => None,
                 }
             };
-            let mut batch: Vec<Write> = self.retry.drain(..).collect();
+            let mut batch: Vec<Pending> = self.retry.drain(..).collect();
             let mut stop = None;
             let mut next = first;
             while let Some(msg) = next {
                 match msg {
-                    WriterMsg::Write(w) => batch.push(w),
+                    WriterMsg::Write(write) => batch.push(Pending { write, failures: 0 }),
                     WriterMsg::Stop(done) => {
                         stop = Some(done);
                         break;
@@ -425,9 +574,12 @@ impl Writer {
         }
     }
 
-    fn finish(self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
+    fn finish(mut self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
         if !self.retry.is_empty() {
-            warn!(notices = self.retry.len(), "notices not stored at shutdown");
+            warn!(writes = self.retry.len(), "writes not stored at shutdown");
+            for pending in self.retry.drain(..) {
+                pending.fail(HistoryError::Unavailable("the server is shutting down".into()));
+            }
         }
         // Fold the WAL into the database so the next start reads one file.
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
@@ -439,78 +591,114 @@ impl Writer {
         }
     }
 
-    /// Stores a batch in one transaction, then reports every outcome in order.
-    fn store(&mut self, batch: Vec<Write>) {
-        let now = now_ms();
-        let started = Instant::now();
-        let result = (|| -> rusqlite::Result<Vec<Outcome>> {
-            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut heads: Vec<(RoomName, Seq)> = Vec::new();
-            for write in &batch {
-                let room = write.room.room_name();
-                if let Some((key, cid)) = write.draft.sender_key() {
-                    let found: Option<(i64, i64)> = tx
-                        .prepare_cached("SELECT seq, ts FROM events WHERE room = ?1 AND name_key = ?2 AND cid = ?3")?
-                        .query_row(params![room.as_str(), key, cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()?;
-                    if let Some((seq, ts)) = found {
-                        outcomes.push(Outcome::Duplicate(Seq(seq as u64), Timestamp(ts as u64)));
-                        continue;
+    /// Stores a batch in one transaction, then reports every outcome in
+    /// order. A write that failed on its own is retried with the next batch
+    /// until it has failed [`WRITE_ATTEMPTS`] times; if the transaction
+    /// fails, nothing of the batch was stored.
+    fn store(&mut self, batch: Vec<Pending>) {
+        match self.store_batch(&batch) {
+            Ok(results) => {
+                for (pending, result) in batch.into_iter().zip(results) {
+                    match result {
+                        Ok(outcome) => pending.write.room.committed(pending.write.draft, outcome),
+                        Err(e) => self.failed_alone(pending, e),
                     }
-                }
-                let stored = || last_of(&tx, room).unwrap_or((Seq(0), Timestamp(0)));
-                let (seq, ts) = self.seqs.peek(room, stored, now);
-                let event = write.draft.clone().into_event(seq, ts);
-                insert_event(&tx, room, &event)?;
-                self.seqs.take(room, seq, ts);
-                match heads.iter_mut().find(|(r, _)| r == room) {
-                    Some((_, h)) => *h = seq,
-                    None => heads.push((room.clone(), seq)),
-                }
-                outcomes.push(Outcome::Stored(event));
-            }
-            for (room, head) in &heads {
-                set_head(&tx, room, *head)?;
-            }
-            let commit_started = Instant::now();
-            tx.commit()?;
-            let took = started.elapsed();
-            if took > SLOW_COMMIT {
-                warn!(
-                    events = batch.len(),
-                    total_ms = took.as_millis() as u64,
-                    commit_ms = commit_started.elapsed().as_millis() as u64,
-                    "slow history transaction"
-                );
-            }
-            Ok(outcomes)
-        })();
-        match result {
-            Ok(outcomes) => {
-                for (write, outcome) in batch.into_iter().zip(outcomes) {
-                    write.room.committed(write.draft, outcome);
                 }
             }
             Err(e) => {
                 warn!(error = %e, events = batch.len(), "history transaction failed");
                 // Nothing of the batch was stored: its seqs are free again.
-                self.seqs.forget(batch.iter().map(|w| w.room.room_name()));
+                self.seqs.forget(batch.iter().map(|p| p.write.room.room_name()));
                 let error = storage_error(e);
-                for write in batch {
-                    match write.draft {
-                        Draft::Notice { .. } => {
-                            if self.retry.len() >= NOTICE_RETRY_MAX {
-                                warn!("notice retry queue full; dropping the oldest notice");
-                                self.retry.pop_front();
-                            }
-                            self.retry.push_back(write);
-                        }
-                        Draft::Message { .. } => write.room.committed(write.draft, Outcome::Failed(error.clone())),
+                for pending in batch {
+                    match pending.write.draft {
+                        // Not the notice's fault: kept for the next batch.
+                        Draft::Notice { .. } => self.keep_for_retry(pending),
+                        // The page keeps the message and sends it again.
+                        Draft::Message { .. } => pending.fail(error.clone()),
                     }
                 }
             }
         }
+    }
+
+    /// The batch's transaction: one savepoint per write. Returns each
+    /// write's outcome, or the error it failed with on its own; fails as a
+    /// whole (nothing stored) if the storage fails.
+    fn store_batch(&mut self, batch: &[Pending]) -> rusqlite::Result<Vec<rusqlite::Result<Outcome>>> {
+        let now = now_ms();
+        let started = Instant::now();
+        let mut tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut heads: Vec<(RoomName, Seq)> = Vec::new();
+        for pending in batch {
+            let room = pending.write.room.room_name();
+            let savepoint = tx.savepoint()?;
+            match store_one(&savepoint, &mut self.seqs, room, &pending.write.draft, now) {
+                Ok(outcome) => {
+                    savepoint.commit()?;
+                    if let Outcome::Stored(event) = &outcome {
+                        // Only now is the seq used: a write that failed took none.
+                        self.seqs.take(room, event.seq(), event.ts());
+                        match heads.iter_mut().find(|(r, _)| r == room) {
+                            Some((_, h)) => *h = event.seq(),
+                            None => heads.push((room.clone(), event.seq())),
+                        }
+                    }
+                    results.push(Ok(outcome));
+                }
+                Err(e) => {
+                    // Undo this write alone. If the storage failed, or SQLite
+                    // already rolled the whole transaction back, the batch fails.
+                    let undone = savepoint.finish();
+                    if is_storage_failure(&e) || undone.is_err() || tx.is_autocommit() {
+                        return Err(e);
+                    }
+                    results.push(Err(e));
+                }
+            }
+        }
+        for (room, head) in &heads {
+            set_head(&tx, room, *head)?;
+        }
+        let commit_started = Instant::now();
+        tx.commit()?;
+        let took = started.elapsed();
+        if took > SLOW_COMMIT {
+            warn!(
+                events = batch.len(),
+                total_ms = took.as_millis() as u64,
+                commit_ms = commit_started.elapsed().as_millis() as u64,
+                "slow history transaction"
+            );
+        }
+        Ok(results)
+    }
+
+    /// A write failed on its own: retried with the next batch, or, after
+    /// [`WRITE_ATTEMPTS`] failures, dropped with an error to its sender.
+    fn failed_alone(&mut self, pending: Pending, error: rusqlite::Error) {
+        let failures = pending.failures + 1;
+        let room = pending.write.room.room_name().clone();
+        if failures >= WRITE_ATTEMPTS {
+            warn!(room = %room, failures, error = %error, "a write cannot be stored; it is dropped");
+            pending.fail(storage_error(error));
+        } else {
+            debug!(room = %room, failures, error = %error, "a write failed on its own; it will be tried again");
+            self.keep_for_retry(Pending { failures, ..pending });
+        }
+    }
+
+    /// Queues a write for the next batch; when [`RETRY_MAX`] are waiting,
+    /// the oldest is dropped as failed.
+    fn keep_for_retry(&mut self, pending: Pending) {
+        if self.retry.len() >= RETRY_MAX
+            && let Some(oldest) = self.retry.pop_front()
+        {
+            warn!(room = %oldest.write.room.room_name(), "retry queue full; dropping the oldest write");
+            oldest.fail(HistoryError::Unavailable("too many writes are waiting to be stored".into()));
+        }
+        self.retry.push_back(pending);
     }
 
     /// Deletes one chunk of events past retention; true if more may remain.
@@ -563,5 +751,36 @@ impl Writer {
 
 /// How long the writer sleeps between checks when idle.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
-/// Pause before storing failed notices again.
+/// Pause before storing failed writes again when no new work comes.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_pool_lends_each_connection_to_one_read_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("natter-read-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = db_path(&dir);
+        drop(open_for_writing(&path).expect("database"));
+        let pool = Arc::new(ReadPool::open(&path, 2).expect("pool"));
+        let first = pool.get();
+        let second = pool.get();
+        assert!(head_of(&first, &RoomName::default()).is_ok() && head_of(&second, &RoomName::default()).is_ok());
+        // A third read waits until one is given back.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = pool.clone();
+        let third = std::thread::spawn(move || {
+            let conn = waiting.get();
+            let _ = tx.send(());
+            drop(conn);
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "both connections are in use");
+        drop(first);
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "a connection given back goes to the waiting read");
+        third.join().expect("thread");
+        drop(second);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

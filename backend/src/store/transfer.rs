@@ -1,18 +1,35 @@
 //! `natter export` and `natter import`: a room's history as NDJSON, one event
 //! per line, each exactly the JSON the server sends on the wire.
+//!
+//! An import is checked like client input (every field, with an error naming
+//! the line and the field) and stored in one transaction: it is stored whole
+//! or not at all.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use natter_shared::{RoomEvent, RoomName, Seq};
+use natter_shared::wire_name::from_name;
+use natter_shared::{
+    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
+};
+use serde_json::{Map, Value};
+use tracing::warn;
 
+use super::now_ms;
 use super::sqlite::{self, StoreError};
 use crate::config::cli::Command;
 
 /// Events read per query while exporting.
 pub const EXPORT_PAGE: usize = 10_000;
-/// Events stored per transaction while importing.
-pub const IMPORT_BATCH: usize = 10_000;
+/// The highest seq an import accepts: 2^53 − 1, so any JSON reader
+/// (JavaScript's included) reads every seq exactly, and the room's seqs can
+/// go on from there for ages below SQLite's `i64::MAX`.
+pub const IMPORT_MAX_SEQ: u64 = (1 << 53) - 1;
+/// How far an imported time may be ahead of this machine's clock. A room's
+/// new events never get a time before its last one, so a time far in the
+/// future would stamp every later message with it.
+pub const IMPORT_MAX_AHEAD: Duration = Duration::from_secs(60 * 60);
 
 /// Why an export or import failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +42,20 @@ pub enum TransferError {
     Sql(#[from] rusqlite::Error),
     #[error("cannot write the export: {0}")]
     Output(std::io::Error),
-    #[error("cannot read the import: {0}")]
-    Input(std::io::Error),
-    #[error("line {line}: not an event: {error}")]
-    BadLine { line: usize, error: serde_json::Error },
-    #[error("line {line}: seq {seq} does not follow seq {previous}; events must be in increasing seq order")]
-    OutOfOrder { line: usize, seq: u64, previous: u64 },
+    #[error("line {line}: cannot read the import: {source}")]
+    Input { line: usize, source: std::io::Error },
+    #[error("line {line}: not JSON: {error}")]
+    NotJson { line: usize, error: serde_json::Error },
+    #[error("line {line}: an event is a JSON object, not {found}")]
+    NotAnObject { line: usize, found: &'static str },
+    #[error("line {line}, field `{field}`: {problem}")]
+    BadField { line: usize, field: &'static str, problem: String },
+    #[error("line {line}: cannot store the event: {source}")]
+    Insert { line: usize, source: rusqlite::Error },
     #[error("the database at {0} already holds events; import only into an empty database")]
     NotEmpty(PathBuf),
+    #[error("#{room} in {path} already had events up to seq {head}; import only into a room that never had any")]
+    RoomUsed { path: PathBuf, room: RoomName, head: Seq },
 }
 
 /// Runs `natter export` (to stdout) or `natter import` (from stdin);
@@ -57,8 +80,11 @@ pub fn export(data_dir: &Path, room: &RoomName, since: Seq, out: &mut impl Write
         return Err(TransferError::NoDatabase(path));
     }
     let conn = sqlite::open_for_reading(&path)?;
-    let last: Option<i64> =
-        conn.query_row("SELECT max(seq) FROM events WHERE room = ?1", [room.as_str()], |r| r.get(0))?;
+    let last: Option<i64> = conn.query_row(
+        "SELECT max(seq) FROM events WHERE room = ?1 AND typeof(seq) = 'integer'",
+        [room.as_str()],
+        |r| r.get(0),
+    )?;
     let head = Seq(last.map_or(0, |l| u64::try_from(l).unwrap_or(0)));
     // Windows of EXPORT_PAGE seqs hold at most EXPORT_PAGE events each.
     let mut lo = since;
@@ -77,48 +103,165 @@ pub fn export(data_dir: &Path, room: &RoomName, since: Seq, out: &mut impl Write
 }
 
 /// Reads NDJSON events into `room` of an empty database; returns how many.
+/// All or nothing: an import refused at any line leaves the database as it
+/// was (and a database it created is removed again).
 pub fn import(data_dir: &Path, room: &RoomName, input: impl BufRead) -> Result<u64, TransferError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
     let _lock = sqlite::lock_data_dir(data_dir)?;
     let path = sqlite::db_path(data_dir);
-    let mut conn = sqlite::open_for_writing(&path)?;
-    let existing: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
-    if existing > 0 {
-        return Err(TransferError::NotEmpty(path));
+    let created = !path.exists();
+    let result = import_into(&path, room, input);
+    if result.is_err() && created {
+        remove_database(&path);
     }
-    let mut previous = 0u64;
+    result
+}
+
+/// The import in one transaction (the connection is closed on return).
+fn import_into(path: &Path, room: &RoomName, input: impl BufRead) -> Result<u64, TransferError> {
+    let mut conn = sqlite::open_for_writing(path)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let existing: i64 = tx.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+    if existing > 0 {
+        return Err(TransferError::NotEmpty(path.to_owned()));
+    }
+    // Retention may have deleted every event of a room whose seqs went on:
+    // importing below its head would hand out its seqs a second time.
+    let head = sqlite::head_of(&tx, room)?;
+    if head > Seq(0) {
+        return Err(TransferError::RoomUsed { path: path.to_owned(), room: room.clone(), head });
+    }
+    let latest_ts = now_ms().0.saturating_add(u64::try_from(IMPORT_MAX_AHEAD.as_millis()).unwrap_or(u64::MAX));
+    let mut last = Seq(0);
     let mut count = 0u64;
-    let mut batch: Vec<RoomEvent> = Vec::with_capacity(IMPORT_BATCH);
-    let flush = |batch: &mut Vec<RoomEvent>, conn: &mut rusqlite::Connection| -> Result<(), TransferError> {
-        let tx = conn.transaction()?;
-        for event in batch.iter() {
-            sqlite::insert_event(&tx, room, event)?;
-        }
-        if let Some(last) = batch.last() {
-            sqlite::set_head(&tx, room, last.seq())?;
-        }
-        tx.commit()?;
-        batch.clear();
-        Ok(())
-    };
-    for (index, line) in input.lines().enumerate() {
-        let line = line.map_err(TransferError::Input)?;
-        if line.trim().is_empty() {
+    for (index, text) in input.lines().enumerate() {
+        let line = index + 1;
+        let text = text.map_err(|source| TransferError::Input { line, source })?;
+        if text.trim().is_empty() {
             continue;
         }
-        let event: RoomEvent =
-            serde_json::from_str(&line).map_err(|error| TransferError::BadLine { line: index + 1, error })?;
-        let seq = event.seq().0;
-        if seq <= previous {
-            return Err(TransferError::OutOfOrder { line: index + 1, seq, previous });
+        let event = parse_event(line, &text, Timestamp(latest_ts))?;
+        if event.seq() <= last {
+            let problem =
+                format!("{} does not follow seq {}; events must be in increasing seq order", event.seq(), last);
+            return Err(TransferError::BadField { line, field: "seq", problem });
         }
-        previous = seq;
-        batch.push(event);
+        sqlite::insert_event(&tx, room, &event).map_err(|source| insert_error(line, &event, source))?;
+        last = event.seq();
         count += 1;
-        if batch.len() >= IMPORT_BATCH {
-            flush(&mut batch, &mut conn)?;
+    }
+    if count > 0 {
+        sqlite::set_head(&tx, room, last)?;
+    }
+    tx.commit()?;
+    Ok(count)
+}
+
+/// An insert that failed: the one constraint a checked, increasing line can
+/// break is the sender's unique cid.
+fn insert_error(line: usize, event: &RoomEvent, source: rusqlite::Error) -> TransferError {
+    match (event, source.sqlite_error_code()) {
+        (RoomEvent::Message(m), Some(rusqlite::ErrorCode::ConstraintViolation)) => TransferError::BadField {
+            line,
+            field: "cid",
+            problem: format!("{} already sent a message with this cid on an earlier line", m.name),
+        },
+        _ => TransferError::Insert { line, source },
+    }
+}
+
+/// Removes a database that a refused import created (and its WAL files).
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(path = %Path::new(&file).display(), error = %e, "cannot remove the refused import"),
         }
     }
-    flush(&mut batch, &mut conn)?;
-    Ok(count)
+}
+
+/// One line's event, every field checked as the server checks client input.
+/// Fields of the other kind of event, and unknown ones, are ignored (as the
+/// wire decoder ignores them).
+fn parse_event(line: usize, text: &str, latest_ts: Timestamp) -> Result<RoomEvent, TransferError> {
+    let value: Value = serde_json::from_str(text).map_err(|error| TransferError::NotJson { line, error })?;
+    let Value::Object(map) = value else {
+        return Err(TransferError::NotAnObject { line, found: json_type(&value) });
+    };
+    let fields = Fields { line, map: &map };
+    let event_type = fields.string("type")?;
+    let seq = Seq(fields.unsigned("seq", IMPORT_MAX_SEQ, "the largest seq an import takes")?);
+    let ts = Timestamp(fields.unsigned("ts", latest_ts.0, "an hour from now")?);
+    let name = UserName::parse(fields.string("name")?).map_err(|e| fields.bad("name", e.to_string()))?;
+    let color =
+        Color::parse(fields.string("color")?).ok_or_else(|| fields.bad("color", "a colour is #rrggbb".into()))?;
+    match event_type {
+        "message" => {
+            let text = MessageText::parse(fields.string("text")?).map_err(|e| fields.bad("text", e.to_string()))?;
+            let cid = match fields.optional_string("cid")? {
+                Some(cid) => Some(ClientMsgId::parse(cid).map_err(|e| fields.bad("cid", e.to_string()))?),
+                None => None,
+            };
+            Ok(RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid }))
+        }
+        "notice" => {
+            let kind = fields.string("kind")?;
+            let kind = from_name::<NoticeKind>(kind)
+                .ok_or_else(|| fields.bad("kind", format!("{kind:?} is not a kind of notice")))?;
+            Ok(RoomEvent::Notice(Notice { seq, ts, kind, name, color }))
+        }
+        other => Err(fields.bad("type", format!("{other:?} is neither \"message\" nor \"notice\""))),
+    }
+}
+
+/// The fields of one line, read with errors that name the line and field.
+struct Fields<'a> {
+    line: usize,
+    map: &'a Map<String, Value>,
+}
+
+impl Fields<'_> {
+    fn bad(&self, field: &'static str, problem: String) -> TransferError {
+        TransferError::BadField { line: self.line, field, problem }
+    }
+
+    fn string(&self, field: &'static str) -> Result<&str, TransferError> {
+        self.optional_string(field)?.ok_or_else(|| self.bad(field, "missing".into()))
+    }
+
+    /// A string, or `None` when absent or null.
+    fn optional_string(&self, field: &'static str) -> Result<Option<&str>, TransferError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.bad(field, format!("must be a string, not {}", json_type(other)))),
+        }
+    }
+
+    /// A whole number from 0 to `max` (`max_is` says what `max` is).
+    fn unsigned(&self, field: &'static str, max: u64, max_is: &str) -> Result<u64, TransferError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Err(self.bad(field, "missing".into())),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v <= max => Ok(v),
+                Some(v) => Err(self.bad(field, format!("{v} is above {max} ({max_is})"))),
+                None => Err(self.bad(field, format!("{n} is not a whole number from 0 to {max}"))),
+            },
+            Some(other) => Err(self.bad(field, format!("must be a number, not {}", json_type(other)))),
+        }
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }

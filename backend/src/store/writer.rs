@@ -66,11 +66,29 @@ impl Sequencer {
         stored: impl FnOnce() -> (Seq, Timestamp),
         now: Timestamp,
     ) -> (Seq, Timestamp) {
-        let (seq, ts) = *self.rooms.entry(room.clone()).or_insert_with(stored);
-        (seq.next(), ts.max(now))
+        match self.try_peek(room, || Ok::<_, std::convert::Infallible>(stored()), now) {
+            Ok(next) => next,
+            Err(never) => match never {},
+        }
     }
 
-    /// Records that `seq` at `ts` was used in `room`.
+    /// [`Sequencer::peek`] where reading the room's head may fail; then
+    /// nothing is remembered, and the next peek reads it again.
+    pub fn try_peek<E>(
+        &mut self,
+        room: &RoomName,
+        stored: impl FnOnce() -> Result<(Seq, Timestamp), E>,
+        now: Timestamp,
+    ) -> Result<(Seq, Timestamp), E> {
+        let (seq, ts) = match self.rooms.get(room) {
+            Some(last) => *last,
+            None => *self.rooms.entry(room.clone()).or_insert(stored()?),
+        };
+        Ok((seq.next(), ts.max(now)))
+    }
+
+    /// Records that `seq` at `ts` was used in `room`. Until then a peeked
+    /// seq is not used: a write that failed gives its seq to the next one.
     pub fn take(&mut self, room: &RoomName, seq: Seq, ts: Timestamp) {
         self.rooms.insert(room.clone(), (seq, ts));
     }
@@ -100,5 +118,19 @@ mod tests {
         // After a failed transaction the stored head counts again.
         s.forget([&room]);
         assert_eq!(s.peek(&room, || (Seq(42), Timestamp(100)), Timestamp(7)), (Seq(43), Timestamp(100)));
+    }
+
+    #[test]
+    fn a_seq_that_was_not_taken_goes_to_the_next_write() {
+        let room = RoomName::default();
+        let mut s = Sequencer::default();
+        // Reading the head failed: nothing is remembered.
+        assert_eq!(s.try_peek(&room, || Err("disk"), Timestamp(5)), Err("disk"));
+        let first = s.try_peek(&room, || Ok::<_, &str>((Seq(9), Timestamp(1))), Timestamp(5));
+        assert_eq!(first, Ok((Seq(10), Timestamp(5))));
+        // That write failed (never taken): the next one gets the same seq.
+        assert_eq!(s.peek(&room, || unreachable!(), Timestamp(6)), (Seq(10), Timestamp(6)));
+        s.take(&room, Seq(10), Timestamp(6));
+        assert_eq!(s.peek(&room, || unreachable!(), Timestamp(6)), (Seq(11), Timestamp(6)));
     }
 }

@@ -1,10 +1,14 @@
 //! The way into a connection: a bounded queue of encoded server messages
 //! (JSON text, framed only when written) plus a "kick" that makes its writer close it.
 //!
-//! Policy when the queue is full: the connection is closed with
-//! [`close::LAGGED`] and its client resumes from `last_seq`. Nothing is
-//! dropped silently and nothing grows: a message that does not fit is not
-//! queued, and the lagged client learns from the close code that it must resume.
+//! The queue is bounded twice: in messages, and in bytes queued or being
+//! written (the connection's output budget). Policy when a message does not
+//! fit: the connection is closed with [`close::LAGGED`] and its client
+//! resumes from `last_seq`. Nothing is dropped silently and nothing grows:
+//! a message that does not fit is not queued, and the lagged client learns
+//! from the close code that it must resume. The connection's own reader
+//! waits for the queue to drain ([`ConnHandle::drained`]) before it answers
+//! another request, so a client cannot ask for more than it reads.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,6 +43,8 @@ pub enum CloseReason {
     Protocol,
     /// Still flooding after `rate_limited`.
     Flooding,
+    /// A frame or a fragmented message took longer than the frame timeout.
+    SlowFrame,
     /// The server is shutting down.
     Shutdown,
     /// No `hello` within the hello timeout.
@@ -58,6 +64,7 @@ impl CloseReason {
             Self::TooBig => (close::MESSAGE_TOO_BIG, "message too big"),
             Self::Protocol => (close::PROTOCOL_ERROR, "WebSocket protocol error"),
             Self::Flooding => (close::POLICY_VIOLATION, "too many messages; slow down"),
+            Self::SlowFrame => (close::POLICY_VIOLATION, "a message took too long to arrive"),
             Self::Shutdown => (close::SERVICE_RESTART, "server restarting; reconnect and resume"),
             Self::NoHello => (close::POLICY_VIOLATION, "no hello; send hello to join a room"),
         })
@@ -111,6 +118,10 @@ pub enum Delivery {
 #[derive(Debug, Default)]
 struct Queue {
     encoded: VecDeque<Encoded>,
+    /// Bytes of `encoded`.
+    queued_bytes: usize,
+    /// Bytes the writer took and has not finished writing.
+    taken_bytes: usize,
     /// The payload of the latest ping still to answer.
     pong: Option<Vec<u8>>,
     /// The writer is gone.
@@ -121,14 +132,28 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     capacity: usize,
+    /// Most bytes queued or being written.
+    budget: usize,
     /// Wakes the writer (a stored permit if it is not waiting yet).
     ready: Notify,
+    /// Wakes a reader waiting for the queue to drain.
+    released: Notify,
+    /// Requests whose reply (an ack or an error) the connection still awaits
+    /// from elsewhere (the history writer).
+    awaited: std::sync::atomic::AtomicUsize,
+    /// Wakes a reader waiting for those replies.
+    replied: Notify,
     kick: Kick,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending_bytes(&self) -> usize {
+        let queue = self.lock();
+        queue.queued_bytes + queue.taken_bytes
     }
 }
 
@@ -160,10 +185,26 @@ impl Batch {
     }
 }
 
-/// A connection's queue with room for `capacity` messages.
-pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
-    let shared = Arc::new(Shared { queue: Mutex::default(), capacity, ready: Notify::new(), kick: Kick::default() });
+/// A connection's queue with room for `capacity` messages and `budget`
+/// bytes queued or being written.
+pub fn bounded(id: ConnId, capacity: usize, budget: usize) -> (ConnHandle, ConnReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::default(),
+        capacity,
+        budget,
+        ready: Notify::new(),
+        released: Notify::new(),
+        awaited: std::sync::atomic::AtomicUsize::new(0),
+        replied: Notify::new(),
+        kick: Kick::default(),
+    });
     (ConnHandle { id, shared: shared.clone() }, ConnReceiver { shared })
+}
+
+/// A queue bounded in messages only (tests of everything but the budget).
+#[cfg(test)]
+pub fn channel(id: ConnId, capacity: usize) -> (ConnHandle, ConnReceiver) {
+    bounded(id, capacity, usize::MAX)
 }
 
 /// Serializes a message once; the bytes are shared by every recipient.
@@ -192,11 +233,13 @@ impl ConnHandle {
             if queue.closed {
                 return Delivery::Gone;
             }
-            if queue.encoded.len() >= self.shared.capacity {
+            let bytes = queue.queued_bytes + queue.taken_bytes + encoded.len();
+            if queue.encoded.len() >= self.shared.capacity || bytes > self.shared.budget {
                 drop(queue);
                 self.kick(CloseReason::Lagged);
                 return Delivery::Lagged;
             }
+            queue.queued_bytes += encoded.len();
             queue.encoded.push_back(encoded.clone());
             queue.encoded.len() == 1 && queue.pong.is_none()
         };
@@ -225,6 +268,67 @@ impl ConnHandle {
         self.shared.ready.notify_one();
     }
 
+    /// Bytes queued or being written.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.pending_bytes()
+    }
+
+    /// Waits until at most `bytes` are queued or being written (the writer
+    /// has written the rest), or the connection is closing.
+    pub async fn drained(&self, bytes: usize) {
+        loop {
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            // Registered before the check: a release after it is not missed.
+            released.as_mut().enable();
+            if self.pending_bytes() <= bytes || self.kick_reason().is_some() || self.shared.lock().closed {
+                return;
+            }
+            tokio::select! {
+                () = released => {}
+                _ = self.shared.kick.kicked() => return,
+            }
+        }
+    }
+
+    /// Counts a request whose reply will come from elsewhere (a `say`, whose
+    /// ack or error the history writer's report sends).
+    pub fn expect_reply(&self) {
+        self.shared.awaited.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// One awaited reply was queued (or will never come).
+    pub fn replied(&self) {
+        let previous = self.shared.awaited.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| Some(n.saturating_sub(1)),
+        );
+        if previous.is_ok_and(|n| n <= 1) {
+            self.shared.replied.notify_waiters();
+        }
+    }
+
+    /// Queues the reply to a request counted by [`ConnHandle::expect_reply`].
+    pub fn send_reply(&self, msg: &ServerMsg) -> Delivery {
+        let delivery = self.send_msg(msg);
+        self.replied();
+        delivery
+    }
+
+    /// Waits until every awaited reply is queued.
+    pub async fn replies_settled(&self) {
+        loop {
+            let replied = self.shared.replied.notified();
+            tokio::pin!(replied);
+            replied.as_mut().enable();
+            if self.shared.awaited.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            replied.await;
+        }
+    }
+
     /// Closes the connection with `reason`.
     pub fn kick(&self, reason: CloseReason) {
         self.shared.kick.kick(reason);
@@ -237,10 +341,18 @@ impl ConnHandle {
 }
 
 impl ConnReceiver {
-    /// Takes everything queued (possibly nothing).
+    /// Takes everything queued (possibly nothing). Its bytes count against
+    /// the budget until [`ConnReceiver::written`].
     pub fn take(&self) -> Batch {
         let mut queue = self.shared.lock();
+        queue.taken_bytes += std::mem::take(&mut queue.queued_bytes);
         Batch { encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
+    }
+
+    /// Everything taken so far has been written: its bytes leave the budget.
+    pub fn written(&self) {
+        self.shared.lock().taken_bytes = 0;
+        self.shared.released.notify_waiters();
     }
 
     /// Waits until something is queued.
@@ -268,6 +380,10 @@ impl Drop for ConnReceiver {
         let mut queue = self.shared.lock();
         queue.closed = true;
         queue.encoded = VecDeque::new();
+        queue.queued_bytes = 0;
+        queue.taken_bytes = 0;
+        drop(queue);
+        self.shared.released.notify_waiters();
     }
 }
 
@@ -291,6 +407,37 @@ mod tests {
         assert!(receiver.take().is_empty());
         drop(receiver);
         assert_eq!(handle.send(&encoded), Delivery::Gone);
+    }
+
+    #[tokio::test]
+    async fn bytes_beyond_the_budget_kick_the_connection_as_lagged() {
+        let (handle, receiver) = bounded(1, 100, 10);
+        let four = Utf8Bytes::from_static("1234");
+        assert_eq!(handle.send(&four), Delivery::Queued);
+        assert_eq!(handle.send(&four), Delivery::Queued);
+        assert_eq!(handle.pending_bytes(), 8);
+        // Taken but not yet written: still counted.
+        let batch = receiver.take();
+        assert_eq!(batch.encoded.len(), 2);
+        assert_eq!(handle.pending_bytes(), 8);
+        assert_eq!(handle.send(&four), Delivery::Lagged, "8 + 4 bytes is over the 10-byte budget");
+        assert_eq!(receiver.kick().kicked().await, CloseReason::Lagged);
+    }
+
+    #[tokio::test]
+    async fn written_bytes_leave_the_budget_and_wake_a_waiting_reader() {
+        let (handle, receiver) = bounded(1, 100, 10);
+        let four = Utf8Bytes::from_static("1234");
+        handle.send(&four);
+        handle.send(&four);
+        let _batch = receiver.take();
+        let waiting = handle.drained(4);
+        tokio::pin!(waiting);
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending(), "8 bytes are still being written");
+        receiver.written();
+        waiting.await;
+        assert_eq!(handle.pending_bytes(), 0);
+        assert_eq!(handle.send(&four), Delivery::Queued);
     }
 
     #[tokio::test]

@@ -1,0 +1,246 @@
+//! Client addresses, for limits that hold per address: the key an address
+//! counts under (an IPv4 address, or an IPv6 /64, which one host usually
+//! holds whole), counted slots with a cap, and which address a request
+//! comes from when a trusted reverse proxy forwards it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+/// What a client address counts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressKey(IpAddr);
+
+impl AddressKey {
+    /// An IPv4 address (IPv4-mapped IPv6 included) as itself; an IPv6
+    /// address as its /64.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self(IpAddr::V4(v4)),
+                None => {
+                    let s = v6.segments();
+                    Self(IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+/// Counts held per address, each below a cap. Entries go away with their
+/// last slot, so the map holds only addresses that hold something.
+#[derive(Debug)]
+pub struct PerAddress {
+    cap: u32,
+    counts: Mutex<HashMap<AddressKey, u32>>,
+}
+
+/// One counted slot; dropping it gives it back.
+#[derive(Debug)]
+pub struct Slot {
+    owner: Arc<PerAddress>,
+    key: AddressKey,
+}
+
+impl PerAddress {
+    /// At most `cap` slots per address.
+    pub fn new(cap: u32) -> Arc<Self> {
+        Arc::new(Self { cap, counts: Mutex::new(HashMap::new()) })
+    }
+
+    /// A slot for `key`, or `None` if it holds `cap` already.
+    pub fn try_take(self: &Arc<Self>, key: AddressKey) -> Option<Slot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.cap {
+            if *count == 0 {
+                counts.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Slot { owner: self.clone(), key })
+    }
+
+    /// Slots `key` holds.
+    pub fn held(&self, key: AddressKey) -> u32 {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied().unwrap_or(0)
+    }
+}
+
+impl Slot {
+    /// The address this slot counts for.
+    pub fn key(&self) -> AddressKey {
+        self.key
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// An address or network (`10.0.0.0/8`, `::1`) whose requests are trusted
+/// to say where they come from (a reverse proxy's `X-Forwarded-For`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// A `--trusted-proxy` value that is not an address or network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--trusted-proxy {0:?} is not an IP address or network like 10.0.0.0/8 or fd00::/8")]
+pub struct BadNetwork(pub String);
+
+impl std::str::FromStr for Network {
+    type Err = BadNetwork;
+
+    fn from_str(raw: &str) -> Result<Self, BadNetwork> {
+        let bad = || BadNetwork(raw.to_owned());
+        let (addr, prefix) = match raw.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (raw.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Network {
+    /// True if `ip` is in this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xffu8 << (8 - rest);
+        (a[full] & mask) == (b[full] & mask)
+    }
+}
+
+/// The address a request comes from: the peer's, unless the peer is a
+/// trusted proxy, in which case the last address in `X-Forwarded-For` that
+/// is not itself a trusted proxy (the one the outermost trusted proxy saw).
+/// A malformed header from a trusted proxy falls back to the peer.
+pub fn client_ip<'a>(peer: IpAddr, forwarded_for: impl Iterator<Item = &'a str>, trusted: &[Network]) -> IpAddr {
+    if !trusted.iter().any(|n| n.contains(peer)) {
+        return peer;
+    }
+    let hops: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).map(str::trim).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.iter().any(|n| n.contains(ip)) {
+                    return ip;
+                }
+            }
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(AddressKey::of(ip("2001:db8:1:2:aaaa::1")), AddressKey::of(ip("2001:db8:1:2:bbbb::9")));
+        assert_ne!(AddressKey::of(ip("2001:db8:1:2::1")), AddressKey::of(ip("2001:db8:1:3::1")));
+        assert_eq!(AddressKey::of(ip("::ffff:10.1.2.3")), AddressKey::of(ip("10.1.2.3")));
+        assert_ne!(AddressKey::of(ip("10.1.2.3")), AddressKey::of(ip("10.1.2.4")));
+        assert_eq!(AddressKey::of(ip("2001:db8:1:2::1")).to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn slots_are_capped_per_address_and_given_back() {
+        let limits = PerAddress::new(2);
+        let (a, b) = (AddressKey::of(ip("10.0.0.1")), AddressKey::of(ip("10.0.0.2")));
+        let first = limits.try_take(a).expect("first");
+        let _second = limits.try_take(a).expect("second");
+        assert!(limits.try_take(a).is_none(), "a third from the same address");
+        assert!(limits.try_take(b).is_some(), "another address is not affected");
+        drop(first);
+        assert!(limits.try_take(a).is_some(), "a slot given back can be taken again");
+        assert_eq!(limits.held(b), 0);
+        assert!(limits.counts.lock().expect("lock").len() <= 1, "addresses holding nothing leave the map");
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let net: Network = "10.0.0.0/8".parse().expect("valid");
+        assert!(net.contains(ip("10.200.1.1")));
+        assert!(net.contains(ip("::ffff:10.0.0.1")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        let one: Network = "::1".parse().expect("valid");
+        assert!(one.contains(ip("::1")) && !one.contains(ip("::2")));
+        let odd: Network = "192.168.1.128/25".parse().expect("valid");
+        assert!(odd.contains(ip("192.168.1.200")) && !odd.contains(ip("192.168.1.100")));
+        for bad in ["", "10.0.0.0/33", "example.com", "10.0.0/8", "::/129"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<Network> = vec!["127.0.0.1".parse().expect("valid"), "10.0.0.0/8".parse().expect("valid")];
+        let peer = ip("127.0.0.1");
+        assert_eq!(
+            client_ip(ip("192.0.2.9"), ["203.0.113.5"].into_iter(), &trusted),
+            ip("192.0.2.9"),
+            "untrusted peer"
+        );
+        assert_eq!(client_ip(peer, ["203.0.113.5"].into_iter(), &trusted), ip("203.0.113.5"));
+        // A client cannot pick its address by sending its own header first:
+        // the rightmost untrusted hop is what the trusted proxy saw.
+        assert_eq!(client_ip(peer, ["6.6.6.6, 203.0.113.5, 10.1.1.1"].into_iter(), &trusted), ip("203.0.113.5"));
+        assert_eq!(client_ip(peer, ["6.6.6.6", "203.0.113.5"].into_iter(), &trusted), ip("203.0.113.5"));
+        assert_eq!(client_ip(peer, std::iter::empty(), &trusted), peer);
+        assert_eq!(client_ip(peer, ["not-an-ip"].into_iter(), &trusted), peer);
+    }
+}
