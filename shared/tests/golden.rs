@@ -235,6 +235,25 @@ fn server_messages_with_invalid_fields_do_not_decode() {
 }
 
 #[test]
+fn history_stored_under_older_rules_still_decodes() {
+    // A name today's rules refuse (an invisible joiner, more than 24
+    // characters), a long text and an odd cid, as an older server stored
+    // them: a page must still read its room.
+    let long_name = "n".repeat(100);
+    let old = format!(
+        r##"{{"type":"message","seq":1,"ts":1,"name":"A\u200db {long_name}","color":"#000000","text":"{}","cid":"c id!"}}"##,
+        "x".repeat(5000)
+    );
+    match serde_json::from_str::<ServerMsg>(&old) {
+        Ok(ServerMsg::Message(m)) => {
+            assert!(m.name.as_str().starts_with("A\u{200d}b"));
+            assert_eq!(m.cid.as_ref().map(|c| c.as_str()), Some("c id!"));
+        }
+        other => panic!("expected the stored message, got {other:?}"),
+    }
+}
+
+#[test]
 fn history_request_and_page() {
     golden_client(
         ClientMsg::History(HistoryRequest { before: Seq(101), limit: 50 }),
