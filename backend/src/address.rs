@@ -167,17 +167,26 @@ pub fn client_ip<'a>(peer: IpAddr, forwarded_for: impl Iterator<Item = &'a str>,
     let hops: Vec<&str> = forwarded_for.flat_map(|v| v.split(',')).map(str::trim).collect();
     let mut client = peer;
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) => {
+        match parse_hop(hop) {
+            Some(ip) => {
                 client = ip;
                 if !trusted.iter().any(|n| n.contains(ip)) {
                     return ip;
                 }
             }
-            Err(_) => return client,
+            None => return client,
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry: an address, with a port (`1.2.3.4:80`,
+/// `[2001:db8::1]:80`, as some proxies write) or in brackets.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 #[cfg(test)]
@@ -242,5 +251,10 @@ mod tests {
         assert_eq!(client_ip(peer, ["6.6.6.6", "203.0.113.5"].into_iter(), &trusted), ip("203.0.113.5"));
         assert_eq!(client_ip(peer, std::iter::empty(), &trusted), peer);
         assert_eq!(client_ip(peer, ["not-an-ip"].into_iter(), &trusted), peer);
+        // Forms some proxies write, and garbage a client put before the real hop.
+        assert_eq!(client_ip(peer, ["203.0.113.5:4711"].into_iter(), &trusted), ip("203.0.113.5"));
+        assert_eq!(client_ip(peer, ["[2001:db8::5]:443"].into_iter(), &trusted), ip("2001:db8::5"));
+        assert_eq!(client_ip(peer, ["[2001:db8::6]"].into_iter(), &trusted), ip("2001:db8::6"));
+        assert_eq!(client_ip(peer, ["\u{e9}garbage, 203.0.113.7"].into_iter(), &trusted), ip("203.0.113.7"));
     }
 }

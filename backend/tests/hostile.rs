@@ -92,6 +92,7 @@ async fn frames_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<Str
 async fn a_history_page_is_no_larger_than_half_the_output_budget() {
     let mut cfg = config();
     cfg.conn.output_budget = 64 * 1024;
+    cfg.limits.max_members_per_room = 100;
     cfg.rate.burst = 1_000;
     let server = TestServer::start(cfg).await;
     let (mut ada, _) = server.joined("Ada", "big").await;
@@ -114,6 +115,7 @@ async fn a_history_page_is_no_larger_than_half_the_output_budget() {
 async fn a_reader_that_stalls_costs_about_its_budget_then_is_closed_as_lagged() {
     let mut cfg = config();
     cfg.conn.output_budget = 64 * 1024;
+    cfg.limits.max_members_per_room = 100;
     cfg.rate.per_sec = 100_000;
     cfg.rate.burst = 100_000;
     cfg.ws.write_coalesce = Duration::ZERO;
@@ -248,7 +250,7 @@ async fn the_hello_deadline_fires_while_the_client_keeps_the_socket_busy() {
                 Ok(0) | Err(_) => break got,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
             }
-            if got.len() >= 4 && got[0] == 0x88 {
+            if got.len() >= 2 && got[0] == 0x88 && got.len() >= 2 + usize::from(got[1] & 0x7f) {
                 break got;
             }
         }
@@ -259,6 +261,8 @@ async fn the_hello_deadline_fires_while_the_client_keeps_the_socket_busy() {
     };
     assert_eq!(got.first(), Some(&0x88), "a close frame");
     assert_eq!(got.get(2..4).map(|c| u16::from_be_bytes([c[0], c[1]])), Some(close::POLICY_VIOLATION));
+    let reason = String::from_utf8_lossy(&got[4..2 + usize::from(got[1] & 0x7f)]).into_owned();
+    assert!(reason.contains("hello"), "closed for the missing hello, not for flooding: {reason:?}");
 }
 
 #[tokio::test]
@@ -387,6 +391,15 @@ async fn a_trusted_proxy_is_counted_per_forwarded_client_and_others_are_not_beli
     let mut other = connect_from(&server, "127.0.0.5", &two).await.expect("another forwarded client");
     other.hello("Other", "lobby").await;
     chats(&mut other).await;
+    // A client's own unreadable header before the hop the proxy appended
+    // does not hide it; nor does a request that names no client at all.
+    let garbage = [("x-forwarded-for", "\u{e9}t\u{e9}, 203.0.113.1")];
+    assert_eq!(connect_from(&server, "127.0.0.5", &garbage).await.err(), Some(429), "counted as 203.0.113.1");
+    let mut unnamed = Vec::new();
+    for _ in 0..2 {
+        unnamed.push(connect_from(&server, "127.0.0.5", &[]).await.expect("the proxy's own share"));
+    }
+    assert_eq!(connect_from(&server, "127.0.0.5", &[]).await.err(), Some(429), "counted under the proxy itself");
     // An untrusted peer's header is ignored: it counts as itself.
     let mut spoofed = Vec::new();
     for n in 0..2 {

@@ -97,10 +97,14 @@ impl Hub {
         self.created_by.try_take(creator).ok_or(HubError::TooManyRoomsFrom(creator))
     }
 
-    /// Drops the rooms nobody is in whose creator's slot matches.
+    /// Drops the rooms nobody is in, and nothing else holds, whose
+    /// creator's slot matches. A room someone still holds (a join on its
+    /// way in, a grace timer, a write the history writer will report to it)
+    /// stays: dropping it would split the room in two, or lose that event.
     fn let_go(&self, rooms: &mut HashMap<RoomName, (Arc<Room>, Slot)>, which: impl Fn(&Slot) -> bool) {
         rooms.retain(|name, (room, slot)| {
-            let keep = room.member_count() > 0 || !which(slot);
+            let held = Arc::strong_count(room) > 1;
+            let keep = held || room.member_count() > 0 || !which(slot);
             if !keep {
                 self.store.forget(name);
             }
@@ -111,5 +115,33 @@ impl Hub {
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn key(ip: &str) -> AddressKey {
+        AddressKey::of(ip.parse().expect("ip"))
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn an_empty_room_someone_still_holds_is_not_let_go() {
+        let limits = RoomLimits { max_rooms: 1, ..RoomLimits::default() };
+        let hub = Hub::new(MemoryStore::new(10), limits);
+        // A join on its way in holds the room, not yet a member of it.
+        let held = hub.room(&room("first"), key("10.0.0.1")).await.expect("opens");
+        assert!(matches!(hub.room(&room("second"), key("10.0.0.2")).await, Err(HubError::TooManyRooms)));
+        let again = hub.room(&room("first"), key("10.0.0.3")).await.expect("the same room");
+        assert!(Arc::ptr_eq(&held, &again), "one room, not two");
+        drop((held, again));
+        // Nobody holds it now: it makes way.
+        hub.room(&room("second"), key("10.0.0.2")).await.expect("an empty room let go");
     }
 }

@@ -200,10 +200,17 @@ impl Room {
     }
 
     /// The stored range a resume needs that memory does not hold.
+    /// Nothing for a `hello` the room will refuse anyway (its name is
+    /// another member's), so a refused join costs no read.
     fn to_read(&self, req: &JoinRequest) -> Option<(Seq, Seq)> {
         let last = self.resume_after(req)?;
+        let key = member_key(&req.name);
         let state = self.lock();
-        (last < state.head && !state.covers(last)).then_some((last, state.head))
+        let refused = state
+            .members
+            .get(&key)
+            .is_some_and(|m| !req.resume_token.as_ref().is_some_and(|t| token_matches(t, &m.token)));
+        (!refused && last < state.head && !state.covers(last)).then_some((last, state.head))
     }
 
     /// The seq a `hello` resumes after, if it belongs to this room's history
@@ -314,6 +321,9 @@ impl Room {
         // compared a character at a time: no clones.
         let mut members: Vec<&MemberEntry> = state.members.values().collect();
         members.sort_unstable_by(|a, b| lower(&a.name).cmp(lower(&b.name)));
+        // The history gets what the member list leaves of the reply's bytes.
+        let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>();
+        let max_bytes = max_bytes.saturating_sub(members_bytes);
         let (history, missed) = match replay {
             Some(Replayed::Stored { replay, then }) => {
                 stored = replay.events.into_iter().map(|e| encode(&e.into())).collect();
@@ -334,8 +344,7 @@ impl Room {
                 (welcome::History::Encoded(encoded), 0)
             }
         };
-        let size =
-            WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>() + history.encoded_len();
+        let size = members_bytes + history.encoded_len();
         let parts = welcome::Parts {
             you: &me.json,
             room: &self.name,
@@ -1086,7 +1095,8 @@ mod tests {
         assert!(!page.complete, "the older ones are still to fetch");
         let (other, mut other_rx) = channel(2, 8);
         let mut req = request("Bob", None, Some(1));
-        req.history_max_bytes = 2500;
+        // 2500 bytes of events beside the fixed part and two members.
+        req.history_max_bytes = 2800;
         f.room.join(req, &other, 2, token("t2")).expect("joins");
         match drain(&mut other_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
@@ -1095,6 +1105,27 @@ mod tests {
             }
             other => panic!("expected a welcome, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_welcome_with_its_member_list_stays_within_its_bytes() {
+        let f = Fixture::new();
+        let (ada, conn, _rx) = f.join(1, "Ada", "t1");
+        for i in 0..30 {
+            f.join(10 + i, &format!("member-number-{i:04}"), &format!("t{}", 10 + i));
+        }
+        for i in 0..5 {
+            f.say(&ada, &conn, &format!("c{i}"), &"é".repeat(500));
+        }
+        let (other, other_rx) = channel(2, 8);
+        let mut req = request("Bob", None, None);
+        req.history_max_bytes = 6000;
+        f.room.join(req, &other, 2, token("t2")).expect("joins");
+        let queued = other_rx.take().encoded;
+        let welcome = queued.front().expect("a welcome");
+        assert!(welcome.len() <= 6000, "a welcome of {} bytes for 6000", welcome.len());
+        let ServerMsg::Welcome(w) = serde_json::from_str(welcome.as_str()).expect("json") else { panic!("a welcome") };
+        assert!(!w.history.is_empty() && w.history.len() < 36, "the latest events that fit beside the members");
     }
 
     #[tokio::test]

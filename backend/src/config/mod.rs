@@ -39,6 +39,12 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 4096;
 /// than half: so a client that asks for more than it reads costs at most
 /// this much. A busy room's member that falls further behind resumes.
 pub const DEFAULT_OUTPUT_BUDGET: usize = 1024 * 1024;
+/// The most bytes one member takes in a welcome's member list:
+/// `{"name":"…","color":"#rrggbb"}` with a name of 24 four-byte characters.
+pub const MEMBER_JSON_MAX_BYTES: usize = 128;
+/// Room in the output budget beside a full room's member list, for the rest
+/// of a welcome (at least one event of the longest kind).
+pub const WELCOME_BESIDE_MEMBERS_BYTES: usize = 16 * 1024;
 /// The smallest output budget: a welcome or a page of a few full-length
 /// messages must fit in half of it.
 pub const MIN_OUTPUT_BUDGET: usize = 64 * 1024;
@@ -338,6 +344,11 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u64, value: u64 },
     #[error("{name} must be at most {max:?} (got {value:?})")]
     TooLong { name: &'static str, max: Duration, value: Duration },
+    #[error(
+        "the output budget ({budget} bytes) is below a full room's welcome ({welcome} bytes); \
+         raise --output-budget-kib or lower --max-members-per-room"
+    )]
+    BudgetBelowWelcome { budget: usize, welcome: usize },
     #[error(transparent)]
     BadOrigin(#[from] BadOrigin),
     #[error(transparent)]
@@ -385,6 +396,13 @@ impl Config {
                 return Err(ConfigError::TooSmall { name, min, value });
             }
         }
+        // A full room's welcome must fit in a joiner's budget, or every joiner
+        // would be closed as lagged, resume, and be closed again.
+        let welcome =
+            self.limits.max_members_per_room.saturating_mul(MEMBER_JSON_MAX_BYTES) + WELCOME_BESIDE_MEMBERS_BYTES;
+        if self.conn.output_budget < welcome {
+            return Err(ConfigError::BudgetBelowWelcome { budget: self.conn.output_budget, welcome });
+        }
         if self.ws.write_coalesce > MAX_WS_WRITE_COALESCE {
             let (max, value) = (MAX_WS_WRITE_COALESCE, self.ws.write_coalesce);
             return Err(ConfigError::TooLong { name: "write coalescing", max, value });
@@ -428,6 +446,15 @@ mod tests {
                 value: Duration::from_secs(2)
             })
         );
+    }
+
+    #[test]
+    fn a_budget_too_small_for_a_full_rooms_welcome_is_refused() {
+        let mut config = Config::default();
+        config.conn.output_budget = 64 * 1024;
+        assert!(matches!(config.validate(), Err(ConfigError::BudgetBelowWelcome { .. })));
+        config.limits.max_members_per_room = 100;
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

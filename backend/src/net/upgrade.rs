@@ -149,9 +149,19 @@ pub fn handle(
     };
     // Behind a trusted proxy, the per-address limits count the client it
     // forwarded (its own connections are not counted at accept).
-    let forwarded = req.headers().get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
-    let client = address::client_ip(peer.ip(), forwarded, &app.config.trusted_proxies);
-    let forwarded_slot = if client == peer.ip() {
+    // Read byte by byte: a client's own non-ASCII header, which a proxy
+    // appends the real address to, must not hide that address.
+    let forwarded: Vec<String> = req
+        .headers()
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let trusted = &app.config.trusted_proxies;
+    let client = address::client_ip(peer.ip(), forwarded.iter().map(String::as_str), trusted);
+    // A trusted proxy's connection is always counted here: under the client
+    // it names, or under the proxy itself when it names none.
+    let forwarded_slot = if !trusted.iter().any(|n| n.contains(peer.ip())) {
         None
     } else {
         match app.connections_per_address.try_take(AddressKey::of(client)) {

@@ -35,6 +35,10 @@ thread_local! {
 pub(super) struct WriteBuf {
     buf: Vec<u8>,
     written: usize,
+    /// Messages taken from the queue for a write the socket did not take
+    /// whole, not yet gathered into `buf`: kept here (boxed: only slow writes
+    /// get one) so an interrupted write loses none of them before the close.
+    pending: Option<Box<Batch>>,
 }
 
 impl WriteBuf {
@@ -45,6 +49,7 @@ impl WriteBuf {
     /// Drops the frames not yet begun, keeping the rest of the one being
     /// written (a frame cut short would break the stream).
     fn drop_unstarted(&mut self) {
+        self.pending = None;
         let mut at = 0;
         while at < self.buf.len() {
             let Some(len) = frame::encoded_frame_len(&self.buf[at..]) else { break };
@@ -119,7 +124,8 @@ impl WriteBuf {
             }
         }
         // Done: give the memory back.
-        *self = Self::default();
+        self.buf = Vec::new();
+        self.written = 0;
         Ok(())
     }
 
@@ -128,12 +134,22 @@ impl WriteBuf {
     async fn write_batch(
         &mut self,
         stream: &TcpStream,
-        mut batch: Batch,
+        batch: Batch,
         max_bytes: usize,
         stall: Duration,
     ) -> io::Result<()> {
+        let pending = self.pending.get_or_insert_with(Box::default);
+        pending.encoded.extend(batch.encoded);
+        if batch.pong.is_some() {
+            pending.pong = batch.pong;
+        }
         loop {
-            gather(&mut batch, &mut self.buf, max_bytes);
+            if let Some(pending) = self.pending.as_mut() {
+                gather(pending, &mut self.buf, max_bytes);
+                if pending.encoded.is_empty() && pending.pong.is_none() {
+                    self.pending = None;
+                }
+            }
             if !self.has_unwritten() {
                 return Ok(());
             }
@@ -329,6 +345,9 @@ async fn send_close(
     reason: CloseReason,
     limit: Duration,
 ) -> WriterEnd {
+    if let Some(mut pending) = out.pending.take() {
+        gather(&mut pending, &mut out.buf, usize::MAX);
+    }
     let mut queued = receiver.take();
     gather(&mut queued, &mut out.buf, usize::MAX);
     let payload = match reason.frame() {
@@ -497,6 +516,71 @@ mod tests {
             end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
             got = read => assert_eq!(got, expected),
         }
+    }
+
+    /// The texts of the server frames in `bytes`, and the close code.
+    fn texts_and_close(bytes: &[u8]) -> (Vec<String>, Option<u16>) {
+        let mut decoder = crate::ws::frame::Decoder::new(usize::MAX);
+        // The decoder reads client (masked) frames: mask ours with zeros.
+        let mut masked = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = frame::encoded_frame_len(&bytes[at..]).expect("whole frames");
+            let header = if bytes[at + 1] & 0x7f == 126 {
+                4
+            } else if bytes[at + 1] & 0x7f == 127 {
+                10
+            } else {
+                2
+            };
+            masked.push(bytes[at]);
+            masked.push(bytes[at + 1] | 0x80);
+            masked.extend_from_slice(&bytes[at + 2..at + header]);
+            masked.extend_from_slice(&[0, 0, 0, 0]);
+            masked.extend_from_slice(&bytes[at + header..at + len]);
+            at += len;
+        }
+        let mut events = Vec::new();
+        decoder.feed(&masked, &mut events).expect("valid frames");
+        let mut texts = Vec::new();
+        let mut code = None;
+        for event in events {
+            match event {
+                crate::ws::frame::Event::Text(t) => texts.push(t),
+                crate::ws::frame::Event::Close(c) => code = c,
+                _ => {}
+            }
+        }
+        (texts, code)
+    }
+
+    #[tokio::test]
+    async fn a_close_during_a_slow_write_sends_everything_taken_first_in_order() {
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let (server, mut client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let (handle, receiver) = outbound::channel(1, 1024);
+        let heard = LastHeard::new();
+        let texts: Vec<String> = (0..300).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+        for text in &texts {
+            handle.send(&Utf8Bytes::from(text.clone()));
+        }
+        let test = async {
+            // The client reads nothing yet: the writer is in its slow path.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            handle.send(&Utf8Bytes::from_static("LATE"));
+            handle.kick(CloseReason::Flooding);
+            let mut got = Vec::new();
+            let _ = timeout(Duration::from_secs(2), client.read_to_end(&mut got)).await;
+            got
+        };
+        let (end, got) = tokio::join!(write_loop(&server, &receiver, &app, &heard), test);
+        assert!(matches!(end, WriterEnd::Closed(CloseReason::Flooding)), "ended with {end:?}");
+        let (received, code) = texts_and_close(&got);
+        let mut expected = texts.clone();
+        expected.push("LATE".into());
+        assert!(received == expected, "got {} texts, not the 300 taken then LATE", received.len());
+        assert_eq!(code, Some(close::POLICY_VIOLATION));
     }
 
     #[tokio::test(start_paused = true)]

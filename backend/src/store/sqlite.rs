@@ -527,13 +527,9 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>, runtime: &tokio::runtime::Handle) {
         loop {
             // Wait for work, waking for retention when it is due.
-            let wait = if self.retention_busy {
-                Duration::ZERO
-            } else if self.retention_enabled() || !self.retry.is_empty() {
-                self.next_retention.saturating_duration_since(Instant::now()).min(RETRY_PAUSE)
-            } else {
-                IDLE_WAIT
-            };
+            let until_retention =
+                self.retention_enabled().then(|| self.next_retention.saturating_duration_since(Instant::now()));
+            let wait = next_wait(self.retention_busy, until_retention, !self.retry.is_empty());
             let first = if wait.is_zero() {
                 rx.try_recv().ok()
             } else {
@@ -751,12 +747,37 @@ impl Writer {
 
 /// How long the writer sleeps between checks when idle.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// How long the writer waits for work before it looks again: not at all
+/// while retention has more to delete, at most until retention is due (when
+/// it is on), and at most `RETRY_PAUSE` while failed writes wait for a retry
+/// — so a storage failure that lasts (disk full, the quota) is retried twice
+/// a second, not in a busy loop.
+fn next_wait(retention_busy: bool, until_retention: Option<Duration>, retrying: bool) -> Duration {
+    if retention_busy {
+        return Duration::ZERO;
+    }
+    let pause = if retrying { RETRY_PAUSE } else { IDLE_WAIT };
+    until_retention.map_or(pause, |until| until.min(pause))
+}
 /// Pause before storing failed writes again when no new work comes.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lasting_storage_failure_is_retried_at_a_pace_not_in_a_busy_loop() {
+        // Retention off (its deadline long past is then meaningless): the
+        // writer with writes to retry pauses between attempts.
+        assert_eq!(next_wait(false, None, true), RETRY_PAUSE);
+        assert_eq!(next_wait(false, None, false), IDLE_WAIT);
+        // Retention on: it wakes for retention when that comes first.
+        assert_eq!(next_wait(false, Some(Duration::from_millis(10)), true), Duration::from_millis(10));
+        assert_eq!(next_wait(false, Some(Duration::from_secs(30)), true), RETRY_PAUSE);
+        assert_eq!(next_wait(true, None, true), Duration::ZERO, "retention still deleting");
+    }
 
     #[test]
     fn the_read_pool_lends_each_connection_to_one_read_at_a_time() {

@@ -82,8 +82,10 @@ impl Kick {
     /// Asks the writer to close with `reason` (ignored if already kicked).
     pub fn kick(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
-            // notify_one stores a permit if the writer is not waiting yet.
-            self.notify.notify_one();
+            // Everyone waiting (the writer, a reader waiting for the queue to
+            // drain); a waiter registers before it checks the reason, so none
+            // misses this.
+            self.notify.notify_waiters();
         }
     }
 
@@ -95,10 +97,13 @@ impl Kick {
     /// Waits until kicked.
     pub async fn kicked(&self) -> CloseReason {
         loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Some(reason) = self.reason() {
                 return reason;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 }
@@ -438,6 +443,23 @@ mod tests {
         waiting.await;
         assert_eq!(handle.pending_bytes(), 0);
         assert_eq!(handle.send(&four), Delivery::Queued);
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_every_waiter() {
+        let (handle, receiver) = bounded(1, 100, 10);
+        handle.send(&Utf8Bytes::from_static("12345678"));
+        // A reader waiting for the queue to drain registers first, the writer after.
+        let reader = handle.drained(0);
+        tokio::pin!(reader);
+        assert!(futures_util::poll!(reader.as_mut()).is_pending());
+        let writer = receiver.kick().kicked();
+        tokio::pin!(writer);
+        assert!(futures_util::poll!(writer.as_mut()).is_pending());
+        handle.kick(CloseReason::Flooding);
+        let woke =
+            tokio::time::timeout(std::time::Duration::from_secs(1), async { tokio::join!(reader, writer).1 }).await;
+        assert_eq!(woke.ok(), Some(CloseReason::Flooding), "both the reader and the writer wake");
     }
 
     #[tokio::test]
