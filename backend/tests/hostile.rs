@@ -6,33 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Ended, TestServer, config};
+use common::{Client, Ended, TestServer, client_frame, config};
 use natter_shared::{ClientMsg, HistoryRequest, Seq, ServerMsg, close};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A masked client frame.
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= usize::from(u16::MAX) => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [7u8, 1, 9, 3];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 fn text(msg: &ClientMsg) -> Vec<u8> {
-    frame(0x1, serde_json::to_string(msg).expect("json").as_bytes())
+    client_frame(0x1, serde_json::to_string(msg).expect("json").as_bytes())
 }
 
 /// A raw WebSocket connection, upgraded (the 101 read and discarded).
@@ -217,7 +197,7 @@ async fn unsolicited_pongs_cost_rate_limit_tokens() {
     stream.write_all(&text(&ClientMsg::Hello(common::hello("Pong", "lobby")))).await.expect("hello");
     let mut pongs = Vec::new();
     for _ in 0..50 {
-        pongs.extend(frame(0xA, b"x"));
+        pongs.extend(client_frame(0xA, b"x"));
     }
     stream.write_all(&pongs).await.expect("pongs");
     let (_, code) = frames_until_close(&mut stream, Duration::from_secs(5)).await;
@@ -235,7 +215,7 @@ async fn the_hello_deadline_fires_while_the_client_keeps_the_socket_busy() {
     let (mut read, mut write) = stream.split();
     let busy = async {
         // Pongs as fast as the socket takes them, never a hello.
-        let pongs: Vec<u8> = (0..1000).flat_map(|_| frame(0xA, b"")).collect();
+        let pongs: Vec<u8> = (0..1000).flat_map(|_| client_frame(0xA, b"")).collect();
         loop {
             if write.write_all(&pongs).await.is_err() {
                 break;

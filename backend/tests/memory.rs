@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, config};
+use common::{TestServer, client_frame, config};
 use natter_shared::{ClientMsg, HistoryRequest, Seq};
 use tokio::io::AsyncWriteExt;
 
@@ -25,23 +25,6 @@ fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
     pages * 4096
-}
-
-/// A masked client text frame.
-fn frame(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    let mask = [1u8, 2, 3, 4];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,10 +55,10 @@ async fn clients_asking_for_history_without_reading_cannot_grow_the_server() {
             stream.write_all(upgrade.as_bytes()).await.expect("upgrade");
             let hello =
                 serde_json::to_string(&ClientMsg::Hello(common::hello(&format!("asker{n}"), "big"))).expect("json");
-            stream.write_all(&frame(&hello)).await.expect("hello");
+            stream.write_all(&client_frame(0x1, hello.as_bytes())).await.expect("hello");
             let ask = serde_json::to_string(&ClientMsg::History(HistoryRequest { before: Seq(1_000), limit: 200 }))
                 .expect("json");
-            let ask = frame(&ask);
+            let ask = client_frame(0x1, ask.as_bytes());
             // Ask again and again, reading nothing, until the server stops
             // taking the requests (TCP pushes back) or the time is up.
             let deadline = tokio::time::Instant::now() + ASKING;
