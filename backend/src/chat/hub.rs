@@ -58,7 +58,7 @@ impl Hub {
         }
         self.make_room(creator)?;
         let (store, limits, opened) = (self.store.clone(), self.limits.clone(), name.clone());
-        let room = Arc::new(store::blocking(move || Room::open(opened, store, limits)).await?);
+        let room = Arc::new(store::blocking(&self.store, move || Room::open(opened, store, limits)).await?);
         // Places are checked again: others may have come meanwhile.
         let mut rooms = self.lock();
         if let Some((existing, _)) = rooms.get(name) {

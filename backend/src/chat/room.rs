@@ -193,7 +193,7 @@ impl Room {
     ) -> Result<(Membership, JoinKind), JoinError> {
         if let Some((after, upto)) = self.to_read(&req) {
             let (store, name, max) = (self.store.clone(), self.name.clone(), self.limits.replay_max);
-            let replay = store::blocking(move || store.after(&name, after, upto, max)).await?;
+            let replay = store::blocking(&self.store, move || store.after(&name, after, upto, max)).await?;
             req.prefetched = Some(Prefetched { after, upto, replay });
         }
         self.join(req, conn, new_member_id, token)
@@ -472,7 +472,7 @@ impl Room {
         let head = self.head();
         let before_capped = before.min(head.next());
         let (store, name) = (self.store.clone(), self.name.clone());
-        let mut events = store::blocking(move || store.before(&name, before_capped, limit)).await?;
+        let mut events = store::blocking(&self.store, move || store.before(&name, before_capped, limit)).await?;
         let left_out = fit_events(&mut events, max_bytes);
         let complete = left_out == 0 && (events.len() < limit || events.first().is_some_and(|e| e.seq() <= Seq(1)));
         Ok(HistoryPage { before, events, complete })
@@ -1019,6 +1019,9 @@ mod tests {
         }
         fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
             self.inner.before(room, before, limit)
+        }
+        fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+            self.inner.read_slots()
         }
     }
 

@@ -23,7 +23,13 @@ pub struct MemoryStore {
     rooms: Mutex<HashMap<RoomName, MemoryHistory>>,
     /// Numbers each room history this store starts (part of its history id).
     generations: AtomicU64,
+    /// Reads at once (see `store::blocking`).
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reads of the memory store at once: they are short, but each takes a
+/// blocking thread while it runs.
+pub const MEMORY_READ_SLOTS: usize = 4;
 
 impl MemoryStore {
     /// A store keeping at most `per_room` events per room, without a writer.
@@ -37,6 +43,7 @@ impl MemoryStore {
             id,
             rooms: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(1),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MEMORY_READ_SLOTS)),
         })
     }
 
@@ -120,6 +127,10 @@ impl HistoryStore for MemoryStore {
     fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
         let rooms = self.lock();
         Ok(rooms.get(room).map(|h| h.range(Seq(0), Seq(before.0.saturating_sub(1)), limit)).unwrap_or_default())
+    }
+
+    fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.read_slots.clone()
     }
 }
 

@@ -17,6 +17,8 @@ pub mod sqlite;
 pub mod transfer;
 pub mod writer;
 
+use std::sync::Arc;
+
 use natter_shared::{
     ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
 };
@@ -127,20 +129,95 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError>;
     /// Up to `limit` events with `seq < before`, the latest of them, oldest first.
     fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError>;
+    /// How many reads may run at once (see [`blocking`]).
+    fn read_slots(&self) -> Arc<tokio::sync::Semaphore>;
 }
 
-/// Runs a read of the store on a blocking thread: storage is never read on
-/// the async runtime's worker threads (nor, by the callers, under a room lock).
+/// Runs a read of `store` on a blocking thread: storage is never read on
+/// the async runtime's worker threads (nor, by the callers, under a room
+/// lock). At most `store.read_slots()` reads run at once; more wait here, on
+/// the async side, rather than each holding a blocking thread of its own.
 pub async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn HistoryStore>,
     read: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, HistoryError> {
-    tokio::task::spawn_blocking(read)
+    let slot = store
+        .read_slots()
+        .acquire_owned()
         .await
-        .unwrap_or_else(|e| Err(HistoryError::Unavailable(format!("a history read failed: {e}"))))
+        .map_err(|_| HistoryError::Unavailable("the history store is closed".into()))?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        read()
+    })
+    .await
+    .unwrap_or_else(|e| Err(HistoryError::Unavailable(format!("a history read failed: {e}"))))
 }
 
 /// Counts a replay's `missed` from the range asked for and what was found.
 pub fn replay_of(after: Seq, upto: Seq, events: Vec<RoomEvent>) -> Replay {
     let wanted = upto.0.saturating_sub(after.0);
     Replay { missed: wanted.saturating_sub(events.len() as u64), events }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A store whose page reads take a while and count how many run at once.
+    #[derive(Debug)]
+    struct CountingStore {
+        slots: Arc<tokio::sync::Semaphore>,
+        inside: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl HistoryStore for CountingStore {
+        fn history_id(&self, _: &RoomName) -> String {
+            "test".into()
+        }
+        fn forget(&self, _: &RoomName) {}
+        fn keeps(&self) -> Option<usize> {
+            None
+        }
+        fn open_room(&self, _: &RoomName, _: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
+            Ok((Seq(0), Vec::new()))
+        }
+        fn after(&self, _: &RoomName, _: Seq, _: Seq, _: usize) -> Result<Replay, HistoryError> {
+            Ok(Replay::default())
+        }
+        fn before(&self, _: &RoomName, _: Seq, _: usize) -> Result<Vec<RoomEvent>, HistoryError> {
+            let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+        fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+            self.slots.clone()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_reads_run_at_once_than_the_store_has_slots() {
+        let counting = Arc::new(CountingStore {
+            slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            inside: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let store: Arc<dyn HistoryStore> = counting.clone();
+        let reads = (0..8).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let reader = store.clone();
+                blocking(&store, move || reader.before(&RoomName::default(), Seq(1), 1)).await
+            })
+        });
+        for read in reads.collect::<Vec<_>>() {
+            read.await.expect("task").expect("read");
+        }
+        assert!(counting.most.load(Ordering::SeqCst) <= 2, "at most the store's two slots at once");
+    }
 }

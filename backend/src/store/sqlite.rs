@@ -310,6 +310,8 @@ pub struct SqliteStore {
     /// Reads run beside the writer (WAL), on blocking threads, each on a
     /// connection of its own from a small pool.
     readers: ReadPool,
+    /// One per read connection: reads beyond them wait on the async side.
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Read-only connections, each used by one read at a time. A read takes an
@@ -391,8 +393,9 @@ impl SqliteStore {
             .execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB}"))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let readers = ReadPool::open(&path, options.read_connections)?;
+        let read_slots = Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1)));
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let store = Arc::new(Self { history_id, keeps, readers });
+        let store = Arc::new(Self { history_id, keeps, readers, read_slots });
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -439,6 +442,10 @@ impl HistoryStore for SqliteStore {
 
     fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
         range(&self.read(), room, Seq(0), Seq(before.0.saturating_sub(1)), limit).map_err(storage_error)
+    }
+
+    fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.read_slots.clone()
     }
 }
 
