@@ -8,7 +8,7 @@
 //! acknowledged before it is stored. The lock is a plain mutex held for
 //! microseconds and never across an `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::{
@@ -103,8 +103,6 @@ struct MemberEntry {
     typing_since: Option<Instant>,
     /// The member's JSON for welcomes, made once.
     json: Box<str>,
-    /// The name's [`glyph_key`]: a newcomer with the same one is refused.
-    glyph_key: Box<str>,
 }
 
 impl MemberEntry {
@@ -137,6 +135,9 @@ enum Replayed<'a> {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
+    /// Every member's [`glyph_key`]: a newcomer with one of them is refused
+    /// (a set, so a join into a big room does not look at every member).
+    glyphs: HashSet<Box<str>>,
     /// The latest stored events (for welcomes and short replays).
     recent: VecDeque<RecentEvent>,
     /// The latest stored seq this room has announced.
@@ -169,6 +170,7 @@ impl Room {
             recent_max,
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
+                glyphs: HashSet::new(),
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
             }),
@@ -269,7 +271,7 @@ impl Room {
             Some(_) => Err(JoinError::NameTaken),
             None => {
                 let glyph_key: Box<str> = glyph_key(&req.name).into();
-                if state.members.values().any(|m| m.glyph_key == glyph_key) {
+                if state.glyphs.contains(&glyph_key) {
                     return Err(JoinError::NameTaken);
                 }
                 if state.members.len() >= self.limits.max_members_per_room {
@@ -286,10 +288,10 @@ impl Room {
                     epoch: 0,
                     typing_since: None,
                     json,
-                    glyph_key,
                 };
                 let notice = entry.notice(NoticeKind::Joined);
                 state.members.insert(key.clone(), entry);
+                state.glyphs.insert(glyph_key);
                 let m = Membership { member_id: new_member_id, key, name: req.name };
                 Ok((m, JoinKind::Joined(notice)))
             }
@@ -434,7 +436,7 @@ impl Room {
         if !attached {
             return None;
         }
-        guard.members.remove(&who.key).map(|m| m.notice(NoticeKind::Left))
+        guard.remove(&who.key).map(|m| m.notice(NoticeKind::Left))
     }
 
     /// Detaches the member's connection and starts its grace period. Returns
@@ -461,7 +463,7 @@ impl Room {
         if !still_gone {
             return None;
         }
-        guard.members.remove(&who.key).map(|m| m.notice(NoticeKind::TimedOut))
+        guard.remove(&who.key).map(|m| m.notice(NoticeKind::TimedOut))
     }
 
     /// Up to `limit` stored events before `before` (capped at the head this
@@ -579,6 +581,13 @@ impl Committed for Room {
 }
 
 impl RoomState {
+    /// Removes a member, and its name's glyph key with it.
+    fn remove(&mut self, key: &str) -> Option<MemberEntry> {
+        let member = self.members.remove(key)?;
+        self.glyphs.remove(glyph_key(&member.name).as_str());
+        Some(member)
+    }
+
     /// True if memory holds every event after `seq` up to the head.
     fn covers(&self, seq: Seq) -> bool {
         self.head == seq || self.recent.front().is_some_and(|first| first.seq <= seq.next())
@@ -1108,6 +1117,19 @@ mod tests {
             }
             other => panic!("expected a welcome, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_look_alike_name_is_free_again_once_its_member_is_gone() {
+        let f = Fixture::new();
+        let (ada, ada_conn, _rx) = f.join(1, "Ada", "t1");
+        let (conn, _other_rx) = channel(2, 8);
+        assert!(matches!(
+            f.room.join(request("\u{410}da", None, None), &conn, 2, token("t2")),
+            Err(JoinError::NameTaken)
+        ));
+        f.room.leave(&ada, ada_conn.id).expect("left");
+        f.room.join(request("\u{410}da", None, None), &conn, 2, token("t2")).expect("the look-alike is free now");
     }
 
     #[test]
