@@ -103,6 +103,9 @@ struct MemberEntry {
     typing_since: Option<Instant>,
     /// The member's JSON for welcomes, made once.
     json: Box<str>,
+    /// The name lower-cased, made once: welcomes list members in this
+    /// order (the page's), compared as bytes.
+    order: Box<str>,
 }
 
 impl MemberEntry {
@@ -288,6 +291,7 @@ impl Room {
                     epoch: 0,
                     typing_since: None,
                     json,
+                    order: req.name.key().into_boxed_str(),
                 };
                 let notice = entry.notice(NoticeKind::Joined);
                 state.members.insert(key.clone(), entry);
@@ -319,10 +323,10 @@ impl Room {
         let stored: Vec<Encoded>;
         let me = &state.members[key];
         // Members in the order of their lower-cased names, as the page keeps
-        // them (not of the map's keys: a skeleton orders `m` as `rn`),
-        // compared a character at a time: no clones.
+        // them (not of the map's keys: a skeleton orders `m` as `rn`), each
+        // made once when the member joined and compared as bytes.
         let mut members: Vec<&MemberEntry> = state.members.values().collect();
-        members.sort_unstable_by(|a, b| lower(&a.name).cmp(lower(&b.name)));
+        members.sort_unstable_by(|a, b| a.order.cmp(&b.order));
         // The history gets what the member list leaves of the reply's bytes.
         let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>();
         let max_bytes = max_bytes.saturating_sub(members_bytes);
@@ -489,11 +493,6 @@ impl Room {
     pub fn head(&self) -> Seq {
         self.lock().head
     }
-}
-
-/// A name's characters lower-cased, to compare names in the page's order.
-fn lower(name: &UserName) -> impl Iterator<Item = char> + '_ {
-    name.as_str().chars().flat_map(char::to_lowercase)
 }
 
 /// Whether a presented resume token is the member's, compared in constant
