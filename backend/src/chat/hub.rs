@@ -32,6 +32,8 @@ pub struct Hub {
     /// (given back when the room is dropped).
     rooms: Mutex<HashMap<RoomName, (Arc<Room>, Slot)>>,
     created_by: Arc<PerAddress>,
+    /// Rooms being opened, each with the lock its opening holds.
+    opening: Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
     store: Arc<dyn HistoryStore>,
     limits: RoomLimits,
     next_id: AtomicU64,
@@ -41,7 +43,14 @@ impl Hub {
     /// An empty hub whose rooms keep their history in `store`.
     pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Self {
         let created_by = PerAddress::new(limits.max_rooms_per_address);
-        Self { rooms: Mutex::new(HashMap::new()), created_by, store, limits, next_id: AtomicU64::new(1) }
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            created_by,
+            opening: Mutex::new(HashMap::new()),
+            store,
+            limits,
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// A fresh id for a connection or a membership.
@@ -53,6 +62,26 @@ impl Hub {
     /// not exist yet. A new room's stored state is read on a blocking
     /// thread, without the registry's lock.
     pub async fn room(&self, name: &RoomName, creator: AddressKey) -> Result<Arc<Room>, HubError> {
+        if let Some((room, _)) = self.lock().get(name) {
+            return Ok(room.clone());
+        }
+        // One opening per room: those who come meanwhile wait for it and
+        // find the room, instead of each reading it from the store again.
+        let opening = self
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _opening = opening.lock().await;
+        let opened = self.open(name, creator).await;
+        self.opening.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        opened
+    }
+
+    /// Opens the room called `name` unless someone did meanwhile.
+    async fn open(&self, name: &RoomName, creator: AddressKey) -> Result<Arc<Room>, HubError> {
         if let Some((room, _)) = self.lock().get(name) {
             return Ok(room.clone());
         }
