@@ -663,3 +663,16 @@ fn import_never_takes_a_room_below_its_head() {
     assert!(err.to_string().contains("already"), "{err}");
     assert_eq!(event_count(&dir), (0, 1));
 }
+
+#[tokio::test]
+async fn a_server_started_right_after_another_stops_finds_the_directory_free() {
+    // The writer gives the directory's lock back before it says it stopped:
+    // a restart never races the old writer for it.
+    let (cfg, _dir) = sqlite_config("quick-restarts");
+    for round in 0..10 {
+        let server = TestServer::start(cfg.clone()).await;
+        let (ada, _) = server.joined(&format!("Ada{round}"), "lobby").await;
+        ada.close().await;
+        server.shutdown().await.expect("clean shutdown");
+    }
+}

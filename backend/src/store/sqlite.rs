@@ -400,11 +400,7 @@ impl SqliteStore {
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("natter-history-writer".into())
-            .spawn(move || {
-                // The lock lives as long as the writer.
-                let _lock = lock;
-                Writer::new(writer, options).run(rx, &runtime);
-            })
+            .spawn(move || Writer::new(writer, lock, options).run(rx, &runtime))
             .map_err(StoreError::Thread)?;
         info!(path = %path.display(), "history in SQLite");
         Ok((store, WriteQueue(tx)))
@@ -452,6 +448,10 @@ impl HistoryStore for SqliteStore {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    /// The data directory's lock: held while the writer runs, given back
+    /// before it says it has stopped, so a server started right after this
+    /// one stops finds the directory free.
+    lock: std::fs::File,
     options: StorageConfig,
     seqs: Sequencer,
     /// Writes to store again with the next batch: notices whose transaction
@@ -515,10 +515,11 @@ fn store_one(
 }
 
 impl Writer {
-    fn new(conn: Connection, options: StorageConfig) -> Self {
+    fn new(conn: Connection, lock: std::fs::File, options: StorageConfig) -> Self {
         let next_retention = Instant::now() + options.retention_interval;
         Self {
             conn,
+            lock,
             options,
             seqs: Sequencer::default(),
             retry: Default::default(),
@@ -589,6 +590,10 @@ impl Writer {
             debug!(error = %e, "checkpoint at shutdown failed");
         }
         debug!("history writer stopped");
+        // The database closed and the directory unlocked before saying so.
+        let Writer { conn, lock, .. } = self;
+        drop(conn);
+        drop(lock);
         if let Some(done) = stop {
             let _ = done.send(());
         }
