@@ -150,7 +150,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
+    use crate::store::memory::{HookedStore, MemoryStore};
 
     fn key(ip: &str) -> AddressKey {
         AddressKey::of(ip.parse().expect("ip"))
@@ -160,59 +160,17 @@ mod tests {
         RoomName::parse(name).expect("valid")
     }
 
-    /// A memory store that counts how often a room is read to be opened,
-    /// and takes a while to do it.
-    #[derive(Debug)]
-    struct CountingOpens {
-        inner: Arc<MemoryStore>,
-        opens: std::sync::atomic::AtomicUsize,
-    }
-
-    impl HistoryStore for CountingOpens {
-        fn history_id(&self, room: &RoomName) -> String {
-            self.inner.history_id(room)
-        }
-        fn forget(&self, room: &RoomName) {
-            self.inner.forget(room);
-        }
-        fn keeps(&self) -> Option<usize> {
-            self.inner.keeps()
-        }
-        fn open_room(
-            &self,
-            room: &RoomName,
-            limit: usize,
-        ) -> Result<(natter_shared::Seq, Vec<natter_shared::RoomEvent>), HistoryError> {
-            self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            self.inner.open_room(room, limit)
-        }
-        fn after(
-            &self,
-            room: &RoomName,
-            after: natter_shared::Seq,
-            upto: natter_shared::Seq,
-            limit: usize,
-        ) -> Result<crate::store::Replay, HistoryError> {
-            self.inner.after(room, after, upto, limit)
-        }
-        fn before(
-            &self,
-            room: &RoomName,
-            before: natter_shared::Seq,
-            limit: usize,
-        ) -> Result<Vec<natter_shared::RoomEvent>, HistoryError> {
-            self.inner.before(room, before, limit)
-        }
-        fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
-            self.inner.read_slots()
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joiners_of_a_room_being_opened_wait_for_it_instead_of_reading_it_again() {
-        let store = Arc::new(CountingOpens { inner: MemoryStore::new(10), opens: 0.into() });
-        let hub = Arc::new(Hub::new(store.clone(), RoomLimits::default()));
+        // Each opening is counted, and takes a while.
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut store = HookedStore::over(MemoryStore::new(10));
+        let counted = opens.clone();
+        store.on_open = Box::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        });
+        let hub = Arc::new(Hub::new(Arc::new(store), RoomLimits::default()));
         let joiners: Vec<_> = (0..20)
             .map(|i| {
                 let hub = hub.clone();
@@ -223,7 +181,7 @@ mod tests {
         for joiner in joiners {
             rooms.push(joiner.await.expect("task").expect("opens"));
         }
-        assert_eq!(store.opens.load(std::sync::atomic::Ordering::SeqCst), 1, "the room is read once");
+        assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1, "the room is read once");
         assert!(rooms.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "and everyone has the same room");
     }
 

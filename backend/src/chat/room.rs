@@ -613,7 +613,7 @@ impl RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
+    use crate::store::memory::{HookedStore, MemoryStore};
     use crate::ws::outbound::{ConnReceiver, channel};
 
     /// A room over a memory store whose writer the test drives by hand.
@@ -995,55 +995,23 @@ mod tests {
         }
     }
 
-    /// A memory store whose replay read waits until another thread has
-    /// taken the room's lock, and says which thread it ran on.
-    #[derive(Debug)]
-    struct WatchedStore {
-        inner: Arc<MemoryStore>,
-        reading: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
-        go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-        read_on: std::sync::Mutex<Option<std::thread::ThreadId>>,
-    }
-
-    impl HistoryStore for WatchedStore {
-        fn history_id(&self, room: &RoomName) -> String {
-            self.inner.history_id(room)
-        }
-        fn forget(&self, room: &RoomName) {
-            self.inner.forget(room);
-        }
-        fn keeps(&self) -> Option<usize> {
-            self.inner.keeps()
-        }
-        fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
-            self.inner.open_room(room, limit)
-        }
-        fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError> {
-            *self.read_on.lock().expect("lock") = Some(std::thread::current().id());
-            let _ = self.reading.lock().expect("lock").send(());
-            let go = self.go.lock().expect("lock").recv_timeout(std::time::Duration::from_secs(2));
-            go.map_err(|_| HistoryError::Unavailable("the room stayed locked during the read".into()))?;
-            self.inner.after(room, after, upto, limit)
-        }
-        fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
-            self.inner.before(room, before, limit)
-        }
-        fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
-            self.inner.read_slots()
-        }
-    }
-
     #[tokio::test]
     async fn a_replay_is_read_off_the_async_thread_and_without_the_room_lock() {
+        // The replay read says which thread it runs on, then waits until
+        // another thread has taken the room's lock.
         let inner = MemoryStore::new(100);
         let (reading_tx, reading_rx) = std::sync::mpsc::channel();
-        let (go_tx, go_rx) = std::sync::mpsc::channel();
-        let store = Arc::new(WatchedStore {
-            inner: inner.clone(),
-            reading: std::sync::Mutex::new(reading_tx),
-            go: std::sync::Mutex::new(go_rx),
-            read_on: std::sync::Mutex::new(None),
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let read_on = Arc::new(std::sync::Mutex::new(None));
+        let (reading, go, on) = (std::sync::Mutex::new(reading_tx), std::sync::Mutex::new(go_rx), read_on.clone());
+        let mut hooked = HookedStore::over(inner.clone());
+        hooked.on_after = Box::new(move || {
+            *on.lock().expect("lock") = Some(std::thread::current().id());
+            let _ = reading.lock().expect("lock").send(());
+            let go = go.lock().expect("lock").recv_timeout(std::time::Duration::from_secs(2));
+            go.map_err(|_| HistoryError::Unavailable("the room stayed locked during the read".into()))
         });
+        let store = Arc::new(hooked);
         let limits = RoomLimits { welcome_history: 2, ..RoomLimits::default() };
         let room = Arc::new(Room::open(RoomName::default(), store.clone(), limits).expect("opens"));
         let (ada_conn, _ada_rx) = channel(1, 64);
@@ -1077,11 +1045,7 @@ mod tests {
         let (bob, mut bob_rx) = channel(2, 8);
         room.enter(request("Bob", None, Some(1)), &bob, 2, token("t2")).await.expect("joins while the room is usable");
         locker.join().expect("the other thread");
-        assert_ne!(
-            *store.read_on.lock().expect("lock"),
-            Some(std::thread::current().id()),
-            "read on a blocking thread"
-        );
+        assert_ne!(*read_on.lock().expect("lock"), Some(std::thread::current().id()), "read on a blocking thread");
         match drain(&mut bob_rx).as_slice() {
             [ServerMsg::Welcome(w)] => {
                 assert_eq!(w.history.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [2, 3, 4, 5, 6])

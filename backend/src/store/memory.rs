@@ -199,6 +199,57 @@ impl MemoryHistory {
     }
 }
 
+/// A memory store that runs a hook before it opens a room or reads a
+/// replay, for tests of what happens while storage is being read.
+#[cfg(test)]
+pub struct HookedStore {
+    pub inner: Arc<MemoryStore>,
+    pub on_open: Box<dyn Fn() + Send + Sync>,
+    pub on_after: Box<dyn Fn() -> Result<(), HistoryError> + Send + Sync>,
+}
+
+#[cfg(test)]
+impl HookedStore {
+    /// A store over `inner` whose hooks do nothing yet.
+    pub fn over(inner: Arc<MemoryStore>) -> Self {
+        Self { inner, on_open: Box::new(|| {}), on_after: Box::new(|| Ok(())) }
+    }
+}
+
+#[cfg(test)]
+impl std::fmt::Debug for HookedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookedStore").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+impl HistoryStore for HookedStore {
+    fn history_id(&self, room: &RoomName) -> String {
+        self.inner.history_id(room)
+    }
+    fn forget(&self, room: &RoomName) {
+        self.inner.forget(room);
+    }
+    fn keeps(&self) -> Option<usize> {
+        self.inner.keeps()
+    }
+    fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
+        (self.on_open)();
+        self.inner.open_room(room, limit)
+    }
+    fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError> {
+        (self.on_after)()?;
+        self.inner.after(room, after, upto, limit)
+    }
+    fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
+        self.inner.before(room, before, limit)
+    }
+    fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inner.read_slots()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use natter_shared::{Color, Notice, NoticeKind, UserName};
