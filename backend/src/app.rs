@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::address::PerAddress;
 use crate::chat::hub::Hub;
-use crate::chat::room::Room;
+use crate::chat::room::{Announce, Room};
 use crate::config::{Config, HistoryKind};
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteStore, StoreError};
@@ -62,6 +62,26 @@ impl App {
     /// Hands a draft to the history writer for `room`.
     pub async fn submit(&self, room: Arc<Room>, draft: Draft) -> Result<(), HistoryError> {
         self.writes.submit(room, draft).await
+    }
+
+    /// Announces a presence change: a small room's notice goes to the
+    /// history writer; the first change of a big room's batch starts the
+    /// timer that sends it (dropped at shutdown: presence is ephemeral).
+    pub async fn announce(&self, room: Arc<Room>, announce: Announce) -> Result<(), HistoryError> {
+        match announce {
+            Announce::Notice(draft) => self.submit(room, draft).await,
+            Announce::Batched(Some(delay)) => {
+                let shutdown = self.shutdown.clone();
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => room.flush_presence(),
+                        () = shutdown.cancelled() => {}
+                    }
+                });
+                Ok(())
+            }
+            Announce::Batched(None) => Ok(()),
+        }
     }
 
     /// Open WebSocket sessions.

@@ -577,7 +577,7 @@ fn group_1() -> Vec<Case> {
             )
             .pong_reply(),
         case("1.1.12", "hello joins: welcome, then the joined notice")
-            .send(text(br#"{"type":"hello","v":1,"room":"lobby","name":"Ada"}"#))
+            .send(text(br#"{"type":"hello","v":2,"room":"lobby","name":"Ada"}"#))
             .expect(Want::Reply("welcome"))
             .expect(Want::Reply("notice")),
         case("1.1.13", "bytes right behind a frame header wait for the payload")

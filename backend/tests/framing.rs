@@ -83,7 +83,7 @@ async fn open(server: &TestServer, after: &[u8]) -> (TcpStream, Vec<u8>) {
 #[tokio::test]
 async fn a_fragmented_hello_right_behind_the_handshake_joins_and_a_close_is_echoed() {
     let server = TestServer::start(config()).await;
-    let hello = br#"{"type":"hello","v":1,"room":"lobby","name":"Ada"}"#;
+    let hello = br#"{"type":"hello","v":2,"room":"lobby","name":"Ada"}"#;
     let (first, rest) = hello.split_at(20);
     let mut bytes = client_frame(0x01, first, true); // text, not final
     bytes.extend(client_frame(0x89, b"p", true)); // a ping between the fragments

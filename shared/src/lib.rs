@@ -23,6 +23,6 @@ pub use color::{Color, color_for};
 pub use error::{ErrorCode, ValidationError};
 pub use ids::{ClientMsgId, MessageText, ResumeToken, RoomName, Seq, Timestamp, UserName};
 pub use protocol::{
-    Ack, ChatMessage, ClientMsg, ErrorMsg, Hello, HistoryPage, HistoryRequest, Member, Notice, NoticeKind,
-    PROTOCOL_VERSION, RoomEvent, Say, ServerMsg, Typing, TypingUpdate, Welcome,
+    Ack, ChatMessage, ClientMsg, ErrorMsg, Hello, HistoryPage, HistoryRequest, Member, MembersPage, MembersRequest,
+    Notice, NoticeKind, PROTOCOL_VERSION, Presence, RoomEvent, Say, ServerMsg, Typing, TypingUpdate, Welcome,
 };

@@ -29,3 +29,9 @@ pub const TYPING_REFRESH_MS: u64 = 3_000;
 pub const TYPING_REFRESH_MIN_MS: u64 = 2_000;
 /// Most events one `history` page returns.
 pub const HISTORY_PAGE_MAX: u32 = 200;
+/// Most members one `members` page (and a `welcome`) lists; a bigger room's
+/// welcome carries the first page and the count, and the page asks for more.
+pub const MEMBERS_PAGE_MAX: u32 = 100;
+/// Most names a `presence` frame lists per kind of change; the rest are
+/// counted (`Ada, Bo and 12 others joined`).
+pub const PRESENCE_NAMES_MAX: usize = 10;

@@ -14,7 +14,7 @@ use crate::wire_name::{WireName, serde_by_wire_name};
 
 /// The protocol version a client states in `hello`. Bumped on any change an
 /// older peer could misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ pub enum ClientMsg {
     Say(Say),
     Typing(Typing),
     History(HistoryRequest),
+    /// Asks for a page of the room's member list (a big room's welcome
+    /// carries only the first).
+    Members(MembersRequest),
     /// Asks for a `pong`: lets a page find out that its connection is dead
     /// (browsers do not expose WebSocket pings to scripts).
     Ping,
@@ -85,6 +88,16 @@ pub struct HistoryRequest {
     pub limit: u32,
 }
 
+/// Asks for up to `limit` members whose names sort after `after` (by
+/// [`UserName::key`]); from the first when absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most [`crate::limits::MEMBERS_PAGE_MAX`]; more is capped.
+    pub limit: u32,
+}
+
 /// The user started (`true`) or stopped (`false`) typing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Typing {
@@ -104,6 +117,11 @@ pub enum ServerMsg {
     Typing(TypingUpdate),
     Error(ErrorMsg),
     History(HistoryPage),
+    /// Members who joined or left a big room since the last one. Ephemeral:
+    /// no seq, not stored.
+    Presence(Presence),
+    /// A page of the member list, the answer to `members`.
+    Members(MembersPage),
     /// The answer to `ping`.
     Pong,
 }
@@ -237,8 +255,11 @@ pub struct Welcome {
     /// The room's latest seq at the moment of joining; every later event
     /// arrives live, in order.
     pub seq_head: Seq,
-    /// Everyone in the room, including `you`.
+    /// The first members by [`UserName::key`] (all of them, `you` included,
+    /// unless the room has more than [`crate::limits::MEMBERS_PAGE_MAX`]).
     pub members: Vec<Member>,
+    /// How many members the room has (attached or in their grace period).
+    pub member_count: u32,
     /// Recent events (a fresh join) or the events after `last_seq` (a resume),
     /// oldest first.
     pub history: Vec<RoomEvent>,
@@ -321,6 +342,56 @@ pub struct TypingUpdate {
     pub active: bool,
 }
 
+/// Presence changes of a big room, gathered over the room's presence
+/// interval: one frame per member however many changes. Members appear by
+/// name (the first [`crate::limits::PRESENCE_NAMES_MAX`] of each kind) and
+/// the rest are counted. Apply `left` and `timed_out` before `joined`: a name
+/// in both left and came back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// How many members the room has now.
+    pub count: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timed_out: Vec<Member>,
+    /// Changes of each kind not listed by name.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_joined: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_left: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_timed_out: u32,
+}
+
+impl Presence {
+    /// True when it lists every change by name (a page can keep an exact
+    /// member list from it).
+    pub fn is_complete(&self) -> bool {
+        self.more_joined == 0 && self.more_left == 0 && self.more_timed_out == 0
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A page of the member list, the answer to `members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersPage {
+    /// The `after` of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// By [`UserName::key`], all after `after`.
+    pub members: Vec<Member>,
+    /// True when no member sorts after the last one.
+    pub complete: bool,
+    /// How many members the room has now.
+    pub count: u32,
+}
+
 /// Older events, the answer to a `history` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
@@ -359,13 +430,25 @@ enum ServerMsgType {
     Typing,
     Error,
     History,
+    Presence,
+    Members,
     Pong,
 }
 
 impl WireName for ServerMsgType {
     const WHAT: &'static str = "server message type";
-    const ALL: &'static [Self] =
-        &[Self::Welcome, Self::Ack, Self::Message, Self::Notice, Self::Typing, Self::Error, Self::History, Self::Pong];
+    const ALL: &'static [Self] = &[
+        Self::Welcome,
+        Self::Ack,
+        Self::Message,
+        Self::Notice,
+        Self::Typing,
+        Self::Error,
+        Self::History,
+        Self::Presence,
+        Self::Members,
+        Self::Pong,
+    ];
 
     fn wire_name(self) -> &'static str {
         match self {
@@ -376,6 +459,8 @@ impl WireName for ServerMsgType {
             Self::Typing => "typing",
             Self::Error => "error",
             Self::History => "history",
+            Self::Presence => "presence",
+            Self::Members => "members",
             Self::Pong => "pong",
         }
     }
@@ -400,6 +485,8 @@ impl ServerMsg {
             ServerMsgType::Typing => ServerMsg::Typing(serde_json::from_str(text)?),
             ServerMsgType::Error => ServerMsg::Error(serde_json::from_str(text)?),
             ServerMsgType::History => ServerMsg::History(serde_json::from_str(text)?),
+            ServerMsgType::Presence => ServerMsg::Presence(serde_json::from_str(text)?),
+            ServerMsgType::Members => ServerMsg::Members(serde_json::from_str(text)?),
             ServerMsgType::Pong => ServerMsg::Pong,
         })
     }

@@ -60,25 +60,25 @@ fn notice(kind: NoticeKind) -> Notice {
 fn hello_minimal_and_full() {
     golden_client(
         ClientMsg::Hello(Hello {
-            v: 1,
+            v: PROTOCOL_VERSION,
             room: None,
             name: "Ada".into(),
             last_seq: None,
             resume_token: None,
             history_id: None,
         }),
-        r##"{"type":"hello","v":1,"name":"Ada"}"##,
+        r##"{"type":"hello","v":2,"name":"Ada"}"##,
     );
     golden_client(
         ClientMsg::Hello(Hello {
-            v: 1,
+            v: PROTOCOL_VERSION,
             room: Some("dev-team".into()),
             name: "Ada".into(),
             last_seq: Some(Seq(17)),
             resume_token: Some("tok_1".into()),
             history_id: Some("h1".into()),
         }),
-        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada","last_seq":17,"resume_token":"tok_1","history_id":"h1"}"##,
+        r##"{"type":"hello","v":2,"room":"dev-team","name":"Ada","last_seq":17,"resume_token":"tok_1","history_id":"h1"}"##,
     );
 }
 
@@ -86,7 +86,7 @@ fn hello_minimal_and_full() {
 fn hello_new_is_a_fresh_join() {
     golden_client(
         ClientMsg::Hello(Hello::new("Ada", "dev-team")),
-        r##"{"type":"hello","v":1,"room":"dev-team","name":"Ada"}"##,
+        r##"{"type":"hello","v":2,"room":"dev-team","name":"Ada"}"##,
     );
 }
 
@@ -109,6 +109,7 @@ fn welcome() {
             room: RoomName::parse("lobby").expect("valid"),
             seq_head: Seq(42),
             members: vec![bob, ada],
+            member_count: 2,
             history: vec![RoomEvent::Notice(notice(NoticeKind::Joined)), RoomEvent::Message(chat_message())],
             resume_token: ResumeToken::parse("abc123").expect("valid"),
             history_id: "h1".into(),
@@ -116,7 +117,7 @@ fn welcome() {
         }),
         concat!(
             r##"{"type":"welcome","you":{"name":"Ada","color":"#1e77d0"},"room":"lobby","seq_head":42,"##,
-            r##""members":[{"name":"Bob","color":"#e12b2b"},{"name":"Ada","color":"#1e77d0"}],"##,
+            r##""members":[{"name":"Bob","color":"#e12b2b"},{"name":"Ada","color":"#1e77d0"}],"member_count":2,"##,
             r##""history":[{"type":"notice","seq":7,"ts":1000,"kind":"joined","name":"Bob","color":"#e12b2b"},"##,
             r##"{"type":"message","seq":42,"ts":1764000000123,"name":"Ada","color":"#1e77d0","text":"hello <b>world</b> \"quoted\"\nline 2","cid":"c-1"}],"##,
             r##""resume_token":"abc123","history_id":"h1","missed":3}"##
@@ -131,6 +132,7 @@ fn welcome_without_missed_omits_the_field() {
         room: RoomName::default(),
         seq_head: Seq(0),
         members: vec![],
+        member_count: 0,
         history: vec![],
         resume_token: ResumeToken::parse("t").expect("valid"),
         history_id: "h".into(),
@@ -251,6 +253,47 @@ fn history_stored_under_older_rules_still_decodes() {
         }
         other => panic!("expected the stored message, got {other:?}"),
     }
+}
+
+#[test]
+fn members_request_and_page() {
+    golden_client(
+        ClientMsg::Members(MembersRequest { after: Some("Ada".into()), limit: 100 }),
+        r#"{"type":"members","after":"Ada","limit":100}"#,
+    );
+    golden_client(ClientMsg::Members(MembersRequest { after: None, limit: 5 }), r#"{"type":"members","limit":5}"#);
+    golden_server(
+        ServerMsg::Members(MembersPage {
+            after: Some("Ada".into()),
+            members: vec![Member { name: name("Bob"), color: color("#e12b2b") }],
+            complete: false,
+            count: 4200,
+        }),
+        r##"{"type":"members","after":"Ada","members":[{"name":"Bob","color":"#e12b2b"}],"complete":false,"count":4200}"##,
+    );
+}
+
+#[test]
+fn presence_lists_names_and_counts_the_rest() {
+    let ada = Member { name: name("Ada"), color: color("#1e77d0") };
+    let bob = Member { name: name("Bob"), color: color("#e12b2b") };
+    golden_server(
+        ServerMsg::Presence(Presence {
+            count: 120,
+            joined: vec![ada],
+            left: vec![bob],
+            more_joined: 12,
+            ..Presence::default()
+        }),
+        concat!(
+            r##"{"type":"presence","count":120,"joined":[{"name":"Ada","color":"#1e77d0"}],"##,
+            r##""left":[{"name":"Bob","color":"#e12b2b"}],"more_joined":12}"##
+        ),
+    );
+    golden_server(
+        ServerMsg::Presence(Presence { count: 3, ..Presence::default() }),
+        r#"{"type":"presence","count":3}"#,
+    );
 }
 
 #[test]

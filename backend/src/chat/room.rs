@@ -8,12 +8,14 @@
 //! acknowledged before it is stored. The lock is a plain mutex held for
 //! microseconds and never across an `.await`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use natter_shared::limits::{MEMBERS_PAGE_MAX, PRESENCE_NAMES_MAX, TYPING_REFRESH_MIN_MS};
 use natter_shared::{
-    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MessageText, NoticeKind, ResumeToken, RoomEvent,
-    RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for, limits::TYPING_REFRESH_MIN_MS,
+    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MembersPage, MessageText, NoticeKind, Presence,
+    ResumeToken, RoomEvent, RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for,
 };
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
@@ -64,11 +66,22 @@ pub struct Prefetched {
     pub replay: Replay,
 }
 
+/// How a presence change (a join, a leave, a time-out) is announced.
+#[derive(Debug, Clone)]
+pub enum Announce {
+    /// A small room: this notice, to be stored and announced by the writer.
+    Notice(Draft),
+    /// A big room: the change waits in the room's presence batch, which
+    /// [`Room::flush_presence`] sends. `Some(delay)`: the first change of a
+    /// batch; call it after `delay`. `None`: a flush is already due.
+    Batched(Option<std::time::Duration>),
+}
+
 /// How a join went.
 #[derive(Debug, Clone)]
 pub enum JoinKind {
-    /// A new member: the `joined` notice to store and announce.
-    Joined(Draft),
+    /// A new member, announced so.
+    Joined(Announce),
     /// The same browser took its session back with its token; nothing announced.
     Resumed,
 }
@@ -112,6 +125,51 @@ impl MemberEntry {
     fn notice(&self, kind: NoticeKind) -> Draft {
         Draft::Notice { kind, name: self.name.clone(), color: self.color.clone() }
     }
+
+    fn member(&self) -> Member {
+        Member { name: self.name.clone(), color: self.color.clone() }
+    }
+}
+
+/// A big room's presence changes not yet sent.
+#[derive(Debug, Default)]
+struct PendingPresence {
+    /// The changes so far (its `count` is filled in when sent).
+    batch: Presence,
+    /// A flush is due (its timer runs).
+    scheduled: bool,
+    /// When the last batch went out.
+    last_sent: Option<Instant>,
+}
+
+impl PendingPresence {
+    /// Adds one change. A `left` or `timed_out` of someone whose `joined`
+    /// is still waiting cancels it instead: nobody needs to hear of a visit
+    /// shorter than a batch.
+    fn note(&mut self, kind: NoticeKind, member: Member) {
+        let b = &mut self.batch;
+        if kind != NoticeKind::Joined
+            && let Some(i) = b.joined.iter().position(|m| m.name == member.name)
+        {
+            b.joined.remove(i);
+            return;
+        }
+        let (listed, more) = match kind {
+            NoticeKind::Joined => (&mut b.joined, &mut b.more_joined),
+            NoticeKind::Left => (&mut b.left, &mut b.more_left),
+            NoticeKind::TimedOut => (&mut b.timed_out, &mut b.more_timed_out),
+        };
+        if listed.len() < PRESENCE_NAMES_MAX {
+            listed.push(member);
+        } else {
+            *more = more.saturating_add(1);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        let b = &self.batch;
+        b.joined.is_empty() && b.left.is_empty() && b.timed_out.is_empty() && b.is_complete()
+    }
 }
 
 /// A stored event as encoded for its broadcast: welcomes and replays from
@@ -138,6 +196,11 @@ enum Replayed<'a> {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
+    /// Each member's key by their lower-cased name: the member list in the
+    /// page's order, for welcomes and `members` pages without a sort.
+    by_order: BTreeMap<Box<str>, String>,
+    /// A big room's presence changes waiting for their batch.
+    presence: PendingPresence,
     /// Every member's [`glyph_key`]: a newcomer with one of them is refused
     /// (a set, so a join into a big room does not look at every member).
     glyphs: HashSet<Box<str>>,
@@ -173,6 +236,8 @@ impl Room {
             recent_max,
             state: Mutex::new(RoomState {
                 members: HashMap::new(),
+                by_order: BTreeMap::new(),
+                presence: PendingPresence::default(),
                 glyphs: HashSet::new(),
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
@@ -293,11 +358,12 @@ impl Room {
                     json,
                     order: req.name.key().into_boxed_str(),
                 };
-                let notice = entry.notice(NoticeKind::Joined);
+                state.by_order.insert(entry.order.clone(), key.clone());
                 state.members.insert(key.clone(), entry);
                 state.glyphs.insert(glyph_key);
+                let announce = self.announce(state, &key, NoticeKind::Joined);
                 let m = Membership { member_id: new_member_id, key, name: req.name };
-                Ok((m, JoinKind::Joined(notice)))
+                Ok((m, JoinKind::Joined(announce)))
             }
         }
     }
@@ -322,11 +388,10 @@ impl Room {
         // already); the welcome borrows them.
         let stored: Vec<Encoded>;
         let me = &state.members[key];
-        // Members in the order of their lower-cased names, as the page keeps
-        // them (not of the map's keys: a skeleton orders `m` as `rn`), each
-        // made once when the member joined and compared as bytes.
-        let mut members: Vec<&MemberEntry> = state.members.values().collect();
-        members.sort_unstable_by(|a, b| a.order.cmp(&b.order));
+        // The first page of members in the order of their lower-cased names,
+        // as the page keeps them (not of the map's keys: a skeleton orders
+        // `m` as `rn`), each made once when the member joined.
+        let members: Vec<&MemberEntry> = state.page_after(None, MEMBERS_PAGE_MAX as usize).collect();
         // The history gets what the member list leaves of the reply's bytes.
         let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>();
         let max_bytes = max_bytes.saturating_sub(members_bytes);
@@ -356,6 +421,7 @@ impl Room {
             room: &self.name,
             seq_head: state.head,
             members: members.iter().map(|m| &*m.json),
+            member_count: state.members.len(),
             history,
             resume_token: &me.token,
             history_id: &self.history_id,
@@ -431,7 +497,7 @@ impl Room {
 
     /// Ends the membership at once, if `conn` is still the member's
     /// connection (a resumed session is left alone); returns the `left` notice.
-    pub fn leave(&self, who: &Membership, conn: ConnId) -> Option<Draft> {
+    pub fn leave(&self, who: &Membership, conn: ConnId) -> Option<Announce> {
         let mut guard = self.lock();
         let attached = guard
             .members
@@ -440,7 +506,7 @@ impl Room {
         if !attached {
             return None;
         }
-        guard.remove(&who.key).map(|m| m.notice(NoticeKind::Left))
+        Some(self.announce_and_remove(&mut guard, &who.key, NoticeKind::Left))
     }
 
     /// Detaches the member's connection and starts its grace period. Returns
@@ -459,15 +525,75 @@ impl Room {
     }
 
     /// After the grace period: if the member is still detached since `epoch`,
-    /// removes it and returns the `timed_out` notice.
-    pub fn expire(&self, who: &Membership, epoch: u64) -> Option<Draft> {
+    /// removes it and returns how its `timed_out` is announced.
+    pub fn expire(&self, who: &Membership, epoch: u64) -> Option<Announce> {
         let mut guard = self.lock();
         let still_gone =
             guard.members.get(&who.key).is_some_and(|m| m.id == who.member_id && m.epoch == epoch && m.conn.is_none());
         if !still_gone {
             return None;
         }
-        guard.remove(&who.key).map(|m| m.notice(NoticeKind::TimedOut))
+        Some(self.announce_and_remove(&mut guard, &who.key, NoticeKind::TimedOut))
+    }
+
+    /// How the change of the member under `key` (present) is announced: a
+    /// stored notice in a small room, a presence batch in one with more than
+    /// [`RoomLimits::presence_threshold`] members (counting them).
+    fn announce(&self, state: &mut RoomState, key: &str, kind: NoticeKind) -> Announce {
+        let member = &state.members[key];
+        if state.members.len() <= self.limits.presence_threshold {
+            return Announce::Notice(member.notice(kind));
+        }
+        let member = member.member();
+        let interval = self.limits.presence_interval_for(state.members.len());
+        let pending = &mut state.presence;
+        pending.note(kind, member);
+        if pending.scheduled {
+            return Announce::Batched(None);
+        }
+        pending.scheduled = true;
+        let due = pending.last_sent.map_or(Instant::now(), |sent| sent + interval);
+        Announce::Batched(Some(due.saturating_duration_since(Instant::now())))
+    }
+
+    fn announce_and_remove(&self, state: &mut RoomState, key: &str, kind: NoticeKind) -> Announce {
+        let announce = self.announce(state, key, kind);
+        state.remove(key);
+        announce
+    }
+
+    /// Sends a big room's waiting presence changes to every member, as one
+    /// `presence` frame.
+    pub fn flush_presence(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let pending = &mut state.presence;
+        pending.scheduled = false;
+        if pending.is_empty() {
+            return;
+        }
+        pending.last_sent = Some(Instant::now());
+        let mut batch = std::mem::take(&mut pending.batch);
+        batch.count = u32::try_from(state.members.len()).unwrap_or(u32::MAX);
+        state.broadcast(&encode(&ServerMsg::Presence(batch)), None);
+    }
+
+    /// Up to `limit` members (at most [`MEMBERS_PAGE_MAX`]) whose names sort
+    /// after `after` (lower-cased), the answer to `members`.
+    pub fn members_page(&self, after: Option<&str>, limit: usize) -> MembersPage {
+        let limit = limit.clamp(1, MEMBERS_PAGE_MAX as usize);
+        let after_key = after.map(str::to_lowercase);
+        let state = self.lock();
+        let mut page: Vec<Member> =
+            state.page_after(after_key.as_deref(), limit + 1).map(MemberEntry::member).collect();
+        let complete = page.len() <= limit;
+        page.truncate(limit);
+        MembersPage {
+            after: after.map(str::to_owned),
+            members: page,
+            complete,
+            count: u32::try_from(state.members.len()).unwrap_or(u32::MAX),
+        }
     }
 
     /// Up to `limit` stored events before `before` (capped at the head this
@@ -580,11 +706,19 @@ impl Committed for Room {
 }
 
 impl RoomState {
-    /// Removes a member, and its name's glyph key with it.
+    /// Removes a member, and its name's glyph key and place in the order with it.
     fn remove(&mut self, key: &str) -> Option<MemberEntry> {
         let member = self.members.remove(key)?;
         self.glyphs.remove(glyph_key(&member.name).as_str());
+        self.by_order.remove(&member.order);
         Some(member)
+    }
+
+    /// Up to `limit` members after the lower-cased name `after` (from the
+    /// first when `None`), in that order.
+    fn page_after<'a>(&'a self, after: Option<&str>, limit: usize) -> impl Iterator<Item = &'a MemberEntry> + 'a {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.by_order.range::<str, _>((from, Bound::Unbounded)).filter_map(|(_, key)| self.members.get(key)).take(limit)
     }
 
     /// True if memory holds every event after `seq` up to the head.
@@ -634,7 +768,8 @@ mod tests {
         }
 
         /// What the writer does: store, then report back.
-        fn commit(&self, draft: Draft) -> Outcome {
+        fn commit(&self, draft: impl IntoDraft) -> Outcome {
+            let draft = draft.into_draft();
             let outcome = self.store.apply(&self.room.name, &draft);
             self.room.committed(draft, outcome.clone());
             outcome
@@ -656,6 +791,26 @@ mod tests {
                 .say(who, conn, ClientMsgId::parse(cid).expect("valid"), MessageText::parse(text).expect("valid"))
                 .expect("a member");
             self.commit(draft)
+        }
+    }
+
+    /// A small room's announcement is a notice for the writer.
+    trait IntoDraft {
+        fn into_draft(self) -> Draft;
+    }
+
+    impl IntoDraft for Draft {
+        fn into_draft(self) -> Draft {
+            self
+        }
+    }
+
+    impl IntoDraft for Announce {
+        fn into_draft(self) -> Draft {
+            match self {
+                Announce::Notice(draft) => draft,
+                Announce::Batched(_) => panic!("expected a stored notice, got a batched change"),
+            }
         }
     }
 
@@ -1020,6 +1175,7 @@ mod tests {
         else {
             panic!("a new member")
         };
+        let notice = notice.into_draft();
         let outcome = inner.apply(&room.name, &notice);
         room.committed(notice, outcome);
         for i in 0..5 {
@@ -1129,5 +1285,166 @@ mod tests {
         let page = f.room.history(Seq(3), 3, usize::MAX).await.expect("reads");
         assert_eq!(page.events.iter().map(|e| e.seq().0).collect::<Vec<_>>(), [1, 2]);
         assert!(page.complete);
+    }
+
+    /// A room that batches presence above two members.
+    fn big_room() -> Fixture {
+        Fixture::with_limits(RoomLimits { presence_threshold: 2, ..RoomLimits::default() })
+    }
+
+    /// Joins `name` into a room past its threshold: the join waits in the batch.
+    fn join_batched(f: &Fixture, id: u64, name: &str) -> (Membership, ConnHandle, ConnReceiver, Announce) {
+        let (conn, mut rx) = channel(id, 64);
+        let (m, kind) = f.room.join(request(name, None, None), &conn, id, token(&format!("t{id}"))).expect("joins");
+        assert!(matches!(drain(&mut rx).as_slice(), [ServerMsg::Welcome(_)]));
+        let JoinKind::Joined(announce) = kind else { panic!("a new member") };
+        (m, conn, rx, announce)
+    }
+
+    fn presences(rx: &mut ConnReceiver) -> Vec<Presence> {
+        drain(rx)
+            .into_iter()
+            .map(|msg| match msg {
+                ServerMsg::Presence(p) => p,
+                other => panic!("expected only presence, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn names(members: &[Member]) -> Vec<&str> {
+        members.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn past_the_threshold_joins_and_leaves_go_out_as_one_unstored_batch() {
+        let f = big_room();
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let head = f.room.head();
+        // The third member tips the room over: batched, the first of its batch
+        // due at once (no batch went out before).
+        let (_, _, mut cy_rx, first) = join_batched(&f, 3, "Cy");
+        assert!(matches!(first, Announce::Batched(Some(d)) if d.is_zero()), "{first:?}");
+        let (_, _, mut di_rx, second) = join_batched(&f, 4, "Di");
+        assert!(matches!(second, Announce::Batched(None)), "the flush is already due: {second:?}");
+        assert!(drain(&mut bob_rx).is_empty(), "nothing goes out before the flush");
+        f.room.flush_presence();
+        for rx in [&mut ada_rx, &mut bob_rx, &mut cy_rx, &mut di_rx] {
+            let batches = presences(rx);
+            assert_eq!(batches.len(), 1, "one frame per member for the whole batch");
+            assert_eq!(names(&batches[0].joined), ["Cy", "Di"]);
+            assert_eq!(batches[0].count, 4);
+            assert!(batches[0].left.is_empty() && batches[0].is_complete());
+        }
+        assert_eq!(f.room.head(), head, "nothing stored: no seq taken");
+        let stored = f.store.before(&f.room.name, Seq(u64::MAX), 100).expect("reads");
+        assert_eq!(stored.len(), 2, "only the two small-room joins are stored");
+        // A flush with nothing waiting sends nothing.
+        f.room.flush_presence();
+        assert!(drain(&mut ada_rx).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_rooms_next_batch_waits_its_interval_and_a_short_visit_is_not_announced() {
+        let limits = RoomLimits {
+            presence_threshold: 1,
+            presence_interval: std::time::Duration::from_secs(2),
+            ..RoomLimits::default()
+        };
+        let f = Fixture::with_limits(limits);
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, _, first) = join_batched(&f, 2, "Bob");
+        assert!(matches!(first, Announce::Batched(Some(d)) if d.is_zero()));
+        f.room.flush_presence();
+        assert_eq!(names(&presences(&mut ada_rx)[0].joined), ["Bob"]);
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        // Cy comes and goes within one batch; Di stays.
+        let (cy, cy_conn, _, next) = join_batched(&f, 3, "Cy");
+        assert!(
+            matches!(next, Announce::Batched(Some(d)) if d == std::time::Duration::from_millis(1500)),
+            "the rest of the interval since the last batch: {next:?}"
+        );
+        join_batched(&f, 4, "Di");
+        assert!(matches!(f.room.leave(&cy, cy_conn.id), Some(Announce::Batched(None))));
+        f.room.flush_presence();
+        let batch = presences(&mut ada_rx);
+        assert_eq!(names(&batch[0].joined), ["Di"], "Cy's visit cancelled out");
+        assert!(batch[0].left.is_empty());
+        assert_eq!(batch[0].count, 3);
+    }
+
+    #[test]
+    fn a_batch_names_the_first_changes_and_counts_the_rest() {
+        let f = Fixture::with_limits(RoomLimits { presence_threshold: 1, ..RoomLimits::default() });
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        let extra = 3;
+        for i in 0..PRESENCE_NAMES_MAX + extra {
+            join_batched(&f, 10 + i as u64, &format!("user{i}"));
+        }
+        f.room.flush_presence();
+        let batch = presences(&mut ada_rx).remove(0);
+        assert_eq!(batch.joined.len(), PRESENCE_NAMES_MAX);
+        assert_eq!(batch.more_joined, extra as u32);
+        assert!(!batch.is_complete());
+        assert_eq!(batch.count as usize, 1 + PRESENCE_NAMES_MAX + extra);
+    }
+
+    #[test]
+    fn a_room_back_under_the_threshold_stores_its_notices_again() {
+        let f = big_room();
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (bob, bob_conn, _) = f.join(2, "Bob", "t2");
+        let (cy, cy_conn, _, _) = join_batched(&f, 3, "Cy");
+        // Cy leaves a room of three: batched. Bob then leaves a room of two: a
+        // stored notice, as in any small room.
+        assert!(matches!(f.room.leave(&cy, cy_conn.id), Some(Announce::Batched(_))));
+        let left = f.room.leave(&bob, bob_conn.id).expect("left");
+        assert!(matches!(&left, Announce::Notice(Draft::Notice { kind: NoticeKind::Left, .. })), "{left:?}");
+        drain(&mut ada_rx);
+        f.commit(left);
+        assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Left));
+    }
+
+    #[test]
+    fn a_welcome_lists_the_first_page_and_the_count_and_pages_walk_the_rest() {
+        let f = Fixture::with_limits(RoomLimits { presence_threshold: 0, ..RoomLimits::default() });
+        let total = MEMBERS_PAGE_MAX as usize + 30;
+        let mut expected: Vec<String> = Vec::new();
+        for i in 0..total {
+            let name = format!("Member{i:03}");
+            let (conn, _rx) = channel(i as u64 + 1, 8);
+            f.room.join(request(&name, None, None), &conn, i as u64 + 1, token(&format!("t{i}"))).expect("joins");
+            expected.push(name);
+        }
+        expected.sort_by_key(|n| n.to_lowercase());
+        let (conn, mut rx) = channel(9999, 8);
+        f.room.join(request("zed", None, None), &conn, 9999, token("tz")).expect("joins");
+        expected.push("zed".into());
+        let welcome = match drain(&mut rx).remove(0) {
+            ServerMsg::Welcome(w) => w,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(welcome.member_count as usize, total + 1);
+        assert_eq!(
+            names(&welcome.members),
+            expected[..MEMBERS_PAGE_MAX as usize].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        // Page on from the welcome's last member, in small pages.
+        let mut seen: Vec<String> = welcome.members.iter().map(|m| m.name.as_str().to_owned()).collect();
+        loop {
+            let page = f.room.members_page(seen.last().map(String::as_str), 7);
+            assert!(page.members.len() <= 7);
+            assert_eq!(page.count as usize, total + 1);
+            seen.extend(page.members.iter().map(|m| m.name.as_str().to_owned()));
+            if page.complete {
+                break;
+            }
+        }
+        assert_eq!(seen, expected, "every member once, in order");
+        // A cursor is matched case-insensitively, and a limit is capped.
+        let page = f.room.members_page(Some("MEMBER004"), 10_000);
+        assert_eq!(page.members.first().map(|m| m.name.as_str()), Some("Member005"));
+        assert_eq!(page.members.len(), MEMBERS_PAGE_MAX as usize);
     }
 }

@@ -46,8 +46,10 @@ pub struct Parts<'a, M> {
     pub you: &'a str,
     pub room: &'a RoomName,
     pub seq_head: Seq,
-    /// Every member's JSON, in key order.
+    /// The first page of members' JSON, in the page's order.
     pub members: M,
+    /// How many members the room has.
+    pub member_count: usize,
     pub history: History<'a>,
     pub resume_token: &'a ResumeToken,
     pub history_id: &'a str,
@@ -79,7 +81,7 @@ where
     serde_json::to_writer(&mut *out, parts.room)?;
     write!(out, r#","seq_head":{},"members":["#, parts.seq_head.0)?;
     join(out, parts.members.map(str::as_bytes));
-    out.extend_from_slice(br#"],"history":["#);
+    write!(out, r#"],"member_count":{},"history":["#, parts.member_count)?;
     match parts.history {
         History::Encoded(encoded) => join(out, encoded.into_iter().map(|e| e.as_str().as_bytes())),
         History::Events(events) => {
@@ -160,6 +162,7 @@ mod tests {
             room: room.clone(),
             seq_head: Seq(8),
             members: members.to_vec(),
+            member_count: members.len() as u32,
             history: history.clone(),
             resume_token: token.clone(),
             history_id: "h\"1".into(),
@@ -174,6 +177,7 @@ mod tests {
             room: &room,
             seq_head: Seq(8),
             members: member_jsons.iter().map(|m| &**m),
+            member_count: members.len(),
             history,
             resume_token: &token,
             history_id: "h\"1",
@@ -193,6 +197,6 @@ mod tests {
         }
         let (owned, written) = both(&[], vec![], true, 0);
         assert_eq!(written, owned);
-        assert!(written.contains(r#""members":[],"history":[]"#), "{written}");
+        assert!(written.contains(r#""members":[],"member_count":0,"history":[]"#), "{written}");
     }
 }

@@ -180,6 +180,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_MAX_MEMBERS_PER_ROOM", default_value_t = config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
     pub max_members_per_room: usize,
 
+    /// Members above which a room announces joins and leaves in batches (a `presence` frame per
+    /// interval, not stored) instead of a stored notice line each.
+    #[arg(long, env = "NATTER_PRESENCE_THRESHOLD", default_value_t = config::DEFAULT_PRESENCE_THRESHOLD)]
+    pub presence_threshold: usize,
+
+    /// Shortest time between two presence batches of a big room (longer in bigger rooms).
+    #[arg(long, env = "NATTER_PRESENCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub presence_interval: Duration,
+
     /// Events kept per room by the in-memory history (--history memory).
     #[arg(long, env = "NATTER_HISTORY_PER_ROOM", default_value_t = config::DEFAULT_HISTORY_PER_ROOM)]
     pub history_per_room: usize,
@@ -315,6 +324,8 @@ impl ServeArgs {
                 max_rooms: self.max_rooms,
                 max_members_per_room: self.max_members_per_room,
                 max_rooms_per_address: self.max_rooms_per_ip,
+                presence_threshold: self.presence_threshold,
+                presence_interval: self.presence_interval,
             },
             rate: RateConfig { per_sec: self.rate_per_sec, burst: self.rate_burst, strikes: self.rate_strikes },
             timing: Timing {

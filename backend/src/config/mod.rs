@@ -48,6 +48,15 @@ pub const WELCOME_BESIDE_MEMBERS_BYTES: usize = 16 * 1024;
 /// The smallest output budget: a welcome or a page of a few full-length
 /// messages must fit in half of it.
 pub const MIN_OUTPUT_BUDGET: usize = 64 * 1024;
+
+// A full room's welcome (its first page of members and one event of the
+// longest kind) fits in any joiner's reply limit (half the budget), whatever
+// the room's size, or every joiner would be closed as lagged, resume, and be
+// closed again.
+const _: () = assert!(
+    natter_shared::limits::MEMBERS_PAGE_MAX as usize * MEMBER_JSON_MAX_BYTES + WELCOME_BESIDE_MEMBERS_BYTES
+        <= MIN_OUTPUT_BUDGET / 2
+);
 /// Events the in-memory history keeps per room (older ones are forgotten).
 pub const DEFAULT_HISTORY_PER_ROOM: usize = 500;
 /// Events sent in `welcome` on a fresh join.
@@ -67,6 +76,17 @@ pub const DEFAULT_MAX_JOINS_PER_ADDRESS: u32 = 256;
 pub const DEFAULT_MAX_ROOMS_PER_ADDRESS: u32 = 50;
 /// Members one room holds; beyond it `hello` gets `room_full`.
 pub const DEFAULT_MAX_MEMBERS_PER_ROOM: usize = 5_000;
+/// Rooms with more members than this announce presence in batches
+/// (`presence` frames, not stored) instead of a stored notice per join and
+/// leave: past a few dozen people, a line per page opened is noise, and the
+/// notices cost every member a frame per change (O(N²) to fill a room).
+pub const DEFAULT_PRESENCE_THRESHOLD: usize = 50;
+/// The shortest time between two `presence` frames of a big room.
+pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// A big room's presence frames per second, on average, whatever its size:
+/// its interval grows with it (members / this, in seconds, when longer than
+/// the configured interval), so filling a room of N costs O(N) frames.
+pub const PRESENCE_FRAMES_PER_SEC: usize = 500;
 /// Token bucket: sustained client frames per second.
 pub const DEFAULT_RATE_PER_SEC: u32 = 5;
 /// Token bucket: burst size.
@@ -225,6 +245,18 @@ pub struct RoomLimits {
     pub max_members_per_room: usize,
     /// Rooms held by the hub that one client address created.
     pub max_rooms_per_address: u32,
+    /// Members above which a room's presence goes out in batches, unstored.
+    pub presence_threshold: usize,
+    /// The shortest time between two presence batches of a big room.
+    pub presence_interval: Duration,
+}
+
+impl RoomLimits {
+    /// How long a room of `members` waits between presence batches.
+    pub fn presence_interval_for(&self, members: usize) -> Duration {
+        let scaled = Duration::from_millis((members as u64).saturating_mul(1000) / PRESENCE_FRAMES_PER_SEC as u64);
+        self.presence_interval.max(scaled)
+    }
 }
 
 /// Per-connection flood control (a token bucket).
@@ -299,6 +331,8 @@ impl Default for RoomLimits {
             max_rooms: DEFAULT_MAX_ROOMS,
             max_members_per_room: DEFAULT_MAX_MEMBERS_PER_ROOM,
             max_rooms_per_address: DEFAULT_MAX_ROOMS_PER_ADDRESS,
+            presence_threshold: DEFAULT_PRESENCE_THRESHOLD,
+            presence_interval: DEFAULT_PRESENCE_INTERVAL,
         }
     }
 }
@@ -344,11 +378,6 @@ pub enum ConfigError {
     TooSmall { name: &'static str, min: u64, value: u64 },
     #[error("{name} must be at most {max:?} (got {value:?})")]
     TooLong { name: &'static str, max: Duration, value: Duration },
-    #[error(
-        "the output budget ({budget} bytes) is below a full room's welcome ({welcome} bytes); \
-         raise --output-budget-kib or lower --max-members-per-room"
-    )]
-    BudgetBelowWelcome { budget: usize, welcome: usize },
     #[error(transparent)]
     BadOrigin(#[from] BadOrigin),
     #[error(transparent)]
@@ -370,7 +399,7 @@ impl Config {
     /// Checks the bounds that would make the server misbehave rather than
     /// refuse clearly (a zero queue, a zero rate).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(&'static str, u64, u64); 19] = [
+        let checks: [(&'static str, u64, u64); 20] = [
             ("write queue", 1, self.storage.write_queue as u64),
             ("write batch", 1, self.storage.write_batch as u64),
             ("read connections", 1, self.storage.read_connections as u64),
@@ -385,6 +414,7 @@ impl Config {
             ("max connections per address", 1, u64::from(self.conn.max_connections_per_address)),
             ("max joins per address", 1, u64::from(self.conn.max_joins_per_address)),
             ("frame timeout ms", 1, self.timing.frame_timeout.as_millis() as u64),
+            ("presence interval ms", 1, self.limits.presence_interval.as_millis() as u64),
             ("rate per second", 1, u64::from(self.rate.per_sec)),
             ("rate burst", 1, u64::from(self.rate.burst)),
             ("max message bytes", 1024, self.ws.max_message_bytes as u64),
@@ -395,13 +425,6 @@ impl Config {
             if value < min {
                 return Err(ConfigError::TooSmall { name, min, value });
             }
-        }
-        // A full room's welcome must fit in a joiner's budget, or every joiner
-        // would be closed as lagged, resume, and be closed again.
-        let welcome =
-            self.limits.max_members_per_room.saturating_mul(MEMBER_JSON_MAX_BYTES) + WELCOME_BESIDE_MEMBERS_BYTES;
-        if self.conn.output_budget < welcome {
-            return Err(ConfigError::BudgetBelowWelcome { budget: self.conn.output_budget, welcome });
         }
         if self.ws.write_coalesce > MAX_WS_WRITE_COALESCE {
             let (max, value) = (MAX_WS_WRITE_COALESCE, self.ws.write_coalesce);
@@ -449,12 +472,14 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_too_small_for_a_full_rooms_welcome_is_refused() {
+    fn the_smallest_budget_takes_the_welcome_of_the_biggest_room() {
+        // The welcome lists one page of members, whatever the room's size.
         let mut config = Config::default();
-        config.conn.output_budget = 64 * 1024;
-        assert!(matches!(config.validate(), Err(ConfigError::BudgetBelowWelcome { .. })));
-        config.limits.max_members_per_room = 100;
+        config.conn.output_budget = MIN_OUTPUT_BUDGET;
+        config.limits.max_members_per_room = 1_000_000;
         assert_eq!(config.validate(), Ok(()));
+        config.conn.output_budget = MIN_OUTPUT_BUDGET - 1;
+        assert!(matches!(config.validate(), Err(ConfigError::TooSmall { .. })));
     }
 
     #[test]

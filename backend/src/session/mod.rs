@@ -219,9 +219,9 @@ impl Session {
         match settle {
             Settle::Keep => return,
             Settle::Leave => {
-                if let Some(notice) = room.leave(&me, self.conn.id) {
+                if let Some(announce) = room.leave(&me, self.conn.id) {
                     info!(conn = self.conn.id, room = %room.name, "left");
-                    self.store(room, notice).await;
+                    self.announce(room, announce).await;
                 }
                 return;
             }
@@ -236,9 +236,9 @@ impl Session {
         self.app.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {
-                    if let Some(notice) = room.expire(&me, epoch) {
+                    if let Some(announce) = room.expire(&me, epoch) {
                         info!(conn, room = %room.name, "timed out");
-                        if let Err(e) = app.submit(room, notice).await {
+                        if let Err(e) = app.announce(room, announce).await {
                             warn!(conn, error = %e, "notice not stored");
                         }
                     }

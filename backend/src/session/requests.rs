@@ -1,12 +1,12 @@
 //! The requests a joined (or joining) client makes: `hello`, `say`,
-//! `history`, `typing` and `ping`, each validated at the edge and answered
+//! `history`, `members`, `typing` and `ping`, each validated at the edge and answered
 //! with a typed reply or error.
 
 use std::sync::Arc;
 
 use natter_shared::{
-    ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MessageText, PROTOCOL_VERSION, ResumeToken,
-    RoomName, Say, ServerMsg, UserName, ValidationError,
+    ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MembersRequest, MessageText, PROTOCOL_VERSION,
+    ResumeToken, RoomName, Say, ServerMsg, UserName, ValidationError,
     limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
 };
 use tokio::time::Instant;
@@ -14,8 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::Session;
 use crate::chat::hub::HubError;
-use crate::chat::room::{JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
-use crate::store::Draft;
+use crate::chat::room::{Announce, JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
 
 impl Session {
     /// Handles one text message from the client.
@@ -25,6 +24,7 @@ impl Session {
             Ok(ClientMsg::Say(say)) => self.say(say).await,
             Ok(ClientMsg::Typing(typing)) => self.typing(typing.active),
             Ok(ClientMsg::History(request)) => self.history(request).await,
+            Ok(ClientMsg::Members(request)) => self.members(&request),
             Ok(ClientMsg::Ping) => {
                 self.conn.send_msg(&ServerMsg::Pong);
             }
@@ -124,8 +124,8 @@ impl Session {
                 info!(conn = self.conn.id, peer = %self.peer, room = %room.name, resumed, "joined");
                 *self.joined.lock().unwrap_or_else(|p| p.into_inner()) = Some((room.clone(), membership));
                 *self.join_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(join_slot);
-                if let JoinKind::Joined(notice) = kind {
-                    self.store(room, notice).await;
+                if let JoinKind::Joined(announce) = kind {
+                    self.announce(room, announce).await;
                 }
             }
             Err(JoinError::NameTaken) => {
@@ -176,10 +176,9 @@ impl Session {
         }
     }
 
-    /// Hands a notice to the writer; a stopped writer is logged (the
-    /// membership change itself already happened).
-    pub(super) async fn store(&self, room: Arc<Room>, draft: Draft) {
-        if let Err(e) = self.app.submit(room, draft).await {
+    /// Announces a presence change in `room` (see [`crate::app::App::announce`]).
+    pub(super) async fn announce(&self, room: Arc<Room>, announce: Announce) {
+        if let Err(e) = self.app.announce(room, announce).await {
             warn!(conn = self.conn.id, error = %e, "notice not stored");
         }
     }
@@ -198,6 +197,14 @@ impl Session {
                 self.reply(ErrorCode::StorageUnavailable, "older messages cannot be read right now; try again", None);
             }
         }
+    }
+
+    fn members(&self, request: &MembersRequest) {
+        let Some((room, _)) = self.joined() else {
+            return self.reply(ErrorCode::NotJoined, "send hello to join a room first", None);
+        };
+        let page = room.members_page(request.after.as_deref(), request.limit as usize);
+        self.conn.send_msg(&ServerMsg::Members(page));
     }
 
     fn typing(&self, active: bool) {
