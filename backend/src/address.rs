@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 pub struct AddressKey(IpAddr);
 
 impl AddressKey {
+    /// The server itself (the unspecified address, which no client connects from).
+    pub const SERVER: Self = Self(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+
     /// An IPv4 address (IPv4-mapped IPv6 included) as itself; an IPv6
     /// address as its /64.
     pub fn of(ip: IpAddr) -> Self {
@@ -70,6 +73,14 @@ impl PerAddress {
         }
         *count += 1;
         Some(Slot { owner: self.clone(), key })
+    }
+
+    /// A slot for `key` whatever it holds: for the server's own use, which
+    /// no client address pays for.
+    pub fn take_uncapped(self: &Arc<Self>, key: AddressKey) -> Slot {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(key).or_insert(0) += 1;
+        Slot { owner: self.clone(), key }
     }
 
     /// Slots `key` holds.

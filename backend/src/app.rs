@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::address::PerAddress;
 use crate::chat::hub::Hub;
-use crate::chat::room::{Announce, Room};
+use crate::chat::room::{Announce, Membership, Room};
 use crate::config::{Config, HistoryKind};
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteStore, StoreError};
@@ -82,6 +83,25 @@ impl App {
             }
             Announce::Batched(None) => Ok(()),
         }
+    }
+
+    /// Starts `me`'s grace period in `room` (detached at `epoch`): after
+    /// `grace`, unless the member resumed, it times out and is announced so.
+    pub fn expire_after(self: &Arc<Self>, room: Arc<Room>, me: Membership, epoch: u64, grace: std::time::Duration) {
+        let app = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {
+                    if let Some(announce) = room.expire(&me, epoch) {
+                        info!(room = %room.name, member = me.member_id, "timed out");
+                        if let Err(e) = app.announce(room, announce).await {
+                            warn!(member = me.member_id, error = %e, "notice not stored");
+                        }
+                    }
+                }
+                () = app.shutdown.cancelled() => {}
+            }
+        });
     }
 
     /// Open WebSocket sessions.

@@ -56,15 +56,17 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
 
     // Ada comes back and resumes from her last seq: exactly what she missed.
     let mut ada = server.client().await;
-    let hello =
-        natter_shared::Hello { history_id: Some(welcome.history_id.clone()), ..resume("Ada", "lobby", first, None) };
+    let token = welcome.resume_token.as_str();
+    let hello = natter_shared::Hello {
+        history_id: Some(welcome.history_id.clone()),
+        ..resume("Ada", "lobby", first, Some(token))
+    };
     let back = match ada.hello_with(hello).await {
         ServerMsg::Welcome(w) => w,
         other => panic!("expected welcome, got {other:?}"),
     };
     let seqs: Vec<u64> = back.history.iter().map(|e| e.seq().0).collect();
     assert_eq!(seqs, [first.0 + 1], "only Bob's join, once");
-    ada.own_join("Ada").await;
     // A re-send from before the restart is recognised; new messages continue the seqs.
     ada.say("c1", "before the restart").await;
     assert_eq!(ack_seq(ada.recv().await), first, "deduplicated across the restart");
@@ -74,6 +76,70 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     let events = export(&dir, "lobby");
     assert_eq!(texts(&events), ["before the restart", "after the restart"]);
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "seqs never go back");
+}
+
+#[tokio::test]
+async fn members_resume_after_a_restart_without_presence_and_the_absent_time_out_once() {
+    let (mut cfg, _dir) = sqlite_config("restart-resume");
+    cfg.timing.restart_grace = Duration::from_millis(600);
+    let server = TestServer::start(cfg.clone()).await;
+    let (mut ada, ada_w) = server.joined("Ada", "lobby").await;
+    let (mut bob, bob_w) = server.joined("Bob", "lobby").await;
+    let (_cy, _) = server.joined("Cy", "lobby").await;
+    ada.say("c1", "before").await;
+    let mut ada_last = Seq(0);
+    let mut bob_last = Seq(0);
+    // Each keeps the latest seq it saw, as a page does.
+    while let Some(msg) = ada.try_recv(Duration::from_millis(200)).await {
+        if let Some(seq) = seq_of(&msg) {
+            ada_last = ada_last.max(seq);
+        }
+    }
+    while let Some(msg) = bob.try_recv(Duration::from_millis(200)).await {
+        if let Some(seq) = seq_of(&msg) {
+            bob_last = bob_last.max(seq);
+        }
+    }
+    server.shutdown().await.expect("clean shutdown");
+    drop((ada, bob));
+
+    // Ada and Bob come back with their tokens; Cy does not.
+    let server = TestServer::start(cfg).await;
+    let mut back = Vec::new();
+    for (name, w, last) in [("Ada", &ada_w, ada_last), ("Bob", &bob_w, bob_last)] {
+        let mut c = server.client().await;
+        let hello = natter_shared::Hello {
+            history_id: Some(w.history_id.clone()),
+            ..resume(name, "lobby", last, Some(w.resume_token.as_str()))
+        };
+        match c.hello_with(hello).await {
+            ServerMsg::Welcome(w) => {
+                assert!(w.history.is_empty(), "{name} missed nothing: {:?}", w.history);
+                assert_eq!(w.member_count, 3, "Cy is still in her grace period");
+            }
+            other => panic!("expected {name}'s welcome, got {other:?}"),
+        }
+        back.push(c);
+    }
+    // Nobody hears of the resumes; Cy times out once the restart's grace ends.
+    for c in &mut back {
+        match c.recv().await {
+            ServerMsg::Notice(n) => {
+                assert_eq!((n.kind, n.name.as_str()), (natter_shared::NoticeKind::TimedOut, "Cy"));
+            }
+            other => panic!("expected Cy's time-out and nothing before it, got {other:?}"),
+        }
+        c.expect_quiet().await;
+    }
+}
+
+fn seq_of(msg: &ServerMsg) -> Option<Seq> {
+    match msg {
+        ServerMsg::Message(m) => Some(m.seq),
+        ServerMsg::Notice(n) => Some(n.seq),
+        ServerMsg::Ack(a) => Some(a.seq),
+        _ => None,
+    }
 }
 
 #[tokio::test]

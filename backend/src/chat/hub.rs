@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use natter_shared::RoomName;
 
+use super::room::Membership;
 use super::room::Room;
 use crate::address::{AddressKey, PerAddress, Slot};
 use crate::config::RoomLimits;
-use crate::store::{self, HistoryError, HistoryStore};
+use crate::store::{self, HistoryError, HistoryStore, SavedMember};
 
 /// Why a room could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum HubError {
     #[error(transparent)]
     Storage(#[from] HistoryError),
 }
+
+/// Who the rooms the server opens itself (to restore members) count for.
+const SERVER: AddressKey = AddressKey::SERVER;
 
 /// The room registry. Lock order: the registry before any room, never the
 /// reverse; neither is held across an `.await`.
@@ -75,13 +79,14 @@ impl Hub {
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone();
         let _opening = opening.lock().await;
-        let opened = self.open(name, creator).await;
+        let opened = self.open(name, Some(creator)).await;
         self.opening.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         opened
     }
 
-    /// Opens the room called `name` unless someone did meanwhile.
-    async fn open(&self, name: &RoomName, creator: AddressKey) -> Result<Arc<Room>, HubError> {
+    /// Opens the room called `name` unless someone did meanwhile, on behalf
+    /// of `creator` (`None`: the server itself, uncapped).
+    async fn open(&self, name: &RoomName, creator: Option<AddressKey>) -> Result<Arc<Room>, HubError> {
         if let Some((room, _)) = self.lock().get(name) {
             return Ok(room.clone());
         }
@@ -103,7 +108,7 @@ impl Hub {
     }
 
     /// Refuses early a room that would not get a place.
-    fn make_room(&self, creator: AddressKey) -> Result<(), HubError> {
+    fn make_room(&self, creator: Option<AddressKey>) -> Result<(), HubError> {
         let mut rooms = self.lock();
         self.place(&mut rooms, creator).map(drop)
     }
@@ -111,13 +116,20 @@ impl Hub {
     /// A place for one more room from `creator`: under the server's room cap
     /// and the creator's, letting rooms nobody is in go first (they are only
     /// a cache of their stored history).
-    fn place(&self, rooms: &mut HashMap<RoomName, (Arc<Room>, Slot)>, creator: AddressKey) -> Result<Slot, HubError> {
+    fn place(
+        &self,
+        rooms: &mut HashMap<RoomName, (Arc<Room>, Slot)>,
+        creator: Option<AddressKey>,
+    ) -> Result<Slot, HubError> {
         if rooms.len() >= self.limits.max_rooms {
             self.let_go(rooms, |_| true);
             if rooms.len() >= self.limits.max_rooms {
                 return Err(HubError::TooManyRooms);
             }
         }
+        let Some(creator) = creator else {
+            return Ok(self.created_by.take_uncapped(SERVER));
+        };
         if let Some(slot) = self.created_by.try_take(creator) {
             return Ok(slot);
         }
@@ -139,6 +151,43 @@ impl Hub {
             }
             keep
         });
+    }
+
+    /// Every member of every room, to be saved at shutdown.
+    pub fn saved_members(&self) -> Vec<SavedMember> {
+        let rooms: Vec<Arc<Room>> = self.lock().values().map(|(room, _)| room.clone()).collect();
+        rooms
+            .iter()
+            .flat_map(|room| {
+                room.saved_members().into_iter().map(|(name, token)| SavedMember {
+                    room: room.name.clone(),
+                    name,
+                    token,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes back the members the store saved at the last stop (see
+    /// [`Room::restore`]). Their rooms are opened on the server's own
+    /// account, outside every address's room cap; a room that cannot be
+    /// opened is logged and its members rejoin as new.
+    pub async fn restore(&self) -> Vec<(Arc<Room>, Membership)> {
+        let mut by_room: HashMap<RoomName, Vec<_>> = HashMap::new();
+        for saved in self.store.take_saved_members() {
+            by_room.entry(saved.room).or_default().push((saved.name, saved.token));
+        }
+        let mut restored = Vec::new();
+        for (name, members) in by_room {
+            match self.open(&name, None).await {
+                Ok(room) => {
+                    let memberships = room.restore(members, || self.next_id());
+                    restored.extend(memberships.into_iter().map(|m| (room.clone(), m)));
+                }
+                Err(e) => tracing::warn!(room = %name, error = %e, "saved members not restored"),
+            }
+        }
+        restored
     }
 
     /// How many rooms exist.

@@ -610,6 +610,56 @@ impl Room {
         Ok(HistoryPage { before, events, complete })
     }
 
+    /// Every member's name and current token, to be saved at shutdown.
+    pub fn saved_members(&self) -> Vec<(UserName, ResumeToken)> {
+        self.lock().members.values().map(|m| (m.name.clone(), m.token.clone())).collect()
+    }
+
+    /// Takes back members saved when the server last stopped, detached as if
+    /// their connections had just dropped: each browser resumes with its
+    /// token (no presence traffic), and one that does not come back within
+    /// its grace period times out as usual. Returns each restored
+    /// membership (for its grace timer, epoch 0); a name someone holds
+    /// already is skipped.
+    pub fn restore(
+        &self,
+        saved: Vec<(UserName, ResumeToken)>,
+        mut next_id: impl FnMut() -> MemberId,
+    ) -> Vec<Membership> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut restored = Vec::new();
+        for (name, token) in saved {
+            let key = member_key(&name);
+            let glyph: Box<str> = glyph_key(&name).into();
+            if state.members.contains_key(&key)
+                || state.glyphs.contains(&glyph)
+                || state.members.len() >= self.limits.max_members_per_room
+            {
+                continue;
+            }
+            let color = color_for(&name);
+            let json = welcome::member_json(&Member { name: name.clone(), color: color.clone() });
+            let id = next_id();
+            let entry = MemberEntry {
+                id,
+                name: name.clone(),
+                color,
+                token,
+                conn: None,
+                epoch: 0,
+                typing_since: None,
+                json,
+                order: name.key().into_boxed_str(),
+            };
+            state.by_order.insert(entry.order.clone(), key.clone());
+            state.members.insert(key.clone(), entry);
+            state.glyphs.insert(glyph);
+            restored.push(Membership { member_id: id, key, name });
+        }
+        restored
+    }
+
     /// Members (attached or in their grace period).
     pub fn member_count(&self) -> usize {
         self.lock().members.len()

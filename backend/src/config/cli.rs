@@ -244,6 +244,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_LEAVE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub leave_grace: Duration,
 
+    /// After a restart, how long the members saved at the last stop have to resume before others
+    /// see "timed out".
+    #[arg(long, env = "NATTER_RESTART_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub restart_grace: Duration,
+
     /// On SIGINT/SIGTERM, how long to wait for connections to close.
     #[arg(long, env = "NATTER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -332,6 +337,7 @@ impl ServeArgs {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 leave_grace: self.leave_grace,
+                restart_grace: self.restart_grace,
                 shutdown_timeout: self.shutdown_timeout,
                 frame_timeout: self.frame_timeout,
                 ..defaults.timing

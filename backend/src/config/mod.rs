@@ -101,6 +101,9 @@ pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LEAVE_GRACE: Duration = Duration::from_secs(5);
 /// On shutdown, how long to wait for connections to flush and close.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a restart, how long the members saved at the stop have to resume
+/// (a browser reconnects within seconds of a 1012; a deploy may take longer).
+pub const DEFAULT_RESTART_GRACE: Duration = Duration::from_secs(30);
 /// How long a close handshake (our close frame out, the peer's back) may take.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client closed as lagged gets to read up to its close frame
@@ -273,6 +276,7 @@ pub struct Timing {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
     pub leave_grace: Duration,
+    pub restart_grace: Duration,
     pub shutdown_timeout: Duration,
     pub close_timeout: Duration,
     pub lagged_close_timeout: Duration,
@@ -349,6 +353,7 @@ impl Default for Timing {
             ping_interval: DEFAULT_PING_INTERVAL,
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             leave_grace: DEFAULT_LEAVE_GRACE,
+            restart_grace: DEFAULT_RESTART_GRACE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             lagged_close_timeout: DEFAULT_LAGGED_CLOSE_TIMEOUT,

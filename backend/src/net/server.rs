@@ -96,6 +96,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         warn!(bundle = %app.config.bundle_dir.display(), "no index.html there: / says how to build the page");
     }
     info!(hosts = %edge.hosts, "answering requests that name one of these hosts");
+    // Members saved at the last stop get their grace period to resume.
+    let restored = app.hub.restore().await;
+    if !restored.is_empty() {
+        info!(members = restored.len(), "members of the last run may resume");
+    }
+    for (room, me) in restored {
+        app.expire_after(room, me, 0, app.config.timing.restart_grace);
+    }
     info!("Natter is running at http://{addr}/");
 
     tokio::pin!(shutdown);
@@ -150,7 +158,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         warn!(remaining = app.tasks.len(), "shutdown timeout: some connections did not finish");
     }
     // Everything queued is stored before the process ends.
-    if !app.writes.stop(app.config.timing.shutdown_timeout).await {
+    // Everyone still a member is saved, so their browsers resume after a restart.
+    if !app.writes.stop(app.hub.saved_members(), app.config.timing.shutdown_timeout).await {
         warn!("shutdown timeout: the history writer did not finish");
     }
     info!("stopped");

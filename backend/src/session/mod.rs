@@ -24,7 +24,7 @@ use natter_shared::close;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::address::{AddressKey, Slot};
 use crate::app::{App, SessionCount};
@@ -230,22 +230,8 @@ impl Session {
         let Some(epoch) = room.detach(&me, self.conn.id) else {
             return;
         };
-        let grace = self.app.config.timing.leave_grace;
-        let app = self.app.clone();
-        let conn = self.conn.id;
-        self.app.tasks.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(grace) => {
-                    if let Some(announce) = room.expire(&me, epoch) {
-                        info!(conn, room = %room.name, "timed out");
-                        if let Err(e) = app.announce(room, announce).await {
-                            warn!(conn, error = %e, "notice not stored");
-                        }
-                    }
-                }
-                () = app.shutdown.cancelled() => {}
-            }
-        });
+        debug!(conn = self.conn.id, room = %room.name, "detached; grace period begins");
+        self.app.expire_after(room, me, epoch, self.app.config.timing.leave_grace);
     }
 }
 

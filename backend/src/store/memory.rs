@@ -59,7 +59,8 @@ impl MemoryStore {
                         let outcome = writer.apply(write.room.room_name(), &write.draft);
                         write.room.committed(write.draft, outcome);
                     }
-                    WriterMsg::Stop(done) => {
+                    // Nothing here outlives the process: the members are not kept.
+                    WriterMsg::Stop { done, .. } => {
                         let _ = done.send(());
                         break;
                     }

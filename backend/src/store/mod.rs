@@ -20,7 +20,8 @@ pub mod writer;
 use std::sync::Arc;
 
 use natter_shared::{
-    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
+    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, ResumeToken, RoomEvent, RoomName, Seq, Timestamp,
+    UserName,
 };
 
 use crate::ws::outbound::ConnHandle;
@@ -102,6 +103,15 @@ impl Draft {
     }
 }
 
+/// A member of a room when the server stopped, kept so that its browser can
+/// resume after the restart (same token, no presence traffic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedMember {
+    pub room: RoomName,
+    pub name: UserName,
+    pub token: ResumeToken,
+}
+
 /// What the writer did with a draft.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -131,6 +141,11 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError>;
     /// How many reads may run at once (see [`blocking`]).
     fn read_slots(&self) -> Arc<tokio::sync::Semaphore>;
+    /// The members saved when the server last stopped, once (later calls
+    /// get none). A store that does not outlive the process saves none.
+    fn take_saved_members(&self) -> Vec<SavedMember> {
+        Vec::new()
+    }
 }
 
 /// Runs a read of `store` on a blocking thread: storage is never read on

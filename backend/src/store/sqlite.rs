@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use natter_shared::wire_name::{WireName, from_name};
 use natter_shared::{
-    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, RoomEvent, RoomName, Seq, Timestamp, UserName,
-    color_for,
+    ChatMessage, ClientMsgId, Color, MessageText, Notice, NoticeKind, ResumeToken, RoomEvent, RoomName, Seq, Timestamp,
+    UserName, color_for,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::writer::{Sequencer, Write, WriteQueue, WriterMsg};
-use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, now_ms, replay_of};
+use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, SavedMember, now_ms, replay_of};
 use crate::config::StorageConfig;
 
 /// The database file inside the data directory.
@@ -72,6 +72,9 @@ pub const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
     // 2: find a sender's message by client id (deduplication across restarts).
     "CREATE UNIQUE INDEX events_sender ON events (room, name_key, cid) WHERE cid IS NOT NULL;",
+    // 3: the members of each room when the server stopped, so their browsers
+    // resume after a restart; read and emptied at the next start.
+    "CREATE TABLE saved_members (room TEXT NOT NULL, name TEXT NOT NULL, token TEXT NOT NULL);",
 ];
 
 /// The schema version this build writes.
@@ -302,6 +305,43 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
     Ok(events)
 }
 
+/// Replaces the saved members with `members`, in one transaction.
+fn save_members(conn: &mut Connection, members: &[SavedMember]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM saved_members", [])?;
+    {
+        let mut insert = tx.prepare_cached("INSERT INTO saved_members (room, name, token) VALUES (?1, ?2, ?3)")?;
+        for m in members {
+            insert.execute(params![m.room.as_str(), m.name.as_str(), m.token.as_str()])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Reads and removes the saved members, in one transaction: they are good
+/// for one start only (a crash after it must not bring them back). Rows
+/// that are no longer valid (a rule tightened since) are skipped.
+fn take_members(conn: &mut Connection) -> rusqlite::Result<Vec<SavedMember>> {
+    let tx = conn.transaction()?;
+    let members = {
+        let mut stmt = tx.prepare("SELECT room, name, token FROM saved_members")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let mut members = Vec::new();
+        for row in rows {
+            let (room, name, token) = row?;
+            match (RoomName::parse(&room), UserName::parse(&name), ResumeToken::parse(&token)) {
+                (Ok(room), Ok(name), Ok(token)) => members.push(SavedMember { room, name, token }),
+                _ => warn!(room, "a saved member is not valid any more; skipped"),
+            }
+        }
+        members
+    };
+    tx.execute("DELETE FROM saved_members", [])?;
+    tx.commit()?;
+    Ok(members)
+}
+
 /// The durable store.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -312,6 +352,8 @@ pub struct SqliteStore {
     readers: ReadPool,
     /// One per read connection: reads beyond them wait on the async side.
     read_slots: Arc<tokio::sync::Semaphore>,
+    /// The members saved at the last stop, until taken.
+    saved: Mutex<Vec<SavedMember>>,
 }
 
 /// Read-only connections, each used by one read at a time. A read takes an
@@ -378,7 +420,7 @@ impl SqliteStore {
             .map_err(|source| StoreError::CreateDir { path: data_dir.to_owned(), source })?;
         let lock = lock_data_dir(data_dir)?;
         let path = db_path(data_dir);
-        let writer = open_for_writing(&path)?;
+        let mut writer = open_for_writing(&path)?;
         if let Some(bytes) = options.max_db_bytes {
             let page: i64 = writer.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
             let pages = (bytes as i64 / page.max(512)).max(1);
@@ -395,7 +437,8 @@ impl SqliteStore {
         let readers = ReadPool::open(&path, options.read_connections)?;
         let read_slots = Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1)));
         let keeps = options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let store = Arc::new(Self { history_id, keeps, readers, read_slots });
+        let saved = take_members(&mut writer).map_err(|source| StoreError::Corrupt { path: path.clone(), source })?;
+        let store = Arc::new(Self { history_id, keeps, readers, read_slots, saved: Mutex::new(saved) });
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -442,6 +485,10 @@ impl HistoryStore for SqliteStore {
 
     fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
         self.read_slots.clone()
+    }
+
+    fn take_saved_members(&self) -> Vec<SavedMember> {
+        std::mem::take(&mut *self.saved.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -553,8 +600,8 @@ impl Writer {
             while let Some(msg) = next {
                 match msg {
                     WriterMsg::Write(write) => batch.push(Pending { write, failures: 0 }),
-                    WriterMsg::Stop(done) => {
-                        stop = Some(done);
+                    WriterMsg::Stop { members, done } => {
+                        stop = Some((members, done));
                         break;
                     }
                 }
@@ -578,12 +625,18 @@ impl Writer {
         }
     }
 
-    fn finish(mut self, stop: Option<tokio::sync::oneshot::Sender<()>>) {
+    fn finish(mut self, stop: Option<(Vec<SavedMember>, tokio::sync::oneshot::Sender<()>)>) {
         if !self.retry.is_empty() {
             warn!(writes = self.retry.len(), "writes not stored at shutdown");
             for pending in self.retry.drain(..) {
                 pending.fail(HistoryError::Unavailable("the server is shutting down".into()));
             }
+        }
+        let (members, stop) = stop.map_or((Vec::new(), None), |(members, done)| (members, Some(done)));
+        match save_members(&mut self.conn, &members) {
+            Ok(()) if !members.is_empty() => info!(members = members.len(), "members saved for the next start"),
+            Ok(()) => {}
+            Err(e) => warn!(error = %e, "members not saved: they will rejoin as new after the restart"),
         }
         // Fold the WAL into the database so the next start reads one file.
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use natter_shared::{RoomName, Seq, Timestamp};
 use tokio::sync::mpsc;
 
-use super::{Committed, Draft, HistoryError};
+use super::{Committed, Draft, HistoryError, SavedMember};
 
 /// One write for the writer: a draft and the room to report back to.
 #[derive(Debug)]
@@ -23,8 +23,12 @@ pub struct Write {
 #[derive(Debug)]
 pub enum WriterMsg {
     Write(Write),
-    /// Finish everything queued before this, then stop and say so.
-    Stop(tokio::sync::oneshot::Sender<()>),
+    /// Finish everything queued before this, save these members (a store
+    /// that outlives the process), then stop and say so.
+    Stop {
+        members: Vec<SavedMember>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// The way to the writer. Bounded: when it is full, senders wait (the
@@ -42,10 +46,11 @@ impl WriteQueue {
             .map_err(|_| HistoryError::Unavailable("the history writer has stopped".into()))
     }
 
-    /// Lets the writer finish what is queued, then stops it; waits at most `limit`.
-    pub async fn stop(&self, limit: std::time::Duration) -> bool {
+    /// Lets the writer finish what is queued, save `members` for the next
+    /// start, then stops it; waits at most `limit`.
+    pub async fn stop(&self, members: Vec<SavedMember>, limit: std::time::Duration) -> bool {
         let (done, finished) = tokio::sync::oneshot::channel();
-        let sent = tokio::time::timeout(limit, self.0.send(WriterMsg::Stop(done))).await;
+        let sent = tokio::time::timeout(limit, self.0.send(WriterMsg::Stop { members, done })).await;
         matches!(sent, Ok(Ok(()))) && tokio::time::timeout(limit, finished).await.is_ok()
     }
 }
