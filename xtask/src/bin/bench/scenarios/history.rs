@@ -1,6 +1,10 @@
 //! `history`: acknowledged messages per second with 100 senders on the
-//! default SQLite store (and the p99 time to `ack`), then the time to serve a
-//! `welcome` with 100 events from a 1,000,000-message database.
+//! default SQLite store (and the p99 time to `ack`), each keeping 32
+//! unacknowledged (closed loop: latency is then in-flight / rate, Little's
+//! law); the ack latency at a fixed offered rate of 50,000 messages/s (open
+//! loop, each message timed from when it was due, so a slow server is not
+//! hidden by a generator that waits); then the time to serve a `welcome`
+//! with 100 events from a 1,000,000-message database.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -21,14 +25,27 @@ const ROOMS: usize = 10;
 /// Messages each sender keeps unacknowledged.
 const WINDOW: usize = 32;
 const BIG_ROOM_MESSAGES: u64 = 1_000_000;
+/// The offered rate of the open-loop phase, in messages/s (all senders).
+const OFFERED_RATE: u64 = 50_000;
+/// How long a sender waits for its outstanding acks after its last send.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// How a sender paces its messages.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Keep this many unacknowledged, sending as acks come back.
+    Window(usize),
+    /// Send one every this long, whatever comes back.
+    Every(Duration),
+}
 
 struct SenderResult {
     acked: u64,
     latency: Samples,
 }
 
-async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result<SenderResult> {
-    let (addr, index, measure_from, until) = args;
+async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant, Pace)) -> Result<SenderResult> {
+    let (addr, index, measure_from, until, pace) = args;
     let mut ws = connect(addr, source(index)).await?;
     join(&mut ws, &format!("s{index}"), &format!("bench-{}", index % ROOMS)).await?;
     let Ws { stream, mut buf } = ws;
@@ -36,14 +53,35 @@ async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(WINDOW);
     let mut result = SenderResult { acked: 0, latency: Samples::default() };
     let mut next = 0u64;
+    // Open loop: senders start spread over one period, not all at once.
+    let mut due = match pace {
+        Pace::Every(period) => Instant::now() + period.mul_f64((index % SENDERS) as f64 / SENDERS as f64),
+        Pace::Window(_) => Instant::now(),
+    };
     loop {
-        while sent.len() < WINDOW && Instant::now() < until {
+        loop {
+            let now = Instant::now();
+            let go = match pace {
+                Pace::Window(window) => sent.len() < window && now < until,
+                Pace::Every(_) => due <= now && due < until,
+            };
+            if !go {
+                break;
+            }
             let frame = format!(r#"{{"type":"say","cid":"c{next}","text":"{body}"}}"#);
             next += 1;
             write_all(&stream, &text(&frame)).await?;
-            sent.push_back(Instant::now());
+            match pace {
+                Pace::Window(_) => sent.push_back(Instant::now()),
+                // Timed from when it was due: a late send counts against the server's latency.
+                Pace::Every(period) => {
+                    sent.push_back(due);
+                    due += period;
+                }
+            }
         }
-        if sent.is_empty() {
+        let sending = matches!(pace, Pace::Every(_)) && due < until;
+        if sent.is_empty() && !sending {
             break;
         }
         let mut at = 0;
@@ -52,7 +90,8 @@ async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result
                 let now = Instant::now();
                 if let Some(at) = sent.pop_front()
                     && at >= measure_from
-                    && now <= until
+                    // Paced: every message due in the window counts, however late its ack.
+                    && (matches!(pace, Pace::Every(_)) || now <= until)
                 {
                     result.acked += 1;
                     result.latency.push(now - at);
@@ -64,15 +103,18 @@ async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant)) -> Result
             buf.drain(..at);
             continue;
         }
-        match tokio::time::timeout(Duration::from_secs(10), read_more(&stream, &mut buf)).await {
+        let wait_until = if sending { due } else { Instant::now() + ACK_WAIT };
+        match tokio::time::timeout_at(wait_until.into(), read_more(&stream, &mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
+            Err(_) if sending => {}
             other => anyhow::bail!("sender {index}: connection ended or went quiet: {other:?}"),
         }
     }
     Ok(result)
 }
 
-async fn throughput(args: &Args) -> Result<Value> {
+/// Acknowledged messages/s and ack latency with every sender paced by `pace`.
+async fn throughput(args: &Args, pace: Pace) -> Result<Value> {
     let (warmup, window) = if args.quick { (1, 3) } else { (2, 10) };
     let server = Server::start(
         &args.natter,
@@ -83,7 +125,8 @@ async fn throughput(args: &Args) -> Result<Value> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(warmup);
     let until = measure_from + Duration::from_secs(window);
-    let tasks: Vec<_> = (0..SENDERS).map(|i| tokio::spawn(sender((server.addr, i, measure_from, until)))).collect();
+    let tasks: Vec<_> =
+        (0..SENDERS).map(|i| tokio::spawn(sender((server.addr, i, measure_from, until, pace)))).collect();
     let cpu_before = server.cpu_time()?;
     let mut acked = 0;
     let mut latency = Samples::default();
@@ -166,7 +209,15 @@ async fn welcome_time(args: &Args) -> Result<Value> {
 }
 
 pub async fn run(args: &Args) -> Result<Value> {
-    let mut figures = throughput(args).await?;
+    let mut figures = throughput(args, Pace::Window(WINDOW)).await?;
+    let period = Duration::from_secs_f64(SENDERS as f64 / OFFERED_RATE as f64);
+    let paced = throughput(args, Pace::Every(period)).await?;
+    if let (Some(f), Some(p)) = (figures.as_object_mut(), paced.as_object()) {
+        f.insert("offered_per_sec".into(), json!(OFFERED_RATE));
+        for (key, value) in p {
+            f.insert(format!("offered_{key}"), value.clone());
+        }
+    }
     let welcome = welcome_time(args).await?;
     if let (Some(f), Some(w)) = (figures.as_object_mut(), welcome.as_object()) {
         f.extend(w.clone());
