@@ -114,11 +114,15 @@ struct MemberEntry {
     /// timer can tell that the member came back.
     epoch: u64,
     typing_since: Option<Instant>,
-    /// The member's JSON for welcomes, made once.
+}
+
+/// A member in the room's list order: what a welcome copies.
+#[derive(Debug)]
+struct Listed {
+    /// The member's key in [`RoomState::members`].
+    key: Box<str>,
+    /// The member's JSON, made once when they join.
     json: Box<str>,
-    /// The name lower-cased, made once: welcomes list members in this
-    /// order (the page's), compared as bytes.
-    order: Box<str>,
 }
 
 impl MemberEntry {
@@ -196,9 +200,10 @@ enum Replayed<'a> {
 #[derive(Debug)]
 struct RoomState {
     members: HashMap<String, MemberEntry>,
-    /// Each member's key by their lower-cased name: the member list in the
-    /// page's order, for welcomes and `members` pages without a sort.
-    by_order: BTreeMap<Box<str>, String>,
+    /// Every member by their lower-cased name ([`UserName::key`]): the
+    /// member list in the page's order, for welcomes (copied straight from
+    /// here, no lookup per member) and `members` pages, without a sort.
+    by_order: BTreeMap<Box<str>, Listed>,
     /// A big room's presence changes waiting for their batch.
     presence: PendingPresence,
     /// Every member's [`glyph_key`]: a newcomer with one of them is refused
@@ -355,10 +360,8 @@ impl Room {
                     conn: Some(conn.clone()),
                     epoch: 0,
                     typing_since: None,
-                    json,
-                    order: req.name.key().into_boxed_str(),
                 };
-                state.by_order.insert(entry.order.clone(), key.clone());
+                state.by_order.insert(req.name.key().into(), Listed { key: key.clone().into(), json });
                 state.members.insert(key.clone(), entry);
                 state.glyphs.insert(glyph_key);
                 let announce = self.announce(state, &key, NoticeKind::Joined);
@@ -391,7 +394,8 @@ impl Room {
         // The first page of members in the order of their lower-cased names,
         // as the page keeps them (not of the map's keys: a skeleton orders
         // `m` as `rn`), each made once when the member joined.
-        let members: Vec<&MemberEntry> = state.page_after(None, MEMBERS_PAGE_MAX as usize).collect();
+        let members: Vec<&Listed> = state.page_after(None, MEMBERS_PAGE_MAX as usize).collect();
+        let you = state.by_order.get(me.name.key().as_str()).map_or("", |l| &l.json);
         // The history gets what the member list leaves of the reply's bytes.
         let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>();
         let max_bytes = max_bytes.saturating_sub(members_bytes);
@@ -417,7 +421,7 @@ impl Room {
         };
         let size = members_bytes + history.encoded_len();
         let parts = welcome::Parts {
-            you: &me.json,
+            you,
             room: &self.name,
             seq_head: state.head,
             members: members.iter().map(|m| &*m.json),
@@ -584,8 +588,10 @@ impl Room {
         let limit = limit.clamp(1, MEMBERS_PAGE_MAX as usize);
         let after_key = after.map(str::to_lowercase);
         let state = self.lock();
-        let mut page: Vec<Member> =
-            state.page_after(after_key.as_deref(), limit + 1).map(MemberEntry::member).collect();
+        let mut page: Vec<Member> = state
+            .page_after(after_key.as_deref(), limit + 1)
+            .filter_map(|l| state.members.get(&*l.key).map(MemberEntry::member))
+            .collect();
         let complete = page.len() <= limit;
         page.truncate(limit);
         MembersPage {
@@ -641,18 +647,8 @@ impl Room {
             let color = color_for(&name);
             let json = welcome::member_json(&Member { name: name.clone(), color: color.clone() });
             let id = next_id();
-            let entry = MemberEntry {
-                id,
-                name: name.clone(),
-                color,
-                token,
-                conn: None,
-                epoch: 0,
-                typing_since: None,
-                json,
-                order: name.key().into_boxed_str(),
-            };
-            state.by_order.insert(entry.order.clone(), key.clone());
+            let entry = MemberEntry { id, name: name.clone(), color, token, conn: None, epoch: 0, typing_since: None };
+            state.by_order.insert(name.key().into(), Listed { key: key.clone().into(), json });
             state.members.insert(key.clone(), entry);
             state.glyphs.insert(glyph);
             restored.push(Membership { member_id: id, key, name });
@@ -760,15 +756,15 @@ impl RoomState {
     fn remove(&mut self, key: &str) -> Option<MemberEntry> {
         let member = self.members.remove(key)?;
         self.glyphs.remove(glyph_key(&member.name).as_str());
-        self.by_order.remove(&member.order);
+        self.by_order.remove(member.name.key().as_str());
         Some(member)
     }
 
     /// Up to `limit` members after the lower-cased name `after` (from the
     /// first when `None`), in that order.
-    fn page_after<'a>(&'a self, after: Option<&str>, limit: usize) -> impl Iterator<Item = &'a MemberEntry> + 'a {
+    fn page_after<'a>(&'a self, after: Option<&str>, limit: usize) -> impl Iterator<Item = &'a Listed> + 'a {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.by_order.range::<str, _>((from, Bound::Unbounded)).filter_map(|(_, key)| self.members.get(key)).take(limit)
+        self.by_order.range::<str, _>((from, Bound::Unbounded)).map(|(_, listed)| listed).take(limit)
     }
 
     /// True if memory holds every event after `seq` up to the head.
