@@ -14,24 +14,29 @@ pub struct Args {
     pub quick: bool,
     /// Core to pin the server to, if any.
     pub server_cpu: Option<u32>,
+    /// Run the scenario against the floor server instead of natter.
+    pub floor: bool,
 }
 
 impl Args {
-    /// Parses `SCENARIO --natter PATH --bundle DIR [--quick] [--server-cpu N]`
-    /// (the arguments after the program name).
+    /// Parses `SCENARIO --natter PATH --bundle DIR [--quick] [--server-cpu N]
+    /// [--floor]` (the arguments after the program name).
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self> {
-        let scenario =
-            args.next().context("usage: bench SCENARIO --natter PATH --bundle DIR [--quick] [--server-cpu N]")?;
+        let scenario = args
+            .next()
+            .context("usage: bench SCENARIO --natter PATH --bundle DIR [--quick] [--server-cpu N] [--floor]")?;
         let mut natter = None;
         let mut bundle = None;
         let mut quick = false;
         let mut server_cpu = None;
+        let mut floor = false;
         while let Some(flag) = args.next() {
             match flag.as_str() {
                 "--natter" => natter = args.next().map(Into::into),
                 "--bundle" => bundle = args.next().map(Into::into),
                 "--quick" => quick = true,
                 "--server-cpu" => server_cpu = args.next().and_then(|c| c.parse().ok()),
+                "--floor" => floor = true,
                 other => bail!("unknown flag {other}"),
             }
         }
@@ -41,6 +46,7 @@ impl Args {
             bundle: bundle.context("--bundle is required")?,
             quick,
             server_cpu,
+            floor,
         })
     }
 }
@@ -61,6 +67,8 @@ mod tests {
         assert_eq!(args.bundle, PathBuf::from("/t/dist"));
         assert!(args.quick);
         assert_eq!(args.server_cpu, Some(0));
+        assert!(!args.floor);
+        assert!(parse("storm --natter /t/natter --bundle /t/dist --floor").expect("valid").floor);
     }
 
     #[test]

@@ -25,8 +25,9 @@ const MAX_RESPONSE: usize = 4096;
 /// Free space kept in a reader's buffer before each read.
 pub const READ_CHUNK: usize = 16 * 1024;
 /// How long a join may take before it counts as failed.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_PONG: u8 = 0xA;
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;

@@ -1,10 +1,12 @@
 //! The floor server: the least a WebSocket chat server could do on this
-//! machine, to show what the kernel alone costs. `bench floor` runs it in
-//! place of `natter`, pinned to the same core.
+//! machine, to show what the kernel alone costs. `bench floor` and every
+//! scenario run with `--floor` start it in place of `natter`, pinned to the
+//! same core.
 //!
 //! It answers the handshake with a fixed `101`, reads one client frame (the
-//! hello) and writes one fixed welcome; nothing is parsed, stored or
-//! announced. In `fanout` mode, once its members are in, it writes canned
+//! hello, fresh or resuming) and writes one fixed welcome; nothing is
+//! parsed, stored or announced. It keeps no state, so a restart (SIGTERM
+//! ends it) loses nothing. In `fanout` mode, once its members are in, it writes canned
 //! message frames to every member on a fixed grid, `window` ms apart, as many
 //! per write as the rate has made due, and reports its own CPU per step:
 //! the cost of the writes alone for each number of frames per write.

@@ -1,4 +1,5 @@
-//! A `natter` process under test, and what `/proc` says about it.
+//! The server under test (`natter`, or the floor server in its place), and
+//! what `/proc` says about it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +15,11 @@ use anyhow::{Context, Result, bail};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the start checks whether the server listens.
 const LISTEN_POLL: Duration = Duration::from_millis(20);
+/// How long a stopped server may take to exit after SIGTERM before it is
+/// killed (natter's own shutdown is bounded by 5 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a stop checks whether the server has exited.
+const STOP_POLL: Duration = Duration::from_millis(20);
 /// Open files the server may use (our machines' hard limit is 20,000).
 pub const FD_LIMIT: u32 = 20_000;
 
@@ -26,11 +32,25 @@ const SLOW_COMMIT_LOG: &str = "slow history transaction";
 pub struct Server {
     child: Process,
     pub addr: SocketAddr,
-    data_dir: PathBuf,
-    /// Whether `data_dir` was made for this server (and is removed with it).
-    owns_data_dir: bool,
-    /// Slow commits the server has logged so far.
+    /// The shell command that started it: a restart runs it again (same
+    /// binary, flags, port and data directory).
+    line: String,
+    cpu: Option<u32>,
+    /// The data directory made for this server, removed with it.
+    owned_dir: Option<PathBuf>,
+    /// Slow commits the server has logged so far (over restarts).
     slow_commits: Arc<AtomicU64>,
+}
+
+/// What a restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// From SIGTERM until the old process had exited.
+    pub stop: Duration,
+    /// Whether it had not exited within [`STOP_TIMEOUT`] and was killed.
+    pub killed: bool,
+    /// From the new start until it listened.
+    pub start: Duration,
 }
 
 /// A fresh temporary directory.
@@ -56,33 +76,70 @@ impl Server {
     pub fn start(natter: &Path, args: &[&str], cpu: Option<u32>, data_dir: Option<PathBuf>) -> Result<Self> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let owns_data_dir = data_dir.is_none();
-        let data_dir = data_dir.unwrap_or_else(|| temp_dir("data"));
+        let owned_dir = data_dir.is_none().then(|| temp_dir("data"));
+        let dir = data_dir.as_ref().or(owned_dir.as_ref()).context("a data directory")?;
         // All load comes from one address: lift the per-address caps, which
         // exist to keep one host from taking what belongs to everyone.
         let mut line =
-            format!("{} --listen {addr} --data-dir {} {PER_ADDRESS_CAPS_LIFTED}", natter.display(), data_dir.display());
+            format!("{} --listen {addr} --data-dir {} {PER_ADDRESS_CAPS_LIFTED}", natter.display(), dir.display());
         for a in args {
             line.push(' ');
             line.push_str(a);
         }
-        let mut child = spawn_pinned(&line, cpu, Stdio::null(), Stdio::piped())?;
+        Self::launch(line, addr, cpu, owned_dir)
+    }
+
+    /// Starts the floor server (this binary, `floor-server --mode join`) in
+    /// natter's place: a fixed `101`, one client frame read, one fixed
+    /// welcome, then nothing until the client closes.
+    pub fn floor(cpu: Option<u32>) -> Result<Self> {
+        let port = free_port()?;
+        let exe = std::env::current_exe().context("the bench binary's path")?;
+        let line = format!("'{}' floor-server --port {port} --mode join", exe.display());
+        Self::launch(line, SocketAddr::from(([127, 0, 0, 1], port)), cpu, None)
+    }
+
+    fn launch(line: String, addr: SocketAddr, cpu: Option<u32>, owned_dir: Option<PathBuf>) -> Result<Self> {
         let slow_commits = Arc::new(AtomicU64::new(0));
-        if let Some(stderr) = child.0.stderr.take() {
-            let count = Arc::clone(&slow_commits);
-            // Passes the server's log through and counts its slow commits;
-            // ends when the server closes its stderr.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains(SLOW_COMMIT_LOG) {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                }
-            });
-        }
+        let child = spawn_logged(&line, cpu, &slow_commits)?;
+        let server = Self { child, addr, line, cpu, owned_dir, slow_commits };
         wait_listening(addr)?;
-        Ok(Self { child, addr, data_dir, owns_data_dir, slow_commits })
+        Ok(server)
+    }
+
+    /// Stops the server as an operator would (SIGTERM; natter closes every
+    /// WebSocket with 1012 and exits) and starts it again with the same
+    /// command: same binary, flags, port and data directory. Async, so that
+    /// the clients keep reading (and see their close frames) meanwhile.
+    pub async fn restart(&mut self) -> Result<Restart> {
+        let began = Instant::now();
+        let killed = self.terminate().await?;
+        let stop = began.elapsed();
+        let began = Instant::now();
+        self.child = spawn_logged(&self.line, self.cpu, &self.slow_commits)?;
+        let deadline = began + START_TIMEOUT;
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the restarted server did not listen on {}", self.addr);
+            }
+            tokio::time::sleep(LISTEN_POLL).await;
+        }
+        Ok(Restart { stop, killed, start: began.elapsed() })
+    }
+
+    /// Sends SIGTERM and waits for the exit, killing the process after
+    /// [`STOP_TIMEOUT`]; true if it had to be killed.
+    async fn terminate(&mut self) -> Result<bool> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while self.child.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.end();
+                return Ok(true);
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        Ok(false)
     }
 
     /// Transactions over 100 ms the server has logged since it started.
@@ -132,13 +189,13 @@ impl Server {
     /// Stops the server (SIGTERM, then waits).
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + STOP_TIMEOUT;
         while self.child.0.try_wait()?.is_none() {
             if Instant::now() > deadline {
-                let _ = self.child.0.kill();
+                self.child.end();
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(STOP_POLL);
         }
         Ok(())
     }
@@ -150,8 +207,8 @@ impl Drop for Server {
         self.child.end();
         // Every run makes a fresh data directory; left behind, a full bench
         // leaves a gigabyte in the temporary directory.
-        if self.owns_data_dir {
-            let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(dir) = &self.owned_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -175,6 +232,26 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// Runs a server's command line with its stderr passed through and its slow
+/// commits counted into `slow_commits`.
+fn spawn_logged(line: &str, cpu: Option<u32>, slow_commits: &Arc<AtomicU64>) -> Result<Process> {
+    let mut child = spawn_pinned(line, cpu, Stdio::null(), Stdio::piped())?;
+    if let Some(stderr) = child.0.stderr.take() {
+        let count = Arc::clone(slow_commits);
+        // Passes the server's log through and counts its slow commits;
+        // ends when the server closes its stderr.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(SLOW_COMMIT_LOG) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        });
+    }
+    Ok(child)
 }
 
 /// Runs `command` (a shell command line) with its open-file limit raised to

@@ -2,7 +2,9 @@
 //! floor server (`floor_server.rs`) in natter's place on the same core and
 //! the same load generator. Its figures bound the storm and fan-out targets
 //! from below: natter cannot beat a server that does nothing but the
-//! system calls.
+//! system calls. `floor` runs the storm and the fan-out at 1 to 10 frames
+//! per write; `fanout --floor` runs only the step beside natter's first
+//! fan-out step (same rate, same step length, natter's write window).
 
 use std::io::Read;
 use std::process::Stdio;
@@ -12,20 +14,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use super::load::{FANOUT_MEMBERS, fanout_step, storm_on};
 use crate::args::Args;
 use crate::load::{Counters, open_many, read};
-use crate::server::{Process, cpu_time_of, free_port, own_cpu_time, spawn_pinned, wait_listening};
+use crate::server::{Process, Server, free_port, spawn_pinned, wait_listening};
 
-/// Connections of the storm part (as `bench storm`).
-const STORM_CLIENTS: usize = 10_000;
-/// Handshakes in flight in the storm part (as `bench storm`).
-const STORM_PARALLEL: usize = 1_000;
-/// Members of the fan-out part (as `bench fanout`).
-const FANOUT_MEMBERS: usize = 1_000;
 /// Messages per second each member gets: 100,000 deliveries/s in all.
 const FANOUT_RATE: f64 = 100.0;
 /// The write grids stepped through: 1, 2.5, 5 and 10 frames per write.
 const FANOUT_WINDOWS_MS: &str = "10,25,50,100";
+/// natter's write-coalescing window (its `--write-coalesce` default): at
+/// 100 messages/s, 2.5 frames per write.
+const NATTER_WINDOW_MS: &str = "25";
 /// Length of each fan-out step.
 const FANOUT_STEP: Duration = Duration::from_secs(5);
 /// How long the fan-out part may take in all.
@@ -37,8 +37,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Handshakes in flight while the fan-out members join.
 const FANOUT_PARALLEL: usize = 256;
-/// Clients and step length with `--quick`.
-const QUICK_CLIENTS: usize = 2_000;
+/// Step length with `--quick`.
 const QUICK_STEP: Duration = Duration::from_secs(1);
 
 /// Starts the floor server (this binary, `floor-server`) pinned like natter.
@@ -60,10 +59,12 @@ fn start(args: &Args, mode: &str, extra: &[String]) -> Result<(Process, std::net
 /// so that `cargo xtask bench` takes their medians like any scenario's.
 pub async fn run(args: &Args) -> Result<Value> {
     let mut figures = serde_json::Map::new();
-    for (key, value) in storm(args).await?.as_object().into_iter().flatten() {
+    let storm = storm_on(Server::floor(args.server_cpu)?, args.quick).await?;
+    for (key, value) in storm.as_object().into_iter().flatten() {
         figures.insert(format!("storm_{key}"), value.clone());
     }
-    let fanout = fanout(args).await?;
+    let step = if args.quick { QUICK_STEP } else { FANOUT_STEP };
+    let fanout = fanout(args, FANOUT_WINDOWS_MS, step).await?;
     for step in fanout["steps"].as_array().into_iter().flatten() {
         let window = step["window_ms"].as_u64().unwrap_or(0);
         for (key, value) in step.as_object().into_iter().flatten() {
@@ -78,40 +79,34 @@ pub async fn run(args: &Args) -> Result<Value> {
     Ok(Value::Object(figures))
 }
 
-/// Connects/s and CPU per connection for handshake + hello + welcome only.
-async fn storm(args: &Args) -> Result<Value> {
-    let count = if args.quick { QUICK_CLIENTS } else { STORM_CLIENTS };
-    let (child, addr) = start(args, "join", &[])?;
-    let pid = child.0.id().to_string();
-    let cpu_before = cpu_time_of(&pid)?;
-    let own_before = own_cpu_time()?;
-    let opened = open_many(addr, count, STORM_PARALLEL, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await;
-    let cpu = cpu_time_of(&pid)? - cpu_before;
-    let own = own_cpu_time()? - own_before;
-    drop(child);
-    let (sockets, took, welcome) = opened?;
-    drop(sockets);
+/// `fanout --floor`: the floor's fan-out beside natter's first step: the
+/// same members, rate and step length, frames written on natter's window.
+/// The figure names match natter's (`…_at_100k`).
+pub async fn fanout_beside_natter(args: &Args) -> Result<Value> {
+    let fanout = fanout(args, NATTER_WINDOW_MS, fanout_step(args.quick)).await?;
+    let step = &fanout["steps"][0];
     Ok(json!({
-        "clients": count,
-        "connects_per_sec": count as f64 / took.as_secs_f64(),
-        "welcome_p50_ms": welcome.percentile_ms(50.0),
-        "welcome_p99_ms": welcome.percentile_ms(99.0),
-        "server_cpu_us_per_connection": cpu.as_secs_f64() * 1e6 / count as f64,
-        "server_cpu_pct": cpu.as_secs_f64() / took.as_secs_f64() * 100.0,
-        "generator_cpu_pct": own.as_secs_f64() / took.as_secs_f64() * 100.0,
+        "members": FANOUT_MEMBERS,
+        "window_ms": step["window_ms"],
+        "server_cpu_us_per_delivery_at_100k": step["cpu_us_per_delivery"],
+        "server_cpu_pct_at_100k": step["cpu_pct"],
+        "frames_per_write": step["frames_per_write"],
+        "deliveries_per_sec": step["deliveries_per_sec"],
+        "frames_written": fanout["frames_written"],
+        "frames_received": fanout["frames_received"],
     }))
 }
 
-/// CPU per delivery for 100,000 deliveries/s at 1 to 10 frames per write.
-async fn fanout(args: &Args) -> Result<Value> {
-    let step = if args.quick { QUICK_STEP } else { FANOUT_STEP };
+/// CPU per delivery for 100,000 deliveries/s on each write grid in
+/// `windows_ms` (comma-separated), `step` each.
+async fn fanout(args: &Args, windows_ms: &str, step: Duration) -> Result<Value> {
     let extra = [
         "--members".to_owned(),
         FANOUT_MEMBERS.to_string(),
         "--rate".to_owned(),
         FANOUT_RATE.to_string(),
         "--windows-ms".to_owned(),
-        FANOUT_WINDOWS_MS.to_owned(),
+        windows_ms.to_owned(),
         "--step-ms".to_owned(),
         step.as_millis().to_string(),
     ];

@@ -1,4 +1,5 @@
-//! The load scenarios: idle, storm, fanout, slow, rooms.
+//! The load scenarios: idle, storm, fanout, slow, rooms. `idle` and `storm`
+//! also run against the floor server (`--floor`, see `target`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,20 +11,47 @@ use tokio::net::TcpStream;
 use crate::args::Args;
 use crate::client::{OP_CLOSE, Ws, close_code, parse, read_more};
 use crate::load::{Counters, open_many, read, send_at};
-use crate::server::{Server, own_cpu_time};
+use crate::server::{Server, cpu_time_of, own_cpu_time};
 use crate::stats::Samples;
 
-/// Server flags for load: no rate limit in the way, a roomy outbound queue.
-const LOAD_FLAGS: &[&str] = &["--rate-per-sec", "1000000", "--rate-burst", "1000000", "--max-members-per-room", "5000"];
+/// Server flags for load: no rate limit in the way.
+const LOAD_FLAGS: &[&str] = &["--rate-per-sec", "1000000", "--rate-burst", "1000000"];
+/// Members a room may have (`--max-members-per-room`): room for `bigroom`.
+pub const MAX_MEMBERS_PER_ROOM: usize = 5_000;
+/// Handshakes in flight in a connect storm (`storm`, `bigroom`, `resume`).
+pub const STORM_PARALLEL: usize = 1_000;
+/// Clients of `storm`, and with `--quick`.
+const STORM_CLIENTS: usize = 10_000;
+const STORM_QUICK_CLIENTS: usize = 2_000;
+/// Members of `fanout` (and of the floor's fan-out).
+pub const FANOUT_MEMBERS: usize = 1_000;
+/// `fanout`'s first step, messages/s: 100,000 deliveries/s to its members.
+const FANOUT_FIRST_RATE: f64 = 100.0;
+/// Length of a `fanout` step, and with `--quick`.
+const FANOUT_STEP: Duration = Duration::from_secs(5);
+const FANOUT_QUICK_STEP: Duration = Duration::from_secs(2);
 /// After a step, how long in-flight deliveries get to land.
 const DRAIN: Duration = Duration::from_millis(500);
 /// Handshakes in flight while opening many connections.
 const PARALLEL_CONNECTS: usize = 256;
 
 fn server(args: &Args, extra: &[&str]) -> Result<Server> {
+    let members = MAX_MEMBERS_PER_ROOM.to_string();
     let mut flags: Vec<&str> = LOAD_FLAGS.to_vec();
+    flags.extend_from_slice(&["--max-members-per-room", &members]);
     flags.extend_from_slice(extra);
     Server::start(&args.natter, &flags, args.server_cpu, None)
+}
+
+/// The server a scenario runs against: natter with the load flags and
+/// `extra`, or with `--floor` the floor server in its place (same core).
+pub fn target(args: &Args, extra: &[&str]) -> Result<Server> {
+    if args.floor { Server::floor(args.server_cpu) } else { server(args, extra) }
+}
+
+/// Length of a `fanout` step (the floor's fan-out beside it uses the same).
+pub fn fanout_step(quick: bool) -> Duration {
+    if quick { FANOUT_QUICK_STEP } else { FANOUT_STEP }
 }
 
 /// Starts a reader per socket and returns the sockets for sending.
@@ -45,7 +73,7 @@ fn start_readers(
 pub async fn idle(args: &Args) -> Result<Value> {
     let count = if args.quick { 2_000 } else { 15_000 };
     let rooms = 150;
-    let server = server(args, &[])?;
+    let server = target(args, &[])?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.rss_kib()?;
     let (sockets, took, _) =
@@ -71,31 +99,57 @@ pub async fn idle(args: &Args) -> Result<Value> {
 
 /// `storm`: clients connect and join as fast as possible.
 pub async fn storm(args: &Args) -> Result<Value> {
-    let count = if args.quick { 2_000 } else { 10_000 };
-    let server = server(args, &[])?;
+    storm_on(target(args, &[])?, args.quick).await
+}
+
+/// `storm` against `server`: connects/s, time to welcome, and the CPU the
+/// server and the load generator spent per connection.
+pub async fn storm_on(server: Server, quick: bool) -> Result<Value> {
+    let count = if quick { STORM_QUICK_CLIENTS } else { STORM_CLIENTS };
+    let pid = server.pid().to_string();
+    let cpu_before = cpu_time_of(&pid)?;
+    let own_before = own_cpu_time()?;
     let (sockets, took, welcome) =
-        open_many(server.addr, count, 1_000, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await?;
+        open_many(server.addr, count, STORM_PARALLEL, |i| format!("storm-{}", i % 100), |i| format!("u{i}")).await?;
+    let cpu = cpu_time_of(&pid)? - cpu_before;
+    let own = own_cpu_time()? - own_before;
     drop(sockets);
+    let slow_commits = server.slow_commits();
     server.stop()?;
     Ok(json!({
         "clients": count,
         "connects_per_sec": count as f64 / took.as_secs_f64(),
         "welcome_p50_ms": welcome.percentile_ms(50.0),
         "welcome_p99_ms": welcome.percentile_ms(99.0),
+        "server_cpu_us_per_connection": cpu.as_secs_f64() * 1e6 / count as f64,
+        "server_cpu_pct": cpu.as_secs_f64() / took.as_secs_f64() * 100.0,
+        "generator_cpu_pct": own.as_secs_f64() / took.as_secs_f64() * 100.0,
+        "server_slow_commits": slow_commits,
     }))
 }
 
 /// `fanout`: 1,000 members of one room, 10 of them sending; the rate steps up
 /// until p99 latency passes 50 ms or messages are lost.
 pub async fn fanout(args: &Args) -> Result<Value> {
-    let members = 1_000;
+    let members = FANOUT_MEMBERS;
     let senders = 10;
-    let step_len = Duration::from_secs(if args.quick { 2 } else { 5 });
+    let step_len = fanout_step(args.quick);
     let rates: &[f64] = if args.quick {
-        &[100.0, 400.0]
+        &[FANOUT_FIRST_RATE, 400.0]
     } else {
         &[
-            100.0, 250.0, 500.0, 1_000.0, 1_500.0, 2_000.0, 2_500.0, 3_000.0, 4_000.0, 5_000.0, 6_000.0, 8_000.0,
+            FANOUT_FIRST_RATE,
+            250.0,
+            500.0,
+            1_000.0,
+            1_500.0,
+            2_000.0,
+            2_500.0,
+            3_000.0,
+            4_000.0,
+            5_000.0,
+            6_000.0,
+            8_000.0,
             10_000.0,
         ]
     };
@@ -146,7 +200,17 @@ pub async fn fanout(args: &Args) -> Result<Value> {
         best = best.max(delivered as f64 / secs);
     }
     server.stop()?;
-    Ok(json!({ "members": members, "senders": senders, "max_sustained_deliveries_per_sec": best, "steps": steps }))
+    // The first step, flat, to set beside the floor's fan-out at the same rate.
+    let first = steps.first().cloned().unwrap_or_default();
+    Ok(json!({
+        "members": members,
+        "senders": senders,
+        "max_sustained_deliveries_per_sec": best,
+        "server_cpu_us_per_delivery_at_100k": first["server_cpu_us_per_delivery"],
+        "server_cpu_pct_at_100k": first["server_cpu_pct"],
+        "p99_ms_at_100k": first["p99_ms"],
+        "steps": steps,
+    }))
 }
 
 /// `slow`: 100 members, 1,000 messages/s fanned out, one member stops reading.
