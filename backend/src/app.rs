@@ -74,9 +74,12 @@ impl App {
             Announce::Batched(Some(delay)) => {
                 let shutdown = self.shutdown.clone();
                 self.tasks.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => room.flush_presence(),
-                        () = shutdown.cancelled() => {}
+                    let mut wait = Some(delay);
+                    while let Some(delay) = wait {
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => wait = room.flush_presence(),
+                            () = shutdown.cancelled() => return,
+                        }
                     }
                 });
                 Ok(())

@@ -567,19 +567,30 @@ impl Room {
     }
 
     /// Sends a big room's waiting presence changes to every member, as one
-    /// `presence` frame.
-    pub fn flush_presence(&self) {
+    /// `presence` frame, unless the room grew since the send was scheduled
+    /// so that its interval (which grows with the room) has not passed yet:
+    /// then nothing is sent and the time still to wait is returned (call
+    /// again then). So a room's batches cost about
+    /// [`crate::config::PRESENCE_FRAMES_PER_SEC`] frames a second even
+    /// while it fills up.
+    pub fn flush_presence(&self) -> Option<std::time::Duration> {
         let mut guard = self.lock();
         let state = &mut *guard;
+        let interval = self.limits.presence_interval_for(state.members.len());
         let pending = &mut state.presence;
+        let now = Instant::now();
+        if let Some(due) = pending.last_sent.map(|sent| sent + interval).filter(|due| *due > now) {
+            return Some(due - now);
+        }
         pending.scheduled = false;
         if pending.is_empty() {
-            return;
+            return None;
         }
-        pending.last_sent = Some(Instant::now());
+        pending.last_sent = Some(now);
         let mut batch = std::mem::take(&mut pending.batch);
         batch.count = u32::try_from(state.members.len()).unwrap_or(u32::MAX);
         state.broadcast(&encode(&ServerMsg::Presence(batch)), None);
+        None
     }
 
     /// Up to `limit` members (at most [`MEMBERS_PAGE_MAX`]) whose names sort
@@ -1413,11 +1424,40 @@ mod tests {
         );
         join_batched(&f, 4, "Di");
         assert!(matches!(f.room.leave(&cy, cy_conn.id), Some(Announce::Batched(None))));
-        f.room.flush_presence();
+        // Called early, the flush sends nothing and says how long is left.
+        assert_eq!(f.room.flush_presence(), Some(std::time::Duration::from_millis(1500)));
+        assert!(drain(&mut ada_rx).is_empty());
+        tokio::time::advance(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(f.room.flush_presence(), None);
         let batch = presences(&mut ada_rx);
         assert_eq!(names(&batch[0].joined), ["Di"], "Cy's visit cancelled out");
         assert!(batch[0].left.is_empty());
         assert_eq!(batch[0].count, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_room_that_grew_since_its_batch_was_due_waits_its_longer_interval() {
+        let limits = RoomLimits { presence_threshold: 1, ..RoomLimits::default() };
+        let f = Fixture::with_limits(limits.clone());
+        let (_, _, mut ada_rx) = f.join(1, "Ada", "t1");
+        join_batched(&f, 2, "Bob");
+        assert_eq!(f.room.flush_presence(), None, "the first batch goes at once");
+        presences(&mut ada_rx);
+        // A storm of joins after it: the next batch was due a second later,
+        // but a room this size waits longer between batches.
+        let crowd = 2 * crate::config::PRESENCE_FRAMES_PER_SEC;
+        for i in 0..crowd {
+            join_batched(&f, 10 + i as u64, &format!("user{i}"));
+        }
+        tokio::time::advance(limits.presence_interval).await;
+        let longer = limits.presence_interval_for(crowd + 2);
+        assert!(longer > limits.presence_interval);
+        assert_eq!(f.room.flush_presence(), Some(longer - limits.presence_interval));
+        assert!(drain(&mut ada_rx).is_empty(), "not yet");
+        tokio::time::advance(longer - limits.presence_interval).await;
+        assert_eq!(f.room.flush_presence(), None);
+        let batch = presences(&mut ada_rx).remove(0);
+        assert_eq!(batch.joined.len() as u32 + batch.more_joined, crowd as u32, "every join, in one batch");
     }
 
     #[test]
