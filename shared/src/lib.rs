@@ -24,5 +24,6 @@ pub use error::{ErrorCode, ValidationError};
 pub use ids::{ClientMsgId, MessageText, ResumeToken, RoomName, Seq, Timestamp, UserName};
 pub use protocol::{
     Ack, ChatMessage, ClientMsg, ErrorMsg, Hello, HistoryPage, HistoryRequest, Member, MembersPage, MembersRequest,
-    Notice, NoticeKind, PROTOCOL_VERSION, Presence, RoomEvent, Say, ServerMsg, Typing, TypingUpdate, Welcome,
+    Notice, NoticeBatch, NoticeKind, PROTOCOL_VERSION, Presence, RoomEvent, Say, ServerMsg, Typing, TypingUpdate,
+    Welcome,
 };

@@ -114,6 +114,9 @@ pub enum ServerMsg {
     Message(ChatMessage),
     /// A system notice (the tutorial's `system`).
     Notice(Notice),
+    /// Several notices stored in one commit, in seq order: one frame for a
+    /// room's joins and leaves of one commit window.
+    Notices(NoticeBatch),
     Typing(TypingUpdate),
     Error(ErrorMsg),
     History(HistoryPage),
@@ -334,6 +337,12 @@ pub struct Notice {
     pub color: Color,
 }
 
+/// Notices stored together, oldest first; each as if it came on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeBatch {
+    pub notices: Vec<Notice>,
+}
+
 /// Someone else started or stopped typing. Ephemeral: no seq, not stored.
 /// An `active: true` expires after [`crate::limits::TYPING_TTL_MS`] unless refreshed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,6 +436,7 @@ enum ServerMsgType {
     Ack,
     Message,
     Notice,
+    Notices,
     Typing,
     Error,
     History,
@@ -442,6 +452,7 @@ impl WireName for ServerMsgType {
         Self::Ack,
         Self::Message,
         Self::Notice,
+        Self::Notices,
         Self::Typing,
         Self::Error,
         Self::History,
@@ -456,6 +467,7 @@ impl WireName for ServerMsgType {
             Self::Ack => "ack",
             Self::Message => "message",
             Self::Notice => "notice",
+            Self::Notices => "notices",
             Self::Typing => "typing",
             Self::Error => "error",
             Self::History => "history",
@@ -482,6 +494,7 @@ impl ServerMsg {
             ServerMsgType::Ack => ServerMsg::Ack(serde_json::from_str(text)?),
             ServerMsgType::Message => ServerMsg::Message(serde_json::from_str(text)?),
             ServerMsgType::Notice => ServerMsg::Notice(serde_json::from_str(text)?),
+            ServerMsgType::Notices => ServerMsg::Notices(serde_json::from_str(text)?),
             ServerMsgType::Typing => ServerMsg::Typing(serde_json::from_str(text)?),
             ServerMsgType::Error => ServerMsg::Error(serde_json::from_str(text)?),
             ServerMsgType::History => ServerMsg::History(serde_json::from_str(text)?),

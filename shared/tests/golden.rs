@@ -177,6 +177,17 @@ fn notices_of_every_kind() {
 }
 
 #[test]
+fn notices_of_one_commit() {
+    golden_server(
+        ServerMsg::Notices(NoticeBatch { notices: vec![notice(NoticeKind::Joined), notice(NoticeKind::Left)] }),
+        concat!(
+            r##"{"type":"notices","notices":[{"seq":7,"ts":1000,"kind":"joined","name":"Bob","color":"#e12b2b"},"##,
+            r##"{"seq":7,"ts":1000,"kind":"left","name":"Bob","color":"#e12b2b"}]}"##
+        ),
+    );
+}
+
+#[test]
 fn typing_update() {
     golden_server(
         ServerMsg::Typing(TypingUpdate { name: name("Bob"), active: false }),

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use natter_shared::limits::{MEMBERS_PAGE_MAX, PRESENCE_NAMES_MAX, TYPING_REFRESH_MIN_MS};
 use natter_shared::{
-    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MembersPage, MessageText, NoticeKind, Presence,
-    ResumeToken, RoomEvent, RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for,
+    Ack, ClientMsgId, Color, ErrorCode, ErrorMsg, HistoryPage, Member, MembersPage, MessageText, Notice, NoticeBatch,
+    NoticeKind, Presence, ResumeToken, RoomEvent, RoomName, Seq, ServerMsg, TypingUpdate, UserName, color_for,
 };
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
@@ -722,43 +722,51 @@ impl Committed for Room {
         &self.name
     }
 
-    fn committed(&self, draft: Draft, outcome: Outcome) {
+    fn committed_all(&self, writes: Vec<(Draft, Outcome)>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        match (draft, outcome) {
-            (draft, Outcome::Stored(event)) => {
-                state.head = state.head.max(event.seq());
-                let recent = RecentEvent::from(event.clone());
-                let encoded = recent.encoded.clone();
-                state.recent.push_back(recent);
-                while state.recent.len() > self.recent_max {
-                    state.recent.pop_front();
-                }
-                match draft {
-                    Draft::Message { cid, sender, member, .. } => {
-                        sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
-                        state.broadcast(&encoded, Some(member));
+        // The commit's stored notices go out together (one frame per member
+        // for a run of them), messages one by one, all in seq order.
+        let mut notices: Vec<(Notice, Encoded)> = Vec::new();
+        for (draft, outcome) in writes {
+            match (draft, outcome) {
+                (draft, Outcome::Stored(event)) => {
+                    state.head = state.head.max(event.seq());
+                    let recent = RecentEvent::from(event.clone());
+                    let encoded = recent.encoded.clone();
+                    state.recent.push_back(recent);
+                    while state.recent.len() > self.recent_max {
+                        state.recent.pop_front();
                     }
-                    Draft::Notice { .. } => state.broadcast(&encoded, None),
+                    match (draft, event) {
+                        (Draft::Message { cid, sender, member, .. }, event) => {
+                            state.send_notices(&mut notices);
+                            sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                            state.broadcast(&encoded, Some(member));
+                        }
+                        (Draft::Notice { .. }, RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
+                        (Draft::Notice { .. }, RoomEvent::Message(_)) => state.broadcast(&encoded, None),
+                    }
                 }
+                (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
+                    sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts }));
+                }
+                (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
+                    // The details are for the log, not for clients.
+                    warn!(room = %self.name, conn = sender.id, error = %e, "message not stored");
+                    sender.send_reply(&ServerMsg::Error(ErrorMsg {
+                        code: ErrorCode::StorageUnavailable,
+                        message: "the message was not stored; it will be sent again".into(),
+                        cid: Some(cid.to_string()),
+                    }));
+                }
+                (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
+                    warn!(room = %self.name, ?kind, error = %e, "notice not stored");
+                }
+                (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
             }
-            (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
-                sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts }));
-            }
-            (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
-                // The details are for the log, not for clients.
-                warn!(room = %self.name, conn = sender.id, error = %e, "message not stored");
-                sender.send_reply(&ServerMsg::Error(ErrorMsg {
-                    code: ErrorCode::StorageUnavailable,
-                    message: "the message was not stored; it will be sent again".into(),
-                    cid: Some(cid.to_string()),
-                }));
-            }
-            (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
-                warn!(room = %self.name, ?kind, error = %e, "notice not stored");
-            }
-            (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
         }
+        state.send_notices(&mut notices);
     }
 }
 
@@ -786,6 +794,20 @@ impl RoomState {
     fn latest_iter(&self, limit: usize) -> std::iter::Skip<std::collections::vec_deque::Iter<'_, RecentEvent>> {
         let skip = self.recent.len().saturating_sub(limit);
         self.recent.iter().skip(skip)
+    }
+
+    /// Sends a run of stored notices to every member: one as its own
+    /// frame, several as one `notices` frame.
+    fn send_notices(&self, notices: &mut Vec<(Notice, Encoded)>) {
+        match notices.len() {
+            0 => return,
+            1 => self.broadcast(&notices[0].1, None),
+            _ => {
+                let notices = notices.iter().map(|(n, _)| n.clone()).collect();
+                self.broadcast(&encode(&ServerMsg::Notices(NoticeBatch { notices })), None);
+            }
+        }
+        notices.clear();
     }
 
     /// Queues one shared encoded message for every attached member except `except`.
@@ -912,6 +934,49 @@ mod tests {
                 matches!(drain(rx).as_slice(), [ServerMsg::Notice(n)] if n.kind == NoticeKind::Joined && n.seq == Seq(2))
             );
         }
+    }
+
+    #[test]
+    fn the_notices_of_one_commit_go_out_as_one_frame_and_messages_keep_their_place() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (mut drafts, mut conns) = (Vec::new(), Vec::new());
+        for (id, name) in [(2, "Bob"), (3, "Cy")] {
+            let (conn, rx) = channel(id, 64);
+            let (_, kind) = f.room.join(request(name, None, None), &conn, id, token(&format!("t{id}"))).expect("joins");
+            let JoinKind::Joined(announce) = kind else { panic!("new member") };
+            drafts.push(announce.into_draft());
+            conns.push((conn, rx));
+        }
+        let text = MessageText::parse("hi").expect("valid");
+        drafts.push(f.room.say(&ada, &ada_conn, ClientMsgId::parse("c1").expect("valid"), text).expect("member"));
+        let (conn, rx) = channel(4, 64);
+        let (_, JoinKind::Joined(dee)) = f.room.join(request("Dee", None, None), &conn, 4, token("t4")).expect("joins")
+        else {
+            panic!("new member")
+        };
+        drafts.push(dee.into_draft());
+        conns.push((conn, rx));
+        // One commit: two joins, a message, a join.
+        let writes = drafts.into_iter().map(|d| (d.clone(), f.store.apply(&f.room.name, &d))).collect();
+        f.room.committed_all(writes);
+        let (_, bob_rx) = &mut conns[0];
+        let got = drain(bob_rx);
+        let kinds: Vec<String> = got
+            .iter()
+            .map(|m| match m {
+                ServerMsg::Welcome(_) => "welcome".to_owned(),
+                ServerMsg::Notices(b) => format!("notices {:?}", b.notices.iter().map(|n| n.seq.0).collect::<Vec<_>>()),
+                ServerMsg::Message(m) => format!("message {}", m.seq.0),
+                ServerMsg::Notice(n) => format!("notice {}", n.seq.0),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["welcome", "notices [2, 3]", "message 4", "notice 5"]);
+        assert!(matches!(
+            drain(&mut ada_rx).as_slice(),
+            [ServerMsg::Notices(_), ServerMsg::Ack(_), ServerMsg::Notice(_)]
+        ));
     }
 
     #[test]

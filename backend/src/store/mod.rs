@@ -43,9 +43,14 @@ pub fn now_ms() -> Timestamp {
 pub trait Committed: Send + Sync + std::fmt::Debug + 'static {
     /// The room's name, for storing its events.
     fn room_name(&self) -> &RoomName;
-    /// The writer stored (or refused) `draft`: acknowledge and broadcast it.
-    /// Called in seq order for each room.
-    fn committed(&self, draft: Draft, outcome: Outcome);
+    /// The writer stored (or refused) these drafts of one commit, in seq
+    /// order: acknowledge and broadcast them. Called in seq order for each room.
+    fn committed_all(&self, writes: Vec<(Draft, Outcome)>);
+
+    /// [`Committed::committed_all`] for one draft.
+    fn committed(&self, draft: Draft, outcome: Outcome) {
+        self.committed_all(vec![(draft, outcome)]);
+    }
 }
 
 /// A history operation failed.

@@ -13,6 +13,7 @@
 //! database is migrated forward on start, and a newer or unreadable one is
 //! refused with an error naming the file, never replaced.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::writer::{Sequencer, Write, WriteQueue, WriterMsg};
-use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, SavedMember, now_ms, replay_of};
+use super::{Committed, Draft, HistoryError, HistoryStore, Outcome, Replay, SavedMember, now_ms, replay_of};
 use crate::config::StorageConfig;
 
 /// The database file inside the data directory.
@@ -304,6 +305,9 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
     events.reverse();
     Ok(events)
 }
+
+/// A room and its writes of one commit, in seq order.
+type RoomWrites = (Arc<dyn Committed>, Vec<(Draft, Outcome)>);
 
 /// Records `seq` as the latest of `room` in this transaction.
 fn note_head(heads: &mut Vec<(RoomName, Seq)>, room: &RoomName, seq: Seq) {
@@ -667,11 +671,25 @@ impl Writer {
     fn store(&mut self, batch: Vec<Pending>) {
         match self.store_batch(&batch) {
             Ok(results) => {
+                // Each room hears of its writes of this commit at once, so
+                // it can send its notices of the commit as one frame.
+                let mut rooms: Vec<RoomWrites> = Vec::new();
+                let mut index: HashMap<*const (), usize> = HashMap::new();
                 for (pending, result) in batch.into_iter().zip(results) {
                     match result {
-                        Ok(outcome) => pending.write.room.committed(pending.write.draft, outcome),
+                        Ok(outcome) => {
+                            let Pending { write: Write { room, draft }, .. } = pending;
+                            let at = *index.entry(Arc::as_ptr(&room).cast::<()>()).or_insert_with(|| {
+                                rooms.push((room.clone(), Vec::new()));
+                                rooms.len() - 1
+                            });
+                            rooms[at].1.push((draft, outcome));
+                        }
                         Err(e) => self.failed_alone(pending, e),
                     }
+                }
+                for (room, writes) in rooms {
+                    room.committed_all(writes);
                 }
             }
             Err(e) => {

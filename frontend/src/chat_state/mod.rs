@@ -66,6 +66,13 @@ impl ChatState {
             ServerMsg::Ack(ack) => self.ack(&ack.cid, ack.seq, ack.ts),
             ServerMsg::Message(m) => self.event(RoomEvent::Message(m)),
             ServerMsg::Notice(n) => self.event(RoomEvent::Notice(n)),
+            ServerMsg::Notices(batch) => {
+                for n in batch.notices {
+                    self.event(RoomEvent::Notice(n));
+                }
+            }
+            // Big rooms' presence and member pages: shown by the next change.
+            ServerMsg::Presence(_) | ServerMsg::Members(_) => {}
             ServerMsg::Typing(t) => self.set_typing(t.name, t.active, now_ms),
             ServerMsg::Error(e) => {
                 match e.cid {

@@ -37,7 +37,9 @@ pub enum Kind {
     Welcome,
     Message,
     Notice,
-    /// The ephemeral presence frame (no seq) the backend is getting.
+    /// Several stored notices of one commit in one frame.
+    Notices,
+    /// The ephemeral presence frame (no seq) of a big room.
     Presence,
     Ack,
     Error,
@@ -58,6 +60,7 @@ impl Kind {
             b"welcome" => Self::Welcome,
             b"message" => Self::Message,
             b"notice" => Self::Notice,
+            b"notices" => Self::Notices,
             b"presence" => Self::Presence,
             b"ack" => Self::Ack,
             b"error" => Self::Error,
@@ -75,6 +78,19 @@ pub fn seq_of(payload: &[u8]) -> Option<u64> {
     let digits = &payload[at..];
     let end = digits.iter().position(|c| !c.is_ascii_digit()).unwrap_or(digits.len());
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// Every `"seq":` number in a message, in order (the notices of a `notices` frame).
+pub fn seqs_of(payload: &[u8]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut rest = payload;
+    while let Some(seq) = seq_of(rest) {
+        seqs.push(seq);
+        const KEY: &[u8] = br#""seq":"#;
+        let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) else { break };
+        rest = &rest[at + KEY.len()..];
+    }
+    seqs
 }
 
 /// Server messages a crowd received, by kind.
@@ -413,6 +429,11 @@ impl Reader {
                     self.saw(seq);
                 }
             }
+            Kind::Notices => {
+                for seq in seqs_of(payload) {
+                    self.saw(seq);
+                }
+            }
             Kind::Ack => {
                 if let Some(seq) = seq_of(payload) {
                     self.saw(seq);
@@ -641,6 +662,9 @@ mod tests {
         assert_eq!(Kind::of(br#"{"type":"messages"}"#), Kind::Other);
         assert_eq!(Kind::of(b"[]"), Kind::Other);
         assert_eq!(seq_of(br#"{"type":"pong"}"#), None);
+        let batch = br##"{"type":"notices","notices":[{"type":"notice","seq":4},{"type":"notice","seq":5}]}"##;
+        assert_eq!(Kind::of(batch), Kind::Notices);
+        assert_eq!(seqs_of(batch), [4, 5]);
     }
 
     #[test]

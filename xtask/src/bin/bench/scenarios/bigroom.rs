@@ -80,7 +80,7 @@ pub async fn run(args: &Args) -> Result<Value> {
         "frames": frames,
         "frames_per_client": frames as f64 / count as f64,
         "welcome_frames": tally.get(Kind::Welcome),
-        "notice_frames": tally.get(Kind::Notice),
+        "notice_frames": tally.get(Kind::Notice) + tally.get(Kind::Notices),
         "presence_frames": tally.get(Kind::Presence),
         "message_frames": tally.get(Kind::Message),
         "control_frames": tally.get(Kind::Control),

@@ -143,7 +143,7 @@ pub async fn run(args: &Args) -> Result<Value> {
             checked += 1;
         }
     }
-    let events_after = tally.get(Kind::Message) + tally.get(Kind::Notice);
+    let events_after = tally.get(Kind::Message) + tally.get(Kind::Notice) + tally.get(Kind::Notices);
     put("unacked", json!(unacked));
     put("rooms_unchecked", json!(last.iter().filter(|l| l.is_none()).count()));
     put("clients_checked", json!(checked));
@@ -158,7 +158,10 @@ pub async fn run(args: &Args) -> Result<Value> {
     put("history_id_changed", json!(history_changed));
     put("events_after", json!(events_after));
     put("events_after_per_client", json!(events_after as f64 / resumed));
-    put("presence_frames_after_restart", json!(tally.get(Kind::Notice) + tally.get(Kind::Presence)));
+    put(
+        "presence_frames_after_restart",
+        json!(tally.get(Kind::Notice) + tally.get(Kind::Notices) + tally.get(Kind::Presence)),
+    );
     put("close_codes_after", json!(member::close_codes(&members)));
     put("server_slow_commits", json!(server.slow_commits()));
     server.stop()?;
