@@ -4,14 +4,15 @@
 //! It joins with `hello`, resumes with `last_seq` and the resume token after
 //! any drop, reconnects with exponential backoff and full jitter (at once when
 //! the tab becomes visible or the network comes back), keeps an outbox that
-//! survives reloads, and closes cleanly on `pagehide` so the room sees "left"
-//! at once.
+//! survives reloads, asks for older messages and a big room's members a page
+//! at a time, and closes cleanly on `pagehide` so the room sees "left" at once.
 
 use std::time::Duration;
 
 use leptos::prelude::*;
 use natter_shared::{
-    ClientMsg, ErrorCode, Hello, RoomName, Say, ServerMsg, Typing, UserName, close, limits::TYPING_REFRESH_MS,
+    ClientMsg, ErrorCode, Hello, MembersRequest, RoomName, Say, ServerMsg, Typing, UserName, close,
+    limits::{MEMBERS_PAGE_MAX, TYPING_REFRESH_MS},
 };
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
@@ -245,6 +246,23 @@ impl Client {
             if !self.send_msg(&ClientMsg::History(request)) {
                 // Not connected: let the button be pressed again later.
                 self.chat.update(ChatState::older_request_failed);
+            }
+        }
+    }
+
+    /// Asks the server for the next page of a big room's members, unless
+    /// the list is complete or a page is on its way.
+    pub fn load_members(self) {
+        if !self.chat.with_untracked(ChatState::can_load_members) {
+            return;
+        }
+        let mut after = None;
+        self.chat.update(|c| after = c.begin_members());
+        if let Some(after) = after {
+            let request = MembersRequest { after, limit: MEMBERS_PAGE_MAX };
+            if !self.send_msg(&ClientMsg::Members(request)) {
+                // Not connected: let it be asked for again later.
+                self.chat.update(ChatState::members_request_failed);
             }
         }
     }

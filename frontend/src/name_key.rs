@@ -18,10 +18,22 @@ use natter_shared::UserName;
 pub fn name_key(name: &UserName) -> String {
     #[cfg(target_arch = "wasm32")]
     {
-        String::from(js_sys::JsString::from(name.as_str()).to_lower_case())
+        text_key(name.as_str())
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
         name.key()
+    }
+}
+
+/// The same key for a name held as plain text (a `members` cursor).
+pub fn text_key(name: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        String::from(js_sys::JsString::from(name).to_lower_case())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        name.to_lowercase()
     }
 }

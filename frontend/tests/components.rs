@@ -13,9 +13,10 @@ use natter_frontend::client::{Field, JoinProblem, Status};
 use natter_frontend::components::composer::Composer;
 use natter_frontend::components::header::ChatHeader;
 use natter_frontend::components::join::JoinForm;
+use natter_frontend::components::members::MembersPanel;
 use natter_frontend::components::message_list::MessageList;
 use natter_shared::limits::MESSAGE_MAX_CHARS;
-use natter_shared::{Color, NoticeKind, RoomName, Seq, Timestamp, UserName};
+use natter_shared::{Color, Member, NoticeKind, RoomName, Seq, Timestamp, UserName};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -311,6 +312,58 @@ async fn names_and_texts_are_isolated_from_the_rest_of_their_line() {
     };
     assert!(left(3, 4) < left(0, 3), "the name's own \"!\" stays at its end");
     style.remove();
+}
+
+#[wasm_bindgen_test]
+async fn presence_lines_show_their_sentence() {
+    let root = container();
+    let who = ["Ada", "Bo"].map(|n| Member { name: name(n), color: Color("#e12b2b".into()) }).to_vec();
+    let lines = vec![
+        message(4),
+        Line::Event(
+            Entry::Presence { seq: Seq(4), n: 1, ts: Timestamp(0), kind: NoticeKind::Joined, who, more: 12 },
+            0,
+        ),
+    ];
+    let _mounted = mount_to(root.clone(), move || {
+        view! { <MessageList lines=lines on_retry=Callback::new(|_: String| {}) on_discard=Callback::new(|_: String| {}) /> }
+    });
+    tick().await;
+    assert_eq!(count(&root, ".messages > li"), 2);
+    assert_eq!(text(&root, ".notice-joined .presence"), "\u{2068}Ada\u{2069}, \u{2068}Bo\u{2069} and 12 others joined");
+}
+
+#[wasm_bindgen_test]
+async fn members_panel_offers_the_next_page_while_incomplete() {
+    let root = container();
+    let asked = RwSignal::new(0);
+    let more = RwSignal::new(Some("and 6 more".to_owned()));
+    let can_load = RwSignal::new(true);
+    let members = vec![Member { name: name("Ada"), color: Color("#e12b2b".into()) }];
+    let _mounted = mount_to(root.clone(), move || {
+        view! {
+            <MembersPanel
+                members=members
+                me=Some("Ada".to_owned())
+                open=RwSignal::new(false)
+                more=more
+                can_load_more=can_load
+                on_load_more=Callback::new(move |()| asked.update(|n| *n += 1))
+            />
+        }
+    });
+    tick().await;
+    assert_eq!(text(&root, ".member"), "Ada (you)");
+    assert_eq!(text(&root, ".members-more span"), "and 6 more");
+    click(&root, ".members-more button");
+    tick().await;
+    assert_eq!(asked.get_untracked(), 1);
+    can_load.set(false);
+    tick().await;
+    assert!(get(&root, ".members-more button").has_attribute("disabled"), "one page at a time");
+    more.set(None);
+    tick().await;
+    assert_eq!(count(&root, ".members-more"), 0, "hidden once complete");
 }
 
 #[wasm_bindgen_test]

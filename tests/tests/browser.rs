@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use natter_e2e::browser::{Page, artifacts_dir, console_messages, run_before_each_page, scenario};
-use natter_e2e::{Natter, bundle_dir};
-use natter_shared::{UserName, color_for};
+use natter_e2e::browser::{Page, UI_TIMEOUT, artifacts_dir, console_messages, run_before_each_page, scenario};
+use natter_e2e::{Natter, WsClient, bundle_dir};
+use natter_shared::limits::MEMBERS_PAGE_MAX;
+use natter_shared::{ServerMsg, UserName, color_for};
 
 /// Each scenario's upper bound.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -217,6 +218,93 @@ async fn the_page_works_under_its_content_security_policy() {
                 .is_some_and(|v| v.len() == 1 && v[0].as_str().is_some_and(|d| d.starts_with("script-src"))),
             "{reported}"
         );
+    })
+    .await;
+}
+
+/// Waits until `script` returns `expected` in `page`.
+async fn wait_js(page: &Page, script: &str, expected: serde_json::Value) {
+    let deadline = Instant::now() + UI_TIMEOUT;
+    loop {
+        let got = page.js(script).await;
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for `{script}` to return {expected}; it returns {got}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The names a presence line mentions (each bidi-isolated by the page).
+fn isolated_names(line: &str) -> Vec<String> {
+    line.split('\u{2068}').skip(1).filter_map(|s| s.split('\u{2069}').next()).map(str::to_owned).collect()
+}
+
+const LISTED: &str = "return document.querySelectorAll('.members .member').length";
+const MORE: &str = "return document.querySelector('.members-more span')?.textContent ?? null";
+
+#[tokio::test]
+async fn a_big_room_batches_presence_and_lists_members_a_page_at_a_time() {
+    let bundle = bundle_dir();
+    // Every room above one member is big; pings are kept out of the test's
+    // way (its protocol clients do not read).
+    let natter = Natter::start(&[
+        "--bundle-dir",
+        bundle.to_str().expect("utf-8 path"),
+        "--presence-threshold",
+        "1",
+        "--presence-interval",
+        "100ms",
+        "--ping-interval",
+        "300s",
+    ]);
+    let (url, ws) = (format!("http://{}/", natter.addr), natter.ws_url());
+    scenario("presence", LIMIT, |browsers| async move {
+        // More members than a welcome lists, before the page joins.
+        let others = MEMBERS_PAGE_MAX as usize + 5;
+        let mut clients = Vec::new();
+        for i in 0..others {
+            let mut client = WsClient::connect(&ws).await;
+            assert!(matches!(client.hello(&format!("m{i:03}"), "big").await, ServerMsg::Welcome(_)));
+            clients.push(client);
+        }
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        ada.join("Ada", "big").await;
+        let total = others + 1;
+        ada.wait_for_text(".member-count", &format!("{total} members")).await;
+        // The welcome listed the first page ("Ada" sorts first), and the panel says how many are not.
+        wait_js(&ada, LISTED, MEMBERS_PAGE_MAX.into()).await;
+        let left_out = total - MEMBERS_PAGE_MAX as usize;
+        assert_eq!(ada.js(MORE).await, serde_json::json!(format!("and {left_out} more")));
+        // Her own join comes as a presence line, not a stored notice.
+        let lines = ada.wait_texts(".messages .presence", "Ada's join", |t| t.iter().any(|l| l.contains("Ada"))).await;
+        assert!(lines.iter().all(|l| l.ends_with(" joined")), "{lines:?}");
+        // (Only m000, who joined the room empty, has a stored notice.)
+        assert_eq!(ada.texts(".messages .notice .name").await, ["m000"], "no stored notice above one member");
+
+        // On a narrow screen, opening the list asks for the rest.
+        ada.client.set_window_size(500, 760).await.expect("resize");
+        ada.click(".members-toggle").await;
+        wait_js(&ada, LISTED, total.into()).await;
+        assert_eq!(ada.js(MORE).await, serde_json::Value::Null, "complete: no \"and N more\"");
+
+        // Three leave at once: their names in lines, the count and the list follow.
+        let leavers = ["m102", "m103", "m104"];
+        for mut client in clients.drain(others - 3..) {
+            client.ws.close(None).await.expect("close");
+        }
+        ada.wait_for_text(".member-count", &format!("{} members", total - 3)).await;
+        let lines = ada
+            .wait_texts(".messages .presence", "the three leaves", |t| {
+                let named: Vec<String> =
+                    t.iter().filter(|l| l.ends_with(" left")).flat_map(|l| isolated_names(l)).collect();
+                leavers.iter().all(|n| named.iter().any(|m| m == n))
+            })
+            .await;
+        assert!(lines.iter().all(|l| !l.contains("timed out")), "{lines:?}");
+        wait_js(&ada, LISTED, (total - 3).into()).await;
+        let listed = ada.js("return [...document.querySelectorAll('.members .member')].map(e => e.textContent)").await;
+        assert!(!listed.to_string().contains("m104"), "{listed}");
     })
     .await;
 }

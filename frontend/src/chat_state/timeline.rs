@@ -1,8 +1,10 @@
 //! The room's events as shown: by seq, deduplicated, bounded, with gaps and earlier histories.
+//! A big room's presence lines have no seq: each stands after the latest seq
+//! seen when it arrived, numbered among the lines there.
 
 use std::collections::VecDeque;
 
-use natter_shared::{Color, NoticeKind, RoomEvent, Seq, Timestamp, UserName};
+use natter_shared::{Color, Member, NoticeKind, RoomEvent, Seq, Timestamp, UserName};
 
 use super::outbox::Pending;
 
@@ -12,8 +14,32 @@ pub const MAX_ENTRIES: usize = 2000;
 /// One event of the room, as shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Message { seq: Seq, ts: Timestamp, name: UserName, color: Color, text: String, mine: bool },
-    Notice { seq: Seq, ts: Timestamp, kind: NoticeKind, name: UserName, color: Color },
+    Message {
+        seq: Seq,
+        ts: Timestamp,
+        name: UserName,
+        color: Color,
+        text: String,
+        mine: bool,
+    },
+    Notice {
+        seq: Seq,
+        ts: Timestamp,
+        kind: NoticeKind,
+        name: UserName,
+        color: Color,
+    },
+    /// One kind of change of a `presence` frame: `who` by name and `more`
+    /// counted. `seq` is the latest seen on arrival, `n` (from 1) orders it
+    /// after that event; `ts` is the page's clock.
+    Presence {
+        seq: Seq,
+        n: u32,
+        ts: Timestamp,
+        kind: NoticeKind,
+        who: Vec<Member>,
+        more: u32,
+    },
 }
 
 impl Entry {
@@ -28,9 +54,26 @@ impl Entry {
         }
     }
 
+    /// The event's seq; for a presence line, the seq it stands after.
     pub fn seq(&self) -> Seq {
         match self {
-            Self::Message { seq, .. } | Self::Notice { seq, .. } => *seq,
+            Self::Message { seq, .. } | Self::Notice { seq, .. } | Self::Presence { seq, .. } => *seq,
+        }
+    }
+
+    /// Where the entry sorts: events by seq, presence lines after theirs.
+    fn order(&self) -> (Seq, u32) {
+        match self {
+            Self::Presence { seq, n, .. } => (*seq, *n),
+            _ => (self.seq(), 0),
+        }
+    }
+
+    /// The first seq not before this line: gaps up to it come first.
+    fn position(&self) -> Seq {
+        match self {
+            Self::Presence { seq, .. } => seq.next(),
+            _ => self.seq(),
         }
     }
 }
@@ -55,6 +98,7 @@ impl Line {
     /// A key unique within the list.
     pub fn key(&self) -> String {
         match self {
+            Self::Event(Entry::Presence { seq, n, .. }, epoch) => format!("e{epoch}-{seq}.{n}"),
             Self::Event(e, epoch) => format!("e{epoch}-{}", e.seq()),
             Self::Restarted(epoch) => format!("r{epoch}"),
             Self::Gap { before, .. } => format!("g{before}"),
@@ -70,21 +114,23 @@ impl Line {
 struct Entries(VecDeque<Entry>);
 
 impl Entries {
-    fn find(&self, seq: Seq) -> Result<usize, usize> {
-        self.0.binary_search_by_key(&seq, Entry::seq)
+    fn find(&self, order: (Seq, u32)) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&order, Entry::order)
     }
 
     fn contains(&self, seq: Seq) -> bool {
-        self.find(seq).is_ok()
+        self.find((seq, 0)).is_ok()
     }
 
+    /// The oldest seq shown or known to be gone: a presence line in front
+    /// means the events up to its seq are not here.
     fn first_seq(&self) -> Option<Seq> {
-        self.0.front().map(Entry::seq)
+        self.0.front().map(Entry::position)
     }
 
     /// Inserts the entry, replacing one with the same seq.
     fn insert(&mut self, entry: Entry) {
-        match self.find(entry.seq()) {
+        match self.find(entry.order()) {
             Ok(i) => self.0[i] = entry,
             Err(i) => self.0.insert(i, entry),
         }
@@ -92,7 +138,7 @@ impl Entries {
 
     /// Inserts the entry unless one with its seq is there.
     fn insert_new(&mut self, entry: Entry) {
-        if let Err(i) = self.find(entry.seq()) {
+        if let Err(i) = self.find(entry.order()) {
             self.0.insert(i, entry);
         }
     }
@@ -126,6 +172,9 @@ pub(super) struct Timeline {
     /// missing), sorted by seq. There are a few at most, so a sorted `Vec`
     /// (a second `BTreeMap` type would add ~2 KB to the bundle).
     gaps: Vec<(Seq, u64)>,
+    /// Presence lines so far: the `n` of the next is one more (never reset,
+    /// so their keys stay unique across histories).
+    presence_lines: u32,
 }
 
 impl Timeline {
@@ -170,10 +219,17 @@ impl Timeline {
     pub(super) fn insert(&mut self, entry: Entry) {
         self.entries.insert(entry);
         while self.entries.len() > MAX_ENTRIES {
-            if let Some(oldest) = self.entries.pop_oldest().map(|e| e.seq()) {
+            if let Some(oldest) = self.entries.pop_oldest().map(|e| e.position()) {
                 self.gaps.retain(|&(g, _)| g > oldest);
             }
         }
+    }
+
+    /// Adds a presence line after the events up to `after` (and after the
+    /// presence lines already there).
+    pub(super) fn insert_presence(&mut self, after: Seq, ts: Timestamp, kind: NoticeKind, who: Vec<Member>, more: u32) {
+        self.presence_lines += 1;
+        self.insert(Entry::Presence { seq: after, n: self.presence_lines, ts, kind, who, more });
     }
 
     /// Inserts an older event unless it is there already.
@@ -203,7 +259,7 @@ impl Timeline {
         }
         let mut gaps = self.gaps.iter().peekable();
         for entry in self.entries.iter() {
-            let seq = entry.seq();
+            let seq = entry.position();
             while let Some(&(before, missed)) = gaps.next_if(|&&(g, _)| g <= seq) {
                 lines.push(Line::Gap { before, missed });
             }
@@ -221,7 +277,7 @@ mod tests {
 
     use super::*;
     use crate::chat_state::ChatState;
-    use crate::chat_state::tests::{msg, notice, seqs, welcome, welcome_of};
+    use crate::chat_state::tests::{msg, notice, presence, seqs, welcome, welcome_of};
 
     #[test]
     fn events_are_ordered_by_seq_and_deduplicated() {
@@ -309,5 +365,34 @@ mod tests {
         let shown = seqs(&s);
         assert_eq!(shown.len(), MAX_ENTRIES);
         assert_eq!(shown[0], 11);
+    }
+
+    #[test]
+    fn presence_lines_come_after_gaps_and_count_towards_the_bound() {
+        let mut s = ChatState::default();
+        // Nothing shown and three events missed: the line comes after the gap,
+        // and older events can be asked for from before it.
+        s.apply(welcome(10, vec![], Some(3)), 0.0);
+        s.apply(presence(3, &["Ada"], &[], 0), 0.0);
+        let keys: Vec<String> = s.lines().iter().map(Line::key).collect();
+        assert_eq!(keys, ["g11", "e0-10.1"]);
+        assert!(s.can_load_older());
+        for seq in 11..(MAX_ENTRIES as u64 + 11) {
+            s.apply(ServerMsg::Message(msg(seq, "Bob", "x", None)), 0.0);
+        }
+        let lines = s.lines();
+        assert_eq!(lines.len(), MAX_ENTRIES, "the oldest line went, with the gap before it");
+        assert_eq!(lines[0].key(), "e0-11");
+    }
+
+    #[test]
+    fn presence_lines_stay_above_a_new_history_with_their_keys() {
+        let mut s = ChatState::default();
+        s.apply(welcome_of("h1", 5, vec![RoomEvent::Message(msg(5, "Bob", "old", None))], None), 0.0);
+        s.apply(presence(3, &["Ada"], &[], 0), 0.0);
+        s.apply(welcome_of("h2", 1, vec![RoomEvent::Notice(notice(1, NoticeKind::Joined, "Me"))], None), 0.0);
+        s.apply(presence(4, &["Bo"], &[], 0), 0.0);
+        let keys: Vec<String> = s.lines().iter().map(Line::key).collect();
+        assert_eq!(keys, ["e0-5", "e0-5.1", "r1", "e1-1", "e1-1.2"]);
     }
 }

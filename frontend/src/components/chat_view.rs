@@ -2,10 +2,11 @@
 
 use leptos::prelude::*;
 
+use crate::chat_state::ChatState;
 use crate::client::{Client, Status};
 use crate::components::composer::Composer;
 use crate::components::header::ChatHeader;
-use crate::components::members::MembersPanel;
+use crate::components::members::{MembersPanel, more_text};
 use crate::components::message_list::MessageList;
 use crate::components::typing::TypingLine;
 
@@ -15,6 +16,13 @@ pub fn ChatView(client: Client) -> impl IntoView {
     let members_open = RwSignal::new(false);
     let lines = Memo::new(move |_| client.chat.with(|c| c.lines()));
     let members = Memo::new(move |_| client.chat.with(|c| c.members.clone()));
+    let more_members = Signal::derive(move || client.chat.with(|c| c.members_left_out().map(more_text)));
+    // Opening the list (a button on narrow screens) asks for the next page of a big room's members.
+    Effect::new(move |_| {
+        if members_open.get() {
+            untrack(|| client.load_members());
+        }
+    });
     let room = Signal::derive(move || client.chat.with(|c| c.room.as_ref().map(|r| r.to_string()).unwrap_or_default()));
     let me = Signal::derive(move || client.chat.with(|c| c.me.as_ref().map(|m| m.name.to_string())));
     let typing = Signal::derive(move || {
@@ -32,7 +40,7 @@ pub fn ChatView(client: Client) -> impl IntoView {
         <div class="chat">
             <ChatHeader
                 room=room
-                member_count=Signal::derive(move || members.with(Vec::len))
+                member_count=Signal::derive(move || client.chat.with(ChatState::member_count))
                 status=client.status
                 now=client.now
                 members_open=members_open
@@ -47,7 +55,14 @@ pub fn ChatView(client: Client) -> impl IntoView {
                     can_load_older=Signal::derive(move || client.chat.with(|c| c.can_load_older()))
                     on_load_older=Callback::new(move |()| client.load_older())
                 />
-                <MembersPanel members=Signal::derive(move || members.get()) me=me open=members_open />
+                <MembersPanel
+                    members=Signal::derive(move || members.get())
+                    me=me
+                    open=members_open
+                    more=more_members
+                    can_load_more=Signal::derive(move || client.chat.with(ChatState::can_load_members))
+                    on_load_more=Callback::new(move |()| client.load_members())
+                />
             </div>
             <TypingLine names=typing />
             <Composer

@@ -3,7 +3,7 @@
 
 use leptos::html::Ol;
 use leptos::prelude::*;
-use natter_shared::NoticeKind;
+use natter_shared::{Member, NoticeKind};
 
 use crate::chat_state::{Entry, Line, Pending, SendStatus};
 use crate::follow::Follow;
@@ -16,6 +16,47 @@ pub fn notice_verb(kind: NoticeKind) -> &'static str {
         NoticeKind::Left => "left",
         NoticeKind::TimedOut => "timed out",
     }
+}
+
+/// The class of a notice or presence line of `kind`.
+fn notice_class(kind: NoticeKind) -> &'static str {
+    match kind {
+        NoticeKind::Joined => "notice notice-joined",
+        NoticeKind::Left => "notice notice-left",
+        NoticeKind::TimedOut => "notice notice-timed-out",
+    }
+}
+
+/// A presence line: "Ada joined", "Ada and Bo left", "Ada, Bo and 12 others
+/// joined", "3 people timed out". Each name is bidi-isolated, as in the
+/// typing line.
+pub fn presence_sentence(kind: NoticeKind, who: &[Member], more: u32) -> String {
+    let mut s = String::new();
+    // Where " and " goes instead of ", ": before the last name, or after it when others follow.
+    let and_at = if more == 0 { who.len().saturating_sub(1) } else { who.len() };
+    for (i, m) in who.iter().enumerate() {
+        if i > 0 {
+            s.push_str(if i == and_at { " and " } else { ", " });
+        }
+        s.push('\u{2068}');
+        s.push_str(m.name.as_str());
+        s.push('\u{2069}');
+    }
+    if more > 0 {
+        if !who.is_empty() {
+            s.push_str(" and ");
+        }
+        s.push_str(&more.to_string());
+        s.push_str(match (who.is_empty(), more) {
+            (false, 1) => " other",
+            (false, _) => " others",
+            (true, 1) => " person",
+            (true, _) => " people",
+        });
+    }
+    s.push(' ');
+    s.push_str(notice_verb(kind));
+    s
 }
 
 /// A key that changes when a line's rendering must change.
@@ -127,24 +168,24 @@ fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>
             </li>
         }
         .into_any(),
-        Line::Event(Entry::Notice { ts, kind, name, color, .. }, _) => {
-            let class = match kind {
-                NoticeKind::Joined => "notice notice-joined",
-                NoticeKind::Left => "notice notice-left",
-                NoticeKind::TimedOut => "notice notice-timed-out",
-            };
-            view! {
-                <li class=class>
-                    <span class="notice-text">
-                        <span class="name" style:color=color.0>{name.to_string()}</span>
-                        " "
-                        {notice_verb(kind)}
-                    </span>
-                    <time datetime=iso(ts)>{clock(ts)}</time>
-                </li>
-            }
-            .into_any()
+        Line::Event(Entry::Notice { ts, kind, name, color, .. }, _) => view! {
+            <li class=notice_class(kind)>
+                <span class="notice-text">
+                    <span class="name" style:color=color.0>{name.to_string()}</span>
+                    " "
+                    {notice_verb(kind)}
+                </span>
+                <time datetime=iso(ts)>{clock(ts)}</time>
+            </li>
         }
+        .into_any(),
+        Line::Event(Entry::Presence { ts, kind, who, more, .. }, _) => view! {
+            <li class=notice_class(kind)>
+                <span class="notice-text presence">{presence_sentence(kind, &who, more)}</span>
+                <time datetime=iso(ts)>{clock(ts)}</time>
+            </li>
+        }
+        .into_any(),
         Line::Restarted(_) => view! {
             <li class="notice divider">"The server restarted. Messages above are kept on this page only."</li>
         }
@@ -191,6 +232,36 @@ mod tests {
     /// The sentence of a system notice, as `LineView` puts it together.
     fn notice_text(kind: NoticeKind, name: &str) -> String {
         format!("{name} {}", notice_verb(kind))
+    }
+
+    fn members(names: &[&str]) -> Vec<Member> {
+        let member = |n: &&str| Member {
+            name: natter_shared::UserName::parse(n).expect("valid"),
+            color: natter_shared::Color("#123456".into()),
+        };
+        names.iter().map(member).collect()
+    }
+
+    /// The sentence without its bidi isolates, to read the words.
+    fn presence_words(kind: NoticeKind, names: &[&str], more: u32) -> String {
+        presence_sentence(kind, &members(names), more).replace(['\u{2068}', '\u{2069}'], "")
+    }
+
+    #[test]
+    fn presence_lines_name_the_first_and_count_the_rest() {
+        use NoticeKind::*;
+        assert_eq!(presence_words(Joined, &["Ada"], 0), "Ada joined");
+        assert_eq!(presence_words(Joined, &["Ada", "Bo"], 0), "Ada and Bo joined");
+        assert_eq!(presence_words(Left, &["Ada", "Bo", "Cy"], 0), "Ada, Bo and Cy left");
+        assert_eq!(presence_words(Joined, &["Ada", "Bo"], 12), "Ada, Bo and 12 others joined");
+        assert_eq!(presence_words(TimedOut, &["Di"], 1), "Di and 1 other timed out");
+        assert_eq!(presence_words(Left, &[], 1), "1 person left");
+        assert_eq!(presence_words(Joined, &[], 30), "30 people joined");
+        // Each name is isolated, so a right-to-left name cannot swap places with the next.
+        assert_eq!(
+            presence_sentence(Left, &members(&["Ada", "Bo"]), 0),
+            "\u{2068}Ada\u{2069} and \u{2068}Bo\u{2069} left"
+        );
     }
 
     #[test]
