@@ -43,6 +43,12 @@ fn fields(msg: &ClientMsg) {
             cid(&say.cid);
             message(&say.text);
         }
+        // A members cursor is only compared (lower-cased) with names, never validated.
+        ClientMsg::Members(request) => {
+            if let Some(after) = &request.after {
+                std::hint::black_box(after.to_lowercase());
+            }
+        }
         ClientMsg::Typing(_) | ClientMsg::History(_) | ClientMsg::Ping => {}
     }
 }
