@@ -86,29 +86,36 @@ pub fn MessageList(
         scroll_to_bottom();
     };
     let unseen = move || follow.with(|f| f.unseen);
+    // Memos, as `<Show>` kept: each part is built when it appears, not at every change.
+    let older = Memo::new(move |_| can_load_older.get());
+    let any_unseen = Memo::new(move |_| unseen() > 0);
 
     view! {
         <div class="messages-wrap">
             <ol class="messages" role="log" aria-live="polite" aria-label="Messages" tabindex="0" node_ref=list on:scroll=on_scroll>
-                <Show when=move || can_load_older.get()>
-                    <li class="load-older">
-                        <button type="button" on:click=move |_| on_load_older.run(())>"Load older messages"</button>
-                    </li>
-                </Show>
+                {move || {
+                    older.get().then(|| view! {
+                        <li class="load-older">
+                            <button type="button" on:click=move |_| on_load_older.run(())>"Load older messages"</button>
+                        </li>
+                    })
+                }}
                 <For
                     each=move || lines.get()
                     key=render_key
                     children=move |line| view! { <LineView line=line on_retry=on_retry on_discard=on_discard /> }
                 />
             </ol>
-            <Show when=move || { unseen() > 0 }>
-                <button type="button" class="new-messages" on:click=jump>
-                    {move || match unseen() {
-                        1 => "1 new message ↓".to_owned(),
-                        n => format!("{n} new messages ↓"),
-                    }}
-                </button>
-            </Show>
+            {move || {
+                any_unseen.get().then(|| view! {
+                    <button type="button" class="new-messages" on:click=jump>
+                        {move || match unseen() {
+                            1 => "1 new message ↓".to_owned(),
+                            n => format!("{n} new messages ↓"),
+                        }}
+                    </button>
+                })
+            }}
         </div>
     }
 }
