@@ -1,6 +1,7 @@
 //! The root: creates the client, picks the join or chat view, keeps the
 //! document title in step with the unread count.
 
+use leptos::either::Either;
 use leptos::prelude::*;
 use natter_shared::{RoomName, UserName};
 
@@ -47,10 +48,11 @@ pub fn App() -> impl IntoView {
 
     view! {
         <main class="app">
-            <Show
-                when=move || in_chat.get()
-                fallback=move || {
-                    view! {
+            {move || {
+                if in_chat.get() {
+                    Either::Left(view! { <ChatView client=client /> })
+                } else {
+                    Either::Right(view! {
                         <JoinForm
                             initial_name=initial_name.clone()
                             initial_room=initial_room.clone()
@@ -61,11 +63,9 @@ pub fn App() -> impl IntoView {
                             })
                             on_join=on_join
                         />
-                    }
+                    })
                 }
-            >
-                <ChatView client=client />
-            </Show>
+            }}
         </main>
     }
 }

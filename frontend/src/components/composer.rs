@@ -54,6 +54,8 @@ pub fn Composer(
             send();
         }
     };
+    // Text children are `String`s, empty for none: every other child type (`Option<String>`,
+    // `usize`) brings its own render code into the page (see docs/BENCHMARKS.md).
     let on_input = move |ev: leptos::ev::Event| {
         let value = event_target_value(&ev);
         let has_text = !value.trim().is_empty();
@@ -78,12 +80,12 @@ pub fn Composer(
             ></textarea>
             <div class="composer-side">
                 <span id="composer-count" class="counter" class:over=move || { count() > MESSAGE_MAX_CHARS }>
-                    {count} " / " {MESSAGE_MAX_CHARS}
+                    {move || count().to_string()} " / " {MESSAGE_MAX_CHARS.to_string()}
                 </span>
                 <button type="submit" disabled=cannot_send>"Send"</button>
             </div>
             <p id="composer-problem" class="composer-problem" role="status">
-                {move || problem().or_else(|| offline.get().then(|| "Offline: messages are sent when the connection is back.".to_owned()))}
+                {move || problem().or_else(|| offline.get().then(|| "Offline: messages are sent when the connection is back.".to_owned())).unwrap_or_default()}
             </p>
         </form>
     }

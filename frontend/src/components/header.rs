@@ -29,7 +29,8 @@ pub fn ChatHeader(
     on_retry_now: Callback<()>,
     on_leave: Callback<()>,
 ) -> impl IntoView {
-    let reconnecting = move || matches!(status.get(), Status::Reconnecting { .. });
+    // A memo, as `<Show>` kept one: the button is built when reconnecting starts, not at every tick.
+    let reconnecting = Memo::new(move |_| matches!(status.get(), Status::Reconnecting { .. }));
     let state_class = move || match status.get() {
         Status::Connected => "status status-ok",
         Status::Connecting | Status::Reconnecting { .. } => "status status-wait",
@@ -46,11 +47,13 @@ pub fn ChatHeader(
             <span class=state_class role="status">
                 {move || status_text(&status.get(), now.get())}
             </span>
-            <Show when=reconnecting>
-                <button type="button" class="retry-now" on:click=move |_| on_retry_now.run(())>
-                    "Retry now"
-                </button>
-            </Show>
+            {move || {
+                reconnecting.get().then(|| view! {
+                    <button type="button" class="retry-now" on:click=move |_| on_retry_now.run(())>
+                        "Retry now"
+                    </button>
+                })
+            }}
             <span class="spacer"></span>
             <button
                 type="button"

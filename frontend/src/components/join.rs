@@ -52,6 +52,8 @@ pub fn JoinForm(
     let name_error = move || shown(Field::Name);
     let room_error = move || shown(Field::Room);
     let form_error = move || shown(Field::Form);
+    // Text children are `String`s, empty for none: every other child type (`Option<String>`,
+    // `usize`) brings its own render code into the page (see docs/BENCHMARKS.md).
 
     view! {
         <form class="join" on:submit=submit novalidate>
@@ -69,7 +71,7 @@ pub fn JoinForm(
                 aria-describedby="join-name-error"
                 autofocus
             />
-            <p id="join-name-error" class="field-error" role="alert">{name_error}</p>
+            <p id="join-name-error" class="field-error" role="alert">{move || name_error().unwrap_or_default()}</p>
             <label for="join-room">"Room"</label>
             <input
                 id="join-room"
@@ -82,9 +84,9 @@ pub fn JoinForm(
                 aria-describedby="join-room-error join-room-hint"
             />
             <p id="join-room-hint" class="hint">"Lowercase letters, digits and dashes."</p>
-            <p id="join-room-error" class="field-error" role="alert">{room_error}</p>
-            <p class="field-error" role="alert">{form_error}</p>
-            <p class="join-status" role="status">{move || note.get()}</p>
+            <p id="join-room-error" class="field-error" role="alert">{move || room_error().unwrap_or_default()}</p>
+            <p class="field-error" role="alert">{move || form_error().unwrap_or_default()}</p>
+            <p class="join-status" role="status">{move || note.get().unwrap_or_default()}</p>
             <button type="submit" disabled=move || busy.get() && problem.with(Option::is_none)>
                 "Join"
             </button>
