@@ -1375,7 +1375,8 @@ mod tests {
 
     #[test]
     fn a_welcome_with_its_member_list_stays_within_its_bytes() {
-        let f = Fixture::new();
+        // A small room (every join a stored notice) of 31.
+        let f = Fixture::with_limits(RoomLimits { presence_threshold: 40, ..RoomLimits::default() });
         let (ada, conn, _rx) = f.join(1, "Ada", "t1");
         for i in 0..30 {
             f.join(10 + i, &format!("member-number-{i:04}"), &format!("t{}", 10 + i));

@@ -77,10 +77,13 @@ pub const DEFAULT_MAX_ROOMS_PER_ADDRESS: u32 = 50;
 /// Members one room holds; beyond it `hello` gets `room_full`.
 pub const DEFAULT_MAX_MEMBERS_PER_ROOM: usize = 5_000;
 /// Rooms with more members than this announce presence in batches
-/// (`presence` frames, not stored) instead of a stored notice per join and
-/// leave: past a few dozen people, a line per page opened is noise, and the
-/// notices cost every member a frame per change (O(N²) to fill a room).
-pub const DEFAULT_PRESENCE_THRESHOLD: usize = 50;
+/// (`presence` frames, shown as lines but not stored) instead of a stored
+/// notice per join and leave. A stored notice costs each join a row, a
+/// share of an fsync and a frame to every member: in a storm into
+/// 100-member rooms, 88–93 µs of server CPU per join with 50 here, 59–61
+/// with 20, 50–54 with 10 (docs/BENCHMARKS.md). Past a team's size, who
+/// opened the page when is not worth keeping in the history.
+pub const DEFAULT_PRESENCE_THRESHOLD: usize = 20;
 /// The shortest time between two `presence` frames of a big room.
 pub const DEFAULT_PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// A big room's presence frames per second, on average, whatever its size:
