@@ -138,6 +138,9 @@ async fn both_pages_survive_a_server_restart_and_nothing_is_lost_or_doubled() {
                 let n = texts.iter().filter(|t| t.as_str() == expected).count();
                 assert_eq!(n, 1, "{expected:?} shown {n} times in {texts:?}");
             }
+            // Both resumed their saved memberships: nobody joined again.
+            let joins = page.texts(".messages .notice-joined").await;
+            assert_eq!(joins.len(), 2, "Ada's and Bob's first joins only: {joins:?}");
         }
     })
     .await;
