@@ -11,6 +11,7 @@ use crate::address::PerAddress;
 use crate::chat::hub::Hub;
 use crate::chat::room::{Announce, Membership, Room};
 use crate::config::{Config, HistoryKind};
+use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteStore, StoreError};
 use crate::store::{Draft, HistoryError, HistoryStore, WriteQueue};
@@ -32,22 +33,26 @@ pub struct App {
     pub connections_per_address: Arc<PerAddress>,
     /// Joined sessions per client address.
     pub joins_per_address: Arc<PerAddress>,
+    /// What the server counts, for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
     /// The state for `config`: opens the history store and starts its writer.
     pub fn new(config: Config) -> Result<Arc<Self>, StoreError> {
+        let metrics = Arc::new(Metrics::new());
         let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match config.history {
             HistoryKind::Memory => {
-                let (store, writes) = MemoryStore::start(config.limits.history_per_room, config.storage.write_queue);
+                let (store, writes) =
+                    MemoryStore::start(config.limits.history_per_room, config.storage.write_queue, metrics.clone());
                 (store, writes)
             }
             HistoryKind::Sqlite => {
-                let (store, writes) = SqliteStore::start(&config.storage)?;
+                let (store, writes) = SqliteStore::start(&config.storage, metrics.clone())?;
                 (store, writes)
             }
         };
-        let hub = Hub::new(store, config.limits.clone());
+        let hub = Hub::new(store, config.limits.clone(), metrics.clone());
         Ok(Arc::new(Self {
             hub,
             writes,
@@ -56,6 +61,7 @@ impl App {
             sessions: AtomicUsize::new(0),
             connections_per_address: PerAddress::new(config.conn.max_connections_per_address),
             joins_per_address: PerAddress::new(config.conn.max_joins_per_address),
+            metrics,
             config,
         }))
     }
@@ -121,6 +127,7 @@ impl SessionCount {
     /// Counts one more session until dropped.
     pub fn new(app: Arc<App>) -> Self {
         app.sessions.fetch_add(1, Ordering::Relaxed);
+        app.metrics.connections_open.inc();
         Self(app)
     }
 }
@@ -128,5 +135,6 @@ impl SessionCount {
 impl Drop for SessionCount {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections_open.dec();
     }
 }

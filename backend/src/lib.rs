@@ -6,7 +6,7 @@
 //!
 //! The folders are the layers, outside in; each uses only those below it
 //! (docs/ARCHITECTURE.md has the table, and `cargo xtask test` checks it):
-//! * [`net`] — the accept loop, static files and `/healthz`, the `/ws` handshake.
+//! * [`net`] — the accept loop, static files, `/healthz` and `/readyz`, the `/ws` handshake, `/metrics`.
 //! * [`session`] — one WebSocket: reader + writer, the requests, how it ends.
 //! * [`app`] — what every connection of a running server shares.
 //! * [`chat`] — the hub and its rooms: members, presence, ordering, welcomes.
@@ -14,12 +14,14 @@
 //! * [`ws`] — RFC 6455 framing and each connection's bounded outbound queue.
 //! * [`config`] — every bound and timeout with defaults as constants, the flags, `Origin` policy.
 //! * [`address`] — per-address keys, counted slots, trusted proxies' `X-Forwarded-For`.
+//! * [`metrics`] — what the server counts, rendered for `/metrics`.
 //! * [`random`] — random ids and tokens.
 
 pub mod address;
 pub mod app;
 pub mod chat;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod random;
 pub mod session;
@@ -27,4 +29,4 @@ pub mod store;
 pub mod ws;
 
 pub use config::Config;
-pub use net::server::{ServerError, run};
+pub use net::server::{Listeners, ServerError, run, run_with};

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use natter_backend::ServerError;
-use natter_backend::config::cli::Cli;
+use natter_backend::config::cli::{Cli, LogFormat};
 use natter_backend::store::transfer;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -15,11 +15,12 @@ const DEFAULT_LOG_FILTER: &str = "info";
 #[allow(clippy::print_stderr)] // main reports startup errors to the terminal
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    match cli.serve.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     if let Some(command) = &cli.command {
         return match transfer::run(command) {
@@ -56,7 +57,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match natter_backend::run(config, listener, shutdown_signal()).await {
+        let metrics = match cli.metrics_listen.map(natter_backend::net::server::bind).transpose() {
+            Ok(metrics) => metrics,
+            Err(e) => {
+                eprintln!("natter: cannot listen for metrics on {}: {e}", cli.metrics_listen.unwrap_or(cli.listen));
+                return ExitCode::from(1);
+            }
+        };
+        let listeners = natter_backend::Listeners { main: listener, metrics };
+        match natter_backend::run_with(config, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(ServerError::Config(e)) => {
                 eprintln!("natter: {e}");

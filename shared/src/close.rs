@@ -20,6 +20,9 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// The peer broke the WebSocket protocol (e.g. an unmasked client frame).
 pub const PROTOCOL_ERROR: u16 = 1002;
+/// RFC 6455's "no status received": never sent, it reports a Close frame
+/// that carried no code.
+pub const NO_STATUS: u16 = 1005;
 /// A binary frame arrived; Natter speaks JSON text frames only.
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// A text frame was not valid UTF-8.

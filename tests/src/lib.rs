@@ -162,7 +162,8 @@ impl Natter {
                 }
             };
             if let Some(rest) = line.split(READY_MARKER).nth(1) {
-                let addr = rest.trim().trim_end_matches('/');
+                // A text line ends with the URL; a JSON line has `/"}` after it.
+                let addr = rest.split(['/', '"']).next().unwrap_or_default().trim();
                 match addr.parse() {
                     Ok(addr) => break addr,
                     Err(_) => {

@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use natter_e2e::{Natter, RemoveOnDrop, WAIT, WsClient, fresh_temp_path, natter_bin};
 use natter_shared::{ClientMsg, Say, ServerMsg, close};
 
@@ -19,6 +20,8 @@ fn help_explains_every_flag_and_its_variable() {
         "--public-url",
         "--server-name",
         "--healthz-detail",
+        "--metrics-listen",
+        "--log-format",
         "--max-connections",
         "--max-rooms",
         "--outbound-queue",
@@ -47,6 +50,13 @@ fn a_taken_port_is_a_clear_error_and_exit_code_1() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    let out = Command::new(natter_bin())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &addr])
+        .output()
+        .expect("run natter");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot listen for metrics on {addr}")), "{stderr}");
 }
 
 #[test]
@@ -134,4 +144,42 @@ async fn sigint_stops_the_server_too() {
     natter.signal("INT");
     assert_eq!(ada.close_code().await, Some(close::SERVICE_RESTART));
     assert!(natter.wait().success());
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_a_line_per_connection_end_and_nothing_said() {
+    let mut natter = Natter::start(&["--log-format", "json"]);
+    let mut ada = WsClient::connect(&natter.ws_url()).await;
+    let ServerMsg::Welcome(welcome) = ada.hello("Ada", "lobby").await else { panic!("welcome") };
+    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "secret words".into() })).await;
+    loop {
+        if matches!(ada.recv().await, ServerMsg::Ack(_)) {
+            break;
+        }
+    }
+    ada.ws.close(None).await.expect("close");
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ada.ws.next()).await {}
+    // The end is logged once the server has settled the connection.
+    let deadline = Instant::now() + WAIT;
+    let mut log = Vec::new();
+    while !log.iter().any(|l: &String| l.contains("connection ended")) {
+        let left = deadline.checked_duration_since(Instant::now()).expect("a `connection ended` line in time");
+        log.push(natter.lines.recv_timeout(left).expect("a log line"));
+    }
+    natter.signal("TERM");
+    assert!(natter.wait().success());
+    log.extend(natter.lines.try_iter());
+
+    let objects: Vec<serde_json::Value> = log
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+        .collect();
+    assert!(objects.iter().all(|o| o["level"].is_string() && o["message"].is_string()), "{log:?}");
+    let ended = objects.iter().find(|o| o["message"] == "connection ended").expect("a connection end line");
+    assert_eq!(ended["reason"], "peer_closed", "{ended}");
+    assert_eq!(ended["code"], "1005", "{ended}");
+    assert!(ended["duration_ms"].is_u64(), "{ended}");
+    for secret in ["secret words", "Ada", welcome.resume_token.as_str()] {
+        assert!(!log.iter().any(|l| l.contains(secret)), "{secret:?} must not be logged: {log:?}");
+    }
 }

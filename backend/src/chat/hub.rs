@@ -12,6 +12,7 @@ use super::room::Membership;
 use super::room::Room;
 use crate::address::{AddressKey, PerAddress, Slot};
 use crate::config::RoomLimits;
+use crate::metrics::Metrics;
 use crate::store::{self, HistoryError, HistoryStore, SavedMember};
 
 /// Why a room could not be had.
@@ -41,11 +42,12 @@ pub struct Hub {
     store: Arc<dyn HistoryStore>,
     limits: RoomLimits,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
     /// An empty hub whose rooms keep their history in `store`.
-    pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Self {
+    pub fn new(store: Arc<dyn HistoryStore>, limits: RoomLimits, metrics: Arc<Metrics>) -> Self {
         let created_by = PerAddress::new(limits.max_rooms_per_address);
         Self {
             rooms: Mutex::new(HashMap::new()),
@@ -54,6 +56,7 @@ impl Hub {
             store,
             limits,
             next_id: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -91,8 +94,9 @@ impl Hub {
             return Ok(room.clone());
         }
         self.make_room(creator)?;
-        let (store, limits, opened) = (self.store.clone(), self.limits.clone(), name.clone());
-        let room = Arc::new(store::blocking(&self.store, move || Room::open(opened, store, limits)).await?);
+        let (store, limits, opened, metrics) =
+            (self.store.clone(), self.limits.clone(), name.clone(), self.metrics.clone());
+        let room = Arc::new(store::blocking(&self.store, move || Room::open(opened, store, limits, metrics)).await?);
         // Places are checked again: others may have come meanwhile.
         let mut rooms = self.lock();
         if let Some((existing, _)) = rooms.get(name) {
@@ -194,6 +198,14 @@ impl Hub {
     pub fn room_count(&self) -> usize {
         self.lock().len()
     }
+
+    /// How many rooms exist, and their members in all (each room locked
+    /// in turn, not all at once).
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms: Vec<Arc<Room>> = self.lock().values().map(|(room, _)| room.clone()).collect();
+        let members = rooms.iter().map(|room| room.member_count()).sum();
+        (rooms.len(), members)
+    }
 }
 
 #[cfg(test)]
@@ -219,7 +231,7 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(20));
         });
-        let hub = Arc::new(Hub::new(Arc::new(store), RoomLimits::default()));
+        let hub = Arc::new(Hub::new(Arc::new(store), RoomLimits::default(), Arc::default()));
         let joiners: Vec<_> = (0..20)
             .map(|i| {
                 let hub = hub.clone();
@@ -237,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_room_someone_still_holds_is_not_let_go() {
         let limits = RoomLimits { max_rooms: 1, ..RoomLimits::default() };
-        let hub = Hub::new(MemoryStore::new(10), limits);
+        let hub = Hub::new(MemoryStore::new(10), limits, Arc::default());
         // A join on its way in holds the room, not yet a member of it.
         let held = hub.room(&room("first"), key("10.0.0.1")).await.expect("opens");
         assert!(matches!(hub.room(&room("second"), key("10.0.0.2")).await, Err(HubError::TooManyRooms)));

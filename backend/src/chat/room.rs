@@ -24,6 +24,7 @@ use tracing::warn;
 use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
+use crate::metrics::Metrics;
 use crate::store::{self, Committed, Draft, HistoryError, HistoryStore, MemberId, Outcome, Replay};
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
@@ -226,11 +227,17 @@ pub struct Room {
     /// Events kept in `recent`: what a welcome shows, never more than the store keeps.
     recent_max: usize,
     state: Mutex<RoomState>,
+    metrics: Arc<Metrics>,
 }
 
 impl Room {
     /// Opens a room over `store`, loading its latest events.
-    pub fn open(name: RoomName, store: Arc<dyn HistoryStore>, limits: RoomLimits) -> Result<Self, HistoryError> {
+    pub fn open(
+        name: RoomName,
+        store: Arc<dyn HistoryStore>,
+        limits: RoomLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, HistoryError> {
         let recent_max = limits.welcome_history.min(store.keeps().unwrap_or(usize::MAX)).max(1);
         let (head, latest) = store.open_room(&name, recent_max)?;
         Ok(Self {
@@ -247,6 +254,7 @@ impl Room {
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
             }),
+            metrics,
         })
     }
 
@@ -495,7 +503,8 @@ impl Room {
         }
         member.typing_since = active.then_some(now);
         let update = ServerMsg::Typing(TypingUpdate { name: who.name.clone(), active });
-        state.broadcast(&encode(&update), Some(who.member_id));
+        let sent = state.broadcast(&encode(&update), Some(who.member_id));
+        self.metrics.broadcast(sent);
         true
     }
 
@@ -589,7 +598,8 @@ impl Room {
         pending.last_sent = Some(now);
         let mut batch = std::mem::take(&mut pending.batch);
         batch.count = u32::try_from(state.members.len()).unwrap_or(u32::MAX);
-        state.broadcast(&encode(&ServerMsg::Presence(batch)), None);
+        let sent = state.broadcast(&encode(&ServerMsg::Presence(batch)), None);
+        self.metrics.broadcast(sent);
         None
     }
 
@@ -740,12 +750,15 @@ impl Committed for Room {
                     }
                     match (draft, event) {
                         (Draft::Message { cid, sender, member, .. }, event) => {
-                            state.send_notices(&mut notices);
+                            state.send_notices(&mut notices, &self.metrics);
                             sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
-                            state.broadcast(&encoded, Some(member));
+                            self.metrics.messages_in.inc();
+                            self.metrics.broadcast(state.broadcast(&encoded, Some(member)));
                         }
                         (Draft::Notice { .. }, RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
-                        (Draft::Notice { .. }, RoomEvent::Message(_)) => state.broadcast(&encoded, None),
+                        (Draft::Notice { .. }, RoomEvent::Message(_)) => {
+                            self.metrics.broadcast(state.broadcast(&encoded, None));
+                        }
                     }
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
@@ -766,7 +779,7 @@ impl Committed for Room {
                 (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
             }
         }
-        state.send_notices(&mut notices);
+        state.send_notices(&mut notices, &self.metrics);
     }
 }
 
@@ -798,28 +811,32 @@ impl RoomState {
 
     /// Sends a run of stored notices to every member: one as its own
     /// frame, several as one `notices` frame.
-    fn send_notices(&self, notices: &mut Vec<(Notice, Encoded)>) {
+    fn send_notices(&self, notices: &mut Vec<(Notice, Encoded)>, metrics: &Metrics) {
         match notices.len() {
             0 => return,
-            1 => self.broadcast(&notices[0].1, None),
+            1 => metrics.broadcast(self.broadcast(&notices[0].1, None)),
             _ => {
                 let notices = notices.iter().map(|(n, _)| n.clone()).collect();
-                self.broadcast(&encode(&ServerMsg::Notices(NoticeBatch { notices })), None);
+                metrics.broadcast(self.broadcast(&encode(&ServerMsg::Notices(NoticeBatch { notices })), None));
             }
         }
         notices.clear();
     }
 
-    /// Queues one shared encoded message for every attached member except `except`.
-    fn broadcast(&self, encoded: &Encoded, except: Option<MemberId>) {
+    /// Queues one shared encoded message for every attached member except
+    /// `except`; returns to how many.
+    fn broadcast(&self, encoded: &Encoded, except: Option<MemberId>) -> usize {
+        let mut sent = 0;
         for member in self.members.values() {
             if Some(member.id) == except {
                 continue;
             }
             if let Some(conn) = &member.conn {
                 conn.send(encoded);
+                sent += 1;
             }
         }
+        sent
     }
 }
 
@@ -842,7 +859,7 @@ mod tests {
 
         fn with_limits(limits: RoomLimits) -> Self {
             let store = MemoryStore::new(100);
-            let room = Room::open(RoomName::default(), store.clone(), limits).expect("opens");
+            let room = Room::open(RoomName::default(), store.clone(), limits, Arc::default()).expect("opens");
             Self { store, room }
         }
 
@@ -1290,7 +1307,7 @@ mod tests {
         });
         let store = Arc::new(hooked);
         let limits = RoomLimits { welcome_history: 2, ..RoomLimits::default() };
-        let room = Arc::new(Room::open(RoomName::default(), store.clone(), limits).expect("opens"));
+        let room = Arc::new(Room::open(RoomName::default(), store.clone(), limits, Arc::default()).expect("opens"));
         let (ada_conn, _ada_rx) = channel(1, 64);
         let (ada, JoinKind::Joined(notice)) =
             room.join(request("Ada", None, None), &ada_conn, 1, token("t1")).expect("joins")

@@ -90,6 +90,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_LISTEN", default_value = config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Address to serve Prometheus metrics on, at /metrics (off unless given; keep it private, e.g. 127.0.0.1:9100).
+    #[arg(long, env = "NATTER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log lines as text (for people) or json (one object per line, for log shippers).
+    #[arg(long, env = "NATTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Where history is kept: sqlite (durable, in --data-dir) or memory (lost on restart).
     #[arg(long, env = "NATTER_HISTORY", value_enum, default_value_t = HistoryArg::Sqlite)]
     pub history: HistoryArg,
@@ -252,6 +260,15 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long to wait for connections to close.
     #[arg(long, env = "NATTER_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Plain text lines, for people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// `--history`: where history is kept (clap's side of [`HistoryKind`]).
@@ -420,6 +437,19 @@ mod tests {
         assert!(Cli::try_parse_from(["natter", "--listen", "nowhere"]).is_err());
         let zero = Cli::try_parse_from(["natter", "--rate-per-sec", "0"]).expect("parses");
         assert!(zero.config().expect("builds").validate().is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_and_logs_are_text_unless_asked_for() {
+        let defaults = Cli::try_parse_from(["natter"]).expect("parses");
+        assert_eq!(defaults.serve.metrics_listen, None);
+        assert_eq!(defaults.serve.log_format, LogFormat::Text);
+        let set = Cli::try_parse_from(["natter", "--metrics-listen", "127.0.0.1:9100", "--log-format", "json"])
+            .expect("parses");
+        assert_eq!(set.serve.metrics_listen, Some("127.0.0.1:9100".parse().expect("addr")));
+        assert_eq!(set.serve.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["natter", "--log-format", "xml"]).is_err());
+        assert!(Cli::try_parse_from(["natter", "--metrics-listen", "9100"]).is_err());
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Plain HTTP: the built page (static files with the right caching and an SPA
-//! fallback), `/healthz`, and a helpful page when the page has not been built.
+//! fallback), `/healthz` (alive), `/readyz` (storage takes writes), and a helpful
+//! page when the page has not been built.
 
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use tracing::warn;
 use warp::filters::BoxedFilter;
 use warp::{Filter, Rejection, Reply};
 
@@ -18,8 +21,15 @@ use crate::config::names::HostMatch;
 /// Every response body the server sends.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// The health check's path.
+/// The health check's path (alive).
 pub const HEALTHZ_PATH: &str = "/healthz";
+/// The readiness check's path (storage takes writes, the server accepts).
+pub const READYZ_PATH: &str = "/readyz";
+/// How long `/readyz` waits for the history writer to show it can write.
+pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a readiness answer is reused: a flood of `/readyz` requests
+/// costs the writer at most about one probe per this interval.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
 
 /// `Cache-Control` for files whose name carries a content hash.
 pub const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -98,6 +108,30 @@ fn with_headers(reply: impl Reply, cache: &'static str) -> warp::reply::Response
     resp
 }
 
+/// What `/readyz` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    /// Not ready, and the part that is not (`shutting_down`, `storage`);
+    /// the details go to the log, not to whoever asked.
+    NotReady(&'static str),
+}
+
+/// Whether the server takes new chats now: it is not shutting down, and its
+/// history store can start a write within [`READY_PROBE_TIMEOUT`].
+async fn readiness(app: &App) -> Readiness {
+    if app.shutdown.is_cancelled() {
+        return Readiness::NotReady("shutting_down");
+    }
+    match app.writes.probe(READY_PROBE_TIMEOUT).await {
+        Ok(()) => Readiness::Ready,
+        Err(e) => {
+            warn!(error = %e, "not ready: the history store cannot write");
+            Readiness::NotReady("storage")
+        }
+    }
+}
+
 /// All plain-HTTP routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
     let dir = app.config.bundle_dir.clone();
@@ -120,6 +154,35 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
             with_headers(warp::reply::json(&body), CACHE_REVALIDATE)
         },
     );
+
+    let ready_app = app.clone();
+    let last_ready: Arc<Mutex<Option<(Instant, Readiness)>>> = Arc::default();
+    let readyz = warp::path!("readyz").and(get_or_head.clone()).and_then(move || {
+        let (app, last) = (ready_app.clone(), last_ready.clone());
+        async move {
+            let cached = last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .filter(|(at, _)| at.elapsed() < READY_CACHE)
+                .map(|(_, readiness)| readiness);
+            let readiness = match cached {
+                Some(readiness) => readiness,
+                None => {
+                    let readiness = readiness(&app).await;
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), readiness));
+                    readiness
+                }
+            };
+            let (status, body) = match readiness {
+                Readiness::Ready => (StatusCode::OK, serde_json::json!({ "status": "ready" })),
+                Readiness::NotReady(reason) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not_ready", "reason": reason }))
+                }
+            };
+            let reply = warp::reply::with_status(warp::reply::json(&body), status);
+            Ok::<_, Rejection>(with_headers(reply, CACHE_REVALIDATE))
+        }
+    });
 
     let files = get_or_head.clone().and(warp::fs::dir(dir.clone())).map(|file: warp::fs::File| {
         let cache = cache_policy(file.path());
@@ -156,7 +219,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
         }
     });
 
-    healthz.or(files).unify().or(spa).unify().or(no_bundle).unify().recover(recover).unify().boxed()
+    healthz.or(readyz).unify().or(files).unify().or(spa).unify().or(no_bundle).unify().recover(recover).unify().boxed()
 }
 
 async fn recover(err: Rejection) -> Result<warp::reply::Response, Infallible> {

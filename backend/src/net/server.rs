@@ -21,12 +21,13 @@ use tower_service::Service;
 use tracing::{debug, info, warn};
 
 use super::headers::SecurityHeaders;
-use super::http::{Body, HEALTHZ_PATH, from_warp, routes, text_response};
+use super::http::{Body, HEALTHZ_PATH, READYZ_PATH, from_warp, routes, text_response};
 use super::upgrade::{self, WS_PATH};
 use crate::address::{AddressKey, Slot};
 use crate::app::App;
 use crate::config::names::{HostMatch, HostPolicy, HostRefused};
 use crate::config::{Config, ConfigError};
+use crate::metrics::HandshakeRefusal;
 use crate::store::sqlite::StoreError;
 
 /// Connections over the cap that may be answered with 503 at once; beyond
@@ -78,6 +79,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// accepting, closes every WebSocket with 1012, and waits (bounded by the
 /// configured shutdown timeout) for connections to finish.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    run_with(config, Listeners { main: listener, metrics: None }, shutdown).await
+}
+
+/// What a server listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The page, `/ws`, `/healthz` and `/readyz`.
+    pub main: TcpListener,
+    /// `/metrics` (`--metrics-listen`), if served.
+    pub metrics: Option<TcpListener>,
+}
+
+/// [`run`], also serving `/metrics` on its own listener when there is one.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let Listeners { main: listener, metrics } = listeners;
     config.validate()?;
     // The names as bound: a listener on port 0 has its real port by now.
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
@@ -103,6 +123,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     }
     for (room, me) in restored {
         app.expire_after(room, me, 0, app.config.timing.restart_grace);
+    }
+    if let Some(metrics) = metrics {
+        app.tasks.spawn(super::metrics::serve(metrics, app.clone()));
     }
     info!("Natter is running at http://{addr}/");
 
@@ -140,13 +163,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                     serve_connection(stream, peer, Arc::new(permit), app.clone(), edge.clone(), http_routes.clone());
                 app.tasks.spawn(conn);
             }
-            Err(busy) => match rejections.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    debug!(%peer, ?busy, "connection cap reached; answering");
-                    app.tasks.spawn(reject_busy(stream, slot, edge.clone(), busy));
+            Err(busy) => {
+                app.metrics.refused(match busy {
+                    Busy::Server => HandshakeRefusal::ServerFull,
+                    Busy::Address => HandshakeRefusal::AddressFull,
+                });
+                match rejections.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        debug!(%peer, ?busy, "connection cap reached; answering");
+                        app.tasks.spawn(reject_busy(stream, slot, edge.clone(), busy));
+                    }
+                    Err(_) => debug!(%peer, ?busy, "connection cap reached; closing"),
                 }
-                Err(_) => debug!(%peer, ?busy, "connection cap reached; closing"),
-            },
+            }
         }
     }
 
@@ -198,7 +227,7 @@ fn host_refusal(refused: &HostRefused) -> Response<Body> {
 }
 
 /// Answers one request: the `Host` check, then `/ws` or warp's routes.
-/// `/healthz` answers any `Host`: probes (a load balancer's, Kubernetes')
+/// `/healthz` and `/readyz` answer any `Host`: probes (a load balancer's, Kubernetes')
 /// address the server by an IP of their own, and "ok" tells a rebinding
 /// page nothing; its counts (`--healthz-detail`) go only to the server's names.
 async fn serve_request<S>(
@@ -213,15 +242,22 @@ where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>,
 {
     let host = request_host(&req).and_then(|host| edge.hosts.check(host));
-    let (ws, healthz) = (req.uri().path() == WS_PATH, req.uri().path() == HEALTHZ_PATH);
+    let ws = req.uri().path() == WS_PATH;
+    let probe = matches!(req.uri().path(), HEALTHZ_PATH | READYZ_PATH);
     let mut resp = match &host {
         Ok(host) if ws => upgrade::handle(req, app, peer, permit, host),
-        Err(HostRefused::Foreign) if !healthz => {
+        Err(HostRefused::Foreign) if !probe => {
             debug!(%peer, host = ?request_host(&req).unwrap_or_default(), "request for another host refused");
+            if ws {
+                app.metrics.refused(HandshakeRefusal::Host);
+            }
             host_refusal(&HostRefused::Foreign)
         }
         Err(refused @ (HostRefused::Missing | HostRefused::Several | HostRefused::Malformed)) => {
             debug!(%peer, %refused, "request refused");
+            if ws {
+                app.metrics.refused(HandshakeRefusal::Host);
+            }
             host_refusal(refused)
         }
         Ok(_) | Err(HostRefused::Foreign) => {

@@ -22,6 +22,7 @@ use crate::address::{self, AddressKey};
 use crate::app::App;
 use crate::config::names::HostMatch;
 use crate::config::origin::{OriginPolicy, OriginRefused};
+use crate::metrics::HandshakeRefusal;
 use crate::session;
 
 /// The WebSocket endpoint's path.
@@ -144,6 +145,10 @@ pub fn handle(
         Ok(accept) => accept,
         Err(refusal) => {
             debug!(%peer, %refusal, "websocket handshake refused");
+            app.metrics.refused(match refusal {
+                Refusal::Origin(_) => HandshakeRefusal::Origin,
+                _ => HandshakeRefusal::BadRequest,
+            });
             return refusal_response(&refusal);
         }
     };
@@ -168,6 +173,7 @@ pub fn handle(
             Some(slot) => Some(slot),
             None => {
                 debug!(%peer, %client, "connections per address at the cap");
+                app.metrics.refused(HandshakeRefusal::AddressFull);
                 return too_many_from_address();
             }
         }

@@ -36,6 +36,8 @@ use writer::WriteBuf;
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Size of the buffer used to discard those bytes.
 const LINGER_BUF_BYTES: usize = 4096;
+/// The reason logged for a connection dropped for a missing pong.
+const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
 
 /// Why the reader stopped (the text is for the debug log).
 #[derive(Debug)]
@@ -127,6 +129,7 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
     }
     debug!(conn = conn_id, %peer, "websocket open");
 
+    let ended: (&'static str, Option<u16>);
     let linger = {
         let reader = session.read_loop(&stream, early, &heard);
         let writer = writer::write_loop(&stream, &receiver, &app, &heard);
@@ -134,6 +137,7 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
         tokio::select! {
             end = &mut reader => {
                 debug!(conn = conn_id, ?end, "reader ended");
+                ended = summary(Stopped::Reader(&end), session.conn.kick_reason());
                 let ending = session.ending(Stopped::Reader(&end));
                 match ending.close {
                     Some(reason) => {
@@ -161,6 +165,7 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
             }
             end = &mut writer => {
                 debug!(conn = conn_id, ?end, "writer ended");
+                ended = summary(Stopped::Writer(&end), session.conn.kick_reason());
                 let ending = session.ending(Stopped::Writer(&end));
                 Box::pin(session.finish(ending.membership)).await;
                 match end {
@@ -195,7 +200,44 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
         };
         let _ = Box::pin(timeout(app.config.timing.close_timeout, drain)).await;
     }
-    debug!(conn = conn_id, "websocket closed");
+    let (reason, code) = ended;
+    let lasted = heard.start.elapsed();
+    app.metrics.session_ended(code, lasted, session.conn.high_water_bytes());
+    if reason == CloseReason::Lagged.label() {
+        app.metrics.lagged_closes.inc();
+    } else if reason == HEARTBEAT_TIMEOUT {
+        app.metrics.heartbeat_timeouts.inc();
+    }
+    // Never the room, the name or anything the client said: the reason and the code.
+    info!(
+        conn = conn_id,
+        %peer,
+        reason,
+        code = crate::metrics::close_code_label(code),
+        duration_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+        "connection ended"
+    );
+}
+
+/// Why a connection ended, for the log and the metrics: a short reason and
+/// the close code that went out or came in (none when the TCP connection
+/// ended without one). `kicked` is why the server was closing it, if it was.
+fn summary(stopped: Stopped<'_>, kicked: Option<CloseReason>) -> (&'static str, Option<u16>) {
+    let ours = |reason: CloseReason| (reason.label(), reason.frame().map(|(code, _)| code));
+    match stopped {
+        Stopped::Reader(ReaderEnd::PeerClosed(code)) => ("peer_closed", Some(code.unwrap_or(close::NO_STATUS))),
+        Stopped::Reader(ReaderEnd::PeerReconnecting) => ("peer_reconnecting", Some(close::CLIENT_RECONNECTING)),
+        Stopped::Reader(ReaderEnd::CloseReply(code)) => match kicked {
+            Some(reason) => ours(reason),
+            None => ("peer_closed", Some(code.unwrap_or(close::NO_STATUS))),
+        },
+        Stopped::Reader(ReaderEnd::Violation(reason)) => ours(*reason),
+        Stopped::Reader(ReaderEnd::Dropped(_)) => ("dropped", None),
+        Stopped::Writer(WriterEnd::Closed(reason)) => ours(*reason),
+        Stopped::Writer(WriterEnd::Lagged(_)) => ours(CloseReason::Lagged),
+        Stopped::Writer(WriterEnd::TimedOut) => (HEARTBEAT_TIMEOUT, None),
+        Stopped::Writer(WriterEnd::WriteFailed(_)) => ("write_failed", None),
+    }
 }
 
 impl Session {
@@ -353,6 +395,23 @@ mod tests {
         assert_eq!(ending(Stopped::Reader(&answered), Some(CloseReason::Replaced), false).membership, Settle::Keep);
         let closed = ReaderEnd::PeerClosed(Some(close::NORMAL));
         assert_eq!(ending(Stopped::Reader(&closed), Some(CloseReason::Replaced), false).membership, Settle::Keep);
+    }
+
+    #[test]
+    fn each_end_has_a_reason_and_the_close_code_that_was_exchanged() {
+        let closed = ReaderEnd::PeerClosed(Some(close::NORMAL));
+        assert_eq!(summary(Stopped::Reader(&closed), None), ("peer_closed", Some(close::NORMAL)));
+        let answered = ReaderEnd::CloseReply(Some(close::NORMAL));
+        assert_eq!(summary(Stopped::Reader(&answered), Some(CloseReason::Flooding)), ("flooding", Some(1008)));
+        let bare = ReaderEnd::PeerClosed(None);
+        assert_eq!(summary(Stopped::Reader(&bare), None), ("peer_closed", Some(close::NO_STATUS)));
+        let dropped = ReaderEnd::Dropped("reset".into());
+        assert_eq!(summary(Stopped::Reader(&dropped), None), ("dropped", None));
+        let lagged = WriterEnd::Lagged(WriteBuf::default());
+        assert_eq!(summary(Stopped::Writer(&lagged), Some(CloseReason::Lagged)), ("lagged", Some(close::LAGGED)));
+        assert_eq!(summary(Stopped::Writer(&WriterEnd::TimedOut), None), ("heartbeat_timeout", None));
+        let shutdown = WriterEnd::Closed(CloseReason::Shutdown);
+        assert_eq!(summary(Stopped::Writer(&shutdown), None), ("shutdown", Some(close::SERVICE_RESTART)));
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Session {
                 // connection should not carry their space.
                 Verdict::Allow => Box::pin(self.request(&text)).await,
                 Verdict::Refuse => {
+                    self.app.metrics.rate_limited.inc();
                     self.reply(ErrorCode::RateLimited, "too many messages; wait a moment and try again", cid_of(&text))
                 }
                 Verdict::Disconnect => return Some(Box::pin(self.flooded()).await),

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::writer::{WriteQueue, WriterMsg};
 use super::{Draft, HistoryError, HistoryStore, Outcome, Replay, now_ms, replay_of};
+use crate::metrics::Metrics;
 
 /// Keeps the latest events of each room in memory; forgets on restart, so
 /// every process gets a new random history id.
@@ -48,7 +49,7 @@ impl MemoryStore {
     }
 
     /// A store and its writer task (needs a Tokio runtime).
-    pub fn start(per_room: usize, queue: usize) -> (Arc<Self>, WriteQueue) {
+    pub fn start(per_room: usize, queue: usize, metrics: Arc<Metrics>) -> (Arc<Self>, WriteQueue) {
         let store = Self::new(per_room);
         let (tx, mut rx) = mpsc::channel::<WriterMsg>(queue.max(1));
         let writer = store.clone();
@@ -56,8 +57,13 @@ impl MemoryStore {
             while let Some(msg) = rx.recv().await {
                 match msg {
                     WriterMsg::Write(write) => {
+                        let began = std::time::Instant::now();
                         let outcome = writer.apply(write.room.room_name(), &write.draft);
+                        metrics.committed(1, began.elapsed());
                         write.room.committed(write.draft, outcome);
+                    }
+                    WriterMsg::Probe(answer) => {
+                        let _ = answer.send(Ok(()));
                     }
                     // Nothing here outlives the process: the members are not kept.
                     WriterMsg::Stop { done, .. } => {

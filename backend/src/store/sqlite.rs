@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use super::writer::{Sequencer, Write, WriteQueue, WriterMsg};
 use super::{Committed, Draft, HistoryError, HistoryStore, Outcome, Replay, SavedMember, now_ms, replay_of};
 use crate::config::StorageConfig;
+use crate::metrics::Metrics;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "natter.db";
@@ -425,7 +426,7 @@ impl Drop for PooledConnection<'_> {
 impl SqliteStore {
     /// Opens the database in the data directory (creating and migrating it) and
     /// starts the writer thread.
-    pub fn start(options: &StorageConfig) -> Result<(Arc<Self>, WriteQueue), StoreError> {
+    pub fn start(options: &StorageConfig, metrics: Arc<Metrics>) -> Result<(Arc<Self>, WriteQueue), StoreError> {
         let data_dir = options.data_dir.as_path();
         let options = options.clone();
         std::fs::create_dir_all(data_dir)
@@ -455,7 +456,7 @@ impl SqliteStore {
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("natter-history-writer".into())
-            .spawn(move || Writer::new(writer, lock, options).run(rx, &runtime))
+            .spawn(move || Writer::new(writer, lock, options, metrics).run(rx, &runtime))
             .map_err(StoreError::Thread)?;
         info!(path = %path.display(), "history in SQLite");
         Ok((store, WriteQueue(tx)))
@@ -518,6 +519,7 @@ struct Writer {
     retry: std::collections::VecDeque<Pending>,
     next_retention: Instant,
     retention_busy: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// A write in the writer's hands, and how often it failed on its own.
@@ -574,7 +576,7 @@ fn store_one(
 }
 
 impl Writer {
-    fn new(conn: Connection, lock: std::fs::File, options: StorageConfig) -> Self {
+    fn new(conn: Connection, lock: std::fs::File, options: StorageConfig, metrics: Arc<Metrics>) -> Self {
         let next_retention = Instant::now() + options.retention_interval;
         Self {
             conn,
@@ -584,6 +586,7 @@ impl Writer {
             retry: Default::default(),
             next_retention,
             retention_busy: false,
+            metrics,
         }
     }
 
@@ -608,10 +611,12 @@ impl Writer {
             };
             let mut batch: Vec<Pending> = self.retry.drain(..).collect();
             let mut stop = None;
+            let mut probes = Vec::new();
             let mut next = first;
             while let Some(msg) = next {
                 match msg {
                     WriterMsg::Write(write) => batch.push(Pending { write, failures: 0 }),
+                    WriterMsg::Probe(answer) => probes.push(answer),
                     WriterMsg::Stop { members, done } => {
                         stop = Some((members, done));
                         break;
@@ -623,7 +628,16 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
             if !batch.is_empty() {
+                let (writes, began) = (batch.len(), std::time::Instant::now());
                 self.store(batch);
+                self.metrics.committed(writes, began.elapsed());
+            }
+            if !probes.is_empty() {
+                // A write lock taken and given back: the database takes writes now.
+                let result = self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(|e| e.to_string());
+                for answer in probes {
+                    let _ = answer.send(result.clone());
+                }
             }
             if stop.is_some() {
                 return self.finish(stop);

@@ -29,6 +29,9 @@ pub enum WriterMsg {
         members: Vec<SavedMember>,
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// Check that the store takes writes now (for `/readyz`), after
+    /// everything queued before it; the answer says why not.
+    Probe(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 /// The way to the writer. Bounded: when it is full, senders wait (the
@@ -44,6 +47,20 @@ impl WriteQueue {
             .send(WriterMsg::Write(Write { room, draft }))
             .await
             .map_err(|_| HistoryError::Unavailable("the history writer has stopped".into()))
+    }
+
+    /// Whether the store takes writes now: the writer runs, gets through
+    /// its queue within `limit`, and can start a write. The error says why not.
+    pub async fn probe(&self, limit: std::time::Duration) -> Result<(), String> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let asked = async {
+            self.0.send(WriterMsg::Probe(answer)).await.map_err(|_| "the history writer has stopped".to_owned())?;
+            answered.await.map_err(|_| "the history writer has stopped".to_owned())?
+        };
+        match tokio::time::timeout(limit, asked).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("the history writer did not answer within {} ms", limit.as_millis())),
+        }
     }
 
     /// Lets the writer finish what is queued, save `members` for the next

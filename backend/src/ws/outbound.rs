@@ -69,6 +69,23 @@ impl CloseReason {
             Self::NoHello => (close::POLICY_VIOLATION, "no hello; send hello to join a room"),
         })
     }
+
+    /// A short name for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Lagged => "lagged",
+            Self::Replaced => "replaced",
+            Self::PeerClosed(_) => "peer_closed",
+            Self::Binary => "binary",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::TooBig => "too_big",
+            Self::Protocol => "protocol_error",
+            Self::Flooding => "flooding",
+            Self::SlowFrame => "slow_frame",
+            Self::Shutdown => "shutdown",
+            Self::NoHello => "no_hello",
+        }
+    }
 }
 
 /// The first close reason wins; the writer waits on it.
@@ -127,6 +144,8 @@ struct Queue {
     queued_bytes: usize,
     /// Bytes the writer took and has not finished writing.
     taken_bytes: usize,
+    /// The most bytes queued and being written at once (for `/metrics`).
+    high_water: usize,
     /// The payload of the latest ping still to answer.
     pong: Option<Vec<u8>>,
     /// The writer is gone.
@@ -245,6 +264,7 @@ impl ConnHandle {
                 return Delivery::Lagged;
             }
             queue.queued_bytes += encoded.len();
+            queue.high_water = queue.high_water.max(bytes);
             queue.encoded.push_back(encoded.clone());
             queue.encoded.len() == 1 && queue.pong.is_none()
         };
@@ -253,6 +273,11 @@ impl ConnHandle {
             self.shared.ready.notify_one();
         }
         Delivery::Queued
+    }
+
+    /// The most bytes this connection had queued and being written at once.
+    pub fn high_water_bytes(&self) -> usize {
+        self.shared.lock().high_water
     }
 
     /// Serializes and queues a message for this connection only.

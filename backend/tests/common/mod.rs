@@ -26,6 +26,8 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `/metrics` listener's address, when started with one.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), natter_backend::ServerError>>>,
 }
@@ -84,13 +86,26 @@ pub fn sqlite_config(label: &str) -> (Config, TempDir) {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        Self::start_serving(config, false).await
+    }
+
+    /// A server that also serves `/metrics` on a listener of its own.
+    pub async fn start_with_metrics(config: Config) -> Self {
+        Self::start_serving(config, true).await
+    }
+
+    async fn start_serving(config: Config, with_metrics: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
+        let metrics_listener =
+            if with_metrics { Some(TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")) } else { None };
+        let metrics = metrics_listener.as_ref().map(|l| l.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(natter_backend::run(config, listener, async {
+        let listeners = natter_backend::Listeners { main: listener, metrics: metrics_listener };
+        let handle = tokio::spawn(natter_backend::run_with(config, listeners, async {
             let _ = stopped.await;
         }));
-        Self { addr, stop: Some(stop), handle: Some(handle) }
+        Self { addr, metrics, stop: Some(stop), handle: Some(handle) }
     }
 
     pub fn url(&self) -> String {
