@@ -183,3 +183,36 @@ async fn json_logs_are_one_object_a_line_with_a_line_per_connection_end_and_noth
         assert!(!log.iter().any(|l| l.contains(secret)), "{secret:?} must not be logged: {log:?}");
     }
 }
+
+#[tokio::test]
+async fn natter_backup_copies_the_database_of_a_running_server() {
+    let natter = Natter::start(&[]);
+    let mut ada = WsClient::connect(&natter.ws_url()).await;
+    ada.join("Ada", "lobby").await;
+    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "keep me".into() })).await;
+    loop {
+        if matches!(ada.recv().await, ServerMsg::Ack(_)) {
+            break;
+        }
+    }
+    let out = RemoveOnDrop(fresh_temp_path("backup"));
+    std::fs::create_dir_all(&out.0).expect("create");
+    let dest = out.0.join("natter-backup.db");
+    let run = || {
+        Command::new(natter_bin())
+            .arg("backup")
+            .arg("--data-dir")
+            .arg(&natter.data_dir)
+            .arg(&dest)
+            .output()
+            .expect("run natter backup")
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("backed up 2 events of 1 rooms"), "{stderr}");
+    assert!(dest.exists());
+    let again = run();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}

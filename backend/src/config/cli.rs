@@ -35,6 +35,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Read NDJSON events (as written by export) from stdin into a room of an empty database.
     Import(ImportArgs),
+    /// Copy the database to a new file while the server runs (SQLite's online backup).
+    Backup(BackupArgs),
 }
 
 impl Command {
@@ -43,6 +45,7 @@ impl Command {
         match self {
             Self::Export(_) => "export",
             Self::Import(_) => "import",
+            Self::Backup(_) => "backup",
         }
     }
 }
@@ -66,6 +69,17 @@ impl ExportArgs {
     pub fn since(&self) -> Seq {
         Seq(self.since)
     }
+}
+
+/// `natter backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Directory holding the database.
+    #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The backup file to write (must not exist yet). To restore: stop natter,
+    /// put this file in an empty data directory as natter.db, start natter.
+    pub dest: PathBuf,
 }
 
 /// `natter import`.

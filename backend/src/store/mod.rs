@@ -12,6 +12,7 @@
 //! lost on restart) and [`sqlite::SqliteStore`] (durable, the default).
 //! [`transfer`] is `natter export` / `natter import`.
 
+pub mod backup;
 pub mod memory;
 pub mod sqlite;
 pub mod transfer;

@@ -1,5 +1,6 @@
 //! `natter export` and `natter import`: a room's history as NDJSON, one event
-//! per line, each exactly the JSON the server sends on the wire.
+//! per line, each exactly the JSON the server sends on the wire. Also where
+//! `natter backup` (see [`super::backup`]) is dispatched.
 //!
 //! An import is checked like client input (every field, with an error naming
 //! the line and the field) and stored in one transaction: it is stored whole
@@ -16,6 +17,7 @@ use natter_shared::{
 use serde_json::{Map, Value};
 use tracing::warn;
 
+use super::backup::{self, BackupError};
 use super::now_ms;
 use super::sqlite::{self, StoreError};
 use crate::config::cli::Command;
@@ -36,6 +38,8 @@ pub const IMPORT_MAX_AHEAD: Duration = Duration::from_secs(60 * 60);
 pub enum TransferError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
     #[error("no database at {0}; nothing to export")]
     NoDatabase(PathBuf),
     #[error("database error: {0}")]
@@ -69,6 +73,16 @@ pub fn run(command: &Command) -> Result<String, TransferError> {
         Command::Import(args) => {
             let n = import(&args.data_dir, &args.room, std::io::stdin().lock())?;
             Ok(format!("imported {n} events into #{}", args.room))
+        }
+        Command::Backup(args) => {
+            let report = backup::backup(&args.data_dir, &args.dest)?;
+            Ok(format!(
+                "backed up {} events of {} rooms ({} bytes) to {}",
+                report.events,
+                report.rooms,
+                report.bytes,
+                args.dest.display()
+            ))
         }
     }
 }
