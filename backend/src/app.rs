@@ -12,8 +12,9 @@ use crate::chat::hub::Hub;
 use crate::chat::room::{Announce, Membership, Room};
 use crate::config::{Config, HistoryKind};
 use crate::store::memory::MemoryStore;
-use crate::store::sqlite::{SqliteStore, StoreError};
-use crate::store::{Draft, HistoryError, HistoryStore, WriteQueue};
+use crate::store::redis::RedisStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Draft, HistoryError, HistoryStore, StartError, WriteQueue};
 
 /// Shared server state.
 #[derive(Debug)]
@@ -36,14 +37,18 @@ pub struct App {
 
 impl App {
     /// The state for `config`: opens the history store and starts its writer.
-    pub fn new(config: Config) -> Result<Arc<Self>, StoreError> {
-        let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match config.history {
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match &config.history {
             HistoryKind::Memory => {
                 let (store, writes) = MemoryStore::start(config.limits.history_per_room, config.storage.write_queue);
                 (store, writes)
             }
             HistoryKind::Sqlite => {
                 let (store, writes) = SqliteStore::start(&config.storage)?;
+                (store, writes)
+            }
+            HistoryKind::Redis(redis) => {
+                let (store, writes) = RedisStore::start(redis, &config.storage, config.limits.welcome_history).await?;
                 (store, writes)
             }
         };
