@@ -349,6 +349,14 @@ async fn strict_durability_refuses_everysec_naming_the_setting_and_relaxed_start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_refused_with_its_cause() {
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let error = refused(redis_config(&url), Duration::from_secs(10)).await;
+    assert!(error.contains("cannot reach Redis at") && error.contains(&url), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "the cause is named: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_redis_is_refused() {
     let redis = RedisServer::start();
     let server = TestServer::start(redis_config(&redis.url())).await;

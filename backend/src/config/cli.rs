@@ -113,11 +113,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    /// Keep at most this many events per room; older ones are deleted in the background (sqlite).
+    /// Keep at most this many events per room; older ones are deleted (in the background with
+    /// sqlite, at each write with redis).
     #[arg(long, env = "NATTER_RETAIN_COUNT")]
     pub retain_count: Option<u64>,
 
-    /// Delete events older than this, e.g. 720h (sqlite).
+    /// Delete events older than this, e.g. 720h (sqlite; redis trims a room's oldest at its writes).
     #[arg(long, env = "NATTER_RETAIN_AGE", value_parser = parse_duration)]
     pub retain_age: Option<Duration>,
 

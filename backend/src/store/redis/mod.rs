@@ -141,6 +141,12 @@ impl RedisStore {
         let url = redis.display_url();
         let client = ::redis::Client::open(redis.url.as_str())
             .map_err(|source| RedisStartError::Url { url: url.clone(), source })?;
+        // One plain attempt first: an unreachable Redis is reported with its
+        // cause (refused, unknown host) rather than as the manager's retries
+        // running out of time.
+        if let Err(e) = within(redis.timeout, client.get_multiplexed_async_connection()).await {
+            return Err(RedisStartError::Connect { url, reason: e.to_string() });
+        }
         let config = ConnectionManagerConfig::new()
             .set_min_delay(RECONNECT_MIN_DELAY)
             .set_max_delay(RECONNECT_MAX_DELAY)
