@@ -332,6 +332,39 @@ async fn a_stopped_redis_refuses_messages_typing_goes_on_and_nothing_acknowledge
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_after_its_round_gave_up_is_acknowledged_once_and_nobody_misses_it() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(redis_config(&redis.url())).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    let (mut bob, bob_w) = server.joined("Bob", "lobby").await;
+    let _ = ada.recv().await; // Bob joined
+    // Redis holds writes back longer than natter waits (1 s), then runs them:
+    // the round fails, yet the message is stored.
+    assert_eq!(redis.command(&["CLIENT", "PAUSE", "2500", "WRITE"]).as_deref(), Some("+OK"));
+    ada.say("c1", "stored late").await;
+    match ada.recv().await {
+        ServerMsg::Error(e) => assert_eq!(e.code, ErrorCode::StorageUnavailable, "no ack before Redis answered"),
+        other => panic!("expected storage_unavailable, got {other:?}"),
+    }
+    bob.expect_quiet().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The page sends it again: acknowledged with the seq it got, not stored twice.
+    ada.say("c1", "stored late").await;
+    assert_eq!(next_ack(&mut ada).await, bob_w.seq_head.next());
+    // The room never announced it: its members resume, and Bob's replay has it.
+    for client in [&mut ada, &mut bob] {
+        match client.closed().await {
+            Ended::Close(code, _) => assert_eq!(code, close::LAGGED),
+            other => panic!("expected close 4000, got {other:?}"),
+        }
+    }
+    let mut bob = server.client().await;
+    let back = welcome(bob.hello_with(resume_as_page("Bob", bob_w.seq_head, &bob_w)).await);
+    assert_eq!(texts(&back.history), ["stored late"]);
+    assert_eq!(back.history_id, bob_w.history_id, "the same history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_durability_refuses_everysec_naming_the_setting_and_relaxed_starts() {
     let redis = RedisServer::start_with(&["--appendfsync", "everysec"]);
     let error = refused(redis_config(&redis.url()), Duration::from_secs(15)).await;

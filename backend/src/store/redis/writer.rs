@@ -318,15 +318,7 @@ impl Writer {
         let mut again = Vec::new();
         for ((room, s), known) in heads.into_iter().zip(sent).zip(believed) {
             let name = room.room_name().clone();
-            // Stored seqs follow the head reported to the room, and nothing
-            // found stored is above it, unless Redis stored events whose
-            // report was lost (a round that failed in transport).
-            let mut expected = known.head;
-            let mut unreported = s.duplicates.iter().any(|seq| *seq > known.head && !s.stored.contains(seq));
-            for &seq in &s.stored {
-                unreported |= seq != expected.next();
-                expected = seq;
-            }
+            let unreported = unreported(known.head, &s.stored, &s.duplicates);
             if let Some(&last) = s.stored.last() {
                 self.store.advance(&name, &known.epoch, last);
             }
@@ -435,6 +427,20 @@ impl Writer {
     }
 }
 
+/// Whether one room's answer shows events Redis stored but the room never
+/// heard of (a round that failed in transport after all): stored seqs
+/// follow the head reported to the room one by one, and nothing found
+/// stored already is above it, except what this answer stored itself.
+fn unreported(reported: Seq, stored: &[Seq], duplicates: &[Seq]) -> bool {
+    let mut expected = reported;
+    let gap = stored.iter().any(|&seq| {
+        let skipped = seq != expected.next();
+        expected = seq;
+        skipped
+    });
+    gap || duplicates.iter().any(|seq| *seq > reported && !stored.contains(seq))
+}
+
 /// Groups a batch by room (the same room object), rooms in the order of
 /// their first write, each room's writes in queue order.
 fn by_room(batch: Vec<Pending>) -> Vec<RoomBatch> {
@@ -453,5 +459,27 @@ fn by_room(batch: Vec<Pending>) -> Vec<RoomBatch> {
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer").field("instance", &self.instance).field("retry", &self.retry.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(s: &[u64]) -> Vec<Seq> {
+        s.iter().copied().map(Seq).collect()
+    }
+
+    #[test]
+    fn events_stored_but_never_reported_are_noticed() {
+        // The usual answers: new seqs right after the head, old duplicates.
+        assert!(!unreported(Seq(4), &seqs(&[5, 6, 7]), &seqs(&[2])));
+        assert!(!unreported(Seq(4), &[], &seqs(&[4])));
+        // A cid sent twice in one batch: its second copy is a duplicate of this answer.
+        assert!(!unreported(Seq(4), &seqs(&[5]), &seqs(&[5])));
+        // A lost round stored 5: a re-send finds it, or the next seq skips it.
+        assert!(unreported(Seq(4), &[], &seqs(&[5])));
+        assert!(unreported(Seq(4), &seqs(&[6]), &[]));
+        assert!(unreported(Seq(4), &seqs(&[5, 7]), &[]));
     }
 }
