@@ -279,6 +279,30 @@ async fn a_lost_redis_gives_a_fresh_welcome_of_a_new_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_finds_its_stream_lost_goes_into_a_new_history() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(redis_config(&redis.url())).await;
+    let (mut ada, ada_w) = server.joined("Ada", "lobby").await;
+    ada.say("c1", "old").await;
+    let last = ack_seq(ada.recv().await);
+    // Only the stream goes (its head stays): the write finds it, not a hello.
+    assert_eq!(redis.command(&["DEL", "natter:{lobby}:s"]).as_deref(), Some(":1"));
+    ada.say("c2", "new").await;
+    match ada.closed().await {
+        Ended::Close(code, _) => assert_eq!(code, close::LAGGED, "the page resumes into the new history"),
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+    let mut ada = server.client().await;
+    let back = welcome(ada.hello_with(resume_as_page("Ada", last, &ada_w)).await);
+    assert_ne!(back.history_id, ada_w.history_id);
+    // The write was stored once, as the first event of the new history.
+    ada.say("c2", "new").await;
+    assert_eq!(next_ack(&mut ada).await, Seq(1));
+    let (_cy, cy_w) = server.joined("Cy", "lobby").await;
+    assert_eq!((texts(&cy_w.history), cy_w.history_id), (vec!["new".to_owned()], back.history_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_refuses_messages_typing_goes_on_and_nothing_acknowledged_is_lost() {
     let mut redis = RedisServer::start();
     let server = TestServer::start(redis_config(&redis.url())).await;
