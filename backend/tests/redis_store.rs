@@ -159,6 +159,39 @@ fn healthy(addr: SocketAddr) -> bool {
     stream.write_all(request.as_bytes()).is_ok() && stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_and_by_age_trims_the_stream_and_its_dedupe_set() {
+    let redis = RedisServer::start();
+    let mut cfg = redis_config(&redis.url());
+    cfg.storage.retain_count = Some(3);
+    cfg.rate.burst = 100;
+    let server = TestServer::start(cfg).await;
+    let (mut ada, _) = server.joined("Ada", "lobby").await;
+    for i in 0..6 {
+        ada.say(&format!("c{i}"), &format!("m{i}")).await;
+        let _ = ack_seq(ada.recv().await);
+    }
+    assert_eq!(redis.command(&["XLEN", "natter:{lobby}:s"]).as_deref(), Some(":3"), "exactly --retain-count kept");
+    assert_eq!(redis.command(&["ZCARD", "natter:{lobby}:d"]).as_deref(), Some(":3"), "dedupe only for kept events");
+    let (_bob, bob_w) = server.joined("Bob", "lobby").await;
+    assert_eq!(texts(&bob_w.history), ["m3", "m4", "m5"], "the three kept events (then Bob's join)");
+    server.shutdown().await.expect("clean shutdown");
+
+    let mut cfg = redis_config(&redis.url());
+    cfg.storage.retain_age = Some(Duration::from_secs(1));
+    let server = TestServer::start(cfg).await;
+    let mut ada = server.client().await;
+    let _ = ada.hello("Ada", "aged").await;
+    let _ = ada.own_join("Ada").await;
+    ada.say("a1", "old").await;
+    let _ = ack_seq(ada.recv().await);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ada.say("a2", "new").await;
+    let _ = ack_seq(ada.recv().await);
+    assert_eq!(redis.command(&["XLEN", "natter:{aged}:s"]).as_deref(), Some(":1"), "only the event younger than 1 s");
+    assert_eq!(redis.command(&["ZCARD", "natter:{aged}:d"]).as_deref(), Some(":1"));
+}
+
 /// The natter binary, killed with SIGKILL when dropped.
 struct Natter {
     child: Child,
