@@ -281,8 +281,9 @@ impl Room {
 
     /// Asks the store whether this room's history is still the one it
     /// holds, and takes the new one if not (its members then resume). A
-    /// store that cannot tell now (Redis down) is not waited for: the join
-    /// goes on, and the writer finds a new history at its next write.
+    /// store that cannot tell now (Redis down) holds the join up at most its
+    /// timeout; the join then goes on, and the writer finds a new history
+    /// at its next write.
     async fn check_history(&self) {
         let known = self.lock().history_id.clone();
         let (store, name, limit) = (self.store.clone(), self.name.clone(), self.recent_max);
@@ -307,7 +308,13 @@ impl Room {
         if same && (!same_too || fresh.head < state.head) {
             return;
         }
-        warn!(room = %self.name, history = %fresh.id, head = fresh.head.0, new = !same, "the room's history was read afresh; members resume");
+        warn!(
+            room = %self.name,
+            history = %fresh.id,
+            head = fresh.head.0,
+            new = !same,
+            "the room's history was read afresh; members resume"
+        );
         state.history_id = fresh.id;
         state.head = fresh.head;
         state.recent = fresh.latest.into_iter().map(RecentEvent::from).collect();
