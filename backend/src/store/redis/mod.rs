@@ -106,6 +106,8 @@ pub(crate) enum Failure {
     Redis(#[from] ::redis::RedisError),
     #[error(transparent)]
     Reply(#[from] scripts::BadReply),
+    #[error("Redis refuses writes for now: {0}")]
+    Refused(String),
 }
 
 impl From<Failure> for HistoryError {

@@ -275,6 +275,10 @@ impl Writer {
                     load_script = true;
                     s.again.extend(chunk);
                 }
+                Value::ServerError(e) if is_unavailable(e.code()) => {
+                    self.round_failed(&Failure::Refused(e.to_string()));
+                    self.unavailable(chunk, &HistoryError::Unavailable(e.to_string()));
+                }
                 Value::ServerError(e) => {
                     for pending in chunk {
                         self.failed_alone(pending, e.to_string());
@@ -427,6 +431,18 @@ impl Writer {
     }
 }
 
+/// Error codes with which Redis refuses every write for now, not this one:
+/// still loading its data after a restart, a script running too long, a
+/// replica, out of memory, unable to persist (`MISCONF`). The writes are
+/// treated as in an outage: messages refused, notices kept.
+const UNAVAILABLE_CODES: &[&str] =
+    &["LOADING", "BUSY", "READONLY", "MASTERDOWN", "OOM", "MISCONF", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"];
+
+/// Whether a server error with this code is Redis's trouble rather than the write's.
+fn is_unavailable(code: &str) -> bool {
+    UNAVAILABLE_CODES.contains(&code)
+}
+
 /// Whether one room's answer shows events Redis stored but the room never
 /// heard of (a round that failed in transport after all): stored seqs
 /// follow the head reported to the room one by one, and nothing found
@@ -468,6 +484,12 @@ mod tests {
 
     fn seqs(s: &[u64]) -> Vec<Seq> {
         s.iter().copied().map(Seq).collect()
+    }
+
+    #[test]
+    fn redis_in_trouble_is_told_from_a_write_it_refuses() {
+        assert!(is_unavailable("LOADING") && is_unavailable("MISCONF") && is_unavailable("OOM"));
+        assert!(!is_unavailable("ERR") && !is_unavailable("WRONGTYPE") && !is_unavailable("NOSCRIPT"));
     }
 
     #[test]
