@@ -13,8 +13,9 @@ use crate::chat::room::{Announce, Membership, Room};
 use crate::config::{Config, HistoryKind};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
-use crate::store::sqlite::{SqliteStore, StoreError};
-use crate::store::{Draft, HistoryError, HistoryStore, WriteQueue};
+use crate::store::redis::RedisStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Draft, HistoryError, HistoryStore, StartError, WriteQueue};
 
 /// Shared server state.
 #[derive(Debug)]
@@ -39,9 +40,9 @@ pub struct App {
 
 impl App {
     /// The state for `config`: opens the history store and starts its writer.
-    pub fn new(config: Config) -> Result<Arc<Self>, StoreError> {
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match config.history {
+        let (store, writes): (Arc<dyn HistoryStore>, WriteQueue) = match &config.history {
             HistoryKind::Memory => {
                 let (store, writes) =
                     MemoryStore::start(config.limits.history_per_room, config.storage.write_queue, metrics.clone());
@@ -49,6 +50,11 @@ impl App {
             }
             HistoryKind::Sqlite => {
                 let (store, writes) = SqliteStore::start(&config.storage, metrics.clone())?;
+                (store, writes)
+            }
+            HistoryKind::Redis(redis) => {
+                let (store, writes) =
+                    RedisStore::start(redis, &config.storage, config.limits.welcome_history, metrics.clone()).await?;
                 (store, writes)
             }
         };

@@ -10,7 +10,7 @@
 //! * [`session`] — one WebSocket: reader + writer, the requests, how it ends.
 //! * [`app`] — what every connection of a running server shares.
 //! * [`chat`] — the hub and its rooms: members, presence, ordering, welcomes.
-//! * [`store`] — history: the writer queue, the memory and SQLite stores, export/import.
+//! * [`store`] — history: the writer queue, the memory, SQLite and Redis stores, export/import.
 //! * [`ws`] — RFC 6455 framing and each connection's bounded outbound queue.
 //! * [`config`] — every bound and timeout with defaults as constants, the flags, `Origin` policy.
 //! * [`address`] — per-address keys, counted slots, trusted proxies' `X-Forwarded-For`.

@@ -1,6 +1,8 @@
 //! Installs the pinned build tools when they are missing: the wasm32 target,
 //! trunk, wasm-bindgen-cli (the exact version in Cargo.lock) and wasm-opt
-//! (binaryen from the npm registry). Nothing is downloaded from anywhere else.
+//! (binaryen from the npm registry); and, from Debian's archive, Chromium
+//! for the browser tests and redis-server for the Redis store's tests.
+//! Nothing is downloaded from anywhere else.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -119,6 +121,7 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
         }
     }
     ensure_chromium(root, &path)?;
+    ensure_redis(root, &path)?;
     Ok(ToolEnv { path, tmpdir: None })
 }
 
@@ -134,17 +137,38 @@ fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     step(
         "installing Chromium and chromedriver for the browser tests (apt-get install chromium chromium-driver; about a minute)",
     );
+    apt_install(root, path, &["chromium", "chromium-driver"])
+}
+
+/// Debian's Redis server, which the Redis store's tests start privately.
+pub const REDIS_SERVER: &str = "redis-server";
+
+/// Installs Debian's `redis-server` when it is not on `PATH`: the backend's
+/// Redis tests start their own instances and fail without it.
+pub fn ensure_redis(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
+    if output(REDIS_SERVER, &["--version"], path).is_some() {
+        return Ok(());
+    }
+    step(
+        "installing redis-server for the Redis store's tests (apt-get install redis-server; the tests start their own instances, no service is enabled for them)",
+    );
+    apt_install(root, path, &["redis-server"])
+}
+
+/// `apt-get install -y --no-install-recommends PACKAGES` (through sudo
+/// unless root), refreshing the package lists and retrying once if it fails.
+fn apt_install(root: &Path, path: &std::ffi::OsStr, packages: &[&str]) -> Result<()> {
     let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
     let (program, prefix): (&str, &[&str]) = if root_user { ("apt-get", &[]) } else { ("sudo", &["apt-get"]) };
     let apt = |args: &[&str]| -> Result<bool> {
         let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
         run(root, program, &all, path)
     };
-    let install = ["install", "-y", "--no-install-recommends", "chromium", "chromium-driver"];
+    let install: Vec<&str> = ["install", "-y", "--no-install-recommends"].iter().chain(packages).copied().collect();
     if !apt(&install)? {
         step("refreshing the package lists (apt-get update) and retrying");
         if !apt(&["update"])? || !apt(&install)? {
-            bail!("could not install chromium and chromium-driver with apt-get");
+            bail!("could not install {} with apt-get", packages.join(" "));
         }
     }
     Ok(())

@@ -19,13 +19,13 @@ use natter_shared::{
 };
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
-use crate::store::{self, Committed, Draft, HistoryError, HistoryStore, MemberId, Outcome, Replay};
+use crate::store::{self, Committed, Draft, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay};
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
@@ -214,6 +214,9 @@ struct RoomState {
     recent: VecDeque<RecentEvent>,
     /// The latest stored seq this room has announced.
     head: Seq,
+    /// The id of this room's history: fixed while the room is held, unless
+    /// the store lost it and started a new one ([`Room::take_history`]).
+    history_id: String,
 }
 
 /// A chat room.
@@ -221,8 +224,6 @@ struct RoomState {
 pub struct Room {
     pub name: RoomName,
     store: Arc<dyn HistoryStore>,
-    /// The id of this room's history, fixed while the room is held.
-    history_id: String,
     limits: RoomLimits,
     /// Events kept in `recent`: what a welcome shows, never more than the store keeps.
     recent_max: usize,
@@ -240,8 +241,8 @@ impl Room {
     ) -> Result<Self, HistoryError> {
         let recent_max = limits.welcome_history.min(store.keeps().unwrap_or(usize::MAX)).max(1);
         let (head, latest) = store.open_room(&name, recent_max)?;
+        let history_id = store.history_id(&name);
         Ok(Self {
-            history_id: store.history_id(&name),
             name,
             store,
             limits,
@@ -253,6 +254,7 @@ impl Room {
                 glyphs: HashSet::new(),
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
+                history_id,
             }),
             metrics,
         })
@@ -274,6 +276,9 @@ impl Room {
         new_member_id: MemberId,
         token: ResumeToken,
     ) -> Result<(Membership, JoinKind), JoinError> {
+        if self.store.history_can_restart() {
+            self.check_history().await;
+        }
         if let Some((after, upto)) = self.to_read(&req) {
             let (store, name, max) = (self.store.clone(), self.name.clone(), self.limits.replay_max);
             let replay = store::blocking(&self.store, move || store.after(&name, after, upto, max)).await?;
@@ -282,26 +287,67 @@ impl Room {
         self.join(req, conn, new_member_id, token)
     }
 
+    /// Asks the store whether this room's history is still the one it
+    /// holds, and takes the new one if not (its members then resume). A
+    /// store that cannot tell now (Redis down) holds the join up at most its
+    /// timeout; the join then goes on, and the writer finds a new history
+    /// at its next write.
+    async fn check_history(&self) {
+        let known = self.lock().history_id.clone();
+        let (store, name, limit) = (self.store.clone(), self.name.clone(), self.recent_max);
+        match store::blocking(&self.store, move || store.check_history(&name, &known, limit)).await {
+            Ok(Some(fresh)) => self.take_history(fresh, false),
+            Ok(None) => {}
+            Err(e) => debug!(room = %self.name, error = %e, "cannot check the history before a join"),
+        }
+    }
+
+    /// Takes a history the store read afresh: every member's connection is
+    /// closed as lagged (4000), so each page resumes and gets a welcome of
+    /// the new history (a new id: a fresh welcome under a divider; the same
+    /// id: the replay of what it missed). Members stay; nobody is announced.
+    /// `same_too`: the same history with events this room never announced
+    /// (the writer's report of them was lost); else only a new history is
+    /// taken. A read older than what the room announced since is ignored.
+    pub fn take_history(&self, fresh: FreshHistory, same_too: bool) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let same = fresh.id == state.history_id;
+        if same && (!same_too || fresh.head < state.head) {
+            return;
+        }
+        warn!(
+            room = %self.name,
+            history = %fresh.id,
+            head = fresh.head.0,
+            new = !same,
+            "the room's history was read afresh; members resume"
+        );
+        state.history_id = fresh.id;
+        state.head = fresh.head;
+        state.recent = fresh.latest.into_iter().map(RecentEvent::from).collect();
+        while state.recent.len() > self.recent_max {
+            state.recent.pop_front();
+        }
+        for member in state.members.values() {
+            if let Some(conn) = &member.conn {
+                conn.kick(CloseReason::Lagged);
+            }
+        }
+    }
+
     /// The stored range a resume needs that memory does not hold.
     /// Nothing for a `hello` the room will refuse anyway (its name is
     /// another member's), so a refused join costs no read.
     fn to_read(&self, req: &JoinRequest) -> Option<(Seq, Seq)> {
-        let last = self.resume_after(req)?;
         let key = member_key(&req.name);
         let state = self.lock();
+        let last = resume_after(&state, req)?;
         let refused = state
             .members
             .get(&key)
             .is_some_and(|m| !req.resume_token.as_ref().is_some_and(|t| token_matches(t, &m.token)));
         (!refused && last < state.head && !state.covers(last)).then_some((last, state.head))
-    }
-
-    /// The seq a `hello` resumes after, if it belongs to this room's history
-    /// (a seq of another history, say of an in-memory server that
-    /// restarted, means nothing here).
-    fn resume_after(&self, req: &JoinRequest) -> Option<Seq> {
-        let same_history = req.history_id.as_deref().is_none_or(|id| id == self.history_id);
-        req.last_seq.filter(|_| same_history)
     }
 
     /// Joins (or resumes) and queues the `welcome` on `conn`. A new member's
@@ -315,11 +361,11 @@ impl Room {
         new_member_id: MemberId,
         token: ResumeToken,
     ) -> Result<(Membership, JoinKind), JoinError> {
-        let resume_after = self.resume_after(&req);
         let max_bytes = req.history_max_bytes;
         let prefetched = req.prefetched.take();
         let mut guard = self.lock();
         let state = &mut *guard;
+        let resume_after = resume_after(state, &req);
         let (membership, kind) = self.admit(state, req, conn, new_member_id, token)?;
         self.send_welcome(state, &membership.key, resume_after, prefetched, max_bytes, conn);
         Ok((membership, kind))
@@ -436,7 +482,7 @@ impl Room {
             member_count: state.members.len(),
             history,
             resume_token: &me.token,
-            history_id: &self.history_id,
+            history_id: &state.history_id,
             missed,
         };
         conn.send(&welcome::encode(parts, size));
@@ -688,6 +734,14 @@ impl Room {
     }
 }
 
+/// The seq a `hello` resumes after, if it belongs to the room's history
+/// (a seq of another history, say of an in-memory server that restarted,
+/// or of a Redis that lost the room, means nothing here).
+fn resume_after(state: &RoomState, req: &JoinRequest) -> Option<Seq> {
+    let same_history = req.history_id.as_deref().is_none_or(|id| id == state.history_id);
+    req.last_seq.filter(|_| same_history)
+}
+
 /// Whether a presented resume token is the member's, compared in constant
 /// time so the answer's timing tells nothing about how much of it matched.
 fn token_matches(presented: &ResumeToken, held: &ResumeToken) -> bool {
@@ -780,6 +834,10 @@ impl Committed for Room {
             }
         }
         state.send_notices(&mut notices, &self.metrics);
+    }
+
+    fn reload(&self, fresh: FreshHistory) {
+        self.take_history(fresh, true);
     }
 }
 
@@ -1256,6 +1314,44 @@ mod tests {
             assert_eq!(w.missed.is_some(), last_seq.is_some(), "missed only on the replay");
             assert_eq!(encode(&owned).as_str(), welcome.as_str());
         }
+    }
+
+    #[test]
+    fn a_history_read_afresh_replaces_the_rooms_and_sends_its_members_to_resume() {
+        let f = Fixture::new();
+        let (_ada, _conn, rx) = f.join(1, "Ada", "t1");
+        let old = f.room.lock().history_id.clone();
+        let fresh = |id: &str, head: u64| FreshHistory { id: id.into(), head: Seq(head), latest: Vec::new() };
+        // A read older than what the room announced changes nothing, and a
+        // join's check takes only a new history.
+        f.room.take_history(fresh(&old, 0), true);
+        f.room.take_history(fresh(&old, 9), false);
+        assert_eq!((rx.kick().reason(), f.room.head()), (None, Seq(1)));
+        f.room.take_history(fresh("new", 0), false);
+        assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "Ada's page resumes");
+        assert_eq!(f.room.member_count(), 1, "and keeps its membership");
+        // A newcomer's welcome is of the new history; a resume of the old one gets no replay.
+        let (conn, mut bob_rx) = channel(2, 64);
+        f.room.join(request("Bob", None, Some(1)), &conn, 2, token("t2")).expect("joins");
+        match drain(&mut bob_rx).as_slice() {
+            [ServerMsg::Welcome(w)] => {
+                assert_eq!((w.history_id.as_str(), w.seq_head, w.history.len()), ("new", Seq(0), 0));
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+        // The same history with events never announced (a lost report) is taken too.
+        let joined = Notice {
+            seq: Seq(3),
+            ts: natter_shared::Timestamp(1),
+            kind: NoticeKind::Joined,
+            name: UserName::parse("Cy").expect("valid"),
+            color: Color("#000000".into()),
+        };
+        f.room.take_history(
+            FreshHistory { id: "new".into(), head: Seq(3), latest: vec![RoomEvent::Notice(joined)] },
+            true,
+        );
+        assert_eq!(f.room.head(), Seq(3));
     }
 
     #[tokio::test]

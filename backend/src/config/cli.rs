@@ -10,7 +10,8 @@ use natter_shared::{RoomName, Seq};
 use super::names::Names;
 use super::origin::OriginPolicy;
 use crate::config::{
-    self, Config, ConfigError, ConnLimits, HistoryKind, RateConfig, RoomLimits, StorageConfig, Timing, WsConfig,
+    self, Config, ConfigError, ConnLimits, HistoryKind, RateConfig, RedisConfig, RedisDurability, RoomLimits,
+    StorageConfig, Timing, WsConfig,
 };
 
 /// Natter: a self-hosted real-time group chat server.
@@ -120,11 +121,26 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// Keep at most this many events per room; older ones are deleted in the background (sqlite).
+    /// Keep history in Redis instead of SQLite, e.g. redis://127.0.0.1:6379/0 (one natter per
+    /// Redis database for now; --retain-count and --retain-age apply).
+    #[arg(long, env = "NATTER_REDIS", conflicts_with = "history")]
+    pub redis: Option<String>,
+
+    /// strict: refuse to start unless Redis fsyncs every write before answering (appendonly yes,
+    /// appendfsync always, maxmemory-policy noeviction); relaxed: start anyway with a warning.
+    #[arg(long, env = "NATTER_REDIS_DURABILITY", value_enum, default_value_t = DurabilityArg::Strict)]
+    pub redis_durability: DurabilityArg,
+
+    /// How long Redis may take to answer before a message gets storage_unavailable.
+    #[arg(long, env = "NATTER_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Keep at most this many events per room; older ones are deleted (in the background with
+    /// sqlite, at each write with redis).
     #[arg(long, env = "NATTER_RETAIN_COUNT")]
     pub retain_count: Option<u64>,
 
-    /// Delete events older than this, e.g. 720h (sqlite).
+    /// Delete events older than this, e.g. 720h (sqlite; redis trims a room's oldest at its writes).
     #[arg(long, env = "NATTER_RETAIN_AGE", value_parser = parse_duration)]
     pub retain_age: Option<Duration>,
 
@@ -303,6 +319,24 @@ impl From<HistoryArg> for HistoryKind {
     }
 }
 
+/// `--redis-durability` (clap's side of [`RedisDurability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// Refuse to start unless every write is fsynced before Redis answers.
+    Strict,
+    /// Start with a warning: an acknowledged message may be lost if Redis crashes.
+    Relaxed,
+}
+
+impl From<DurabilityArg> for RedisDurability {
+    fn from(arg: DurabilityArg) -> Self {
+        match arg {
+            DurabilityArg::Strict => Self::Strict,
+            DurabilityArg::Relaxed => Self::Relaxed,
+        }
+    }
+}
+
 /// Parses `500ms`, `20s`, `5m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
@@ -337,7 +371,14 @@ impl ServeArgs {
             healthz_detail: self.healthz_detail,
             max_connections: self.max_connections,
             trusted_proxies: self.trusted_proxies.iter().map(|raw| raw.parse()).collect::<Result<_, _>>()?,
-            history: self.history.into(),
+            history: match &self.redis {
+                Some(url) => HistoryKind::Redis(RedisConfig {
+                    url: url.clone(),
+                    durability: self.redis_durability.into(),
+                    timeout: self.redis_timeout,
+                }),
+                None => self.history.into(),
+            },
             storage: StorageConfig {
                 data_dir: self.data_dir.clone(),
                 retain_count: self.retain_count,
@@ -430,6 +471,31 @@ mod tests {
         let config = mem.config().expect("valid");
         assert_eq!(config.history, HistoryKind::Memory);
         assert_eq!(config.storage.max_db_bytes, Some(2 * 1024 * 1024));
+    }
+
+    #[test]
+    fn redis_flags_reach_the_config() {
+        let cli = Cli::try_parse_from(["natter", "--redis", "redis://127.0.0.1:6379/3"]).expect("parses");
+        let expected = RedisConfig::new("redis://127.0.0.1:6379/3");
+        assert_eq!(cli.config().expect("valid").history, HistoryKind::Redis(expected));
+        let relaxed = Cli::try_parse_from([
+            "natter",
+            "--redis",
+            "redis://h/0",
+            "--redis-durability",
+            "relaxed",
+            "--redis-timeout",
+            "750ms",
+        ])
+        .expect("parses");
+        match relaxed.config().expect("valid").history {
+            HistoryKind::Redis(r) => {
+                assert_eq!((r.durability, r.timeout), (RedisDurability::Relaxed, Duration::from_millis(750)));
+            }
+            other => panic!("expected redis, got {other:?}"),
+        }
+        // Two places for history at once is a mistake, not a choice.
+        assert!(Cli::try_parse_from(["natter", "--history", "memory", "--redis", "redis://h/0"]).is_err());
     }
 
     #[test]

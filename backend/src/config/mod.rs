@@ -152,15 +152,82 @@ pub const DEFAULT_WRITE_BATCH: usize = 4_096;
 pub const DEFAULT_READ_CONNECTIONS: usize = 4;
 /// How often retention looks for events to delete.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How long Redis may take to answer one request (a round of writes, a
+/// read, a connection attempt) before it counts as unavailable: a `say`
+/// then gets `storage_unavailable`. The `redis` crate's own default (500 ms)
+/// is shorter than an fsync stall of a busy disk.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// URL schemes `--redis` accepts (TLS is not built in).
+pub const REDIS_URL_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://"];
 
 /// Where history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HistoryKind {
     /// SQLite in the data directory: survives restarts and crashes.
     #[default]
     Sqlite,
     /// In memory, bounded per room: lost on restart (tests, ephemeral rooms).
     Memory,
+    /// Redis (`--redis`): durable if Redis is (see [`RedisDurability`]).
+    Redis(RedisConfig),
+}
+
+/// How sure natter must be that Redis keeps what it acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisDurability {
+    /// Refuse to start unless Redis writes every change to its append-only
+    /// file and fsyncs it before answering (`appendonly yes`, `appendfsync
+    /// always`) and never evicts keys (`maxmemory-policy noeviction`): then
+    /// an ack means stored, as with SQLite.
+    #[default]
+    Strict,
+    /// Start anyway, with a warning naming what is missing: an ack may be
+    /// lost if Redis crashes.
+    Relaxed,
+}
+
+/// Redis settings (`--redis`, `--redis-durability`, `--redis-timeout`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; may hold a password, so never logged as is
+    /// (see [`RedisConfig::display_url`]).
+    pub url: String,
+    pub durability: RedisDurability,
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Settings for `url` with the default durability and timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), durability: RedisDurability::default(), timeout: DEFAULT_REDIS_TIMEOUT }
+    }
+
+    /// The URL with any user and password replaced by `***`, for logs and errors.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `url` with its user information (before an `@` in the authority) hidden.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.display_url())
+            .field("durability", &self.durability)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Durable storage settings.
@@ -401,6 +468,8 @@ pub enum ConfigError {
     DataInsideBundle { data: PathBuf, bundle: PathBuf },
     #[error("cannot tell where the data directory {} is: {error}", .data.display())]
     DataDir { data: PathBuf, error: String },
+    #[error("--redis {url}: {reason}")]
+    RedisUrl { url: String, reason: &'static str },
 }
 
 impl Config {
@@ -438,6 +507,9 @@ impl Config {
             let (max, value) = (MAX_WS_WRITE_COALESCE, self.ws.write_coalesce);
             return Err(ConfigError::TooLong { name: "write coalescing", max, value });
         }
+        if let HistoryKind::Redis(redis) = &self.history {
+            check_redis(redis)?;
+        }
         self.check_data_dir()
     }
 
@@ -456,9 +528,43 @@ impl Config {
     }
 }
 
+/// Refuses a Redis URL natter cannot use, and a zero timeout.
+fn check_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
+    let refuse = |reason| Err(ConfigError::RedisUrl { url: redis.display_url(), reason });
+    if redis.url.starts_with("rediss://") {
+        return refuse("TLS (rediss://) is not built into this natter; reach Redis over a private network or a tunnel");
+    }
+    if !REDIS_URL_SCHEMES.iter().any(|scheme| redis.url.starts_with(scheme)) {
+        return refuse("expected redis://host:port/db");
+    }
+    if redis.timeout.is_zero() {
+        return Err(ConfigError::TooSmall { name: "redis timeout ms", min: 1, value: 0 });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_are_checked_and_their_passwords_never_shown() {
+        let mut config =
+            Config { history: HistoryKind::Redis(RedisConfig::new("redis://127.0.0.1:6379/2")), ..Config::default() };
+        assert_eq!(config.validate(), Ok(()));
+        config.history = HistoryKind::Redis(RedisConfig::new("http://127.0.0.1:6379"));
+        assert!(matches!(config.validate(), Err(ConfigError::RedisUrl { .. })));
+        config.history = HistoryKind::Redis(RedisConfig::new("rediss://:pw@example.com"));
+        let refused = config.validate().expect_err("no TLS").to_string();
+        assert!(refused.contains("TLS") && !refused.contains("pw"), "{refused}");
+        let secret = RedisConfig::new("redis://user:s3cret@db.internal:6379/0");
+        assert_eq!(secret.display_url(), "redis://***@db.internal:6379/0");
+        assert!(!format!("{secret:?}").contains("s3cret"));
+        assert_eq!(redact_url("redis://10.0.0.1:6379/0"), "redis://10.0.0.1:6379/0");
+        let zero = RedisConfig { timeout: Duration::ZERO, ..RedisConfig::new("redis://127.0.0.1") };
+        config.history = HistoryKind::Redis(zero);
+        assert!(matches!(config.validate(), Err(ConfigError::TooSmall { name: "redis timeout ms", .. })));
+    }
 
     #[test]
     fn the_default_config_is_valid() {

@@ -28,7 +28,7 @@ use crate::app::App;
 use crate::config::names::{HostMatch, HostPolicy, HostRefused};
 use crate::config::{Config, ConfigError};
 use crate::metrics::HandshakeRefusal;
-use crate::store::sqlite::StoreError;
+use crate::store::StartError;
 
 /// Connections over the cap that may be answered with 503 at once; beyond
 /// that they are closed without an answer (policy: never queue them).
@@ -47,7 +47,7 @@ pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Storage(#[from] StoreError),
+    Storage(#[from] StartError),
     #[error("cannot read the listening address: {0}")]
     Listener(std::io::Error),
 }
@@ -105,7 +105,7 @@ pub async fn run_with(
         hosts: HostPolicy::new(&config.names, addr),
         headers: SecurityHeaders::new(&config.bundle_dir),
     });
-    let app = App::new(config)?;
+    let app = App::new(config).await?;
     let http_routes = warp::service(routes(app.clone()));
     let permits = Arc::new(Semaphore::new(app.config.max_connections));
     let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));

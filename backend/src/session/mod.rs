@@ -434,7 +434,7 @@ mod footprint {
 
     #[tokio::test]
     async fn the_session_future_stays_small() {
-        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).await.expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");

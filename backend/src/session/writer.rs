@@ -443,7 +443,7 @@ mod tests {
         const WINDOW: Duration = Duration::from_millis(500);
         let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
         config.ws.write_coalesce = WINDOW;
-        let app = App::new(config).expect("app");
+        let app = App::new(config).await.expect("app");
         let (server, mut client) = socket_pair().await;
         let (handle, receiver) = outbound::channel(1, 16);
         let heard = LastHeard::new();
@@ -487,7 +487,7 @@ mod tests {
         let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
         config.timing.write_timeout = STALL;
         config.ws.write_coalesce = Duration::ZERO;
-        let app = App::new(config).expect("app");
+        let app = App::new(config).await.expect("app");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("small receive buffer");
@@ -556,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_during_a_slow_write_sends_everything_taken_first_in_order() {
-        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).await.expect("app");
         let (server, mut client) = socket_pair().await;
         socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
         let (handle, receiver) = outbound::channel(1, 1024);
@@ -585,7 +585,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_a_write_the_socket_is_not_taking() {
-        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).expect("app");
+        let app = App::new(Config { history: HistoryKind::Memory, ..Config::default() }).await.expect("app");
         let (server, _client) = socket_pair().await;
         socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
         let (handle, receiver) = outbound::channel(1, 1024);

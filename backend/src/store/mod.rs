@@ -8,12 +8,14 @@
 //! sees events in seq order. Reads (welcome, replay, older pages) go to the
 //! store directly.
 //!
-//! Two stores implement [`HistoryStore`]: [`memory::MemoryStore`] (bounded,
-//! lost on restart) and [`sqlite::SqliteStore`] (durable, the default).
-//! [`transfer`] is `natter export` / `natter import`.
+//! Three stores implement [`HistoryStore`]: [`memory::MemoryStore`] (bounded,
+//! lost on restart), [`sqlite::SqliteStore`] (durable, the default) and
+//! [`redis::RedisStore`] (`--redis`). [`transfer`] is `natter export` /
+//! `natter import`.
 
 pub mod backup;
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 pub mod transfer;
 pub mod writer;
@@ -52,6 +54,31 @@ pub trait Committed: Send + Sync + std::fmt::Debug + 'static {
     fn committed(&self, draft: Draft, outcome: Outcome) {
         self.committed_all(vec![(draft, outcome)]);
     }
+
+    /// The store read the room's history afresh: a new history (the storage
+    /// lost the old one), or the same one with events the writer stored but
+    /// never reported (a round whose answer was lost). Only stores whose
+    /// history can change under a held room call it (see
+    /// [`HistoryStore::history_can_restart`]).
+    fn reload(&self, _fresh: FreshHistory) {}
+}
+
+/// A room's history as read afresh from the store (see [`Committed::reload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshHistory {
+    pub id: String,
+    pub head: Seq,
+    /// The latest events, oldest first.
+    pub latest: Vec<RoomEvent>,
+}
+
+/// Why the history store could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::StoreError),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisStartError),
 }
 
 /// A history operation failed.
@@ -151,6 +178,21 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     /// get none). A store that does not outlive the process saves none.
     fn take_saved_members(&self) -> Vec<SavedMember> {
         Vec::new()
+    }
+    /// Whether a held room's history can start afresh under it (Redis lost
+    /// its keys): then every join first asks [`HistoryStore::check_history`].
+    fn history_can_restart(&self) -> bool {
+        false
+    }
+    /// `None` if `room`'s history is still the one called `known`; else the
+    /// history it has now, with its latest `limit` events.
+    fn check_history(
+        &self,
+        _room: &RoomName,
+        _known: &str,
+        _limit: usize,
+    ) -> Result<Option<FreshHistory>, HistoryError> {
+        Ok(None)
     }
 }
 

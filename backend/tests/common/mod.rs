@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -82,6 +84,16 @@ pub fn sqlite_config(label: &str) -> (Config, TempDir) {
     let dir = temp_dir(label);
     config.storage.data_dir = dir.to_path_buf();
     (config, dir)
+}
+
+/// A config with history in the Redis at `url`, answering within a second
+/// (so a stopped Redis is found quickly).
+pub fn redis_config(url: &str) -> Config {
+    let mut config = config();
+    let mut redis = natter_backend::config::RedisConfig::new(url);
+    redis.timeout = Duration::from_secs(1);
+    config.history = natter_backend::config::HistoryKind::Redis(redis);
+    config
 }
 
 impl TestServer {

@@ -1,0 +1,63 @@
+//! Redis key names. A room's keys share the hash tag `{room}`, so one
+//! script call may touch all of them, and Redis Cluster keeps them on one node.
+
+use natter_shared::RoomName;
+
+/// Every key natter writes starts with this.
+pub const PREFIX: &str = "natter";
+/// The single-instance lock (stage 1: one natter per Redis database).
+pub const LOCK: &str = "natter:single";
+/// The members saved at a graceful stop, for the next start.
+pub const SAVED_MEMBERS: &str = "natter:saved-members";
+
+/// The keys of one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomKeys {
+    /// Hash: `epoch` (the history id), `seq` (the head), `ts` (the latest time).
+    pub meta: String,
+    /// Stream: one entry per event, id `<seq>-0`, fields `e` (the wire JSON) and `t` (its time).
+    pub stream: String,
+    /// Sorted set: a message's `name key \n cid` (or a notice's own key), scored by its seq.
+    pub dedupe: String,
+    /// Shard channel the write script publishes each batch on (no subscriber yet).
+    pub channel: String,
+}
+
+impl RoomKeys {
+    /// The keys of `room`.
+    pub fn of(room: &RoomName) -> Self {
+        let tag = format!("{PREFIX}:{{{}}}", room.as_str());
+        Self {
+            meta: format!("{tag}:m"),
+            stream: format!("{tag}:s"),
+            dedupe: format!("{tag}:d"),
+            channel: format!("{tag}:c"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster hashes only what is inside the first `{...}` of a key.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("a tag");
+        let close = key[open..].find('}').expect("closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn a_rooms_keys_share_its_name_as_hash_tag() {
+        let keys = RoomKeys::of(&RoomName::parse("team-7").expect("valid"));
+        assert_eq!(keys.meta, "natter:{team-7}:m");
+        assert_eq!(keys.stream, "natter:{team-7}:s");
+        assert_eq!(keys.dedupe, "natter:{team-7}:d");
+        assert_eq!(keys.channel, "natter:{team-7}:c");
+        for key in [&keys.meta, &keys.stream, &keys.dedupe, &keys.channel] {
+            assert_eq!(hash_tag(key), "team-7", "{key}");
+        }
+        let other = RoomKeys::of(&RoomName::parse("team-8").expect("valid"));
+        assert_ne!(hash_tag(&other.meta), hash_tag(&keys.meta));
+    }
+}

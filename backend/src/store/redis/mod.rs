@@ -1,0 +1,422 @@
+//! History in Redis (`--redis`), stage 1 of scale-out: Redis is the durable
+//! history of one natter instance.
+//!
+//! Each room is a Stream of its events (`XADD <seq>-0`) beside a hash with
+//! its epoch (the history id), head and latest time, and a sorted set that
+//! deduplicates re-sent messages; the keys share the hash tag `{room}`
+//! ([`keys`]). One writer task ([`writer`]) sends every pending draft of the
+//! instance in one round trip: a pipeline of one `BATCH` script call per room
+//! ([`scripts`]), which dedupes, takes seqs and appends atomically. A draft
+//! is reported (acknowledged, broadcast) only after Redis answered, and a
+//! start refuses a Redis that would not keep what it answered
+//! ([`durability`]). Reads run `XREVRANGE` on a blocking thread, as
+//! SQLite's do. A lost stream (FLUSHALL, a new Redis) becomes a new epoch,
+//! so pages get a fresh welcome instead of a replay of unrelated seqs.
+//!
+//! Not yet (later stages of issue 15): other instances (a lock keeps a
+//! second one out, [`lock`]), subscribers of the channel `BATCH` publishes
+//! on, names and presence in Redis, Redis Cluster.
+
+mod durability;
+mod keys;
+mod lock;
+mod scripts;
+mod writer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use natter_shared::{ResumeToken, RoomEvent, RoomName, Seq, UserName};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::writer::{WriteQueue, WriterMsg};
+use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
+use crate::config::{RedisConfig, RedisDurability, StorageConfig};
+use crate::metrics::Metrics;
+pub use keys::RoomKeys;
+pub use lock::{LOCK_RENEW, LOCK_TTL};
+
+/// The first pause before reconnecting to Redis after the connection
+/// dropped; each failed attempt doubles it (with jitter) up to
+/// [`RECONNECT_MAX_DELAY`].
+pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between reconnection attempts: Redis back from a
+/// restart is found within this.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Reconnection attempts in one round; when they all fail, the next
+/// command (a write round, a lock renewal) starts another round.
+pub const RECONNECT_ATTEMPTS: usize = 10;
+/// How long the members saved at a graceful stop wait in Redis for the
+/// next start (they hold resume tokens: not forever).
+pub const SAVED_MEMBERS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Old stream entries `BATCH` looks at per call for `--retain-age`: it
+/// trims at most this many per write, more than a room gains per write.
+pub const AGE_TRIM_SCAN: usize = 64;
+
+/// Why the Redis store could not start. Every variant names the Redis (its
+/// URL without the password) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStartError {
+    #[error("--redis {url}: {source}")]
+    Url { url: String, source: ::redis::RedisError },
+    #[error("cannot reach Redis at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error(
+        "Redis at {url} would not keep acknowledged messages: {}; set that in redis.conf (or with CONFIG SET, then \
+         CONFIG REWRITE), or start natter with --redis-durability relaxed to accept losing acknowledged messages \
+         when Redis crashes",
+        .problems.join("; ")
+    )]
+    NotDurable { url: String, problems: Vec<String> },
+    #[error(
+        "cannot read the persistence settings of Redis at {url} (CONFIG GET: {reason}); if appendonly is yes, \
+         appendfsync always and maxmemory-policy noeviction, start natter with --redis-durability relaxed"
+    )]
+    CannotCheck { url: String, reason: String },
+    #[error(
+        "another natter (instance {holder}) is using the Redis database {url} for history: it holds the lock {lock}, \
+         and natter shares a Redis database with no second instance yet; stop that one, or give this one another \
+         database (redis://host:port/N)",
+        lock = keys::LOCK
+    )]
+    Locked { url: String, holder: String },
+    #[error("Redis at {url} refused a start-up command: {reason}")]
+    Command { url: String, reason: String },
+}
+
+/// What the store knows of a held room: the history it belongs to and the
+/// latest seq reported to it (a Redis found behind it lost acknowledged
+/// writes; one found ahead holds events the room never heard of).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub epoch: String,
+    pub head: Seq,
+}
+
+/// A Redis request that failed: the transport, the server, or the reply.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error(transparent)]
+    Reply(#[from] scripts::BadReply),
+    #[error("Redis refuses writes for now: {0}")]
+    Refused(String),
+}
+
+impl From<Failure> for HistoryError {
+    fn from(failure: Failure) -> Self {
+        HistoryError::Unavailable(failure.to_string())
+    }
+}
+
+/// History in Redis.
+#[derive(Debug)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// The runtime the connection lives on: the synchronous reads run on
+    /// blocking threads and wait for it there.
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+    keeps: Option<usize>,
+    rooms: Mutex<HashMap<RoomName, Known>>,
+    read_slots: Arc<tokio::sync::Semaphore>,
+    saved: Mutex<Vec<SavedMember>>,
+}
+
+impl RedisStore {
+    /// Connects, checks durability (refusing as `redis.durability` says),
+    /// loads the scripts, takes the single-instance lock, and starts the
+    /// writer. `reload_events`: how many latest events the writer reads
+    /// when a room's history must be read afresh (a room's welcome history).
+    pub async fn start(
+        redis: &RedisConfig,
+        options: &StorageConfig,
+        reload_events: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, WriteQueue), RedisStartError> {
+        let url = redis.display_url();
+        let client = ::redis::Client::open(redis.url.as_str())
+            .map_err(|source| RedisStartError::Url { url: url.clone(), source })?;
+        // One plain attempt first: an unreachable Redis is reported with its
+        // cause (refused, unknown host) rather than as the manager's retries
+        // running out of time.
+        if let Err(e) = within(redis.timeout, client.get_multiplexed_async_connection()).await {
+            return Err(RedisStartError::Connect { url, reason: e.to_string() });
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY)
+            .set_number_of_retries(RECONNECT_ATTEMPTS)
+            .set_connection_timeout(Some(redis.timeout))
+            .set_response_timeout(Some(redis.timeout));
+        let connect = ::redis::aio::ConnectionManager::new_with_config(client, config);
+        let mut conn = match tokio::time::timeout(redis.timeout, connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(RedisStartError::Connect { url, reason: e.to_string() }),
+            Err(_) => {
+                return Err(RedisStartError::Connect { url, reason: format!("no answer within {:?}", redis.timeout) });
+            }
+        };
+        let command = |e: Failure| RedisStartError::Command { url: url.clone(), reason: e.to_string() };
+
+        match within(redis.timeout, durability::read(&mut conn)).await {
+            Ok(settings) => {
+                let problems = durability::problems(&settings);
+                match (problems.is_empty(), redis.durability) {
+                    (true, _) => info!(redis = %url, "Redis fsyncs every write before answering"),
+                    (false, RedisDurability::Strict) => return Err(RedisStartError::NotDurable { url, problems }),
+                    (false, RedisDurability::Relaxed) => warn!(
+                        redis = %url,
+                        problems = %problems.join("; "),
+                        "Redis may lose acknowledged messages if it crashes (--redis-durability relaxed)"
+                    ),
+                }
+            }
+            Err(e) if redis.durability == RedisDurability::Strict => {
+                return Err(RedisStartError::CannotCheck { url, reason: e.to_string() });
+            }
+            Err(e) => {
+                warn!(redis = %url, error = %e, "cannot read the persistence settings of Redis (--redis-durability relaxed)")
+            }
+        }
+        for script in scripts::all() {
+            within(redis.timeout, script.load_async(&mut conn)).await.map_err(command)?;
+        }
+
+        let instance = crate::random::random_hex(8).unwrap_or_else(|| format!("p{}", std::process::id()));
+        let lease = Arc::new(lock::Lease::default());
+        match lock::acquire(&mut conn, &instance, &lease, redis.timeout).await {
+            Ok(Ok(())) => {}
+            Ok(Err(holder)) => return Err(RedisStartError::Locked { url, holder }),
+            Err(e) => return Err(command(Failure::Redis(e))),
+        }
+        let saved = within(redis.timeout, take_saved_members(&mut conn)).await.map_err(command)?;
+
+        let store = Arc::new(Self {
+            conn: conn.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            timeout: redis.timeout,
+            keeps: options.retain_count.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            rooms: Mutex::new(HashMap::new()),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1))),
+            saved: Mutex::new(saved),
+        });
+        let stop_renewing = CancellationToken::new();
+        tokio::spawn(lock::keep(conn.clone(), instance.clone(), lease.clone(), redis.timeout, stop_renewing.clone()));
+        let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
+        let writer =
+            writer::Writer::new(store.clone(), instance, lease, options, reload_events, stop_renewing, metrics);
+        tokio::spawn(writer.run(rx));
+        info!(redis = %url, "history in Redis");
+        Ok((store, WriteQueue(tx)))
+    }
+
+    /// What the store knows of `room`, if it holds it.
+    pub(crate) fn known(&self, room: &RoomName) -> Option<Known> {
+        self.lock().get(room).cloned()
+    }
+
+    /// Records what the store knows of `room`.
+    pub(crate) fn remember(&self, room: &RoomName, known: Known) {
+        self.lock().insert(room.clone(), known);
+    }
+
+    /// Records that events up to `head` of `room`'s history `epoch` were
+    /// reported to the room (unless the room has another history by now).
+    pub(crate) fn advance(&self, room: &RoomName, epoch: &str, head: Seq) {
+        if let Some(known) = self.lock().get_mut(room).filter(|k| k.epoch == epoch) {
+            known.head = known.head.max(head);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Known>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection (clones share one socket).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `OPEN` for `room`: its history (a new one if it has none, or
+    /// lost its stream, or `replace` names its epoch), with its latest
+    /// `limit` events if its epoch is not `known`.
+    pub(crate) async fn open(
+        &self,
+        room: &RoomName,
+        limit: usize,
+        replace: Option<&str>,
+        known: &str,
+    ) -> Result<scripts::Opened, Failure> {
+        let keys = RoomKeys::of(room);
+        let proposed = crate::random::random_hex(8).unwrap_or_else(|| format!("r{}", now_ms().0));
+        let mut invocation = scripts::OPEN.key(&keys.meta);
+        invocation
+            .key(&keys.stream)
+            .key(&keys.dedupe)
+            .arg(proposed)
+            .arg(limit)
+            .arg(if replace.is_some() { "1" } else { "0" })
+            .arg(replace.unwrap_or(""))
+            .arg(known);
+        let mut conn = self.conn();
+        let reply: ::redis::Value = within(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        Ok(scripts::parse_open(&reply)?)
+    }
+
+    /// Runs `work` on the runtime from a blocking thread (the store's
+    /// synchronous reads run on blocking threads, see `store::blocking`).
+    fn block<T>(&self, work: impl Future<Output = Result<T, Failure>>) -> Result<T, HistoryError> {
+        self.runtime.block_on(work).map_err(HistoryError::from)
+    }
+
+    /// Stream entries of `room` with `XREVRANGE hi lo COUNT limit`, oldest first.
+    fn range(&self, room: &RoomName, hi: String, lo: String, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = RoomKeys::of(room);
+        self.block(async {
+            let mut cmd = ::redis::cmd("XREVRANGE");
+            cmd.arg(&keys.stream).arg(hi).arg(lo).arg("COUNT").arg(limit);
+            let mut conn = self.conn();
+            let reply: ::redis::Value = within(self.timeout, cmd.query_async(&mut conn)).await?;
+            let mut events = scripts::parse_entries(&reply)?;
+            events.reverse();
+            Ok(events)
+        })
+    }
+}
+
+/// `request`, failing as [`Failure::Timeout`] after `limit`.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    request: impl Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Failure::Timeout(limit)),
+    }
+}
+
+impl HistoryStore for RedisStore {
+    fn history_id(&self, room: &RoomName) -> String {
+        self.known(room).map(|k| k.epoch).unwrap_or_default()
+    }
+
+    fn forget(&self, room: &RoomName) {
+        self.lock().remove(room);
+    }
+
+    fn keeps(&self) -> Option<usize> {
+        self.keeps
+    }
+
+    fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
+        let opened = self.block(self.open(room, limit, None, ""))?;
+        self.remember(room, Known { epoch: opened.epoch, head: opened.head });
+        Ok((opened.head, opened.latest))
+    }
+
+    fn after(&self, room: &RoomName, after: Seq, upto: Seq, limit: usize) -> Result<Replay, HistoryError> {
+        if upto <= after {
+            return Ok(replay_of(after, upto, Vec::new()));
+        }
+        // Entry ids are `<seq>-0`; a bare `N` as the upper bound means
+        // `N-<max>`, so exclusive bounds name the `-0` entry itself.
+        let events = self.range(room, format!("{}-0", upto.0), format!("({}-0", after.0), limit)?;
+        Ok(replay_of(after, upto, events))
+    }
+
+    fn before(&self, room: &RoomName, before: Seq, limit: usize) -> Result<Vec<RoomEvent>, HistoryError> {
+        if before.0 <= 1 {
+            return Ok(Vec::new());
+        }
+        self.range(room, format!("({}-0", before.0), "-".into(), limit)
+    }
+
+    fn read_slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.read_slots.clone()
+    }
+
+    fn take_saved_members(&self) -> Vec<SavedMember> {
+        std::mem::take(&mut *self.saved.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn history_can_restart(&self) -> bool {
+        true
+    }
+
+    fn check_history(&self, room: &RoomName, known: &str, limit: usize) -> Result<Option<FreshHistory>, HistoryError> {
+        let opened = self.block(self.open(room, limit, None, known))?;
+        if opened.epoch == known {
+            return Ok(None);
+        }
+        self.remember(room, Known { epoch: opened.epoch.clone(), head: opened.head });
+        Ok(Some(FreshHistory { id: opened.epoch, head: opened.head, latest: opened.latest }))
+    }
+}
+
+/// A saved member as kept in Redis (one JSON array under [`keys::SAVED_MEMBERS`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedRecord {
+    room: String,
+    name: String,
+    token: String,
+}
+
+/// Saves the members at a graceful stop (replacing any saved before), for
+/// [`SAVED_MEMBERS_TTL`].
+pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedMember]) -> ::redis::RedisResult<()> {
+    if members.is_empty() {
+        return ::redis::cmd("DEL").arg(keys::SAVED_MEMBERS).exec_async(conn).await;
+    }
+    let records: Vec<SavedRecord> = members
+        .iter()
+        .map(|m| SavedRecord {
+            room: m.room.as_str().to_owned(),
+            name: m.name.as_str().to_owned(),
+            token: m.token.as_str().to_owned(),
+        })
+        .collect();
+    let json = serde_json::to_string(&records)
+        .map_err(|e| ::redis::RedisError::from((::redis::ErrorKind::Client, "saved members", e.to_string())))?;
+    let ttl_ms = u64::try_from(SAVED_MEMBERS_TTL.as_millis()).unwrap_or(u64::MAX);
+    ::redis::cmd("SET").arg(keys::SAVED_MEMBERS).arg(json).arg("PX").arg(ttl_ms).exec_async(conn).await
+}
+
+/// Reads and removes the members saved at the last stop, in one command
+/// (a crash after it must not bring them back). Ones no longer valid are skipped.
+async fn take_saved_members(conn: &mut ConnectionManager) -> ::redis::RedisResult<Vec<SavedMember>> {
+    let json: Option<String> = ::redis::cmd("GETDEL").arg(keys::SAVED_MEMBERS).query_async(conn).await?;
+    let records: Vec<SavedRecord> = match json.map(|j| serde_json::from_str(&j)) {
+        None => Vec::new(),
+        Some(Ok(records)) => records,
+        Some(Err(e)) => {
+            warn!(error = %e, "the saved members cannot be read; they rejoin as new");
+            Vec::new()
+        }
+    };
+    Ok(records
+        .into_iter()
+        .filter_map(|r| match (RoomName::parse(&r.room), UserName::parse(&r.name), ResumeToken::parse(&r.token)) {
+            (Ok(room), Ok(name), Ok(token)) => Some(SavedMember { room, name, token }),
+            _ => {
+                warn!(room = %r.room, "a saved member is not valid any more; skipped");
+                None
+            }
+        })
+        .collect())
+}
