@@ -84,8 +84,10 @@ pub struct Natter {
     pub addr: SocketAddr,
     /// The data directory: a fresh temporary one unless `--data-dir` was given.
     pub data_dir: PathBuf,
-    /// Log lines the process printed (stdout and stderr).
+    /// Log lines the process printed (stdout and stderr) after it said it runs.
     pub lines: mpsc::Receiver<String>,
+    /// The lines it printed before that.
+    pub startup: Vec<String>,
     /// Removes the data directory this process was given, if it made it
     /// (after the process is killed: fields drop after `Drop::drop`).
     _made_dir: Option<RemoveOnDrop>,
@@ -176,7 +178,7 @@ impl Natter {
             }
             seen.push(line);
         };
-        Self { child, addr, data_dir, lines, _made_dir: made_dir }
+        Self { child, addr, data_dir, lines, startup: seen, _made_dir: made_dir }
     }
 
     /// The WebSocket URL.

@@ -216,3 +216,69 @@ async fn natter_backup_copies_the_database_of_a_running_server() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+/// A GET of `path` with `extra` header lines: status, lower-cased headers, raw body.
+fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").expect("request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_page_built_into_the_binary_is_served_compressed_with_etags_and_caching() {
+    use std::io::Read;
+    let natter = Natter::start(&[]);
+    let log = &natter.startup;
+    assert!(
+        log.iter().any(|l| l.contains("serving the page built into this binary")),
+        "this natter has no page inside (cargo xtask test builds it with one): {log:?}"
+    );
+    let dist = natter_e2e::bundle_dir();
+
+    // The page, gzip-compressed: exactly dist/index.html once inflated.
+    let (status, headers, body) = get(natter.addr, "/", "Accept-Encoding: gzip\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(header_of(&headers, "content-encoding"), Some("gzip"));
+    assert_eq!(header_of(&headers, "cache-control"), Some("no-cache"));
+    assert!(header_of(&headers, "content-security-policy").is_some_and(|c| c.contains("'sha256-")));
+    let mut page = Vec::new();
+    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut page).expect("valid gzip");
+    assert_eq!(page, std::fs::read(dist.join("index.html")).expect("dist/index.html"));
+    // An app route is the page too; a missing asset is a 404.
+    assert_eq!(get(natter.addr, "/r/lobby", "").0, 200);
+    assert_eq!(get(natter.addr, "/missing-0123456789abcdef.js", "").0, 404);
+
+    // The wasm: brotli for a browser that takes it, cached for good, 304 when unchanged.
+    let wasm = std::fs::read_dir(&dist)
+        .expect("dist")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.ends_with(".wasm"))
+        .expect("a wasm file");
+    let (status, headers, body) = get(natter.addr, &format!("/{wasm}"), "Accept-Encoding: gzip, deflate, br\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(header_of(&headers, "content-encoding"), Some("br"));
+    assert_eq!(header_of(&headers, "content-type"), Some("application/wasm"));
+    assert_eq!(header_of(&headers, "cache-control"), Some("public, max-age=31536000, immutable"));
+    let raw = std::fs::metadata(dist.join(&wasm)).expect("wasm").len();
+    assert!((body.len() as u64) < raw / 2, "brotli: {} of {raw} bytes", body.len());
+    let etag = header_of(&headers, "etag").expect("an etag").to_owned();
+    let (status, _, body) = get(natter.addr, &format!("/{wasm}"), &format!("If-None-Match: {etag}\r\n"));
+    assert_eq!(status, 304);
+    assert!(body.is_empty());
+}

@@ -106,7 +106,7 @@ fn tool_env() -> Result<ToolEnv> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let mut dirs = vec![home.join("bin")];
     dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    Ok(ToolEnv { path: std::env::join_paths(dirs).context("building PATH")?, tmpdir: None })
+    Ok(ToolEnv { path: std::env::join_paths(dirs).context("building PATH")?, tmpdir: None, embed: None })
 }
 
 /// What `cargo afl --version` says, if cargo-afl is installed.

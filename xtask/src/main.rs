@@ -80,7 +80,8 @@ fn run(extra: &[String]) -> Result<()> {
     let root = root();
     let env = tools::ensure_all(&root)?;
     bundle::build(&root, &env)?;
-    step("building the server (cargo build --release -p natter-backend)");
+    let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
+    step("building the server with the page inside it (cargo build --release -p natter-backend)");
     cmd(&root, &env, "cargo", &["build", "--release", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
     let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
     let listen = extra
@@ -95,8 +96,6 @@ fn run(extra: &[String]) -> Result<()> {
     println!();
     let binary = root.join("target/release/natter");
     let status = Command::new(&binary)
-        .arg("--bundle-dir")
-        .arg(root.join("dist"))
         .args(&extra)
         .current_dir(&root)
         .status()
@@ -136,7 +135,11 @@ fn test() -> Result<()> {
     ];
     cmd(&root, &env, "cargo", &wasm)?;
     bundle::build(&root, &env)?;
-    step("building the natter binary the end-to-end tests start (cargo build -p natter-backend)");
+    // From here on the page is built: natter embeds it.
+    let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
+    step(
+        "building the natter binary the end-to-end tests start, with the page inside it (cargo build -p natter-backend)",
+    );
     let build = ["build", "--locked", "-p", "natter-backend", "--bin", "natter"];
     cmd(&root, &env, "cargo", &build)?;
     step("running the unit, integration and end-to-end tests (cargo test --workspace)");

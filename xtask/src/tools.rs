@@ -25,6 +25,9 @@ pub struct ToolEnv {
     pub path: std::ffi::OsString,
     /// `TMPDIR` for the tools, when a run keeps its temporary files apart.
     pub tmpdir: Option<std::path::PathBuf>,
+    /// The built page to embed into `natter` (`NATTER_EMBED_BUNDLE`, read by
+    /// backend/build.rs), once it has been built.
+    pub embed: Option<std::path::PathBuf>,
 }
 
 impl ToolEnv {
@@ -34,6 +37,9 @@ impl ToolEnv {
         command.env("PATH", &self.path);
         if let Some(tmpdir) = &self.tmpdir {
             command.env("TMPDIR", tmpdir);
+        }
+        if let Some(bundle) = &self.embed {
+            command.env("NATTER_EMBED_BUNDLE", bundle);
         }
         command
     }
@@ -122,7 +128,7 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
     }
     ensure_chromium(root, &path)?;
     ensure_redis(root, &path)?;
-    Ok(ToolEnv { path, tmpdir: None })
+    Ok(ToolEnv { path, tmpdir: None, embed: None })
 }
 
 /// Debian's Chromium and its WebDriver, for the browser tests.

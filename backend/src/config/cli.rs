@@ -157,9 +157,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_READ_CONNECTIONS", default_value_t = config::DEFAULT_READ_CONNECTIONS)]
     pub read_connections: usize,
 
-    /// Directory of the built chat page (trunk's output, holding index.html).
-    #[arg(long, env = "NATTER_BUNDLE_DIR", default_value = config::DEFAULT_BUNDLE_DIR)]
-    pub bundle_dir: PathBuf,
+    /// Directory of the built chat page (trunk's output, holding index.html), served instead of
+    /// the page built into the binary. Default: the built-in page, or ./dist if there is none.
+    #[arg(long, env = "NATTER_BUNDLE_DIR")]
+    pub bundle_dir: Option<PathBuf>,
 
     /// Another origin whose pages may connect, e.g. https://chat.example.com (repeatable,
     /// or comma-separated in the variable). The server's own origin is always allowed;
@@ -365,7 +366,8 @@ impl ServeArgs {
     pub fn config(&self) -> Result<Config, ConfigError> {
         let defaults = Config::default();
         Ok(Config {
-            bundle_dir: self.bundle_dir.clone(),
+            bundle_dir: self.bundle_dir.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_BUNDLE_DIR)),
+            embedded_page: self.bundle_dir.is_none(),
             origins: OriginPolicy::new(&self.allow_origins)?,
             names: Names::parse(&self.public_urls, &self.server_names)?,
             healthz_detail: self.healthz_detail,

@@ -268,6 +268,9 @@ impl Default for StorageConfig {
 pub struct Config {
     /// Directory of the built page; served at `/` when it holds `index.html`.
     pub bundle_dir: PathBuf,
+    /// Serve the page built into the binary, when it has one, instead of
+    /// `bundle_dir` (the flags set this unless `--bundle-dir` is given).
+    pub embedded_page: bool,
     /// Which browser origins may open a WebSocket.
     pub origins: OriginPolicy,
     /// The names (`Host`) the server answers to; empty: its listen address and loopback names.
@@ -369,6 +372,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             bundle_dir: PathBuf::from(DEFAULT_BUNDLE_DIR),
+            embedded_page: false,
             origins: OriginPolicy::default(),
             names: Names::default(),
             healthz_detail: DEFAULT_HEALTHZ_DETAIL,

@@ -152,25 +152,36 @@ struct PageScripts {
 /// Sets the security headers on responses; knows the page's inline scripts.
 #[derive(Debug)]
 pub struct SecurityHeaders {
-    index: PathBuf,
+    /// The page's file, read again when it changes; `None` for a page
+    /// built into the binary, whose hashes never change.
+    index: Option<PathBuf>,
     page: Mutex<PageScripts>,
 }
 
 impl SecurityHeaders {
     /// Reads `index.html` of `bundle_dir` (if there is one) for its inline scripts.
     pub fn new(bundle_dir: &Path) -> Self {
-        let headers = Self { index: bundle_dir.join("index.html"), page: Mutex::new(PageScripts::default()) };
+        let headers = Self { index: Some(bundle_dir.join("index.html")), page: Mutex::new(PageScripts::default()) };
         headers.page_hashes();
         headers
+    }
+
+    /// For a page whose `index.html` is `html` for good (the embedded page).
+    pub fn for_page(html: &str) -> Self {
+        let hashes = inline_scripts(html).into_iter().map(hash_source).collect();
+        Self { index: None, page: Mutex::new(PageScripts { stamp: None, hashes }) }
     }
 
     /// The page's script hashes, read again if `index.html` changed since
     /// (one `stat` per page response; the file is read only when it changed).
     fn page_hashes(&self) -> Arc<[String]> {
-        let stamp = std::fs::metadata(&self.index).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let Some(index) = &self.index else {
+            return self.cached_hashes();
+        };
+        let stamp = std::fs::metadata(index).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         let mut page = self.page.lock().unwrap_or_else(|p| p.into_inner());
         if page.stamp != stamp {
-            let html = stamp.and_then(|_| std::fs::read_to_string(&self.index).ok()).unwrap_or_default();
+            let html = stamp.and_then(|_| std::fs::read_to_string(index).ok()).unwrap_or_default();
             page.hashes = inline_scripts(&html).into_iter().map(hash_source).collect();
             page.stamp = stamp;
         }

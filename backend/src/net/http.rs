@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use tracing::warn;
 use warp::filters::BoxedFilter;
 use warp::{Filter, Rejection, Reply};
 
+use super::embedded;
 use super::headers::hash_source;
 use crate::app::App;
 use crate::config::names::HostMatch;
@@ -183,6 +184,23 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(warp::reply::Response,)> {
             Ok::<_, Rejection>(with_headers(reply, CACHE_REVALIDATE))
         }
     });
+
+    if app.config.embedded_page && embedded::page().is_some() {
+        let page = get_or_head
+            .clone()
+            .and(warp::method())
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and_then(|method: Method, path: warp::path::FullPath, headers: http::HeaderMap| async move {
+                let path = path.as_str();
+                let file = embedded::find(path).or_else(|| if is_app_route(path) { embedded::index() } else { None });
+                match file {
+                    Some(file) => Ok(embedded::respond(file, &headers, method == Method::HEAD).map(Into::into)),
+                    None => Err(warp::reject::not_found()),
+                }
+            });
+        return healthz.or(readyz).unify().or(page).unify().recover(recover).unify().boxed();
+    }
 
     let files = get_or_head.clone().and(warp::fs::dir(dir.clone())).map(|file: warp::fs::File| {
         let cache = cache_policy(file.path());

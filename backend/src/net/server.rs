@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
+use super::embedded;
 use super::headers::SecurityHeaders;
 use super::http::{Body, HEALTHZ_PATH, READYZ_PATH, from_warp, routes, text_response};
 use super::upgrade::{self, WS_PATH};
@@ -103,7 +104,10 @@ pub async fn run_with(
     let addr = listener.local_addr().map_err(ServerError::Listener)?;
     let edge = Arc::new(Edge {
         hosts: HostPolicy::new(&config.names, addr),
-        headers: SecurityHeaders::new(&config.bundle_dir),
+        headers: match embedded_index(&config) {
+            Some(html) => SecurityHeaders::for_page(html),
+            None => SecurityHeaders::new(&config.bundle_dir),
+        },
     });
     let app = App::new(config).await?;
     let http_routes = warp::service(routes(app.clone()));
@@ -111,9 +115,13 @@ pub async fn run_with(
     let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
     // Only now, with the history open, is the server really running: a
     // locked or damaged database is reported without a URL before it.
-    info!(bundle = %app.config.bundle_dir.display(), "serving the page");
-    if !app.config.bundle_dir.join("index.html").exists() {
-        warn!(bundle = %app.config.bundle_dir.display(), "no index.html there: / says how to build the page");
+    if embedded_index(&app.config).is_some() {
+        info!("serving the page built into this binary (--bundle-dir serves a directory instead)");
+    } else {
+        info!(bundle = %app.config.bundle_dir.display(), "serving the page");
+        if !app.config.bundle_dir.join("index.html").exists() {
+            warn!(bundle = %app.config.bundle_dir.display(), "no index.html there: / says how to build the page");
+        }
     }
     info!(hosts = %edge.hosts, "answering requests that name one of these hosts");
     // Members saved at the last stop get their grace period to resume.
@@ -193,6 +201,13 @@ pub async fn run_with(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The embedded page's `index.html`, when the server serves the page built
+/// into the binary.
+fn embedded_index(config: &Config) -> Option<&'static str> {
+    let index = embedded::index().filter(|_| config.embedded_page)?;
+    std::str::from_utf8(index.body).ok()
 }
 
 fn http1_builder(app: &App) -> http1::Builder {
