@@ -8,7 +8,7 @@ pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -130,6 +130,12 @@ impl Natter {
 
     /// Starts the binary listening on `listen` (e.g. to restart on the same port).
     pub fn start_on(listen: &str, args: &[&str]) -> Self {
+        Self::start_binary(&natter_bin(), listen, args)
+    }
+
+    /// Starts the natter binary at `bin` (one unpacked from the tarball, say)
+    /// listening on `listen`.
+    pub fn start_binary(bin: &Path, listen: &str, args: &[&str]) -> Self {
         let given = args.windows(2).find(|w| w[0] == "--data-dir").map(|w| PathBuf::from(w[1]));
         let data_dir = given.clone().unwrap_or_else(temp_data_dir);
         // Made here, so removed even if the start fails below.
@@ -138,9 +144,8 @@ impl Natter {
         if given.is_none() {
             args.extend(["--data-dir".to_owned(), data_dir.display().to_string()]);
         }
-        let bin = natter_bin();
         assert!(bin.exists(), "{} not found: run `cargo build -p natter-backend` or `cargo xtask test`", bin.display());
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(["--listen", listen])
             .args(&args)
             .env("RUST_LOG", "info")

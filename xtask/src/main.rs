@@ -3,9 +3,11 @@
 //! * `cargo xtask run [-- natter flags]` — install what is missing, build the
 //!   chat page and the server, start it, print the URL.
 //! * `cargo xtask test` — install what is missing, then formatting, the
-//!   backend's layering, clippy (host and wasm32), every test, and a minute
-//!   of fuzzing per fuzz target.
+//!   backend's layering, clippy (host and wasm32), every test, the release
+//!   tarball and its test, and a minute of fuzzing per fuzz target.
 //! * `cargo xtask bundle` — build only the chat page into `dist/`.
+//! * `cargo xtask dist` — the release tarball (binary with the page inside,
+//!   README, example settings, systemd unit, Dockerfile), then its test.
 //! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
 //!   separate `bench` binary in `src/bin/bench/`.
 //! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
@@ -19,6 +21,7 @@
 
 mod bench;
 mod bundle;
+mod dist;
 mod fuzz;
 mod layers;
 mod process;
@@ -46,16 +49,18 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("bundle") => tools::ensure_all(&root()).and_then(|env| bundle::build(&root(), &env)),
+        Some("dist") => dist::dist(&root()).map(|_| ()),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("layers") => layers::check_repo(&root()),
         Some("fuzz") => fuzz::run(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [-- natter flags] | test | bundle | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
+                "usage: cargo xtask <run [-- natter flags] | test | bundle | dist | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
             );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
             eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
+            eprintln!("  dist    build the release tarball into target/dist/ and test it");
             eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
             eprintln!("  layers  only check the backend's module layering against docs/ARCHITECTURE.md");
             eprintln!("  fuzz    fuzz the frame decoder and the message parser with AFL++ (60 s a target)");
@@ -145,6 +150,8 @@ fn test() -> Result<()> {
     step("running the unit, integration and end-to-end tests (cargo test --workspace)");
     cmd(&root, &env, "cargo", &["test", "--locked", "--workspace"])?;
     browser_tests(&root, &env)?;
+    let tarball = dist::package(&root, &env)?;
+    dist::test(&root, &env, &tarball)?;
     step(&format!("fuzzing each target in fuzz/ for {} s (cargo xtask fuzz)", fuzz::TEST_TIME.as_secs()));
     fuzz::fuzz(&root, &env, fuzz::TARGETS, fuzz::TEST_TIME)?;
     step("all checks passed");
