@@ -21,7 +21,7 @@ const PACKAGED: &[&str] = &["natter.service", "natter.env.example", "Dockerfile"
 
 /// Builds the tarball and tests it; returns its path.
 pub fn dist(root: &Path) -> Result<PathBuf> {
-    let env = tools::ensure_all(root)?;
+    let env = tools::ensure_build(root)?;
     bundle::build(root, &env)?;
     let tarball = package(root, &env)?;
     test(root, &env, &tarball)?;

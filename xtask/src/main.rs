@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
-        Some("bundle") => tools::ensure_all(&root()).and_then(|env| bundle::build(&root(), &env)),
+        Some("bundle") => tools::ensure_build(&root()).and_then(|env| bundle::build(&root(), &env)),
         Some("dist") => dist::dist(&root()).map(|_| ()),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("layers") => layers::check_repo(&root()),
@@ -83,7 +83,7 @@ fn root() -> PathBuf {
 
 fn run(extra: &[String]) -> Result<()> {
     let root = root();
-    let env = tools::ensure_all(&root)?;
+    let env = tools::ensure_build(&root)?;
     bundle::build(&root, &env)?;
     let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
     step("building the server with the page inside it (cargo build --release -p natter-backend)");

@@ -50,13 +50,24 @@ fn output(program: &str, args: &[&str], path: &std::ffi::OsStr) -> Option<String
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Cargo's release profile for the tools we `cargo install` (trunk,
+/// wasm-bindgen-cli): their own profiles ask for fat LTO and one codegen
+/// unit, which compiles their last crate on one core for minutes; a tool
+/// that builds a page now and then does not need that.
+const INSTALL_PROFILE: &[(&str, &str)] = &[
+    ("CARGO_PROFILE_RELEASE_LTO", "off"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
+    ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
+    ("CARGO_PROFILE_RELEASE_INCREMENTAL", "false"),
+];
+
 fn run(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("PATH", path)
-        .status()
-        .with_context(|| format!("could not start {program}"))?;
+    let mut command = Command::new(program);
+    command.args(args).current_dir(dir).env("PATH", path);
+    if program == "cargo" && args.first() == Some(&"install") {
+        command.envs(INSTALL_PROFILE.iter().copied());
+    }
+    let status = command.status().with_context(|| format!("could not start {program}"))?;
     Ok(status.success())
 }
 
@@ -75,8 +86,19 @@ pub fn locked_version(root: &Path, name: &str) -> Result<String> {
     bail!("{name} is not in Cargo.lock")
 }
 
-/// Makes sure every tool is installed at its pinned version.
+/// Makes sure every tool is installed at its pinned version: those that
+/// build the page ([`ensure_build`]) and those the tests need (Chromium,
+/// redis-server).
 pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
+    let env = ensure_build(root)?;
+    ensure_chromium(root, &env.path)?;
+    ensure_redis(root, &env.path)?;
+    Ok(env)
+}
+
+/// Makes sure what builds the page is installed (the wasm32 target, trunk,
+/// wasm-bindgen-cli, wasm-opt): all `run`, `bundle` and `dist` need.
+pub fn ensure_build(root: &Path) -> Result<ToolEnv> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -96,7 +118,7 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
 
     let trunk = output("trunk", &["--version"], &path).unwrap_or_default();
     if !trunk.split_whitespace().any(|w| w == TRUNK_VERSION) {
-        step(&format!("installing trunk {TRUNK_VERSION} (cargo install; takes about 7 minutes, once)"));
+        step(&format!("installing trunk {TRUNK_VERSION} (cargo install, without LTO; a few minutes, once)"));
         if !run(root, "cargo", &["install", "trunk", "--version", TRUNK_VERSION, "--locked"], &path)? {
             bail!("cargo install trunk {TRUNK_VERSION} failed");
         }
@@ -106,7 +128,7 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
     let bindgen = output("wasm-bindgen", &["--version"], &path).unwrap_or_default();
     if !bindgen.split_whitespace().any(|w| w == bindgen_version) {
         step(&format!(
-            "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install; about 4 minutes, once)"
+            "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install, without LTO; a few minutes, once)"
         ));
         let v = bindgen_version.as_str();
         let locked =
@@ -126,8 +148,6 @@ pub fn ensure_all(root: &Path) -> Result<ToolEnv> {
             bail!("npm ci in xtask/tools failed; is Node.js with npm installed?");
         }
     }
-    ensure_chromium(root, &path)?;
-    ensure_redis(root, &path)?;
     Ok(ToolEnv { path, tmpdir: None, embed: None })
 }
 
