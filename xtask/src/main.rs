@@ -4,10 +4,13 @@
 //!   chat page and the server, start it, print the URL.
 //! * `cargo xtask test` — install what is missing, then formatting, the
 //!   backend's layering, clippy (host and wasm32), every test, the release
-//!   tarball and its test, and a minute of fuzzing per fuzz target.
+//!   tarball and its test, the proxy checks, and a minute of fuzzing per
+//!   fuzz target.
 //! * `cargo xtask bundle` — build only the chat page into `dist/`.
 //! * `cargo xtask dist` — the release tarball (binary with the page inside,
 //!   README, example settings, systemd unit, Dockerfile), then its test.
+//! * `cargo xtask check-deploy` — docs/deploy/'s nginx and Caddy
+//!   configurations run in front of natter (installed from Debian if missing).
 //! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
 //!   separate `bench` binary in `src/bin/bench/`.
 //! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
@@ -50,17 +53,19 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bundle") => tools::ensure_build(&root()).and_then(|env| bundle::build(&root(), &env)),
         Some("dist") => dist::dist(&root()).map(|_| ()),
+        Some("check-deploy") => check_deploy(),
         Some("bench") => bench::run(&root(), &args[1..]),
         Some("layers") => layers::check_repo(&root()),
         Some("fuzz") => fuzz::run(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [-- natter flags] | test | bundle | dist | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
+                "usage: cargo xtask <run [-- natter flags] | test | bundle | dist | check-deploy | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
             );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
             eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
             eprintln!("  dist    build the release tarball into target/dist/ and test it");
+            eprintln!("  check-deploy  run docs/deploy/'s nginx and Caddy configurations in front of natter");
             eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
             eprintln!("  layers  only check the backend's module layering against docs/ARCHITECTURE.md");
             eprintln!("  fuzz    fuzz the frame decoder and the message parser with AFL++ (60 s a target)");
@@ -152,9 +157,41 @@ fn test() -> Result<()> {
     browser_tests(&root, &env)?;
     let tarball = dist::package(&root, &env)?;
     dist::test(&root, &env, &tarball)?;
+    tools::ensure_proxies(&root, &env.path)?;
+    deploy_tests(&root, &env)?;
     step(&format!("fuzzing each target in fuzz/ for {} s (cargo xtask fuzz)", fuzz::TEST_TIME.as_secs()));
     fuzz::fuzz(&root, &env, fuzz::TARGETS, fuzz::TEST_TIME)?;
     step("all checks passed");
+    Ok(())
+}
+
+/// `cargo xtask check-deploy`: installs nginx and Caddy if missing, builds
+/// natter with the page inside, and runs the proxy configurations of
+/// docs/deploy/ in front of it (`tests/tests/deploy.rs`). `test` runs it too.
+fn check_deploy() -> Result<()> {
+    let root = root();
+    let env = tools::ensure_build(&root)?;
+    tools::ensure_proxies(&root, &env.path)?;
+    bundle::build(&root, &env)?;
+    let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
+    step("building natter with the page inside it (cargo build -p natter-backend)");
+    cmd(&root, &env, "cargo", &["build", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
+    deploy_tests(&root, &env)
+}
+
+/// The proxy checks (`tests/tests/deploy.rs`, ignored unless asked for).
+fn deploy_tests(root: &Path, env: &tools::ToolEnv) -> Result<()> {
+    step("running nginx and Caddy as docs/deploy/ configures them, in front of natter (cargo test --test deploy)");
+    let status = env
+        .command("cargo")
+        .args(["test", "--locked", "-p", "natter-e2e", "--test", "deploy", "--", "--ignored"])
+        .env("NATTER_DEPLOY_CHECK", "1")
+        .current_dir(root)
+        .status()
+        .context("could not start cargo")?;
+    if !status.success() {
+        bail!("the proxy checks failed ({status})");
+    }
     Ok(())
 }
 

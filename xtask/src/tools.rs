@@ -181,6 +181,28 @@ pub fn ensure_redis(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     apt_install(root, path, &["redis-server"])
 }
 
+/// Debian's nginx and Caddy, for `cargo xtask check-deploy` (the proxy
+/// configurations of docs/deploy/ run in front of natter).
+pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().any(|p| Path::new(p).exists());
+    let caddy = output("caddy", &["version"], path).is_some();
+    let mut missing = Vec::new();
+    if !nginx {
+        missing.push("nginx");
+    }
+    if !caddy {
+        missing.push("caddy");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing {} for the proxy checks (apt-get install; the checks start their own on loopback)",
+        missing.join(" and ")
+    ));
+    apt_install(root, path, &missing)
+}
+
 /// `apt-get install -y --no-install-recommends PACKAGES` (through sudo
 /// unless root), refreshing the package lists and retrying once if it fails.
 fn apt_install(root: &Path, path: &std::ffi::OsStr, packages: &[&str]) -> Result<()> {
