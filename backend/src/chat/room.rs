@@ -25,12 +25,21 @@ use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
-use crate::store::{self, Committed, Draft, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay};
+use crate::store::{
+    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay,
+};
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
 /// the room, the token and the history id), for sizing its buffer.
 const WELCOME_FIXED_BYTES: usize = 256;
+
+/// Events a room holds back waiting for an earlier seq (a shared store
+/// delivers other instances' events and its own writer's reports on
+/// separate paths). Past it the buffer is dropped and the room reads its
+/// history afresh, its members resuming: memory stays bounded even when a
+/// gap cannot be filled for a long time.
+pub const PENDING_MAX: usize = 4096;
 
 /// What a session holds to act as a member of a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +226,38 @@ struct RoomState {
     /// The id of this room's history: fixed while the room is held, unless
     /// the store lost it and started a new one ([`Room::take_history`]).
     history_id: String,
+    /// Events past `head + 1`, waiting for the ones before them (at most
+    /// [`PENDING_MAX`]). Only a shared store leaves anything here: with one
+    /// writer every report is `head + 1`.
+    pending: BTreeMap<Seq, Held>,
+    /// Acks of re-sent messages whose event this room has not delivered
+    /// yet: a page must not hear of a seq before the events up to it.
+    late_acks: Vec<(Seq, ConnHandle, Ack)>,
+    /// The highest seq known to be stored (a duplicate's): a gap up to it
+    /// is filled from the store.
+    expected: Seq,
+    /// `pending` overflowed and was dropped: the history is read afresh.
+    overflowed: bool,
+}
+
+/// An event waiting in [`RoomState::pending`].
+#[derive(Debug)]
+enum Held {
+    /// Reported by this instance's writer: acked to its sender when delivered.
+    Local(Draft, RoomEvent),
+    /// From another instance, or read from the store.
+    Remote(RoomEvent),
+    /// This instance's own write seen on the channel before the writer's
+    /// report: it waits for the report (which carries the ack), or for a fill.
+    Own(RoomEvent),
+}
+
+impl Held {
+    fn event(&self) -> &RoomEvent {
+        match self {
+            Held::Local(_, e) | Held::Remote(e) | Held::Own(e) => e,
+        }
+    }
 }
 
 /// A chat room.
@@ -255,6 +296,10 @@ impl Room {
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
                 history_id,
+                pending: BTreeMap::new(),
+                late_acks: Vec::new(),
+                expected: head,
+                overflowed: false,
             }),
             metrics,
         })
@@ -323,8 +368,24 @@ impl Room {
             new = !same,
             "the room's history was read afresh; members resume"
         );
+        if !same {
+            state.pending.clear();
+            state.expected = Seq(0);
+        }
         state.history_id = fresh.id;
         state.head = fresh.head;
+        state.expected = state.expected.max(fresh.head);
+        state.overflowed = false;
+        state.pending.retain(|seq, _| *seq > fresh.head);
+        let head = state.head;
+        // Acks of events now in the history go; the pages resume anyway.
+        state.late_acks.retain(|(seq, sender, ack)| {
+            let due = *seq <= head || !same;
+            if due {
+                sender.send_reply(&ServerMsg::Ack(ack.clone()));
+            }
+            !due
+        });
         state.recent = fresh.latest.into_iter().map(RecentEvent::from).collect();
         while state.recent.len() > self.recent_max {
             state.recent.pop_front();
@@ -780,6 +841,85 @@ fn fit_from(sizes: &[usize], max_bytes: usize) -> usize {
     keep_from
 }
 
+impl Room {
+    /// Puts an event into the reorder buffer. One this room delivered
+    /// already is dropped (a Local one still gets its ack); a Local report
+    /// replaces a copy from elsewhere (it carries the ack), and a copy from
+    /// the store replaces an [`Held::Own`] echo.
+    fn hold(&self, state: &mut RoomState, held: Held) {
+        let seq = held.event().seq();
+        if seq <= state.head {
+            if let Held::Local(Draft::Message { cid, sender, .. }, event) = held {
+                sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts: event.ts() }));
+            }
+            return;
+        }
+        match state.pending.entry(seq) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(held);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let replace = matches!(held, Held::Local(..)) || matches!(slot.get(), Held::Own(_));
+                if replace {
+                    slot.insert(held);
+                }
+            }
+        }
+        if state.pending.len() > PENDING_MAX {
+            // Policy: drop the buffer and read the history afresh (the
+            // store's follow-up); members resume from the store.
+            warn!(room = %self.name, held = state.pending.len(), head = state.head.0, "reorder buffer full; the room's history is read afresh");
+            state.pending.clear();
+            state.overflowed = true;
+        }
+    }
+
+    /// Delivers the buffered events that follow the head, in seq order: an
+    /// own write's ack with it, stored notices gathered in `notices` (sent
+    /// before the next message). `force_own`: an own write seen only on
+    /// the channel goes without waiting for its report.
+    fn drain(&self, state: &mut RoomState, notices: &mut Vec<(Notice, Encoded)>, force_own: bool) {
+        while let Some(entry) = state.pending.first_entry() {
+            let seq = *entry.key();
+            if seq != state.head.next() || (!force_own && matches!(entry.get(), Held::Own(_))) {
+                break;
+            }
+            let held = entry.remove();
+            state.head = seq;
+            let recent = RecentEvent::from(held.event().clone());
+            let encoded = recent.encoded.clone();
+            state.recent.push_back(recent);
+            while state.recent.len() > self.recent_max {
+                state.recent.pop_front();
+            }
+            match held {
+                Held::Local(Draft::Message { cid, sender, member, .. }, event) => {
+                    state.send_notices(notices, &self.metrics);
+                    sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                    self.metrics.messages_in.inc();
+                    self.metrics.broadcast(state.broadcast(&encoded, Some(member)));
+                }
+                Held::Local(_, RoomEvent::Notice(notice))
+                | Held::Remote(RoomEvent::Notice(notice))
+                | Held::Own(RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
+                Held::Local(_, RoomEvent::Message(_)) | Held::Remote(_) | Held::Own(_) => {
+                    state.send_notices(notices, &self.metrics);
+                    self.metrics.broadcast(state.broadcast(&encoded, None));
+                }
+            }
+        }
+        let head = state.head;
+        state.expected = state.expected.max(head);
+        state.late_acks.retain(|(seq, sender, ack)| {
+            let due = *seq <= head;
+            if due {
+                sender.send_reply(&ServerMsg::Ack(ack.clone()));
+            }
+            !due
+        });
+    }
+}
+
 /// The writer reports here: acknowledge and broadcast what it stored.
 impl Committed for Room {
     fn room_name(&self) -> &RoomName {
@@ -795,28 +935,19 @@ impl Committed for Room {
         for (draft, outcome) in writes {
             match (draft, outcome) {
                 (draft, Outcome::Stored(event)) => {
-                    state.head = state.head.max(event.seq());
-                    let recent = RecentEvent::from(event.clone());
-                    let encoded = recent.encoded.clone();
-                    state.recent.push_back(recent);
-                    while state.recent.len() > self.recent_max {
-                        state.recent.pop_front();
-                    }
-                    match (draft, event) {
-                        (Draft::Message { cid, sender, member, .. }, event) => {
-                            state.send_notices(&mut notices, &self.metrics);
-                            sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
-                            self.metrics.messages_in.inc();
-                            self.metrics.broadcast(state.broadcast(&encoded, Some(member)));
-                        }
-                        (Draft::Notice { .. }, RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
-                        (Draft::Notice { .. }, RoomEvent::Message(_)) => {
-                            self.metrics.broadcast(state.broadcast(&encoded, None));
-                        }
-                    }
+                    self.hold(state, Held::Local(draft, event));
+                    self.drain(state, &mut notices, false);
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
-                    sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts }));
+                    let ack = Ack { cid, seq, ts };
+                    if seq <= state.head {
+                        sender.send_reply(&ServerMsg::Ack(ack));
+                    } else {
+                        // Stored by a round whose answer was lost, or on
+                        // another instance: acked once it is delivered here.
+                        state.expected = state.expected.max(seq);
+                        state.late_acks.push((seq, sender, ack));
+                    }
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
                     // The details are for the log, not for clients.
@@ -830,10 +961,59 @@ impl Committed for Room {
                 (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
                     warn!(room = %self.name, ?kind, error = %e, "notice not stored");
                 }
-                (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
+                (Draft::Notice { .. }, Outcome::Duplicate(seq, _)) => state.expected = state.expected.max(seq),
             }
         }
         state.send_notices(&mut notices, &self.metrics);
+    }
+
+    fn deliver(&self, history_id: &str, events: Vec<RoomEvent>, arrival: Arrival) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if history_id != state.history_id {
+            debug!(room = %self.name, history = %history_id, "events of another history are ignored");
+            return;
+        }
+        for event in events {
+            let held = if arrival == Arrival::Own { Held::Own(event) } else { Held::Remote(event) };
+            self.hold(state, held);
+        }
+        let mut notices: Vec<(Notice, Encoded)> = Vec::new();
+        let filled = matches!(arrival, Arrival::Filled { .. });
+        self.drain(state, &mut notices, filled);
+        if let Arrival::Filled { upto } = arrival
+            && state.head < upto
+        {
+            // The store no longer has them (retention): skip them, and let
+            // the members resume, so each replay counts them as missed.
+            let to = state.pending.first_key_value().map_or(upto, |(first, _)| Seq(first.0 - 1)).min(upto);
+            warn!(room = %self.name, from = state.head.0 + 1, to = to.0, "events no longer stored are skipped; members resume");
+            state.head = state.head.max(to);
+            state.send_notices(&mut notices, &self.metrics);
+            for member in state.members.values() {
+                if let Some(conn) = &member.conn {
+                    conn.kick(CloseReason::Lagged);
+                }
+            }
+            self.drain(state, &mut notices, true);
+        }
+        state.send_notices(&mut notices, &self.metrics);
+    }
+
+    fn follow_up(&self) -> Option<FollowUp> {
+        let state = self.lock();
+        if state.overflowed {
+            return Some(FollowUp::Reload);
+        }
+        let waiting = state.pending.last_key_value().map(|(seq, _)| *seq);
+        let acks = state.late_acks.iter().map(|(seq, ..)| *seq).max();
+        let upto = waiting.into_iter().chain(acks).fold(state.expected, Seq::max);
+        (upto > state.head).then(|| FollowUp::Fill { history_id: state.history_id.clone(), after: state.head, upto })
+    }
+
+    fn position(&self) -> (String, Seq) {
+        let state = self.lock();
+        (state.history_id.clone(), state.head)
     }
 
     fn reload(&self, fresh: FreshHistory) {

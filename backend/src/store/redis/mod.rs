@@ -1,5 +1,6 @@
-//! History in Redis (`--redis`), stage 1 of scale-out: Redis is the durable
-//! history of one natter instance.
+//! History in Redis (`--redis`), stages 1 and 2 of scale-out: Redis is the
+//! durable history of every natter instance that uses it, and each room's
+//! events reach all of them in one order.
 //!
 //! Each room is a Stream of its events (`XADD <seq>-0`) beside a hash with
 //! its epoch (the history id), head and latest time, and a sorted set that
@@ -13,13 +14,19 @@
 //! SQLite's do. A lost stream (FLUSHALL, a new Redis) becomes a new epoch,
 //! so pages get a fresh welcome instead of a replay of unrelated seqs.
 //!
-//! Not yet (later stages of issue 15): other instances (a lock keeps a
-//! second one out, [`lock`]), subscribers of the channel `BATCH` publishes
-//! on, names and presence in Redis, Redis Cluster.
+//! Each instance subscribes to the channel of every room it holds
+//! ([`fanout`]) and delivers the batches other instances store in seq order
+//! with its own writes (the room's reorder buffer), filling gaps from the
+//! Stream.
+//!
+//! Not yet (later stages of issue 15): names, members and presence across
+//! instances (each instance knows only its own members: a name may be
+//! taken twice on two instances), typing across instances, instance death,
+//! Redis Cluster.
 
 mod durability;
+mod fanout;
 mod keys;
-mod lock;
 mod scripts;
 mod writer;
 
@@ -31,15 +38,14 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use natter_shared::{ResumeToken, RoomEvent, RoomName, Seq, UserName};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::writer::{WriteQueue, WriterMsg};
 use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
+pub use fanout::{EARLY_MAX, FILL_MAX, GAP_WAIT, RESUBSCRIBE_PAUSE};
 pub use keys::RoomKeys;
-pub use lock::{LOCK_RENEW, LOCK_TTL};
 
 /// The first pause before reconnecting to Redis after the connection
 /// dropped; each failed attempt doubles it (with jitter) up to
@@ -78,13 +84,6 @@ pub enum RedisStartError {
          appendfsync always and maxmemory-policy noeviction, start natter with --redis-durability relaxed"
     )]
     CannotCheck { url: String, reason: String },
-    #[error(
-        "another natter (instance {holder}) is using the Redis database {url} for history: it holds the lock {lock}, \
-         and natter shares a Redis database with no second instance yet; stop that one, or give this one another \
-         database (redis://host:port/N)",
-        lock = keys::LOCK
-    )]
-    Locked { url: String, holder: String },
     #[error("Redis at {url} refused a start-up command: {reason}")]
     Command { url: String, reason: String },
 }
@@ -129,12 +128,12 @@ pub struct RedisStore {
     rooms: Mutex<HashMap<RoomName, Known>>,
     read_slots: Arc<tokio::sync::Semaphore>,
     saved: Mutex<Vec<SavedMember>>,
+    fanout: Arc<fanout::Fanout>,
 }
 
 impl RedisStore {
     /// Connects, checks durability (refusing as `redis.durability` says),
-    /// loads the scripts, takes the single-instance lock, and starts the
-    /// writer. `reload_events`: how many latest events the writer reads
+    /// loads the scripts, connects the subscriber, and starts the writer. `reload_events`: how many latest events the writer reads
     /// when a room's history must be read afresh (a room's welcome history).
     pub async fn start(
         redis: &RedisConfig,
@@ -192,12 +191,7 @@ impl RedisStore {
         }
 
         let instance = crate::random::random_hex(8).unwrap_or_else(|| format!("p{}", std::process::id()));
-        let lease = Arc::new(lock::Lease::default());
-        match lock::acquire(&mut conn, &instance, &lease, redis.timeout).await {
-            Ok(Ok(())) => {}
-            Ok(Err(holder)) => return Err(RedisStartError::Locked { url, holder }),
-            Err(e) => return Err(command(Failure::Redis(e))),
-        }
+        let fanout = fanout::Fanout::start(&redis.url, &url, instance.clone(), redis.timeout, reload_events).await?;
         let saved = within(redis.timeout, take_saved_members(&mut conn)).await.map_err(command)?;
 
         let store = Arc::new(Self {
@@ -208,14 +202,19 @@ impl RedisStore {
             rooms: Mutex::new(HashMap::new()),
             read_slots: Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1))),
             saved: Mutex::new(saved),
+            fanout,
         });
-        let stop_renewing = CancellationToken::new();
-        tokio::spawn(lock::keep(conn.clone(), instance.clone(), lease.clone(), redis.timeout, stop_renewing.clone()));
+        store.fanout.set_store(&store);
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
-        let writer =
-            writer::Writer::new(store.clone(), instance, lease, options, reload_events, stop_renewing, metrics);
+        let writer = writer::Writer::new(store.clone(), instance.clone(), options, reload_events, metrics);
         tokio::spawn(writer.run(rx));
-        info!(redis = %url, "history in Redis");
+        info!(redis = %url, instance = %instance, "history in Redis, shared with the other instances on it");
+        warn!(
+            redis = %url,
+            "other natter instances on this Redis share rooms' messages, but not yet names, members, presence or \
+             typing: a name may be taken on two instances at once, member lists and counts are this instance's own, \
+             typing reaches only this instance's members, and an instance that dies leaves its members unannounced"
+        );
         Ok((store, WriteQueue(tx)))
     }
 
@@ -235,6 +234,11 @@ impl RedisStore {
         if let Some(known) = self.lock().get_mut(room).filter(|k| k.epoch == epoch) {
             known.head = known.head.max(head);
         }
+    }
+
+    /// The subscriber, for the writer's follow-ups.
+    pub(crate) fn fanout(&self) -> &Arc<fanout::Fanout> {
+        &self.fanout
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Known>> {
@@ -318,6 +322,11 @@ impl HistoryStore for RedisStore {
 
     fn forget(&self, room: &RoomName) {
         self.lock().remove(room);
+        self.fanout.forget(&RoomKeys::of(room).channel);
+    }
+
+    fn attach(&self, room: Arc<dyn crate::store::Committed>) {
+        self.fanout.attach(room);
     }
 
     fn keeps(&self) -> Option<usize> {
@@ -325,6 +334,8 @@ impl HistoryStore for RedisStore {
     }
 
     fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
+        // Subscribed first, read second: nothing published falls in between.
+        self.block(self.fanout.subscribe(&RoomKeys::of(room).channel))?;
         let opened = self.block(self.open(room, limit, None, ""))?;
         self.remember(room, Known { epoch: opened.epoch, head: opened.head });
         Ok((opened.head, opened.latest))
