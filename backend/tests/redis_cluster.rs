@@ -145,7 +145,11 @@ async fn clients_on_two_instances_see_every_rooms_messages_in_one_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_moves_to_another_instance_resumes_from_its_last_seq() {
     let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+    let a = TestServer::start(fast_config(&redis.url())).await;
+    // B keeps only the latest 2 events in memory: her replay is read from the stream.
+    let mut small = fast_config(&redis.url());
+    small.limits.welcome_history = 2;
+    let b = TestServer::start(small).await;
     let mut cy = a.client().await;
     let _ = cy.hello("Cy", "lobby").await;
     let mut ada = a.client().await;
@@ -214,12 +218,15 @@ async fn an_instance_whose_subscription_drops_fills_what_it_missed_from_the_stre
     let mut mine = HashMap::new();
     for burst in 0..BURSTS {
         let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-        assert!(killed.as_deref().is_some_and(|k| k != ":0"), "a subscription was killed: {killed:?}");
+        if burst == 0 {
+            // Later kills may find a subscription still reconnecting.
+            assert_eq!(killed.as_deref(), Some(":2"), "both instances' subscriptions were killed");
+        }
         for (cid, text) in script(&format!("Ada{burst}"), EACH) {
             ada.say(&cid, &text).await;
             mine.insert(cid, text);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let total = BURSTS * EACH;
     let mut ada_seen = Seen::after(&ada_w);
@@ -233,7 +240,9 @@ async fn an_instance_whose_subscription_drops_fills_what_it_missed_from_the_stre
         assert_eq!(seen.messages, tail, "{who} saw Ada's messages as she did");
     }
 
-    // Both instances are subscribed again: the next message arrives live.
+    // One more drop, and a message at once: B most likely subscribes again
+    // only after it was published, so only the read after subscribing brings it.
+    assert_eq!(redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).as_deref(), Some(":2"));
     ada.say("late", "after the storm").await;
     let mut seen = Seen::default();
     seen.read(&mut bob, 1, &HashMap::new()).await;
