@@ -178,8 +178,10 @@ async fn a_client_that_moves_to_another_instance_resumes_from_its_last_seq() {
 
     // Back on B with the last seq she had (and the history id it belongs to).
     let mut ada = b.client().await;
-    let hello =
-        Hello { history_id: Some(ada_w.history_id.clone()), ..resume("Ada", "lobby", last, Some(ada_w.resume_token.as_str())) };
+    let hello = Hello {
+        history_id: Some(ada_w.history_id.clone()),
+        ..resume("Ada", "lobby", last, Some(ada_w.resume_token.as_str()))
+    };
     let back = match ada.hello_with(hello).await {
         ServerMsg::Welcome(w) => w,
         other => panic!("expected a welcome, got {other:?}"),

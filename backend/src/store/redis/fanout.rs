@@ -330,6 +330,10 @@ impl Fanout {
         // Atomic: the epoch read is the one the entries belong to.
         pipe.atomic().cmd("HGET").arg(&keys.meta).arg("epoch").cmd("XRANGE").arg(&keys.stream);
         pipe.arg(format!("({}-0", after.0)).arg(format!("{}-0", upto.0));
+        // After the writer's round in flight, if any, was reported: what
+        // this reads is then either reported already or not this
+        // instance's to report (another's, or a round whose answer was lost).
+        let _quiet = store.rounds().read().await;
         let mut conn = store.conn();
         let (epoch, entries): (Option<String>, Value) = within(self.timeout, pipe.query_async(&mut conn)).await?;
         if epoch.as_deref() != Some(history_id) {

@@ -129,6 +129,10 @@ pub struct RedisStore {
     read_slots: Arc<tokio::sync::Semaphore>,
     saved: Mutex<Vec<SavedMember>>,
     fanout: Arc<fanout::Fanout>,
+    /// Held exclusively by the writer while a round is out and being
+    /// reported, shared by gap fills: a fill never delivers (to everyone,
+    /// as if from elsewhere) a write whose report, with its ack, is on its way.
+    rounds: tokio::sync::RwLock<()>,
 }
 
 impl RedisStore {
@@ -203,6 +207,7 @@ impl RedisStore {
             read_slots: Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1))),
             saved: Mutex::new(saved),
             fanout,
+            rounds: tokio::sync::RwLock::new(()),
         });
         store.fanout.set_store(&store);
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
@@ -234,6 +239,11 @@ impl RedisStore {
         if let Some(known) = self.lock().get_mut(room).filter(|k| k.epoch == epoch) {
             known.head = known.head.max(head);
         }
+    }
+
+    /// See [`RedisStore::rounds`].
+    pub(crate) fn rounds(&self) -> &tokio::sync::RwLock<()> {
+        &self.rounds
     }
 
     /// The subscriber, for the writer's follow-ups.

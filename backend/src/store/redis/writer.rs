@@ -214,6 +214,8 @@ impl Writer {
 
     /// One pipeline for `rooms`; returns the rooms whose drafts should go again now.
     async fn send(&mut self, rooms: Vec<RoomBatch>) -> Vec<RoomBatch> {
+        let store = self.store.clone();
+        let _round = store.rounds().write().await;
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
         // Per call: the room's index and how many drafts it carries.
