@@ -194,8 +194,7 @@ async fn a_client_that_moves_to_another_instance_resumes_from_its_last_seq() {
     assert_eq!(texts, during.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(), "exactly what she missed");
 
     // And what comes next arrives live, right after the replay.
-    let after = vec![("Cy-10".to_owned(), "Cy says 10".to_owned())];
-    cy.say(&after[0].0, &after[0].1).await;
+    cy.say("Cy-10", "Cy says 10").await;
     replay.read(&mut ada, 6, &HashMap::new()).await;
     replay.assert_complete("Ada on B");
     assert_eq!(replay.messages.last().map(|(_, t)| t.as_str()), Some("Cy says 10"));

@@ -986,16 +986,19 @@ impl Committed for Room {
         {
             // The store no longer has them (retention): skip them, and let
             // the members resume, so each replay counts them as missed.
-            let to = state.pending.first_key_value().map_or(upto, |(first, _)| Seq(first.0 - 1)).min(upto);
-            warn!(room = %self.name, from = state.head.0 + 1, to = to.0, "events no longer stored are skipped; members resume");
-            state.head = state.head.max(to);
-            state.send_notices(&mut notices, &self.metrics);
+            warn!(room = %self.name, from = state.head.0 + 1, to = upto.0, "events no longer stored are skipped; members resume");
             for member in state.members.values() {
                 if let Some(conn) = &member.conn {
                     conn.kick(CloseReason::Lagged);
                 }
             }
-            self.drain(state, &mut notices, true);
+            while state.head < upto {
+                // Each turn skips to just before the next held event and
+                // delivers from there: the head moves on every turn.
+                let to = state.pending.first_key_value().map_or(upto, |(first, _)| Seq(first.0 - 1)).min(upto);
+                state.head = state.head.max(to);
+                self.drain(state, &mut notices, true);
+            }
         }
         state.send_notices(&mut notices, &self.metrics);
     }
@@ -1324,6 +1327,128 @@ mod tests {
         assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3)));
         assert!(drain(&mut bob_rx).is_empty());
         assert_eq!(f.room.head(), Seq(3));
+    }
+
+    /// A message event of `name` at `seq`, as another instance stored it.
+    fn message_at(seq: u64, name: &str, cid: &str) -> RoomEvent {
+        let name = UserName::parse(name).expect("valid");
+        RoomEvent::Message(natter_shared::ChatMessage {
+            seq: Seq(seq),
+            ts: natter_shared::Timestamp(seq),
+            color: color_for(&name),
+            text: MessageText::parse(&format!("{name} {seq}")).expect("valid"),
+            cid: Some(ClientMsgId::parse(cid).expect("valid")),
+            name,
+        })
+    }
+
+    /// Decoded frames as (kind, seq) pairs, to compare orders.
+    fn order(msgs: &[ServerMsg]) -> Vec<(&'static str, u64)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ServerMsg::Ack(a) => Some(("ack", a.seq.0)),
+                ServerMsg::Message(m) => Some(("message", m.seq.0)),
+                ServerMsg::Notice(n) => Some(("notice", n.seq.0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ada's `say` as the writer reports it stored under `seq`.
+    fn report(f: &Fixture, ada: &Membership, conn: &ConnHandle, cid: &str, seq: u64) {
+        let text = MessageText::parse("mine").expect("valid");
+        let draft = f.room.say(ada, conn, ClientMsgId::parse(cid).expect("valid"), text).expect("a member");
+        let event = draft.clone().into_event(Seq(seq), natter_shared::Timestamp(seq));
+        f.room.committed(draft, Outcome::Stored(event));
+    }
+
+    #[test]
+    fn events_from_elsewhere_go_out_in_seq_order_with_own_writes_and_their_acks() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        // Another instance's seq 4 arrives before this one's seq 3 is reported.
+        f.room.deliver(&id, vec![message_at(4, "Cy", "x4")], Arrival::Remote);
+        assert!(drain(&mut bob_rx).is_empty(), "4 waits for 3");
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(2), upto: Seq(4) }));
+        report(&f, &ada, &ada_conn, "c3", 3);
+        assert_eq!(order(&drain(&mut ada_rx)), [("ack", 3), ("message", 4)]);
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 3), ("message", 4)]);
+        assert_eq!((f.room.head(), f.room.follow_up()), (Seq(4), None));
+        // A copy heard again (an overlap of channel and fill) is dropped.
+        f.room.deliver(&id, vec![message_at(4, "Cy", "x4")], Arrival::Filled { upto: Seq(4) });
+        assert!(drain(&mut bob_rx).is_empty());
+        // Events of another history are not this room's.
+        f.room.deliver("other", vec![message_at(5, "Cy", "x5")], Arrival::Remote);
+        assert_eq!((f.room.head(), f.room.follow_up()), (Seq(4), None));
+    }
+
+    #[test]
+    fn an_own_write_heard_on_the_channel_waits_for_its_report_and_its_ack() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        f.room.deliver(&id, vec![message_at(3, "Ada", "c3")], Arrival::Own);
+        assert!(drain(&mut bob_rx).is_empty() && drain(&mut ada_rx).is_empty(), "the report carries the ack");
+        report(&f, &ada, &ada_conn, "c3", 3);
+        assert_eq!(order(&drain(&mut ada_rx)), [("ack", 3)], "acked, not echoed");
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 3)]);
+        // With no report (its round's answer was lost) a fill delivers it to everyone.
+        f.room.deliver(&id, vec![message_at(4, "Ada", "c4")], Arrival::Own);
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(3), upto: Seq(4) }));
+        f.room.deliver(&id, vec![message_at(4, "Ada", "c4")], Arrival::Filled { upto: Seq(4) });
+        assert_eq!(order(&drain(&mut ada_rx)), [("message", 4)]);
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 4)]);
+    }
+
+    #[test]
+    fn a_resent_message_stored_elsewhere_is_acked_after_its_event() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        let draft = f
+            .room
+            .say(&ada, &ada_conn, ClientMsgId::parse("c3").expect("valid"), MessageText::parse("hi").expect("valid"))
+            .expect("a member");
+        f.room.committed(draft, Outcome::Duplicate(Seq(3), natter_shared::Timestamp(3)));
+        assert!(drain(&mut ada_rx).is_empty(), "no ack of a seq the page has not seen the events up to");
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(1), upto: Seq(3) }));
+        let filled = vec![message_at(2, "Cy", "x2"), message_at(3, "Ada", "c3")];
+        f.room.deliver(&id, filled, Arrival::Filled { upto: Seq(3) });
+        assert_eq!(order(&drain(&mut ada_rx)), [("message", 2), ("message", 3), ("ack", 3)]);
+        assert_eq!(f.room.follow_up(), None);
+    }
+
+    #[test]
+    fn events_the_store_no_longer_has_are_skipped_and_members_resume() {
+        let f = Fixture::new();
+        let (_, _, mut rx) = f.join(1, "Ada", "t1");
+        let id = f.room.position().0;
+        f.room.deliver(&id, vec![message_at(5, "Cy", "x5")], Arrival::Remote);
+        f.room.deliver(&id, vec![message_at(3, "Cy", "x3")], Arrival::Filled { upto: Seq(4) });
+        assert_eq!(f.room.head(), Seq(5), "2 and 4 are gone: skipped, 3 and 5 delivered");
+        assert_eq!(order(&drain(&mut rx)), [("message", 3), ("message", 5)]);
+        assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "the page resumes and counts 4 as missed");
+    }
+
+    #[test]
+    fn a_full_reorder_buffer_is_dropped_and_the_history_read_afresh() {
+        let f = Fixture::new();
+        let (_, _, mut rx) = f.join(1, "Ada", "t1");
+        let id = f.room.position().0;
+        let far: Vec<RoomEvent> = (0..=PENDING_MAX as u64).map(|i| message_at(10 + i, "Cy", "x")).collect();
+        f.room.deliver(&id, far, Arrival::Remote);
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Reload));
+        assert!(drain(&mut rx).is_empty());
+        let head = Seq(10 + PENDING_MAX as u64);
+        f.room.reload(FreshHistory { id: id.clone(), head, latest: vec![message_at(head.0, "Cy", "x")] });
+        assert_eq!((f.room.head(), f.room.follow_up()), (head, None));
+        assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "members resume from the store");
     }
 
     #[test]
