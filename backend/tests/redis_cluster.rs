@@ -249,3 +249,55 @@ async fn an_instance_whose_subscription_drops_fills_what_it_missed_from_the_stre
     seen.read(&mut bob, 1, &HashMap::new()).await;
     assert_eq!(seen.messages[0].1, "after the storm");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_let_go_are_unsubscribed_and_held_ones_stay_subscribed() {
+    let stale_max = natter_backend::store::redis::STALE_SUBSCRIPTIONS_MAX;
+    let redis = RedisServer::start();
+    let mut config = fast_config(&redis.url());
+    config.limits.max_rooms = 4;
+    config.limits.max_rooms_per_address = 4;
+    let a = TestServer::start(config).await;
+    let b = TestServer::start(fast_config(&redis.url())).await;
+    let mut ada = a.client().await;
+    let ada_w = ada.hello("Ada", "keep").await;
+    let mut bob = b.client().await;
+    let _ = bob.hello("Bob", "keep").await;
+
+    // Rooms visited one after another on A: each is let go for the next.
+    let visited = stale_max + 8;
+    for i in 0..visited {
+        // A room is let go once its last leave is stored: until then, A is full.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut client = a.client().await;
+            match client.hello_with(common::hello("Cy", &format!("room{i}"))).await {
+                ServerMsg::Welcome(_) => {
+                    client.close().await;
+                    break;
+                }
+                ServerMsg::Error(e) if e.code == natter_shared::ErrorCode::TooManyRooms => {
+                    assert!(tokio::time::Instant::now() < deadline, "room{i}: A stays full");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => panic!("expected a welcome, got {other:?}"),
+            }
+        }
+    }
+    let channels = || {
+        let reply = redis.command(&["PUBSUB", "SHARDCHANNELS"]).expect("an answer");
+        reply.trim_start_matches('*').parse::<usize>().expect("an array")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while channels() > 4 + 8 + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "still {} channels subscribed", channels());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The room A holds is still heard there.
+    bob.say("b1", "still here").await;
+    let mut seen = Seen::after(&ada_w);
+    seen.read(&mut ada, 1, &HashMap::new()).await;
+    seen.assert_complete("Ada on A");
+    assert_eq!(seen.messages.last().map(|(_, t)| t.as_str()), Some("still here"));
+}

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -44,6 +44,12 @@ pub const EARLY_MAX: usize = 64;
 /// Pause before subscribing again after a failed attempt while Redis is
 /// away, and before retrying a fill that failed.
 pub const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(500);
+/// Channels of rooms let go that may stay subscribed. A bare
+/// `SUNSUBSCRIBE` cannot be sent through the `redis` crate yet (its reply
+/// is not matched, redis-rs/redis-rs#2533), so past this the subscription
+/// connection is replaced by one subscribed to the held rooms only. Until
+/// then a let-go room's batches cost one map lookup each.
+pub const STALE_SUBSCRIPTIONS_MAX: usize = 64;
 
 /// A batch heard on a room's channel before the room was held.
 #[derive(Debug)]
@@ -69,17 +75,25 @@ struct Slots {
     /// Held rooms (and rooms being opened) by channel.
     rooms: HashMap<String, Slot>,
     /// Channels subscribed on the current connection. A room let go keeps
-    /// its subscription until the connection is replaced (the `redis`
-    /// crate cannot yet match a bare `SUNSUBSCRIBE`'s reply,
-    /// redis-rs/redis-rs#2533); its batches are dropped at the lookup.
+    /// its subscription until the connection is replaced (see
+    /// [`STALE_SUBSCRIPTIONS_MAX`]); its batches are dropped at the lookup.
     subscribed: HashSet<String>,
 }
 
 /// The subscriber of one natter instance.
 pub(crate) struct Fanout {
     instance: String,
-    /// The subscription connection (RESP3, pushes to [`Fanout::push`]).
-    sub: ConnectionManager,
+    /// Opens subscription connections (RESP3).
+    client: ::redis::Client,
+    /// The subscription connection (pushes to [`Fanout::push`]), and the
+    /// generation its pushes carry: a replaced one's are ignored.
+    sub: Mutex<ConnectionManager>,
+    generation: AtomicU64,
+    /// Where pushes go (set once the fan-out exists).
+    target: Arc<OnceLock<Weak<Fanout>>>,
+    /// Held while subscribing, and while the connection is replaced.
+    subscribing: tokio::sync::Mutex<()>,
+    replacing: AtomicBool,
     /// The store, for reads (`XRANGE`, `OPEN`) on its command connection.
     store: OnceLock<Weak<RedisStore>>,
     slots: Mutex<Slots>,
@@ -129,28 +143,18 @@ impl Fanout {
         let client = ::redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| failed(e.to_string()))?;
         // Pushes go to the fan-out once it exists (none matter before).
         let target: Arc<OnceLock<Weak<Fanout>>> = Arc::default();
-        let to = target.clone();
-        let sender = move |info: PushInfo| -> Result<(), Infallible> {
-            if let Some(fanout) = to.get().and_then(Weak::upgrade) {
-                fanout.push(info);
-            }
-            Ok(())
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY)
-            .set_number_of_retries(RECONNECT_ATTEMPTS)
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_push_sender(sender);
-        let sub = match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config)).await {
-            Ok(Ok(sub)) => sub,
-            Ok(Err(e)) => return Err(failed(format!("subscription connection (RESP3): {e}"))),
-            Err(_) => return Err(failed(format!("subscription connection: no answer within {timeout:?}"))),
+        let sub = match connect(&client, timeout, &target, 0).await {
+            Ok(sub) => sub,
+            Err(e) => return Err(failed(format!("subscription connection (RESP3): {e}"))),
         };
         let fanout = Arc::new(Self {
             instance,
-            sub,
+            client,
+            sub: Mutex::new(sub),
+            generation: AtomicU64::new(0),
+            target: target.clone(),
+            subscribing: tokio::sync::Mutex::new(()),
+            replacing: AtomicBool::new(false),
             store: OnceLock::new(),
             slots: Mutex::default(),
             timeout,
@@ -174,11 +178,17 @@ impl Fanout {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The current subscription connection (clones share its socket).
+    fn sub(&self) -> ConnectionManager {
+        self.sub.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Subscribes to `room`'s channel (if not yet) and waits for Redis to
     /// confirm it: called before the room's history is read, so nothing
     /// published in between is missed (what the read already has is
     /// dropped by seq).
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), Failure> {
+        let _subscribing = self.subscribing.lock().await;
         {
             let mut slots = self.lock();
             slots.rooms.entry(channel.to_owned()).or_default();
@@ -186,7 +196,7 @@ impl Fanout {
                 return Ok(());
             }
         }
-        let mut sub = self.sub.clone();
+        let mut sub = self.sub();
         // One channel per command: each is confirmed by its own push, which
         // the crate takes as that command's reply.
         let subscribed = within(self.timeout, ::redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut sub)).await;
@@ -226,13 +236,54 @@ impl Fanout {
         }
     }
 
-    /// The room is let go: its batches are no longer delivered.
-    pub(crate) fn forget(&self, channel: &str) {
-        self.lock().rooms.remove(channel);
+    /// The room is let go: its batches are no longer delivered, and past
+    /// [`STALE_SUBSCRIPTIONS_MAX`] such rooms the connection is replaced.
+    pub(crate) fn forget(self: &Arc<Self>, channel: &str) {
+        let stale = {
+            let mut slots = self.lock();
+            slots.rooms.remove(channel);
+            slots.subscribed.iter().filter(|c| !slots.rooms.contains_key(*c)).count()
+        };
+        if stale > STALE_SUBSCRIPTIONS_MAX && !self.replacing.swap(true, Ordering::SeqCst) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.replace().await {
+                    warn!(error = %e, "cannot replace the subscription connection; let-go rooms stay subscribed");
+                }
+                this.replacing.store(false, Ordering::SeqCst);
+            });
+        }
     }
 
-    /// A push from the subscription connection.
-    fn push(self: Arc<Self>, info: PushInfo) {
+    /// Replaces the subscription connection by one subscribed to the held
+    /// rooms only. The new one is subscribed before the old one goes, so
+    /// nothing falls in between; what both deliver is dropped by seq.
+    async fn replace(&self) -> Result<(), Failure> {
+        let _subscribing = self.subscribing.lock().await;
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let mut new = connect(&self.client, self.timeout, &self.target, generation).await?;
+        let live: Vec<String> = self.lock().rooms.keys().cloned().collect();
+        for channel in &live {
+            within(self.timeout, ::redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut new)).await?;
+        }
+        self.generation.store(generation, Ordering::SeqCst);
+        let old = std::mem::replace(&mut *self.sub.lock().unwrap_or_else(|p| p.into_inner()), new);
+        let dropped = {
+            let mut slots = self.lock();
+            let before = slots.subscribed.len();
+            slots.subscribed = live.into_iter().collect();
+            before.saturating_sub(slots.subscribed.len())
+        };
+        drop(old);
+        info!(unsubscribed = dropped, "subscription connection replaced: rooms let go are unsubscribed");
+        Ok(())
+    }
+
+    /// A push from the subscription connection of `generation`.
+    fn push(self: Arc<Self>, info: PushInfo, generation: u64) {
+        if generation != self.generation.load(Ordering::SeqCst) {
+            return;
+        }
         match info.kind {
             PushKind::SMessage => {
                 if let Some(msg) = ::redis::Msg::from_push_info(info) {
@@ -435,6 +486,31 @@ impl Fanout {
             }
         }
     }
+}
+
+/// A subscription connection whose pushes go to the fan-out in `target`,
+/// marked with `generation`.
+async fn connect(
+    client: &::redis::Client,
+    timeout: Duration,
+    target: &Arc<OnceLock<Weak<Fanout>>>,
+    generation: u64,
+) -> Result<ConnectionManager, Failure> {
+    let to = target.clone();
+    let sender = move |info: PushInfo| -> Result<(), Infallible> {
+        if let Some(fanout) = to.get().and_then(Weak::upgrade) {
+            fanout.push(info, generation);
+        }
+        Ok(())
+    };
+    let config = ConnectionManagerConfig::new()
+        .set_min_delay(RECONNECT_MIN_DELAY)
+        .set_max_delay(RECONNECT_MAX_DELAY)
+        .set_number_of_retries(RECONNECT_ATTEMPTS)
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(sender);
+    within(timeout, ConnectionManager::new_with_config(client.clone(), config)).await
 }
 
 #[cfg(test)]

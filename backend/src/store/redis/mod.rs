@@ -44,7 +44,7 @@ use super::writer::{WriteQueue, WriterMsg};
 use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
-pub use fanout::{EARLY_MAX, FILL_MAX, GAP_WAIT, RESUBSCRIBE_PAUSE};
+pub use fanout::{EARLY_MAX, FILL_MAX, GAP_WAIT, RESUBSCRIBE_PAUSE, STALE_SUBSCRIPTIONS_MAX};
 pub use keys::RoomKeys;
 
 /// The first pause before reconnecting to Redis after the connection
