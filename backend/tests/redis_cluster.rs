@@ -301,3 +301,32 @@ async fn rooms_let_go_are_unsubscribed_and_held_ones_stay_subscribed() {
     seen.assert_complete("Ada on A");
     assert_eq!(seen.messages.last().map(|(_, t)| t.as_str()), Some("still here"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_two_instances_stopped_together_all_resume_after_the_restart() {
+    let redis = RedisServer::start();
+    let (a, b) = two_instances(&redis).await;
+    let mut ada = a.client().await;
+    let ada_w = ada.hello("Ada", "lobby").await;
+    let mut bob = b.client().await;
+    let bob_w = bob.hello("Bob", "hall").await;
+    // Each instance saves its own members; neither replaces the other's.
+    a.shutdown().await.expect("A stops cleanly");
+    b.shutdown().await.expect("B stops cleanly");
+    drop((ada, bob));
+
+    let c = TestServer::start(fast_config(&redis.url())).await;
+    for (name, room, w) in [("Ada", "lobby", &ada_w), ("Bob", "hall", &bob_w)] {
+        let mut client = c.client().await;
+        let hello = Hello {
+            history_id: Some(w.history_id.clone()),
+            ..resume(name, room, Seq(w.seq_head.0 + 1), Some(w.resume_token.as_str()))
+        };
+        let back = match client.hello_with(hello).await {
+            ServerMsg::Welcome(w) => w,
+            other => panic!("expected a welcome, got {other:?}"),
+        };
+        assert!(back.history.is_empty(), "{name}: a silent resume, no join of its own: {:?}", back.history);
+        client.expect_quiet().await;
+    }
+}

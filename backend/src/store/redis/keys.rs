@@ -5,8 +5,11 @@ use natter_shared::RoomName;
 
 /// Every key natter writes starts with this.
 pub const PREFIX: &str = "natter";
-/// The members saved at a graceful stop, for the next start.
-pub const SAVED_MEMBERS: &str = "natter:saved-members";
+/// The members saved at graceful stops, for the next start: a list, one
+/// JSON array per stopping instance (several may stop at once).
+pub const SAVED_MEMBERS: &str = "natter:saved-members-list";
+/// Stage 1's single saved array (a string), still read once at start.
+pub const SAVED_MEMBERS_V1: &str = "natter:saved-members";
 
 /// The keys of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]

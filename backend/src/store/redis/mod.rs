@@ -390,7 +390,8 @@ impl HistoryStore for RedisStore {
     }
 }
 
-/// A saved member as kept in Redis (one JSON array under [`keys::SAVED_MEMBERS`]).
+/// A saved member as kept in Redis (in a JSON array, one per stopped
+/// instance, in the list [`keys::SAVED_MEMBERS`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedRecord {
     room: String,
@@ -398,11 +399,11 @@ struct SavedRecord {
     token: String,
 }
 
-/// Saves the members at a graceful stop (replacing any saved before), for
-/// [`SAVED_MEMBERS_TTL`].
+/// Saves the members at a graceful stop beside those other instances
+/// saved, all kept for [`SAVED_MEMBERS_TTL`] from the latest stop.
 pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedMember]) -> ::redis::RedisResult<()> {
     if members.is_empty() {
-        return ::redis::cmd("DEL").arg(keys::SAVED_MEMBERS).exec_async(conn).await;
+        return Ok(());
     }
     let records: Vec<SavedRecord> = members
         .iter()
@@ -415,21 +416,28 @@ pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedM
     let json = serde_json::to_string(&records)
         .map_err(|e| ::redis::RedisError::from((::redis::ErrorKind::Client, "saved members", e.to_string())))?;
     let ttl_ms = u64::try_from(SAVED_MEMBERS_TTL.as_millis()).unwrap_or(u64::MAX);
-    ::redis::cmd("SET").arg(keys::SAVED_MEMBERS).arg(json).arg("PX").arg(ttl_ms).exec_async(conn).await
+    let mut pipe = ::redis::pipe();
+    pipe.atomic().cmd("RPUSH").arg(keys::SAVED_MEMBERS).arg(json).ignore();
+    pipe.cmd("PEXPIRE").arg(keys::SAVED_MEMBERS).arg(ttl_ms).ignore();
+    pipe.exec_async(conn).await
 }
 
-/// Reads and removes the members saved at the last stop, in one command
-/// (a crash after it must not bring them back). Ones no longer valid are skipped.
+/// Reads and removes every member saved at the last stops, atomically (a
+/// crash after it must not bring them back, and two instances starting at
+/// once must not both take them). Ones no longer valid are skipped.
 async fn take_saved_members(conn: &mut ConnectionManager) -> ::redis::RedisResult<Vec<SavedMember>> {
-    let json: Option<String> = ::redis::cmd("GETDEL").arg(keys::SAVED_MEMBERS).query_async(conn).await?;
-    let records: Vec<SavedRecord> = match json.map(|j| serde_json::from_str(&j)) {
-        None => Vec::new(),
-        Some(Ok(records)) => records,
-        Some(Err(e)) => {
-            warn!(error = %e, "the saved members cannot be read; they rejoin as new");
-            Vec::new()
+    let mut pipe = ::redis::pipe();
+    pipe.atomic().cmd("LRANGE").arg(keys::SAVED_MEMBERS).arg(0).arg(-1);
+    pipe.cmd("DEL").arg(keys::SAVED_MEMBERS).ignore();
+    pipe.cmd("GETDEL").arg(keys::SAVED_MEMBERS_V1);
+    let (lists, v1): (Vec<String>, Option<String>) = pipe.query_async(conn).await?;
+    let mut records: Vec<SavedRecord> = Vec::new();
+    for json in lists.iter().chain(v1.iter()) {
+        match serde_json::from_str::<Vec<SavedRecord>>(json) {
+            Ok(saved) => records.extend(saved),
+            Err(e) => warn!(error = %e, "saved members cannot be read; they rejoin as new"),
         }
-    };
+    }
     Ok(records
         .into_iter()
         .filter_map(|r| match (RoomName::parse(&r.room), UserName::parse(&r.name), ResumeToken::parse(&r.token)) {
