@@ -358,6 +358,9 @@ impl Room {
         let mut guard = self.lock();
         let state = &mut *guard;
         let same = fresh.id == state.history_id;
+        // Asked for after an overflow: answered either way (a read older
+        // than the room's head finds the buffer already dropped).
+        state.overflowed = false;
         if same && (!same_too || fresh.head < state.head) {
             return;
         }
@@ -375,7 +378,6 @@ impl Room {
         state.history_id = fresh.id;
         state.head = fresh.head;
         state.expected = state.expected.max(fresh.head);
-        state.overflowed = false;
         state.pending.retain(|seq, _| *seq > fresh.head);
         let head = state.head;
         // Acks of events now in the history go; the pages resume anyway.

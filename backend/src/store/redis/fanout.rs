@@ -38,6 +38,10 @@ pub const GAP_WAIT: Duration = Duration::from_millis(100);
 /// The most events one gap fill reads (`XRANGE … COUNT`); a longer gap
 /// takes several reads.
 pub const FILL_MAX: usize = crate::chat::room::PENDING_MAX;
+/// Reads one follow-up task makes before it pauses ([`GAP_WAIT`]) and
+/// looks again: every read moves the room's head on, but a room that keeps
+/// falling behind must not keep a task reading in a tight loop.
+pub const FOLLOW_ROUNDS: usize = 8;
 /// Batches kept for a room being opened (subscribed, not yet held); past
 /// it they are dropped and the room is read up to Redis's head once held.
 pub const EARLY_MAX: usize = 64;
@@ -350,7 +354,8 @@ impl Fanout {
         tokio::spawn(async move {
             tokio::time::sleep(GAP_WAIT).await;
             let mut failed = false;
-            while let Some(up) = room.follow_up() {
+            for _ in 0..FOLLOW_ROUNDS {
+                let Some(up) = room.follow_up() else { break };
                 let done = match up {
                     FollowUp::Fill { history_id, after, upto } => this.fill(&room, &history_id, after, upto).await,
                     FollowUp::Reload => this.reload(&room, None).await,

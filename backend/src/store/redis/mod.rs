@@ -44,7 +44,7 @@ use super::writer::{WriteQueue, WriterMsg};
 use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
-pub use fanout::{EARLY_MAX, FILL_MAX, GAP_WAIT, RESUBSCRIBE_PAUSE, STALE_SUBSCRIPTIONS_MAX};
+pub use fanout::{EARLY_MAX, FILL_MAX, FOLLOW_ROUNDS, GAP_WAIT, RESUBSCRIBE_PAUSE, STALE_SUBSCRIPTIONS_MAX};
 pub use keys::RoomKeys;
 
 /// The first pause before reconnecting to Redis after the connection
@@ -345,8 +345,16 @@ impl HistoryStore for RedisStore {
 
     fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
         // Subscribed first, read second: nothing published falls in between.
-        self.block(self.fanout.subscribe(&RoomKeys::of(room).channel))?;
-        let opened = self.block(self.open(room, limit, None, ""))?;
+        let channel = RoomKeys::of(room).channel;
+        self.block(self.fanout.subscribe(&channel))?;
+        let opened = match self.block(self.open(room, limit, None, "")) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Not held after all: nothing to deliver to.
+                self.fanout.forget(&channel);
+                return Err(e);
+            }
+        };
         self.remember(room, Known { epoch: opened.epoch, head: opened.head });
         Ok((opened.head, opened.latest))
     }
