@@ -7,6 +7,12 @@
 //! all members see the same events in the same order and nothing is
 //! acknowledged before it is stored. The lock is a plain mutex held for
 //! microseconds and never across an `.await`.
+//!
+//! With a shared store (Redis, several instances) other instances' events
+//! arrive too ([`Committed::deliver`]), on another path than the writer's
+//! reports: every stored event goes through a reorder buffer keyed by seq,
+//! delivered from while its first seq follows the head; what is missing is
+//! asked of the store ([`Committed::follow_up`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;

@@ -10,8 +10,9 @@
 //!
 //! Three stores implement [`HistoryStore`]: [`memory::MemoryStore`] (bounded,
 //! lost on restart), [`sqlite::SqliteStore`] (durable, the default) and
-//! [`redis::RedisStore`] (`--redis`). [`transfer`] is `natter export` /
-//! `natter import`.
+//! [`redis::RedisStore`] (`--redis`, shared by several instances: it also
+//! hands rooms the events other instances stored, [`Committed::deliver`]).
+//! [`transfer`] is `natter export` / `natter import`.
 
 pub mod backup;
 pub mod memory;
