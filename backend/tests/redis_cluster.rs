@@ -205,7 +205,8 @@ async fn an_instance_whose_subscription_drops_fills_what_it_missed_from_the_stre
     const BURSTS: usize = 6;
     const EACH: usize = 10;
     let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+    let a = TestServer::start(fast_config(&redis.url())).await;
+    let b = TestServer::start_with_metrics(fast_config(&redis.url())).await;
     let mut ada = a.client().await;
     let ada_w = ada.hello("Ada", "lobby").await;
     let mut bob = b.client().await;
@@ -248,6 +249,14 @@ async fn an_instance_whose_subscription_drops_fills_what_it_missed_from_the_stre
     let mut seen = Seen::default();
     seen.read(&mut bob, 1, &HashMap::new()).await;
     assert_eq!(seen.messages[0].1, "after the storm");
+    // B says what it went through.
+    let (_, _, metrics) = common::http_get(b.metrics.expect("a metrics listener"), "/metrics").await;
+    let count = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a count")
+    };
+    assert!(count("natter_resubscribes_total") >= 1, "{metrics}");
+    assert!(count("natter_fanout_batches_total") >= 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

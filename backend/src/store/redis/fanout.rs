@@ -29,6 +29,7 @@ use super::scripts::{self, event_from_json};
 use super::{
     Failure, Known, RECONNECT_ATTEMPTS, RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY, RedisStartError, RedisStore, within,
 };
+use crate::metrics::Metrics;
 use crate::store::{Arrival, Committed, FollowUp, FreshHistory};
 
 /// How long a room waits for a missing seq before reading it from the
@@ -105,6 +106,7 @@ pub(crate) struct Fanout {
     reload_events: usize,
     resubscribing: AtomicBool,
     lost_again: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Fanout {
@@ -140,6 +142,7 @@ impl Fanout {
         instance: String,
         timeout: Duration,
         reload_events: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisStartError> {
         let failed = |reason: String| RedisStartError::Connect { url: display_url.to_owned(), reason };
         let info = url.into_connection_info().map_err(|e| failed(e.to_string()))?;
@@ -165,6 +168,7 @@ impl Fanout {
             reload_events,
             resubscribing: AtomicBool::new(false),
             lost_again: AtomicBool::new(false),
+            metrics,
         });
         let _ = target.set(Arc::downgrade(&fanout));
         Ok(fanout)
@@ -311,6 +315,9 @@ impl Fanout {
             debug!(channel, first = header.first.0, "a published batch has an unreadable event");
         }
         let own = header.origin == self.instance;
+        if !own {
+            self.metrics.fanout_batches.inc();
+        }
         let room = {
             let mut slots = self.lock();
             let Some(slot) = slots.rooms.get_mut(channel) else { return };
@@ -396,6 +403,7 @@ impl Fanout {
             return self.reload(room, Some(history_id)).await;
         }
         let events = scripts::parse_entries(&entries)?;
+        self.metrics.gap_fills.inc();
         debug!(room = %room.room_name(), after = after.0, upto = upto.0, read = events.len(), "gap filled from the stream");
         room.deliver(history_id, events, Arrival::Filled { upto });
         Ok(())
@@ -461,6 +469,7 @@ impl Fanout {
             }
             let rooms: Vec<Arc<dyn Committed>> =
                 this.lock().rooms.values().filter_map(|s| s.room.as_ref().and_then(Weak::upgrade)).collect();
+            this.metrics.resubscribes.inc();
             info!(rooms = rooms.len(), "subscribed again; reading what the rooms missed");
             for room in rooms {
                 this.spawn_resync(room);

@@ -195,7 +195,9 @@ impl RedisStore {
         }
 
         let instance = crate::random::random_hex(8).unwrap_or_else(|| format!("p{}", std::process::id()));
-        let fanout = fanout::Fanout::start(&redis.url, &url, instance.clone(), redis.timeout, reload_events).await?;
+        let fanout =
+            fanout::Fanout::start(&redis.url, &url, instance.clone(), redis.timeout, reload_events, metrics.clone())
+                .await?;
         let saved = within(redis.timeout, take_saved_members(&mut conn)).await.map_err(command)?;
 
         let store = Arc::new(Self {
