@@ -492,6 +492,8 @@ impl Fanout {
                 }
                 match failed {
                     None => break,
+                    // The server stopped: nothing to subscribe for.
+                    Some(_) if self.store().is_none() => return,
                     Some(e) => {
                         debug!(error = %e, "subscribing again failed; retrying");
                         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
