@@ -118,6 +118,12 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Writes per storage batch.
     pub commit_batch_writes: Histogram,
+    /// Batches of other instances heard on rooms' Redis channels.
+    pub fanout_batches: Counter,
+    /// Gaps in a room's events read from the Redis stream.
+    pub gap_fills: Counter,
+    /// Times the Redis subscription connection was restored after a drop.
+    pub resubscribes: Counter,
 }
 
 impl Metrics {
@@ -140,6 +146,9 @@ impl Metrics {
         let rate_limited = Counter::default();
         let commit_seconds = Histogram::new(exponential_buckets(COMMIT_SECONDS_START, 2.0, COMMIT_SECONDS_BUCKETS));
         let commit_batch_writes = Histogram::new(exponential_buckets(1.0, 2.0, BATCH_BUCKETS));
+        let fanout_batches = Counter::default();
+        let gap_fills = Counter::default();
+        let resubscribes = Counter::default();
         registry.register("connections_open", "Open WebSocket sessions", connections_open.clone());
         registry.register(
             "connections_closed",
@@ -171,6 +180,17 @@ impl Metrics {
         registry.register("rate_limited", "Requests refused with rate_limited", rate_limited.clone());
         registry.register("commit_seconds", "Storage batch time to commit", commit_seconds.clone());
         registry.register("commit_batch_writes", "Writes per storage batch", commit_batch_writes.clone());
+        registry.register(
+            "fanout_batches",
+            "Batches of other instances heard on rooms' Redis channels",
+            fanout_batches.clone(),
+        );
+        registry.register("gap_fills", "Gaps in a room's events read from the Redis stream", gap_fills.clone());
+        registry.register(
+            "resubscribes",
+            "Times the Redis subscription connection was restored after a drop",
+            resubscribes.clone(),
+        );
         Self {
             registry,
             connections_open,
@@ -188,6 +208,9 @@ impl Metrics {
             rate_limited,
             commit_seconds,
             commit_batch_writes,
+            fanout_batches,
+            gap_fills,
+            resubscribes,
         }
     }
 

@@ -104,6 +104,8 @@ impl Hub {
         }
         let slot = self.place(&mut rooms, creator)?;
         rooms.insert(name.clone(), (room.clone(), slot));
+        drop(rooms);
+        self.store.attach(room.clone());
         Ok(room)
     }
 

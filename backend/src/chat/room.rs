@@ -7,6 +7,12 @@
 //! all members see the same events in the same order and nothing is
 //! acknowledged before it is stored. The lock is a plain mutex held for
 //! microseconds and never across an `.await`.
+//!
+//! With a shared store (Redis, several instances) other instances' events
+//! arrive too ([`Committed::deliver`]), on another path than the writer's
+//! reports: every stored event goes through a reorder buffer keyed by seq,
+//! delivered from while its first seq follows the head; what is missing is
+//! asked of the store ([`Committed::follow_up`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -25,12 +31,21 @@ use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
-use crate::store::{self, Committed, Draft, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay};
+use crate::store::{
+    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay,
+};
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
 /// the room, the token and the history id), for sizing its buffer.
 const WELCOME_FIXED_BYTES: usize = 256;
+
+/// Events a room holds back waiting for an earlier seq (a shared store
+/// delivers other instances' events and its own writer's reports on
+/// separate paths). Past it the buffer is dropped and the room reads its
+/// history afresh, its members resuming: memory stays bounded even when a
+/// gap cannot be filled for a long time.
+pub const PENDING_MAX: usize = 4096;
 
 /// What a session holds to act as a member of a room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +232,38 @@ struct RoomState {
     /// The id of this room's history: fixed while the room is held, unless
     /// the store lost it and started a new one ([`Room::take_history`]).
     history_id: String,
+    /// Events past `head + 1`, waiting for the ones before them (at most
+    /// [`PENDING_MAX`]). Only a shared store leaves anything here: with one
+    /// writer every report is `head + 1`.
+    pending: BTreeMap<Seq, Held>,
+    /// Acks of re-sent messages whose event this room has not delivered
+    /// yet: a page must not hear of a seq before the events up to it.
+    late_acks: Vec<(Seq, ConnHandle, Ack)>,
+    /// The highest seq known to be stored (a duplicate's): a gap up to it
+    /// is filled from the store.
+    expected: Seq,
+    /// `pending` overflowed and was dropped: the history is read afresh.
+    overflowed: bool,
+}
+
+/// An event waiting in [`RoomState::pending`].
+#[derive(Debug)]
+enum Held {
+    /// Reported by this instance's writer: acked to its sender when delivered.
+    Local(Draft, RoomEvent),
+    /// From another instance, or read from the store.
+    Remote(RoomEvent),
+    /// This instance's own write seen on the channel before the writer's
+    /// report: it waits for the report (which carries the ack), or for a fill.
+    Own(RoomEvent),
+}
+
+impl Held {
+    fn event(&self) -> &RoomEvent {
+        match self {
+            Held::Local(_, e) | Held::Remote(e) | Held::Own(e) => e,
+        }
+    }
 }
 
 /// A chat room.
@@ -255,6 +302,10 @@ impl Room {
                 recent: latest.into_iter().map(RecentEvent::from).collect(),
                 head,
                 history_id,
+                pending: BTreeMap::new(),
+                late_acks: Vec::new(),
+                expected: head,
+                overflowed: false,
             }),
             metrics,
         })
@@ -313,6 +364,9 @@ impl Room {
         let mut guard = self.lock();
         let state = &mut *guard;
         let same = fresh.id == state.history_id;
+        // Asked for after an overflow: answered either way (a read older
+        // than the room's head finds the buffer already dropped).
+        state.overflowed = false;
         if same && (!same_too || fresh.head < state.head) {
             return;
         }
@@ -323,8 +377,23 @@ impl Room {
             new = !same,
             "the room's history was read afresh; members resume"
         );
+        if !same {
+            state.pending.clear();
+            state.expected = Seq(0);
+        }
         state.history_id = fresh.id;
         state.head = fresh.head;
+        state.expected = state.expected.max(fresh.head);
+        state.pending.retain(|seq, _| *seq > fresh.head);
+        let head = state.head;
+        // Acks of events now in the history go; the pages resume anyway.
+        state.late_acks.retain(|(seq, sender, ack)| {
+            let due = *seq <= head || !same;
+            if due {
+                sender.send_reply(&ServerMsg::Ack(ack.clone()));
+            }
+            !due
+        });
         state.recent = fresh.latest.into_iter().map(RecentEvent::from).collect();
         while state.recent.len() > self.recent_max {
             state.recent.pop_front();
@@ -780,6 +849,85 @@ fn fit_from(sizes: &[usize], max_bytes: usize) -> usize {
     keep_from
 }
 
+impl Room {
+    /// Puts an event into the reorder buffer. One this room delivered
+    /// already is dropped (a Local one still gets its ack); a Local report
+    /// replaces a copy from elsewhere (it carries the ack), and a copy from
+    /// the store replaces an [`Held::Own`] echo.
+    fn hold(&self, state: &mut RoomState, held: Held) {
+        let seq = held.event().seq();
+        if seq <= state.head {
+            if let Held::Local(Draft::Message { cid, sender, .. }, event) = held {
+                sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts: event.ts() }));
+            }
+            return;
+        }
+        match state.pending.entry(seq) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(held);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let replace = matches!(held, Held::Local(..)) || matches!(slot.get(), Held::Own(_));
+                if replace {
+                    slot.insert(held);
+                }
+            }
+        }
+        if state.pending.len() > PENDING_MAX {
+            // Policy: drop the buffer and read the history afresh (the
+            // store's follow-up); members resume from the store.
+            warn!(room = %self.name, held = state.pending.len(), head = state.head.0, "reorder buffer full; the room's history is read afresh");
+            state.pending.clear();
+            state.overflowed = true;
+        }
+    }
+
+    /// Delivers the buffered events that follow the head, in seq order: an
+    /// own write's ack with it, stored notices gathered in `notices` (sent
+    /// before the next message). `force_own`: an own write seen only on
+    /// the channel goes without waiting for its report.
+    fn drain(&self, state: &mut RoomState, notices: &mut Vec<(Notice, Encoded)>, force_own: bool) {
+        while let Some(entry) = state.pending.first_entry() {
+            let seq = *entry.key();
+            if seq != state.head.next() || (!force_own && matches!(entry.get(), Held::Own(_))) {
+                break;
+            }
+            let held = entry.remove();
+            state.head = seq;
+            let recent = RecentEvent::from(held.event().clone());
+            let encoded = recent.encoded.clone();
+            state.recent.push_back(recent);
+            while state.recent.len() > self.recent_max {
+                state.recent.pop_front();
+            }
+            match held {
+                Held::Local(Draft::Message { cid, sender, member, .. }, event) => {
+                    state.send_notices(notices, &self.metrics);
+                    sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
+                    self.metrics.messages_in.inc();
+                    self.metrics.broadcast(state.broadcast(&encoded, Some(member)));
+                }
+                Held::Local(_, RoomEvent::Notice(notice))
+                | Held::Remote(RoomEvent::Notice(notice))
+                | Held::Own(RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
+                Held::Local(_, RoomEvent::Message(_)) | Held::Remote(_) | Held::Own(_) => {
+                    state.send_notices(notices, &self.metrics);
+                    self.metrics.broadcast(state.broadcast(&encoded, None));
+                }
+            }
+        }
+        let head = state.head;
+        state.expected = state.expected.max(head);
+        state.late_acks.retain(|(seq, sender, ack)| {
+            let due = *seq <= head;
+            if due {
+                sender.send_reply(&ServerMsg::Ack(ack.clone()));
+            }
+            !due
+        });
+    }
+}
+
 /// The writer reports here: acknowledge and broadcast what it stored.
 impl Committed for Room {
     fn room_name(&self) -> &RoomName {
@@ -795,28 +943,19 @@ impl Committed for Room {
         for (draft, outcome) in writes {
             match (draft, outcome) {
                 (draft, Outcome::Stored(event)) => {
-                    state.head = state.head.max(event.seq());
-                    let recent = RecentEvent::from(event.clone());
-                    let encoded = recent.encoded.clone();
-                    state.recent.push_back(recent);
-                    while state.recent.len() > self.recent_max {
-                        state.recent.pop_front();
-                    }
-                    match (draft, event) {
-                        (Draft::Message { cid, sender, member, .. }, event) => {
-                            state.send_notices(&mut notices, &self.metrics);
-                            sender.send_reply(&ServerMsg::Ack(Ack { cid, seq: event.seq(), ts: event.ts() }));
-                            self.metrics.messages_in.inc();
-                            self.metrics.broadcast(state.broadcast(&encoded, Some(member)));
-                        }
-                        (Draft::Notice { .. }, RoomEvent::Notice(notice)) => notices.push((notice, encoded)),
-                        (Draft::Notice { .. }, RoomEvent::Message(_)) => {
-                            self.metrics.broadcast(state.broadcast(&encoded, None));
-                        }
-                    }
+                    self.hold(state, Held::Local(draft, event));
+                    self.drain(state, &mut notices, false);
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Duplicate(seq, ts)) => {
-                    sender.send_reply(&ServerMsg::Ack(Ack { cid, seq, ts }));
+                    let ack = Ack { cid, seq, ts };
+                    if seq <= state.head {
+                        sender.send_reply(&ServerMsg::Ack(ack));
+                    } else {
+                        // Stored by a round whose answer was lost, or on
+                        // another instance: acked once it is delivered here.
+                        state.expected = state.expected.max(seq);
+                        state.late_acks.push((seq, sender, ack));
+                    }
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
                     // The details are for the log, not for clients.
@@ -830,10 +969,62 @@ impl Committed for Room {
                 (Draft::Notice { kind, .. }, Outcome::Failed(e)) => {
                     warn!(room = %self.name, ?kind, error = %e, "notice not stored");
                 }
-                (Draft::Notice { .. }, Outcome::Duplicate(..)) => {}
+                (Draft::Notice { .. }, Outcome::Duplicate(seq, _)) => state.expected = state.expected.max(seq),
             }
         }
         state.send_notices(&mut notices, &self.metrics);
+    }
+
+    fn deliver(&self, history_id: &str, events: Vec<RoomEvent>, arrival: Arrival) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if history_id != state.history_id {
+            debug!(room = %self.name, history = %history_id, "events of another history are ignored");
+            return;
+        }
+        for event in events {
+            let held = if arrival == Arrival::Own { Held::Own(event) } else { Held::Remote(event) };
+            self.hold(state, held);
+        }
+        let mut notices: Vec<(Notice, Encoded)> = Vec::new();
+        let filled = matches!(arrival, Arrival::Filled { .. });
+        self.drain(state, &mut notices, filled);
+        if let Arrival::Filled { upto } = arrival
+            && state.head < upto
+        {
+            // The store no longer has them (retention): skip them, and let
+            // the members resume, so each replay counts them as missed.
+            warn!(room = %self.name, from = state.head.0 + 1, to = upto.0, "events no longer stored are skipped; members resume");
+            for member in state.members.values() {
+                if let Some(conn) = &member.conn {
+                    conn.kick(CloseReason::Lagged);
+                }
+            }
+            while state.head < upto {
+                // Each turn skips to just before the next held event and
+                // delivers from there: the head moves on every turn.
+                let to = state.pending.first_key_value().map_or(upto, |(first, _)| Seq(first.0 - 1)).min(upto);
+                state.head = state.head.max(to);
+                self.drain(state, &mut notices, true);
+            }
+        }
+        state.send_notices(&mut notices, &self.metrics);
+    }
+
+    fn follow_up(&self) -> Option<FollowUp> {
+        let state = self.lock();
+        if state.overflowed {
+            return Some(FollowUp::Reload);
+        }
+        let waiting = state.pending.last_key_value().map(|(seq, _)| *seq);
+        let acks = state.late_acks.iter().map(|(seq, ..)| *seq).max();
+        let upto = waiting.into_iter().chain(acks).fold(state.expected, Seq::max);
+        (upto > state.head).then(|| FollowUp::Fill { history_id: state.history_id.clone(), after: state.head, upto })
+    }
+
+    fn position(&self) -> (String, Seq) {
+        let state = self.lock();
+        (state.history_id.clone(), state.head)
     }
 
     fn reload(&self, fresh: FreshHistory) {
@@ -1144,6 +1335,128 @@ mod tests {
         assert!(matches!(drain(&mut ada_rx).as_slice(), [ServerMsg::Ack(a)] if a.seq == Seq(3)));
         assert!(drain(&mut bob_rx).is_empty());
         assert_eq!(f.room.head(), Seq(3));
+    }
+
+    /// A message event of `name` at `seq`, as another instance stored it.
+    fn message_at(seq: u64, name: &str, cid: &str) -> RoomEvent {
+        let name = UserName::parse(name).expect("valid");
+        RoomEvent::Message(natter_shared::ChatMessage {
+            seq: Seq(seq),
+            ts: natter_shared::Timestamp(seq),
+            color: color_for(&name),
+            text: MessageText::parse(&format!("{name} {seq}")).expect("valid"),
+            cid: Some(ClientMsgId::parse(cid).expect("valid")),
+            name,
+        })
+    }
+
+    /// Decoded frames as (kind, seq) pairs, to compare orders.
+    fn order(msgs: &[ServerMsg]) -> Vec<(&'static str, u64)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ServerMsg::Ack(a) => Some(("ack", a.seq.0)),
+                ServerMsg::Message(m) => Some(("message", m.seq.0)),
+                ServerMsg::Notice(n) => Some(("notice", n.seq.0)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ada's `say` as the writer reports it stored under `seq`.
+    fn report(f: &Fixture, ada: &Membership, conn: &ConnHandle, cid: &str, seq: u64) {
+        let text = MessageText::parse("mine").expect("valid");
+        let draft = f.room.say(ada, conn, ClientMsgId::parse(cid).expect("valid"), text).expect("a member");
+        let event = draft.clone().into_event(Seq(seq), natter_shared::Timestamp(seq));
+        f.room.committed(draft, Outcome::Stored(event));
+    }
+
+    #[test]
+    fn events_from_elsewhere_go_out_in_seq_order_with_own_writes_and_their_acks() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        // Another instance's seq 4 arrives before this one's seq 3 is reported.
+        f.room.deliver(&id, vec![message_at(4, "Cy", "x4")], Arrival::Remote);
+        assert!(drain(&mut bob_rx).is_empty(), "4 waits for 3");
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(2), upto: Seq(4) }));
+        report(&f, &ada, &ada_conn, "c3", 3);
+        assert_eq!(order(&drain(&mut ada_rx)), [("ack", 3), ("message", 4)]);
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 3), ("message", 4)]);
+        assert_eq!((f.room.head(), f.room.follow_up()), (Seq(4), None));
+        // A copy heard again (an overlap of channel and fill) is dropped.
+        f.room.deliver(&id, vec![message_at(4, "Cy", "x4")], Arrival::Filled { upto: Seq(4) });
+        assert!(drain(&mut bob_rx).is_empty());
+        // Events of another history are not this room's.
+        f.room.deliver("other", vec![message_at(5, "Cy", "x5")], Arrival::Remote);
+        assert_eq!((f.room.head(), f.room.follow_up()), (Seq(4), None));
+    }
+
+    #[test]
+    fn an_own_write_heard_on_the_channel_waits_for_its_report_and_its_ack() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        f.room.deliver(&id, vec![message_at(3, "Ada", "c3")], Arrival::Own);
+        assert!(drain(&mut bob_rx).is_empty() && drain(&mut ada_rx).is_empty(), "the report carries the ack");
+        report(&f, &ada, &ada_conn, "c3", 3);
+        assert_eq!(order(&drain(&mut ada_rx)), [("ack", 3)], "acked, not echoed");
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 3)]);
+        // With no report (its round's answer was lost) a fill delivers it to everyone.
+        f.room.deliver(&id, vec![message_at(4, "Ada", "c4")], Arrival::Own);
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(3), upto: Seq(4) }));
+        f.room.deliver(&id, vec![message_at(4, "Ada", "c4")], Arrival::Filled { upto: Seq(4) });
+        assert_eq!(order(&drain(&mut ada_rx)), [("message", 4)]);
+        assert_eq!(order(&drain(&mut bob_rx)), [("message", 4)]);
+    }
+
+    #[test]
+    fn a_resent_message_stored_elsewhere_is_acked_after_its_event() {
+        let f = Fixture::new();
+        let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
+        drain(&mut ada_rx);
+        let id = f.room.position().0;
+        let draft = f
+            .room
+            .say(&ada, &ada_conn, ClientMsgId::parse("c3").expect("valid"), MessageText::parse("hi").expect("valid"))
+            .expect("a member");
+        f.room.committed(draft, Outcome::Duplicate(Seq(3), natter_shared::Timestamp(3)));
+        assert!(drain(&mut ada_rx).is_empty(), "no ack of a seq the page has not seen the events up to");
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Fill { history_id: id.clone(), after: Seq(1), upto: Seq(3) }));
+        let filled = vec![message_at(2, "Cy", "x2"), message_at(3, "Ada", "c3")];
+        f.room.deliver(&id, filled, Arrival::Filled { upto: Seq(3) });
+        assert_eq!(order(&drain(&mut ada_rx)), [("message", 2), ("message", 3), ("ack", 3)]);
+        assert_eq!(f.room.follow_up(), None);
+    }
+
+    #[test]
+    fn events_the_store_no_longer_has_are_skipped_and_members_resume() {
+        let f = Fixture::new();
+        let (_, _, mut rx) = f.join(1, "Ada", "t1");
+        let id = f.room.position().0;
+        f.room.deliver(&id, vec![message_at(5, "Cy", "x5")], Arrival::Remote);
+        f.room.deliver(&id, vec![message_at(3, "Cy", "x3")], Arrival::Filled { upto: Seq(4) });
+        assert_eq!(f.room.head(), Seq(5), "2 and 4 are gone: skipped, 3 and 5 delivered");
+        assert_eq!(order(&drain(&mut rx)), [("message", 3), ("message", 5)]);
+        assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "the page resumes and counts 4 as missed");
+    }
+
+    #[test]
+    fn a_full_reorder_buffer_is_dropped_and_the_history_read_afresh() {
+        let f = Fixture::new();
+        let (_, _, mut rx) = f.join(1, "Ada", "t1");
+        let id = f.room.position().0;
+        let far: Vec<RoomEvent> = (0..=PENDING_MAX as u64).map(|i| message_at(10 + i, "Cy", "x")).collect();
+        f.room.deliver(&id, far, Arrival::Remote);
+        assert_eq!(f.room.follow_up(), Some(FollowUp::Reload));
+        assert!(drain(&mut rx).is_empty());
+        let head = Seq(10 + PENDING_MAX as u64);
+        f.room.reload(FreshHistory { id: id.clone(), head, latest: vec![message_at(head.0, "Cy", "x")] });
+        assert_eq!((f.room.head(), f.room.follow_up()), (head, None));
+        assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "members resume from the store");
     }
 
     #[test]

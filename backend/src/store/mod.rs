@@ -10,8 +10,9 @@
 //!
 //! Three stores implement [`HistoryStore`]: [`memory::MemoryStore`] (bounded,
 //! lost on restart), [`sqlite::SqliteStore`] (durable, the default) and
-//! [`redis::RedisStore`] (`--redis`). [`transfer`] is `natter export` /
-//! `natter import`.
+//! [`redis::RedisStore`] (`--redis`, shared by several instances: it also
+//! hands rooms the events other instances stored, [`Committed::deliver`]).
+//! [`transfer`] is `natter export` / `natter import`.
 
 pub mod backup;
 pub mod memory;
@@ -61,6 +62,51 @@ pub trait Committed: Send + Sync + std::fmt::Debug + 'static {
     /// history can change under a held room call it (see
     /// [`HistoryStore::history_can_restart`]).
     fn reload(&self, _fresh: FreshHistory) {}
+
+    /// Events of the room's history `history_id` that did not come from
+    /// this instance's writer with their acks: another instance's writes
+    /// from the room's channel, this instance's own seen on the channel
+    /// before the writer reported them, or a gap filled from the store.
+    /// Only a shared store (Redis) calls it; the room delivers them in seq
+    /// order with its own writes (see [`Committed::follow_up`]).
+    fn deliver(&self, _history_id: &str, _events: Vec<RoomEvent>, _arrival: Arrival) {}
+
+    /// What the room needs from a shared store to go on delivering in
+    /// order: events it knows exist but has not got (a gap), or its history
+    /// read afresh (its reorder buffer overflowed).
+    fn follow_up(&self) -> Option<FollowUp> {
+        None
+    }
+
+    /// The room's history id and the latest seq it delivered.
+    fn position(&self) -> (String, Seq) {
+        (String::new(), Seq(0))
+    }
+}
+
+/// How events reached [`Committed::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Another instance's writes, from the room's channel.
+    Remote,
+    /// This instance's own writes seen on the channel: they wait (a
+    /// while) for the writer's report, which carries the sender's ack.
+    Own,
+    /// Read from the store to fill a gap up to and including `upto`:
+    /// delivered at once; what the store no longer has is skipped, and the
+    /// room's members resume (their replay counts it as missed).
+    Filled { upto: Seq },
+}
+
+/// What a room asks of a shared store (see [`Committed::follow_up`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowUp {
+    /// Read the events `after < seq <= upto` of history `history_id` and
+    /// deliver them as [`Arrival::Filled`].
+    Fill { history_id: String, after: Seq, upto: Seq },
+    /// Read the history afresh ([`Committed::reload`]): the room dropped
+    /// its reorder buffer.
+    Reload,
 }
 
 /// A room's history as read afresh from the store (see [`Committed::reload`]).
@@ -179,6 +225,9 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     fn take_saved_members(&self) -> Vec<SavedMember> {
         Vec::new()
     }
+    /// `room` is now held under this name (after [`HistoryStore::open_room`]):
+    /// a shared store delivers other instances' events to it.
+    fn attach(&self, _room: Arc<dyn Committed>) {}
     /// Whether a held room's history can start afresh under it (Redis lost
     /// its keys): then every join first asks [`HistoryStore::check_history`].
     fn history_can_restart(&self) -> bool {

@@ -5,10 +5,11 @@ use natter_shared::RoomName;
 
 /// Every key natter writes starts with this.
 pub const PREFIX: &str = "natter";
-/// The single-instance lock (stage 1: one natter per Redis database).
-pub const LOCK: &str = "natter:single";
-/// The members saved at a graceful stop, for the next start.
-pub const SAVED_MEMBERS: &str = "natter:saved-members";
+/// The members saved at graceful stops, for the next start: a list, one
+/// JSON array per stopping instance (several may stop at once).
+pub const SAVED_MEMBERS: &str = "natter:saved-members-list";
+/// Stage 1's single saved array (a string), still read once at start.
+pub const SAVED_MEMBERS_V1: &str = "natter:saved-members";
 
 /// The keys of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +20,8 @@ pub struct RoomKeys {
     pub stream: String,
     /// Sorted set: a message's `name key \n cid` (or a notice's own key), scored by its seq.
     pub dedupe: String,
-    /// Shard channel the write script publishes each batch on (no subscriber yet).
+    /// Shard channel the write script publishes each batch on; every
+    /// instance holding the room subscribes to it.
     pub channel: String,
 }
 

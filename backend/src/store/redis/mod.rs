@@ -1,5 +1,6 @@
-//! History in Redis (`--redis`), stage 1 of scale-out: Redis is the durable
-//! history of one natter instance.
+//! History in Redis (`--redis`), stages 1 and 2 of scale-out: Redis is the
+//! durable history of every natter instance that uses it, and each room's
+//! events reach all of them in one order.
 //!
 //! Each room is a Stream of its events (`XADD <seq>-0`) beside a hash with
 //! its epoch (the history id), head and latest time, and a sorted set that
@@ -13,13 +14,19 @@
 //! SQLite's do. A lost stream (FLUSHALL, a new Redis) becomes a new epoch,
 //! so pages get a fresh welcome instead of a replay of unrelated seqs.
 //!
-//! Not yet (later stages of issue 15): other instances (a lock keeps a
-//! second one out, [`lock`]), subscribers of the channel `BATCH` publishes
-//! on, names and presence in Redis, Redis Cluster.
+//! Each instance subscribes to the channel of every room it holds
+//! ([`fanout`]) and delivers the batches other instances store in seq order
+//! with its own writes (the room's reorder buffer), filling gaps from the
+//! Stream.
+//!
+//! Not yet (later stages of issue 15): names, members and presence across
+//! instances (each instance knows only its own members: a name may be
+//! taken twice on two instances), typing across instances, instance death,
+//! Redis Cluster.
 
 mod durability;
+mod fanout;
 mod keys;
-mod lock;
 mod scripts;
 mod writer;
 
@@ -31,15 +38,14 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use natter_shared::{ResumeToken, RoomEvent, RoomName, Seq, UserName};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::writer::{WriteQueue, WriterMsg};
 use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
+pub use fanout::{EARLY_MAX, FILL_MAX, FOLLOW_ROUNDS, GAP_WAIT, RESUBSCRIBE_PAUSE, STALE_SUBSCRIPTIONS_MAX};
 pub use keys::RoomKeys;
-pub use lock::{LOCK_RENEW, LOCK_TTL};
 
 /// The first pause before reconnecting to Redis after the connection
 /// dropped; each failed attempt doubles it (with jitter) up to
@@ -78,13 +84,6 @@ pub enum RedisStartError {
          appendfsync always and maxmemory-policy noeviction, start natter with --redis-durability relaxed"
     )]
     CannotCheck { url: String, reason: String },
-    #[error(
-        "another natter (instance {holder}) is using the Redis database {url} for history: it holds the lock {lock}, \
-         and natter shares a Redis database with no second instance yet; stop that one, or give this one another \
-         database (redis://host:port/N)",
-        lock = keys::LOCK
-    )]
-    Locked { url: String, holder: String },
     #[error("Redis at {url} refused a start-up command: {reason}")]
     Command { url: String, reason: String },
 }
@@ -129,12 +128,16 @@ pub struct RedisStore {
     rooms: Mutex<HashMap<RoomName, Known>>,
     read_slots: Arc<tokio::sync::Semaphore>,
     saved: Mutex<Vec<SavedMember>>,
+    fanout: Arc<fanout::Fanout>,
+    /// Held exclusively by the writer while a round is out and being
+    /// reported, shared by gap fills: a fill never delivers (to everyone,
+    /// as if from elsewhere) a write whose report, with its ack, is on its way.
+    rounds: tokio::sync::RwLock<()>,
 }
 
 impl RedisStore {
     /// Connects, checks durability (refusing as `redis.durability` says),
-    /// loads the scripts, takes the single-instance lock, and starts the
-    /// writer. `reload_events`: how many latest events the writer reads
+    /// loads the scripts, connects the subscriber, and starts the writer. `reload_events`: how many latest events the writer reads
     /// when a room's history must be read afresh (a room's welcome history).
     pub async fn start(
         redis: &RedisConfig,
@@ -192,12 +195,9 @@ impl RedisStore {
         }
 
         let instance = crate::random::random_hex(8).unwrap_or_else(|| format!("p{}", std::process::id()));
-        let lease = Arc::new(lock::Lease::default());
-        match lock::acquire(&mut conn, &instance, &lease, redis.timeout).await {
-            Ok(Ok(())) => {}
-            Ok(Err(holder)) => return Err(RedisStartError::Locked { url, holder }),
-            Err(e) => return Err(command(Failure::Redis(e))),
-        }
+        let fanout =
+            fanout::Fanout::start(&redis.url, &url, instance.clone(), redis.timeout, reload_events, metrics.clone())
+                .await?;
         let saved = within(redis.timeout, take_saved_members(&mut conn)).await.map_err(command)?;
 
         let store = Arc::new(Self {
@@ -208,14 +208,20 @@ impl RedisStore {
             rooms: Mutex::new(HashMap::new()),
             read_slots: Arc::new(tokio::sync::Semaphore::new(options.read_connections.max(1))),
             saved: Mutex::new(saved),
+            fanout,
+            rounds: tokio::sync::RwLock::new(()),
         });
-        let stop_renewing = CancellationToken::new();
-        tokio::spawn(lock::keep(conn.clone(), instance.clone(), lease.clone(), redis.timeout, stop_renewing.clone()));
+        store.fanout.set_store(&store);
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
-        let writer =
-            writer::Writer::new(store.clone(), instance, lease, options, reload_events, stop_renewing, metrics);
+        let writer = writer::Writer::new(store.clone(), instance.clone(), options, reload_events, metrics);
         tokio::spawn(writer.run(rx));
-        info!(redis = %url, "history in Redis");
+        info!(redis = %url, instance = %instance, "history in Redis, shared with the other instances on it");
+        warn!(
+            redis = %url,
+            "other natter instances on this Redis share rooms' messages, but not yet names, members, presence or \
+             typing: a name may be taken on two instances at once, member lists and counts are this instance's own, \
+             typing reaches only this instance's members, and an instance that dies leaves its members unannounced"
+        );
         Ok((store, WriteQueue(tx)))
     }
 
@@ -235,6 +241,16 @@ impl RedisStore {
         if let Some(known) = self.lock().get_mut(room).filter(|k| k.epoch == epoch) {
             known.head = known.head.max(head);
         }
+    }
+
+    /// See [`RedisStore::rounds`].
+    pub(crate) fn rounds(&self) -> &tokio::sync::RwLock<()> {
+        &self.rounds
+    }
+
+    /// The subscriber, for the writer's follow-ups.
+    pub(crate) fn fanout(&self) -> &Arc<fanout::Fanout> {
+        &self.fanout
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, Known>> {
@@ -318,6 +334,11 @@ impl HistoryStore for RedisStore {
 
     fn forget(&self, room: &RoomName) {
         self.lock().remove(room);
+        self.fanout.forget(&RoomKeys::of(room).channel);
+    }
+
+    fn attach(&self, room: Arc<dyn crate::store::Committed>) {
+        self.fanout.attach(room);
     }
 
     fn keeps(&self) -> Option<usize> {
@@ -325,7 +346,17 @@ impl HistoryStore for RedisStore {
     }
 
     fn open_room(&self, room: &RoomName, limit: usize) -> Result<(Seq, Vec<RoomEvent>), HistoryError> {
-        let opened = self.block(self.open(room, limit, None, ""))?;
+        // Subscribed first, read second: nothing published falls in between.
+        let channel = RoomKeys::of(room).channel;
+        self.block(self.fanout.subscribe(&channel))?;
+        let opened = match self.block(self.open(room, limit, None, "")) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Not held after all: nothing to deliver to.
+                self.fanout.forget(&channel);
+                return Err(e);
+            }
+        };
         self.remember(room, Known { epoch: opened.epoch, head: opened.head });
         Ok((opened.head, opened.latest))
     }
@@ -369,7 +400,8 @@ impl HistoryStore for RedisStore {
     }
 }
 
-/// A saved member as kept in Redis (one JSON array under [`keys::SAVED_MEMBERS`]).
+/// A saved member as kept in Redis (in a JSON array, one per stopped
+/// instance, in the list [`keys::SAVED_MEMBERS`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedRecord {
     room: String,
@@ -377,11 +409,11 @@ struct SavedRecord {
     token: String,
 }
 
-/// Saves the members at a graceful stop (replacing any saved before), for
-/// [`SAVED_MEMBERS_TTL`].
+/// Saves the members at a graceful stop beside those other instances
+/// saved, all kept for [`SAVED_MEMBERS_TTL`] from the latest stop.
 pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedMember]) -> ::redis::RedisResult<()> {
     if members.is_empty() {
-        return ::redis::cmd("DEL").arg(keys::SAVED_MEMBERS).exec_async(conn).await;
+        return Ok(());
     }
     let records: Vec<SavedRecord> = members
         .iter()
@@ -394,21 +426,28 @@ pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedM
     let json = serde_json::to_string(&records)
         .map_err(|e| ::redis::RedisError::from((::redis::ErrorKind::Client, "saved members", e.to_string())))?;
     let ttl_ms = u64::try_from(SAVED_MEMBERS_TTL.as_millis()).unwrap_or(u64::MAX);
-    ::redis::cmd("SET").arg(keys::SAVED_MEMBERS).arg(json).arg("PX").arg(ttl_ms).exec_async(conn).await
+    let mut pipe = ::redis::pipe();
+    pipe.atomic().cmd("RPUSH").arg(keys::SAVED_MEMBERS).arg(json).ignore();
+    pipe.cmd("PEXPIRE").arg(keys::SAVED_MEMBERS).arg(ttl_ms).ignore();
+    pipe.exec_async(conn).await
 }
 
-/// Reads and removes the members saved at the last stop, in one command
-/// (a crash after it must not bring them back). Ones no longer valid are skipped.
+/// Reads and removes every member saved at the last stops, atomically (a
+/// crash after it must not bring them back, and two instances starting at
+/// once must not both take them). Ones no longer valid are skipped.
 async fn take_saved_members(conn: &mut ConnectionManager) -> ::redis::RedisResult<Vec<SavedMember>> {
-    let json: Option<String> = ::redis::cmd("GETDEL").arg(keys::SAVED_MEMBERS).query_async(conn).await?;
-    let records: Vec<SavedRecord> = match json.map(|j| serde_json::from_str(&j)) {
-        None => Vec::new(),
-        Some(Ok(records)) => records,
-        Some(Err(e)) => {
-            warn!(error = %e, "the saved members cannot be read; they rejoin as new");
-            Vec::new()
+    let mut pipe = ::redis::pipe();
+    pipe.atomic().cmd("LRANGE").arg(keys::SAVED_MEMBERS).arg(0).arg(-1);
+    pipe.cmd("DEL").arg(keys::SAVED_MEMBERS).ignore();
+    pipe.cmd("GETDEL").arg(keys::SAVED_MEMBERS_V1);
+    let (lists, v1): (Vec<String>, Option<String>) = pipe.query_async(conn).await?;
+    let mut records: Vec<SavedRecord> = Vec::new();
+    for json in lists.iter().chain(v1.iter()) {
+        match serde_json::from_str::<Vec<SavedRecord>>(json) {
+            Ok(saved) => records.extend(saved),
+            Err(e) => warn!(error = %e, "saved members cannot be read; they rejoin as new"),
         }
-    };
+    }
     Ok(records
         .into_iter()
         .filter_map(|r| match (RoomName::parse(&r.room), UserName::parse(&r.name), ResumeToken::parse(&r.token)) {

@@ -108,36 +108,12 @@ end
 return {epoch, string.format('%d', head), latest}
 "#;
 
-/// Takes or keeps the single-instance lock. KEYS: the lock. ARGV: this
-/// instance's id, the lock's time to live in ms. Replies 1 (renewed),
-/// 2 (taken: it was free) or 0 (another instance holds it).
-pub const CLAIM_LUA: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
-end
-return 0
-"#;
-
-/// Lets the lock go if this instance holds it. KEYS: the lock. ARGV: the id.
-pub const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 pub static BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(BATCH_LUA));
 pub static OPEN: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN_LUA));
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
-pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Every script, to load at start.
-pub fn all() -> [&'static Script; 4] {
-    [&BATCH, &OPEN, &CLAIM, &RELEASE]
+pub fn all() -> [&'static Script; 2] {
+    [&BATCH, &OPEN]
 }
 
 /// What `BATCH` answered for one room.

@@ -17,10 +17,8 @@ use std::time::Duration;
 use ::redis::{ServerErrorKind, Value};
 use natter_shared::Seq;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::lock::{self, Lease};
 use super::scripts::{self, BATCH, BatchReply};
 use super::{AGE_TRIM_SCAN, Failure, Known, RedisStore, RoomKeys, save_members, within};
 use crate::config::StorageConfig;
@@ -74,9 +72,8 @@ struct RoomBatch {
 #[derive(Default)]
 struct Sent {
     outcomes: Vec<(Draft, Outcome)>,
-    /// Stored now, in order, and found stored before (their seqs).
+    /// Stored now, in order (their seqs).
     stored: Vec<Seq>,
-    duplicates: Vec<Seq>,
     /// Drafts to send again at once (after reading the history afresh, or loading the script).
     again: Vec<Pending>,
     /// The room's history is not the one believed: its epoch now.
@@ -87,12 +84,10 @@ struct Sent {
 pub struct Writer {
     store: Arc<RedisStore>,
     instance: String,
-    lease: Arc<Lease>,
     write_batch: usize,
     maxlen: u64,
     max_age_ms: u64,
     reload_events: usize,
-    stop_renewing: CancellationToken,
     retry: VecDeque<Pending>,
     next_notice: u64,
     /// Redis failed the last round: the next success is logged.
@@ -104,21 +99,17 @@ impl Writer {
     pub fn new(
         store: Arc<RedisStore>,
         instance: String,
-        lease: Arc<Lease>,
         options: &StorageConfig,
         reload_events: usize,
-        stop_renewing: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
             instance,
-            lease,
             write_batch: options.write_batch.max(1),
             maxlen: options.retain_count.unwrap_or(0),
             max_age_ms: options.retain_age.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1)),
             reload_events,
-            stop_renewing,
             retry: VecDeque::new(),
             next_notice: 0,
             outage: false,
@@ -179,12 +170,9 @@ impl Writer {
         }
     }
 
-    /// Whether a write would be taken now (for `/readyz`): this instance
-    /// holds the Redis lock and Redis answers within the timeout.
+    /// Whether a write would be taken now (for `/readyz`): Redis answers
+    /// within the timeout.
     async fn probe(&self) -> Result<(), String> {
-        if !self.lease.held() {
-            return Err("this natter does not hold the Redis lock".into());
-        }
         let mut conn = self.store.conn();
         let ping = ::redis::cmd("PING");
         within(self.store.timeout(), ping.query_async::<String>(&mut conn)).await.map(|_| ()).map_err(|e| e.to_string())
@@ -212,12 +200,6 @@ impl Writer {
     /// Stores a batch: every room's drafts in one pipeline, sent again at
     /// once for the rooms that need it (at most [`ROUND_SENDS`] sends).
     async fn round(&mut self, batch: Vec<Pending>) {
-        if !self.lease.held() {
-            let error = HistoryError::Unavailable("this natter does not hold the Redis lock".into());
-            debug!(writes = batch.len(), "not writing: the Redis lock is not surely held");
-            self.unavailable(batch, &error);
-            return;
-        }
         let mut rooms = by_room(batch);
         for _ in 0..ROUND_SENDS {
             rooms = self.send(rooms).await;
@@ -232,6 +214,8 @@ impl Writer {
 
     /// One pipeline for `rooms`; returns the rooms whose drafts should go again now.
     async fn send(&mut self, rooms: Vec<RoomBatch>) -> Vec<RoomBatch> {
+        let store = self.store.clone();
+        let _round = store.rounds().write().await;
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
         // Per call: the room's index and how many drafts it carries.
@@ -317,7 +301,6 @@ impl Writer {
                                 s.stored.push(seq);
                                 Outcome::Stored(draft.clone().into_event(seq, ts))
                             } else {
-                                s.duplicates.push(seq);
                                 Outcome::Duplicate(seq, ts)
                             };
                             s.outcomes.push((draft, outcome));
@@ -347,14 +330,18 @@ impl Writer {
         let mut again = Vec::new();
         for ((room, s), known) in heads.into_iter().zip(sent).zip(believed) {
             let name = room.room_name().clone();
-            let unreported = unreported(known.head, &s.stored, &s.duplicates);
             if let Some(&last) = s.stored.last() {
                 self.store.advance(&name, &known.epoch, last);
             }
             if !s.outcomes.is_empty() {
                 room.committed_all(s.outcomes);
+                // Seqs between the room's head and these are other
+                // instances' (on their way through the channel) or this
+                // one's from a round whose answer was lost: the room waits
+                // for them a moment, then reads them from the stream.
+                self.store.fanout().follow(room.clone());
             }
-            if unreported || s.epoch.is_some() {
+            if s.epoch.is_some() {
                 // The epoch Redis named is replaced only if it is the one
                 // believed: then Redis is behind what this instance saw.
                 let replace = s.epoch.as_deref().filter(|current| *current == known.epoch);
@@ -447,8 +434,6 @@ impl Writer {
                 Err(e) => warn!(error = %e, "members not saved: they will rejoin as new after the restart"),
             }
         }
-        self.stop_renewing.cancel();
-        lock::release(&mut conn, &self.instance, &self.lease, timeout).await;
         debug!("history writer stopped");
         if let Some(done) = done {
             let _ = done.send(());
@@ -466,20 +451,6 @@ const UNAVAILABLE_CODES: &[&str] =
 /// Whether a server error with this code is Redis's trouble rather than the write's.
 fn is_unavailable(code: &str) -> bool {
     UNAVAILABLE_CODES.contains(&code)
-}
-
-/// Whether one room's answer shows events Redis stored but the room never
-/// heard of (a round that failed in transport after all): stored seqs
-/// follow the head reported to the room one by one, and nothing found
-/// stored already is above it, except what this answer stored itself.
-fn unreported(reported: Seq, stored: &[Seq], duplicates: &[Seq]) -> bool {
-    let mut expected = reported;
-    let gap = stored.iter().any(|&seq| {
-        let skipped = seq != expected.next();
-        expected = seq;
-        skipped
-    });
-    gap || duplicates.iter().any(|seq| *seq > reported && !stored.contains(seq))
 }
 
 /// Groups a batch by room (the same room object), rooms in the order of
@@ -507,26 +478,9 @@ impl std::fmt::Debug for Writer {
 mod tests {
     use super::*;
 
-    fn seqs(s: &[u64]) -> Vec<Seq> {
-        s.iter().copied().map(Seq).collect()
-    }
-
     #[test]
     fn redis_in_trouble_is_told_from_a_write_it_refuses() {
         assert!(is_unavailable("LOADING") && is_unavailable("MISCONF") && is_unavailable("OOM"));
         assert!(!is_unavailable("ERR") && !is_unavailable("WRONGTYPE") && !is_unavailable("NOSCRIPT"));
-    }
-
-    #[test]
-    fn events_stored_but_never_reported_are_noticed() {
-        // The usual answers: new seqs right after the head, old duplicates.
-        assert!(!unreported(Seq(4), &seqs(&[5, 6, 7]), &seqs(&[2])));
-        assert!(!unreported(Seq(4), &[], &seqs(&[4])));
-        // A cid sent twice in one batch: its second copy is a duplicate of this answer.
-        assert!(!unreported(Seq(4), &seqs(&[5]), &seqs(&[5])));
-        // A lost round stored 5: a re-send finds it, or the next seq skips it.
-        assert!(unreported(Seq(4), &[], &seqs(&[5])));
-        assert!(unreported(Seq(4), &seqs(&[6]), &[]));
-        assert!(unreported(Seq(4), &seqs(&[5, 7]), &[]));
     }
 }
