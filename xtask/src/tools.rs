@@ -119,7 +119,10 @@ pub fn ensure_build(root: &Path) -> Result<ToolEnv> {
     let trunk = output("trunk", &["--version"], &path).unwrap_or_default();
     if !trunk.split_whitespace().any(|w| w == TRUNK_VERSION) {
         step(&format!("installing trunk {TRUNK_VERSION} (cargo install, without LTO; a few minutes, once)"));
-        if !run(root, "cargo", &["install", "trunk", "--version", TRUNK_VERSION, "--locked"], &path)? {
+        // No default features: no TLS stack and no update check, which a
+        // trunk that only builds offline never uses (fewer crates to build).
+        let args = ["install", "trunk", "--version", TRUNK_VERSION, "--locked", "--no-default-features"];
+        if !run(root, "cargo", &args, &path)? {
             bail!("cargo install trunk {TRUNK_VERSION} failed");
         }
     }
