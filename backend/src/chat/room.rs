@@ -32,20 +32,14 @@ use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
 use crate::store::{
-    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome, Replay,
+    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome,
+    PENDING_MAX, Replay,
 };
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
 /// A welcome's bytes besides its members and events (the type, the joiner,
 /// the room, the token and the history id), for sizing its buffer.
 const WELCOME_FIXED_BYTES: usize = 256;
-
-/// Events a room holds back waiting for an earlier seq (a shared store
-/// delivers other instances' events and its own writer's reports on
-/// separate paths). Past it the buffer is dropped and the room reads its
-/// history afresh, its members resuming: memory stays bounded even when a
-/// gap cannot be filled for a long time.
-pub const PENDING_MAX: usize = 4096;
 
 /// What a session holds to act as a member of a room.
 #[derive(Debug, Clone, PartialEq, Eq)]

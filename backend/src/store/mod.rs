@@ -31,6 +31,13 @@ use natter_shared::{
 use crate::ws::outbound::ConnHandle;
 pub use writer::WriteQueue;
 
+/// Events a room holds back waiting for an earlier seq (a shared store
+/// delivers other instances' events and its own writer's reports on
+/// separate paths). Past it the buffer is dropped and the room reads its
+/// history afresh, its members resuming: memory stays bounded even when a
+/// gap cannot be filled for a long time.
+pub const PENDING_MAX: usize = 4096;
+
 /// Identifies one membership (a name in a room, across resumes).
 pub type MemberId = u64;
 

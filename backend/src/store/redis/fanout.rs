@@ -38,7 +38,7 @@ use crate::store::{Arrival, Committed, FollowUp, FreshHistory};
 pub const GAP_WAIT: Duration = Duration::from_millis(100);
 /// The most events one gap fill reads (`XRANGE … COUNT`); a longer gap
 /// takes several reads.
-pub const FILL_MAX: usize = crate::chat::room::PENDING_MAX;
+pub const FILL_MAX: usize = crate::store::PENDING_MAX;
 /// Reads one follow-up task makes before it pauses ([`GAP_WAIT`]) and
 /// looks again: every read moves the room's head on, but a room that keeps
 /// falling behind must not keep a task reading in a tight loop.
