@@ -91,8 +91,9 @@ fn run(extra: &[String]) -> Result<()> {
     let env = tools::ensure_build(&root)?;
     bundle::build(&root, &env)?;
     let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
-    step("building the server with the page inside it (cargo build --release -p natter-backend)");
-    cmd(&root, &env, "cargo", &["build", "--release", "--locked", "-p", "natter-backend", "--bin", "natter"])?;
+    step("building the server with the page inside it (cargo build --profile quick-release -p natter-backend)");
+    let build = ["build", "--profile", "quick-release", "--locked", "-p", "natter-backend", "--bin", "natter"];
+    cmd(&root, &env, "cargo", &build)?;
     let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
     let listen = extra
         .windows(2)
@@ -104,7 +105,7 @@ fn run(extra: &[String]) -> Result<()> {
     println!("  Natter is starting at  http://{listen}/");
     println!("  (history in ./natter-data; Ctrl-C stops it)");
     println!();
-    let binary = root.join("target/release/natter");
+    let binary = root.join("target/quick-release/natter");
     let status = Command::new(&binary)
         .args(&extra)
         .current_dir(&root)
