@@ -122,7 +122,7 @@ pub fn ensure_build(root: &Path) -> Result<ToolEnv> {
 
     let trunk = output("trunk", &["--version"], &path).unwrap_or_default();
     if !trunk.split_whitespace().any(|w| w == TRUNK_VERSION) {
-        step(&format!("installing trunk {TRUNK_VERSION} (cargo install, without LTO; a few minutes, once)"));
+        step(&format!("installing trunk {TRUNK_VERSION} (cargo install, unoptimized; about 2 minutes, once)"));
         // No default features: no TLS stack and no update check, which a
         // trunk that only builds offline never uses (fewer crates to build).
         let args = ["install", "trunk", "--version", TRUNK_VERSION, "--locked", "--no-default-features"];
@@ -135,7 +135,7 @@ pub fn ensure_build(root: &Path) -> Result<ToolEnv> {
     let bindgen = output("wasm-bindgen", &["--version"], &path).unwrap_or_default();
     if !bindgen.split_whitespace().any(|w| w == bindgen_version) {
         step(&format!(
-            "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install, without LTO; a few minutes, once)"
+            "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install, unoptimized; about a minute, once)"
         ));
         let v = bindgen_version.as_str();
         let locked =
