@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::address::PerAddress;
 use crate::chat::hub::Hub;
-use crate::chat::room::{Announce, Membership, Room};
+use crate::chat::room::{Announce, End, Membership, Room};
 use crate::config::{Config, HistoryKind};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
@@ -107,7 +107,7 @@ impl App {
         self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(grace) => {
-                    if let Some(announce) = room.expire(&me, epoch) {
+                    if let Some(announce) = room.depart(&me, End::Expire(epoch)).await {
                         info!(room = %room.name, member = me.member_id, "timed out");
                         if let Err(e) = app.announce(room, announce).await {
                             warn!(member = me.member_id, error = %e, "notice not stored");

@@ -206,6 +206,7 @@ impl Natter {
         let bundle = std::env::temp_dir().join("natter-test-no-bundle");
         let child = Command::new(env!("CARGO_BIN_EXE_natter"))
             .args(["--listen", &addr.to_string(), "--redis", redis_url, "--redis-timeout", "1s"])
+            .args(["--redis-instance-ttl", "1s"])
             .arg("--bundle-dir")
             .arg(bundle)
             .env_remove("NATTER_HISTORY")
@@ -250,6 +251,8 @@ async fn after_kill_9_seqs_continue_and_an_old_cid_gets_its_original_seq() {
     ada.say("c1", "before the crash").await;
     let first = ack_seq(ada.recv().await);
     natter.kill();
+    // The killed instance's names are free once its liveness key expires.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let natter = Natter::start(&redis.url());
     let mut ada = Client::connect(&natter.url()).await;

@@ -187,7 +187,7 @@ impl Hub {
         for (name, members) in by_room {
             match self.open(&name, None).await {
                 Ok(room) => {
-                    let memberships = room.restore(members, || self.next_id());
+                    let memberships = room.restore(members, || self.next_id()).await;
                     restored.extend(memberships.into_iter().map(|m| (room.clone(), m)));
                 }
                 Err(e) => tracing::warn!(room = %name, error = %e, "saved members not restored"),

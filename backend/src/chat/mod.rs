@@ -3,6 +3,7 @@
 //! store, which it hands drafts to and hears back from through
 //! [`crate::store::Committed`].
 
+pub mod claims;
 pub mod hub;
 pub mod names;
 pub mod room;

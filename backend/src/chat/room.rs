@@ -27,13 +27,14 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::claims::NameLocks;
 use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
 use crate::store::{
-    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, Outcome,
-    PENDING_MAX, Replay,
+    self, Arrival, Claimed, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim,
+    Outcome, PENDING_MAX, Replay,
 };
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
@@ -105,6 +106,17 @@ pub enum JoinError {
     RoomFull,
     #[error(transparent)]
     Storage(#[from] HistoryError),
+}
+
+/// How a membership ends ([`Room::depart`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A deliberate leave from this connection (ignored if the member has
+    /// another connection by now): `left`.
+    Leave(ConnId),
+    /// The grace period since the detach at this epoch ran out (ignored if
+    /// the member came back meanwhile): `timed_out`.
+    Expire(u64),
 }
 
 /// The membership ended (timed out) while a request was in flight.
@@ -270,6 +282,9 @@ pub struct Room {
     recent_max: usize,
     state: Mutex<RoomState>,
     metrics: Arc<Metrics>,
+    /// With names shared across instances: one claim or release of a name
+    /// at a time ([`Room::enter`], [`Room::depart`]).
+    names: NameLocks,
 }
 
 impl Room {
@@ -302,6 +317,7 @@ impl Room {
                 overflowed: false,
             }),
             metrics,
+            names: NameLocks::default(),
         })
     }
 
@@ -324,12 +340,83 @@ impl Room {
         if self.store.history_can_restart() {
             self.check_history().await;
         }
-        if let Some((after, upto)) = self.to_read(&req) {
+        if !self.store.names_shared() {
+            self.prefetch(&mut req).await?;
+            return self.join(req, conn, new_member_id, token);
+        }
+        // Names shared across instances: the store says who holds the
+        // name, under the name's lock (see `claims`).
+        let (key, glyph) = (member_key(&req.name), glyph_key(&req.name));
+        let _name = self.names.lock(&key).await;
+        let claim = NameClaim {
+            key: key.clone(),
+            glyph: glyph.clone(),
+            member: new_member_id,
+            token: token.clone(),
+            presented: req.resume_token.clone(),
+        };
+        let (claimed, reachable) = match self.on_store(move |store, room| store.claim_name(room, &claim)).await {
+            Ok(Claimed::Taken) => return Err(JoinError::NameTaken),
+            Ok(claimed) => (claimed, true),
+            // The store cannot be asked: a member of this room may take its
+            // session back (the name was this instance's), nobody else joins.
+            Err(e) if self.holds(&key, req.resume_token.as_ref()) => {
+                debug!(room = %self.name, error = %e, "a resume goes on without asking the store");
+                (Claimed::Here, false)
+            }
+            Err(e) => return Err(JoinError::Storage(e)),
+        };
+        let joined = match self.prefetch(&mut req).await {
+            Ok(()) => self.join_claimed(req, conn, new_member_id, token.clone(), claimed),
+            Err(e) => Err(e.into()),
+        };
+        match (&joined, claimed) {
+            // The store holds the claim under the new member's id: a
+            // member this room had (a resume) is recorded under its own.
+            (Ok((member, _)), _) if reachable && (claimed == Claimed::Here || member.member_id != new_member_id) => {
+                let id = member.member_id;
+                let confirmed = self.on_store(move |store, room| store.confirm_name(room, &key, &glyph, id, &token));
+                if let Err(e) = confirmed.await {
+                    warn!(room = %self.name, error = %e, "a name's new token was not recorded in the store");
+                }
+            }
+            (Err(_), Claimed::Free | Claimed::Moved) => {
+                let released =
+                    self.on_store(move |store, room| store.release_name(room, &key, &glyph, new_member_id)).await;
+                if let Err(e) = released {
+                    warn!(room = %self.name, error = %e, "the name of a refused join was not given back");
+                }
+            }
+            _ => {}
+        }
+        joined
+    }
+
+    /// Reads, on a blocking thread and without the room's lock, what a
+    /// resume needs from the store and memory no longer holds.
+    async fn prefetch(&self, req: &mut JoinRequest) -> Result<(), HistoryError> {
+        if let Some((after, upto)) = self.to_read(req) {
             let (store, name, max) = (self.store.clone(), self.name.clone(), self.limits.replay_max);
             let replay = store::blocking(&self.store, move || store.after(&name, after, upto, max)).await?;
             req.prefetched = Some(Prefetched { after, upto, replay });
         }
-        self.join(req, conn, new_member_id, token)
+        Ok(())
+    }
+
+    /// Runs `call` with the store and this room's name on a blocking thread
+    /// (see [`store::blocking`]).
+    async fn on_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn HistoryStore, &RoomName) -> Result<T, HistoryError> + Send + 'static,
+    ) -> Result<T, HistoryError> {
+        let (store, name) = (self.store.clone(), self.name.clone());
+        store::blocking(&self.store, move || call(&*store, &name)).await
+    }
+
+    /// Whether the member under `key` is here and `token` is its token.
+    fn holds(&self, key: &str, token: Option<&ResumeToken>) -> bool {
+        let state = self.lock();
+        token.is_some_and(|t| state.members.get(key).is_some_and(|m| token_matches(t, &m.token)))
     }
 
     /// Asks the store whether this room's history is still the one it
@@ -419,23 +506,40 @@ impl Room {
     /// the new member's, or the resumed member's next one (each works once).
     pub fn join(
         &self,
+        req: JoinRequest,
+        conn: &ConnHandle,
+        new_member_id: MemberId,
+        token: ResumeToken,
+    ) -> Result<(Membership, JoinKind), JoinError> {
+        self.join_claimed(req, conn, new_member_id, token, Claimed::Here)
+    }
+
+    /// [`Room::join`] after the store said who holds the name (see [`Claimed`]).
+    fn join_claimed(
+        &self,
         mut req: JoinRequest,
         conn: &ConnHandle,
         new_member_id: MemberId,
         token: ResumeToken,
+        claimed: Claimed,
     ) -> Result<(Membership, JoinKind), JoinError> {
         let max_bytes = req.history_max_bytes;
         let prefetched = req.prefetched.take();
         let mut guard = self.lock();
         let state = &mut *guard;
         let resume_after = resume_after(state, &req);
-        let (membership, kind) = self.admit(state, req, conn, new_member_id, token)?;
+        let (membership, kind) = self.admit(state, req, conn, new_member_id, token, claimed)?;
         self.send_welcome(state, &membership.key, resume_after, prefetched, max_bytes, conn);
         Ok((membership, kind))
     }
 
     /// Takes a new member in, or gives a member's session back to the browser
-    /// holding its token (kicking an older connection still attached).
+    /// holding its token (kicking an older connection still attached). A
+    /// name the store gave this instance ([`Claimed::Free`],
+    /// [`Claimed::Moved`]) is taken from whatever member this room still
+    /// holds under it (a ghost: it moved to another instance, which it
+    /// left since) unless the presented token is that member's; a moved
+    /// member is taken in without a notice, as a resume.
     fn admit(
         &self,
         state: &mut RoomState,
@@ -443,8 +547,18 @@ impl Room {
         conn: &ConnHandle,
         new_member_id: MemberId,
         token: ResumeToken,
+        claimed: Claimed,
     ) -> Result<(Membership, JoinKind), JoinError> {
         let key = member_key(&req.name);
+        let resumes_here = state
+            .members
+            .get(&key)
+            .is_some_and(|m| req.resume_token.as_ref().is_some_and(|t| token_matches(t, &m.token)));
+        // A member whose token is presented is no ghost, whatever the store
+        // says (Redis lost the claims: it was flushed, or is a new one).
+        if matches!(claimed, Claimed::Free | Claimed::Moved) && !resumes_here {
+            state.evict_ghosts(&key, &glyph_key(&req.name));
+        }
         match state.members.get_mut(&key) {
             Some(existing) if req.resume_token.as_ref().is_some_and(|t| token_matches(t, &existing.token)) => {
                 // Take the session back; an older connection still attached is replaced.
@@ -481,9 +595,13 @@ impl Room {
                 state.by_order.insert(req.name.key().into(), Listed { key: key.clone().into(), json });
                 state.members.insert(key.clone(), entry);
                 state.glyphs.insert(glyph_key);
-                let announce = self.announce(state, &key, NoticeKind::Joined);
+                let kind = if claimed == Claimed::Moved {
+                    JoinKind::Resumed
+                } else {
+                    JoinKind::Joined(self.announce(state, &key, NoticeKind::Joined))
+                };
                 let m = Membership { member_id: new_member_id, key, name: req.name };
-                Ok((m, JoinKind::Joined(announce)))
+                Ok((m, kind))
             }
         }
     }
@@ -620,15 +738,47 @@ impl Room {
     /// Ends the membership at once, if `conn` is still the member's
     /// connection (a resumed session is left alone); returns the `left` notice.
     pub fn leave(&self, who: &Membership, conn: ConnId) -> Option<Announce> {
-        let mut guard = self.lock();
-        let attached = guard
-            .members
-            .get(&who.key)
-            .is_some_and(|m| m.id == who.member_id && m.conn.as_ref().is_some_and(|c| c.id == conn));
-        if !attached {
+        self.end(who, End::Leave(conn), true)
+    }
+
+    /// Ends the membership as `end` says ([`Room::leave`], [`Room::expire`]).
+    /// With names shared across instances, first gives the name back to the
+    /// store: a name another instance holds by now means the member moved
+    /// there, and its end here is no news (nothing is announced).
+    pub async fn depart(&self, who: &Membership, end: End) -> Option<Announce> {
+        if !self.store.names_shared() {
+            return self.end(who, end, true);
+        }
+        let _name = self.names.lock(&who.key).await;
+        if !self.lock().ends(who, end) {
             return None;
         }
-        Some(self.announce_and_remove(&mut guard, &who.key, NoticeKind::Left))
+        let (key, glyph, id) = (who.key.clone(), glyph_key(&who.name), who.member_id);
+        let ours = match self.on_store(move |store, room| store.release_name(room, &key, &glyph, id)).await {
+            Ok(ours) => ours,
+            Err(e) => {
+                warn!(room = %self.name, error = %e, "a name was not given back: other instances refuse it until this one stops");
+                true
+            }
+        };
+        self.end(who, end, ours)
+    }
+
+    /// Ends the membership if `end` applies, announcing it (`announce`) or not.
+    fn end(&self, who: &Membership, end: End, announce: bool) -> Option<Announce> {
+        let mut guard = self.lock();
+        if !guard.ends(who, end) {
+            return None;
+        }
+        if !announce {
+            guard.remove(&who.key);
+            return None;
+        }
+        let kind = match end {
+            End::Leave(_) => NoticeKind::Left,
+            End::Expire(_) => NoticeKind::TimedOut,
+        };
+        Some(self.announce_and_remove(&mut guard, &who.key, kind))
     }
 
     /// Detaches the member's connection and starts its grace period. Returns
@@ -649,13 +799,7 @@ impl Room {
     /// After the grace period: if the member is still detached since `epoch`,
     /// removes it and returns how its `timed_out` is announced.
     pub fn expire(&self, who: &Membership, epoch: u64) -> Option<Announce> {
-        let mut guard = self.lock();
-        let still_gone =
-            guard.members.get(&who.key).is_some_and(|m| m.id == who.member_id && m.epoch == epoch && m.conn.is_none());
-        if !still_gone {
-            return None;
-        }
-        Some(self.announce_and_remove(&mut guard, &who.key, NoticeKind::TimedOut))
+        self.end(who, End::Expire(epoch), true)
     }
 
     /// How the change of the member under `key` (present) is announced: a
@@ -756,16 +900,42 @@ impl Room {
     /// token (no presence traffic), and one that does not come back within
     /// its grace period times out as usual. Returns each restored
     /// membership (for its grace timer, epoch 0); a name someone holds
-    /// already is skipped.
-    pub fn restore(
+    /// already (here, or on another instance when names are shared) is skipped.
+    pub async fn restore(
         &self,
         saved: Vec<(UserName, ResumeToken)>,
         mut next_id: impl FnMut() -> MemberId,
     ) -> Vec<Membership> {
+        let saved: Vec<_> = saved.into_iter().map(|(name, token)| (name, token, next_id())).collect();
+        if !self.store.names_shared() {
+            return self.take_back(saved);
+        }
+        let mut kept = Vec::new();
+        for (name, token, id) in saved {
+            // The saved token is the name's current one: the name comes
+            // over from the stopped instance, whichever instance this is.
+            let claim = NameClaim {
+                key: member_key(&name),
+                glyph: glyph_key(&name),
+                member: id,
+                token: token.clone(),
+                presented: Some(token.clone()),
+            };
+            match self.on_store(move |store, room| store.claim_name(room, &claim)).await {
+                Ok(Claimed::Taken) => debug!(room = %self.name, "a saved member's name is taken; not restored"),
+                Ok(_) => kept.push((name, token, id)),
+                Err(e) => warn!(room = %self.name, error = %e, "a saved member's name cannot be claimed; not restored"),
+            }
+        }
+        self.take_back(kept)
+    }
+
+    /// [`Room::restore`] of the members whose names are this instance's.
+    fn take_back(&self, saved: Vec<(UserName, ResumeToken, MemberId)>) -> Vec<Membership> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let mut restored = Vec::new();
-        for (name, token) in saved {
+        for (name, token, id) in saved {
             let key = member_key(&name);
             let glyph: Box<str> = glyph_key(&name).into();
             if state.members.contains_key(&key)
@@ -776,7 +946,6 @@ impl Room {
             }
             let color = color_for(&name);
             let json = welcome::member_json(&Member { name: name.clone(), color: color.clone() });
-            let id = next_id();
             let entry = MemberEntry { id, name: name.clone(), color, token, conn: None, epoch: 0, typing_since: None };
             state.by_order.insert(name.key().into(), Listed { key: key.clone().into(), json });
             state.members.insert(key.clone(), entry);
@@ -1027,6 +1196,39 @@ impl Committed for Room {
 }
 
 impl RoomState {
+    /// Whether `end` ends `who`'s membership: a leave from its current
+    /// connection, or a grace period it did not come back within.
+    fn ends(&self, who: &Membership, end: End) -> bool {
+        self.members.get(&who.key).is_some_and(|m| {
+            m.id == who.member_id
+                && match end {
+                    End::Leave(conn) => m.conn.as_ref().is_some_and(|c| c.id == conn),
+                    End::Expire(epoch) => m.epoch == epoch && m.conn.is_none(),
+                }
+        })
+    }
+
+    /// Drops, without a word, the members under `key` or with the glyph
+    /// key `glyph`: ghosts of a name the store gave this instance afresh.
+    /// Their connections, if any, are closed as replaced.
+    fn evict_ghosts(&mut self, key: &str, glyph: &str) {
+        let mut ghosts = Vec::new();
+        if self.members.contains_key(key) {
+            ghosts.push(key.to_owned());
+        }
+        if self.glyphs.contains(glyph) {
+            ghosts.extend(self.members.iter().filter(|(_, m)| glyph_key(&m.name) == glyph).map(|(k, _)| k.clone()));
+        }
+        for ghost in ghosts {
+            if let Some(member) = self.remove(&ghost) {
+                debug!(member = member.id, "a member that moved to another instance is dropped");
+                if let Some(conn) = member.conn {
+                    conn.kick(CloseReason::Replaced);
+                }
+            }
+        }
+    }
+
     /// Removes a member, and its name's glyph key and place in the order with it.
     fn remove(&mut self, key: &str) -> Option<MemberEntry> {
         let member = self.members.remove(key)?;

@@ -135,6 +135,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NATTER_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// How long this instance counts as alive on Redis after its last renewal (renewed three
+    /// times per period); past it, other instances may give its members' names to others.
+    #[arg(long, env = "NATTER_REDIS_INSTANCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub redis_instance_ttl: Duration,
+
     /// Keep at most this many events per room; older ones are deleted (in the background with
     /// sqlite, at each write with redis).
     #[arg(long, env = "NATTER_RETAIN_COUNT")]
@@ -378,6 +383,7 @@ impl ServeArgs {
                     url: url.clone(),
                     durability: self.redis_durability.into(),
                     timeout: self.redis_timeout,
+                    instance_ttl: self.redis_instance_ttl,
                 }),
                 None => self.history.into(),
             },
@@ -488,11 +494,14 @@ mod tests {
             "relaxed",
             "--redis-timeout",
             "750ms",
+            "--redis-instance-ttl",
+            "4s",
         ])
         .expect("parses");
         match relaxed.config().expect("valid").history {
             HistoryKind::Redis(r) => {
                 assert_eq!((r.durability, r.timeout), (RedisDurability::Relaxed, Duration::from_millis(750)));
+                assert_eq!(r.instance_ttl, Duration::from_secs(4));
             }
             other => panic!("expected redis, got {other:?}"),
         }

@@ -157,6 +157,13 @@ pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// then gets `storage_unavailable`. The `redis` crate's own default (500 ms)
 /// is shorter than an fsync stall of a busy disk.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an instance on Redis counts as alive after its last renewal
+/// (it renews three times per period): past it, the names its members hold
+/// may be taken by joiners on other instances.
+pub const DEFAULT_INSTANCE_TTL: Duration = Duration::from_secs(15);
+/// The shortest instance TTL: renewed every third of it, a shorter one
+/// would declare instances dead over an ordinary pause.
+pub const MIN_INSTANCE_TTL: Duration = Duration::from_secs(1);
 /// URL schemes `--redis` accepts (TLS is not built in).
 pub const REDIS_URL_SCHEMES: &[&str] = &["redis://", "redis+unix://", "unix://"];
 
@@ -194,12 +201,19 @@ pub struct RedisConfig {
     pub url: String,
     pub durability: RedisDurability,
     pub timeout: Duration,
+    /// See [`DEFAULT_INSTANCE_TTL`].
+    pub instance_ttl: Duration,
 }
 
 impl RedisConfig {
     /// Settings for `url` with the default durability and timeout.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), durability: RedisDurability::default(), timeout: DEFAULT_REDIS_TIMEOUT }
+        Self {
+            url: url.into(),
+            durability: RedisDurability::default(),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+            instance_ttl: DEFAULT_INSTANCE_TTL,
+        }
     }
 
     /// The URL with any user and password replaced by `***`, for logs and errors.
@@ -226,6 +240,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("url", &self.display_url())
             .field("durability", &self.durability)
             .field("timeout", &self.timeout)
+            .field("instance_ttl", &self.instance_ttl)
             .finish()
     }
 }
@@ -544,6 +559,11 @@ fn check_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     if redis.timeout.is_zero() {
         return Err(ConfigError::TooSmall { name: "redis timeout ms", min: 1, value: 0 });
     }
+    if redis.instance_ttl < MIN_INSTANCE_TTL {
+        let value = u64::try_from(redis.instance_ttl.as_millis()).unwrap_or(u64::MAX);
+        let min = u64::try_from(MIN_INSTANCE_TTL.as_millis()).unwrap_or(u64::MAX);
+        return Err(ConfigError::TooSmall { name: "redis instance ttl ms", min, value });
+    }
     Ok(())
 }
 
@@ -568,6 +588,9 @@ mod tests {
         let zero = RedisConfig { timeout: Duration::ZERO, ..RedisConfig::new("redis://127.0.0.1") };
         config.history = HistoryKind::Redis(zero);
         assert!(matches!(config.validate(), Err(ConfigError::TooSmall { name: "redis timeout ms", .. })));
+        let short = RedisConfig { instance_ttl: Duration::from_millis(200), ..RedisConfig::new("redis://127.0.0.1") };
+        config.history = HistoryKind::Redis(short);
+        assert!(matches!(config.validate(), Err(ConfigError::TooSmall { name: "redis instance ttl ms", .. })));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use crate::address::{AddressKey, Slot};
 use crate::app::{App, SessionCount};
-use crate::chat::room::{Membership, Room};
+use crate::chat::room::{End, Membership, Room};
 use crate::ws::outbound::{self, CloseReason, ConnHandle, ConnId};
 use writer::WriteBuf;
 
@@ -261,7 +261,7 @@ impl Session {
         match settle {
             Settle::Keep => return,
             Settle::Leave => {
-                if let Some(announce) = room.leave(&me, self.conn.id) {
+                if let Some(announce) = room.depart(&me, End::Leave(self.conn.id)).await {
                     info!(conn = self.conn.id, room = %room.name, "left");
                     self.announce(room, announce).await;
                 }

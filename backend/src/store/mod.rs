@@ -198,6 +198,39 @@ pub struct SavedMember {
     pub token: ResumeToken,
 }
 
+/// A name a joiner asks to hold in a room, across every instance of a
+/// shared store ([`HistoryStore::claim_name`]).
+#[derive(Debug, Clone)]
+pub struct NameClaim {
+    /// The room's key for the name (case, composition and look-alikes folded).
+    pub key: String,
+    /// The name as it looks (a capital `I` and a small `l` alike).
+    pub glyph: String,
+    /// The membership that holds it here if the claim is granted.
+    pub member: MemberId,
+    /// The resume token the member's welcome carries.
+    pub token: ResumeToken,
+    /// The token the `hello` presented, if any: the holder's current one
+    /// takes the name over from whichever instance holds it.
+    pub presented: Option<ResumeToken>,
+}
+
+/// Who holds a claimed name now ([`HistoryStore::claim_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// Nobody held it (or an instance that died did): this instance does
+    /// now. A member the room still has under it is a ghost.
+    Free,
+    /// This instance holds it: the room decides (a resume, a name taken),
+    /// and [`HistoryStore::confirm_name`] records what it admitted.
+    Here,
+    /// Another instance held it and the presented token was its holder's:
+    /// the browser moved here, and this instance holds it now.
+    Moved,
+    /// Another live instance holds it.
+    Taken,
+}
+
 /// What the writer did with a draft.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -239,6 +272,41 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     /// its keys): then every join first asks [`HistoryStore::check_history`].
     fn history_can_restart(&self) -> bool {
         false
+    }
+    /// Whether names are held across instances (a shared store): then a
+    /// join claims its name ([`HistoryStore::claim_name`]) and a member's end
+    /// gives it back ([`HistoryStore::release_name`]). A store of one
+    /// instance leaves names to its rooms alone.
+    fn names_shared(&self) -> bool {
+        false
+    }
+    /// Claims a name in `room` for this instance (see [`Claimed`]).
+    fn claim_name(&self, _room: &RoomName, _claim: &NameClaim) -> Result<Claimed, HistoryError> {
+        Ok(Claimed::Here)
+    }
+    /// Records that this instance's member `member` holds the name with
+    /// `token` now (after a [`Claimed::Here`] the room admitted).
+    fn confirm_name(
+        &self,
+        _room: &RoomName,
+        _key: &str,
+        _glyph: &str,
+        _member: MemberId,
+        _token: &ResumeToken,
+    ) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    /// Gives back the name `member` held in `room`. `false`: another
+    /// instance holds it by now (the member moved there): its end is no
+    /// news to announce.
+    fn release_name(
+        &self,
+        _room: &RoomName,
+        _key: &str,
+        _glyph: &str,
+        _member: MemberId,
+    ) -> Result<bool, HistoryError> {
+        Ok(true)
     }
     /// `None` if `room`'s history is still the one called `known`; else the
     /// history it has now, with its latest `limit` events.

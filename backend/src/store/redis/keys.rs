@@ -11,6 +11,13 @@ pub const SAVED_MEMBERS: &str = "natter:saved-members-list";
 /// Stage 1's single saved array (a string), still read once at start.
 pub const SAVED_MEMBERS_V1: &str = "natter:saved-members";
 
+/// The liveness key of the instance `id`: set with a TTL and renewed while
+/// the instance runs; an instance whose key is gone is dead, and the names
+/// it held may be taken.
+pub fn instance(id: &str) -> String {
+    format!("{PREFIX}:instance:{id}")
+}
+
 /// The keys of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomKeys {
@@ -23,6 +30,10 @@ pub struct RoomKeys {
     /// Shard channel the write script publishes each batch on; every
     /// instance holding the room subscribes to it.
     pub channel: String,
+    /// Hash: the name claims, member key → `<instance> <member id> <sha1 of its token>`.
+    pub names: String,
+    /// Hash: glyph key → the member key whose claim has it.
+    pub glyphs: String,
 }
 
 impl RoomKeys {
@@ -34,6 +45,8 @@ impl RoomKeys {
             stream: format!("{tag}:s"),
             dedupe: format!("{tag}:d"),
             channel: format!("{tag}:c"),
+            names: format!("{tag}:n"),
+            glyphs: format!("{tag}:g"),
         }
     }
 }
@@ -56,7 +69,9 @@ mod tests {
         assert_eq!(keys.stream, "natter:{team-7}:s");
         assert_eq!(keys.dedupe, "natter:{team-7}:d");
         assert_eq!(keys.channel, "natter:{team-7}:c");
-        for key in [&keys.meta, &keys.stream, &keys.dedupe, &keys.channel] {
+        assert_eq!(keys.names, "natter:{team-7}:n");
+        assert_eq!(keys.glyphs, "natter:{team-7}:g");
+        for key in [&keys.meta, &keys.stream, &keys.dedupe, &keys.channel, &keys.names, &keys.glyphs] {
             assert_eq!(hash_tag(key), "team-7", "{key}");
         }
         let other = RoomKeys::of(&RoomName::parse("team-8").expect("valid"));

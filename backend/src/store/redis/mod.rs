@@ -19,14 +19,18 @@
 //! with its own writes (the room's reorder buffer), filling gaps from the
 //! Stream.
 //!
-//! Not yet (later stages of issue 15): names, members and presence across
-//! instances (each instance knows only its own members: a name may be
-//! taken twice on two instances), typing across instances, instance death,
-//! Redis Cluster.
+//! A name is claimed in Redis for the instance its member joins ([`names`]),
+//! so it is unique in its room across instances, and a browser's resume
+//! token takes it over on any instance.
+//!
+//! Not yet (later stages of issue 15): members and presence across
+//! instances (each instance lists only its own members), typing across
+//! instances, announcing the members of an instance that died, Redis Cluster.
 
 mod durability;
 mod fanout;
 mod keys;
+mod names;
 mod scripts;
 mod writer;
 
@@ -38,10 +42,13 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use natter_shared::{ResumeToken, RoomEvent, RoomName, Seq, UserName};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::writer::{WriteQueue, WriterMsg};
-use super::{FreshHistory, HistoryError, HistoryStore, Replay, SavedMember, now_ms, replay_of};
+use super::{
+    Claimed, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim, Replay, SavedMember, now_ms, replay_of,
+};
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
 pub use fanout::{EARLY_MAX, FILL_MAX, FOLLOW_ROUNDS, GAP_WAIT, RESUBSCRIBE_PAUSE, STALE_SUBSCRIPTIONS_MAX};
@@ -133,6 +140,11 @@ pub struct RedisStore {
     /// reported, shared by gap fills: a fill never delivers (to everyone,
     /// as if from elsewhere) a write whose report, with its ack, is on its way.
     rounds: tokio::sync::RwLock<()>,
+    /// This instance's id: in its publications, its name claims and its
+    /// liveness key.
+    instance: String,
+    /// Cancelled when the store stops: the liveness key is not renewed.
+    renewing: CancellationToken,
 }
 
 impl RedisStore {
@@ -190,7 +202,7 @@ impl RedisStore {
                 warn!(redis = %url, error = %e, "cannot read the persistence settings of Redis (--redis-durability relaxed)")
             }
         }
-        for script in scripts::all() {
+        for script in scripts::all().into_iter().chain(names::scripts()) {
             within(redis.timeout, script.load_async(&mut conn)).await.map_err(command)?;
         }
 
@@ -210,17 +222,23 @@ impl RedisStore {
             saved: Mutex::new(saved),
             fanout,
             rounds: tokio::sync::RwLock::new(()),
+            instance: instance.clone(),
+            renewing: CancellationToken::new(),
         });
         store.fanout.set_store(&store);
+        // Alive before the first join claims a name.
+        let ttl_ms = u64::try_from(redis.instance_ttl.as_millis()).unwrap_or(u64::MAX);
+        names::renew(&store, ttl_ms).await.map_err(command)?;
+        tokio::spawn(names::keep_alive(Arc::downgrade(&store), redis.instance_ttl, store.renewing.clone()));
         let (tx, rx) = mpsc::channel::<WriterMsg>(options.write_queue.max(1));
         let writer = writer::Writer::new(store.clone(), instance.clone(), options, reload_events, metrics);
         tokio::spawn(writer.run(rx));
         info!(redis = %url, instance = %instance, "history in Redis, shared with the other instances on it");
         warn!(
             redis = %url,
-            "other natter instances on this Redis share rooms' messages, but not yet names, members, presence or \
-             typing: a name may be taken on two instances at once, member lists and counts are this instance's own, \
-             typing reaches only this instance's members, and an instance that dies leaves its members unannounced"
+            "other natter instances on this Redis share rooms' messages and names, but not yet members, presence or \
+             typing: member lists and counts are this instance's own, typing reaches only this instance's members, \
+             and an instance that dies leaves its members unannounced"
         );
         Ok((store, WriteQueue(tx)))
     }
@@ -264,6 +282,16 @@ impl RedisStore {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// This instance's id.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The store stopped: its liveness key is left to expire.
+    pub(crate) fn stop_renewing(&self) {
+        self.renewing.cancel();
     }
 
     /// Runs `OPEN` for `room`: its history (a new one if it has none, or
@@ -388,6 +416,32 @@ impl HistoryStore for RedisStore {
 
     fn history_can_restart(&self) -> bool {
         true
+    }
+
+    fn names_shared(&self) -> bool {
+        true
+    }
+
+    fn claim_name(&self, room: &RoomName, claim: &NameClaim) -> Result<Claimed, HistoryError> {
+        self.block(self.claim(room, claim))
+    }
+
+    fn confirm_name(
+        &self,
+        room: &RoomName,
+        key: &str,
+        glyph: &str,
+        member: MemberId,
+        token: &ResumeToken,
+    ) -> Result<(), HistoryError> {
+        if !self.block(self.confirm(room, key, glyph, member, token.as_str()))? {
+            warn!(room = %room, "a name this instance admitted is held by another instance");
+        }
+        Ok(())
+    }
+
+    fn release_name(&self, room: &RoomName, key: &str, glyph: &str, member: MemberId) -> Result<bool, HistoryError> {
+        self.block(self.release(room, key, glyph, member))
     }
 
     fn check_history(&self, room: &RoomName, known: &str, limit: usize) -> Result<Option<FreshHistory>, HistoryError> {

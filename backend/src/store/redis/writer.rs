@@ -434,6 +434,9 @@ impl Writer {
                 Err(e) => warn!(error = %e, "members not saved: they will rejoin as new after the restart"),
             }
         }
+        // Its members' names stay this instance's until the liveness key
+        // expires: the browsers take them over with their tokens meanwhile.
+        self.store.stop_renewing();
         debug!("history writer stopped");
         if let Some(done) = done {
             let _ = done.send(());
