@@ -5,17 +5,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::address::PerAddress;
 use crate::chat::hub::Hub;
+use crate::chat::reaper;
 use crate::chat::room::{Announce, End, Membership, Room};
 use crate::config::{Config, HistoryKind};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Draft, HistoryError, HistoryStore, StartError, WriteQueue};
+use crate::store::{self, Draft, HistoryError, HistoryStore, StartError, WriteQueue};
 
 /// Shared server state.
 #[derive(Debug)]
@@ -117,6 +118,39 @@ impl App {
                 () = app.shutdown.cancelled() => {}
             }
         });
+    }
+
+    /// With names shared across instances: every `every`, looks for
+    /// instances that died and cleans up after those this one takes on
+    /// ([`reaper`]), until shutdown.
+    pub async fn reap_dead_instances(self: Arc<Self>, every: std::time::Duration) {
+        let grace = self.config.timing.leave_grace;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let store = self.hub.store().clone();
+            let reader = store.clone();
+            let dead = match store::blocking(&store, move || reader.dead_instances(grace)).await {
+                Ok(dead) => dead,
+                Err(e) => {
+                    debug!(error = %e, "cannot look for instances that died");
+                    continue;
+                }
+            };
+            for (instance, rooms) in dead {
+                let threshold = self.config.limits.presence_threshold;
+                match reaper::bury(&self.hub, &self.writes, &instance, rooms, threshold).await {
+                    Ok(announced) => info!(instance = %instance, announced, "cleaned up after an instance that died"),
+                    Err(e) => warn!(
+                        instance = %instance,
+                        error = %e,
+                        "the clean-up after an instance that died stopped; it is tried again"
+                    ),
+                }
+            }
+        }
     }
 
     /// Open WebSocket sessions.

@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::natter_binary::Natter;
 use common::redis_server::{RedisServer, free_port};
 use common::{Client, Ended, TestServer, redis_config, resume};
 use natter_backend::config::RedisDurability;
@@ -151,15 +150,6 @@ async fn older_pages_are_read_from_the_stream() {
 }
 
 /// Whether a server on `addr` answers `/healthz` (within a moment).
-fn healthy(addr: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut head = [0u8; 12];
-    stream.write_all(request.as_bytes()).is_ok() && stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_count_and_by_age_trims_the_stream_and_its_dedupe_set() {
     let redis = RedisServer::start();
@@ -191,54 +181,6 @@ async fn retention_by_count_and_by_age_trims_the_stream_and_its_dedupe_set() {
     let _ = ack_seq(ada.recv().await);
     assert_eq!(redis.command(&["XLEN", "natter:{aged}:s"]).as_deref(), Some(":1"), "only the event younger than 1 s");
     assert_eq!(redis.command(&["ZCARD", "natter:{aged}:d"]).as_deref(), Some(":1"));
-}
-
-/// The natter binary, killed with SIGKILL when dropped.
-struct Natter {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Natter {
-    /// Starts `natter --redis <url>` and waits (bounded) until it answers.
-    fn start(redis_url: &str) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let bundle = std::env::temp_dir().join("natter-test-no-bundle");
-        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .args(["--listen", &addr.to_string(), "--redis", redis_url, "--redis-timeout", "1s"])
-            .args(["--redis-instance-ttl", "1s"])
-            .arg("--bundle-dir")
-            .arg(bundle)
-            .env_remove("NATTER_HISTORY")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the natter binary");
-        // It binds before it opens the history, so wait for an answer, not a listener.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !healthy(addr) {
-            assert!(Instant::now() < deadline, "natter did not answer on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Natter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,21 @@ impl Hub {
     /// not exist yet. A new room's stored state is read on a blocking
     /// thread, without the registry's lock.
     pub async fn room(&self, name: &RoomName, creator: AddressKey) -> Result<Arc<Room>, HubError> {
+        self.room_for(name, Some(creator)).await
+    }
+
+    /// The room called `name`, opened on the server's own account (outside
+    /// every address's room cap) if it does not exist yet.
+    pub async fn server_room(&self, name: &RoomName) -> Result<Arc<Room>, HubError> {
+        self.room_for(name, None).await
+    }
+
+    /// Where the rooms keep their history.
+    pub fn store(&self) -> &Arc<dyn HistoryStore> {
+        &self.store
+    }
+
+    async fn room_for(&self, name: &RoomName, creator: Option<AddressKey>) -> Result<Arc<Room>, HubError> {
         if let Some((room, _)) = self.lock().get(name) {
             return Ok(room.clone());
         }
@@ -82,7 +97,7 @@ impl Hub {
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone();
         let _opening = opening.lock().await;
-        let opened = self.open(name, Some(creator)).await;
+        let opened = self.open(name, creator).await;
         self.opening.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         opened
     }

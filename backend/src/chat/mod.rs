@@ -6,5 +6,6 @@
 pub mod claims;
 pub mod hub;
 pub mod names;
+pub mod reaper;
 pub mod room;
 pub mod welcome;

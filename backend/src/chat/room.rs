@@ -149,7 +149,7 @@ struct Listed {
 
 impl MemberEntry {
     fn notice(&self, kind: NoticeKind) -> Draft {
-        Draft::Notice { kind, name: self.name.clone(), color: self.color.clone() }
+        Draft::Notice { kind, name: self.name.clone(), color: self.color.clone(), once: None }
     }
 
     fn member(&self) -> Member {
@@ -349,13 +349,15 @@ impl Room {
         let (key, glyph) = (member_key(&req.name), glyph_key(&req.name));
         let _name = self.names.lock(&key).await;
         let claim = NameClaim {
+            name: req.name.clone(),
             key: key.clone(),
             glyph: glyph.clone(),
             member: new_member_id,
             token: token.clone(),
             presented: req.resume_token.clone(),
         };
-        let (claimed, reachable) = match self.on_store(move |store, room| store.claim_name(room, &claim)).await {
+        let asked = claim.clone();
+        let (claimed, reachable) = match self.on_store(move |store, room| store.claim_name(room, &asked)).await {
             Ok(Claimed::Taken) => return Err(JoinError::NameTaken),
             Ok(claimed) => (claimed, true),
             // The store cannot be asked: a member of this room may take its
@@ -374,8 +376,8 @@ impl Room {
             // The store holds the claim under the new member's id: a
             // member this room had (a resume) is recorded under its own.
             (Ok((member, _)), _) if reachable && (claimed == Claimed::Here || member.member_id != new_member_id) => {
-                let id = member.member_id;
-                let confirmed = self.on_store(move |store, room| store.confirm_name(room, &key, &glyph, id, &token));
+                let admitted = NameClaim { member: member.member_id, presented: None, ..claim };
+                let confirmed = self.on_store(move |store, room| store.confirm_name(room, &admitted));
                 if let Err(e) = confirmed.await {
                     warn!(room = %self.name, error = %e, "a name's new token was not recorded in the store");
                 }
@@ -915,6 +917,7 @@ impl Room {
             // The saved token is the name's current one: the name comes
             // over from the stopped instance, whichever instance this is.
             let claim = NameClaim {
+                name: name.clone(),
                 key: member_key(&name),
                 glyph: glyph_key(&name),
                 member: id,

@@ -27,7 +27,7 @@ use super::upgrade::{self, WS_PATH};
 use crate::address::{AddressKey, Slot};
 use crate::app::App;
 use crate::config::names::{HostMatch, HostPolicy, HostRefused};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HistoryKind};
 use crate::metrics::HandshakeRefusal;
 use crate::store::StartError;
 
@@ -131,6 +131,9 @@ pub async fn run_with(
     }
     for (room, me) in restored {
         app.expire_after(room, me, 0, app.config.timing.restart_grace);
+    }
+    if let HistoryKind::Redis(redis) = &app.config.history {
+        app.tasks.spawn(app.clone().reap_dead_instances(redis.instance_ttl));
     }
     if let Some(metrics) = metrics {
         app.tasks.spawn(super::metrics::serve(metrics, app.clone()));

@@ -166,6 +166,10 @@ pub enum Draft {
         kind: NoticeKind,
         name: UserName,
         color: Color,
+        /// A key under which a shared store keeps this notice at most once
+        /// however often it is written (the clean-up of a dead instance may
+        /// run twice); `None`: each write is a notice of its own.
+        once: Option<String>,
     },
 }
 
@@ -176,7 +180,7 @@ impl Draft {
             Draft::Message { name, color, text, cid, .. } => {
                 RoomEvent::Message(ChatMessage { seq, ts, name, color, text, cid: Some(cid) })
             }
-            Draft::Notice { kind, name, color } => RoomEvent::Notice(Notice { seq, ts, kind, name, color }),
+            Draft::Notice { kind, name, color, .. } => RoomEvent::Notice(Notice { seq, ts, kind, name, color }),
         }
     }
 
@@ -202,6 +206,7 @@ pub struct SavedMember {
 /// shared store ([`HistoryStore::claim_name`]).
 #[derive(Debug, Clone)]
 pub struct NameClaim {
+    pub name: UserName,
     /// The room's key for the name (case, composition and look-alikes folded).
     pub key: String,
     /// The name as it looks (a capital `I` and a small `l` alike).
@@ -213,6 +218,17 @@ pub struct NameClaim {
     /// The token the `hello` presented, if any: the holder's current one
     /// takes the name over from whichever instance holds it.
     pub presented: Option<ResumeToken>,
+}
+
+/// A member of an instance that died, whose name it still holds
+/// ([`HistoryStore::orphans`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub name: UserName,
+    /// The room's key for the name.
+    pub key: String,
+    /// Its membership on the dead instance.
+    pub member: MemberId,
 }
 
 /// Who holds a claimed name now ([`HistoryStore::claim_name`]).
@@ -284,16 +300,10 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     fn claim_name(&self, _room: &RoomName, _claim: &NameClaim) -> Result<Claimed, HistoryError> {
         Ok(Claimed::Here)
     }
-    /// Records that this instance's member `member` holds the name with
-    /// `token` now (after a [`Claimed::Here`] the room admitted).
-    fn confirm_name(
-        &self,
-        _room: &RoomName,
-        _key: &str,
-        _glyph: &str,
-        _member: MemberId,
-        _token: &ResumeToken,
-    ) -> Result<(), HistoryError> {
+    /// Records that this instance's member `claim.member` holds the name
+    /// with `claim.token` now (after a join the room admitted under another
+    /// claim than the store recorded: a [`Claimed::Here`], or a resume).
+    fn confirm_name(&self, _room: &RoomName, _claim: &NameClaim) -> Result<(), HistoryError> {
         Ok(())
     }
     /// Gives back the name `member` held in `room`. `false`: another
@@ -307,6 +317,32 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
         _member: MemberId,
     ) -> Result<bool, HistoryError> {
         Ok(true)
+    }
+    /// Instances on a shared store that died (their liveness lapsed) at
+    /// least `grace` ago, and whose clean-up this instance took on (a lease:
+    /// another takes it over if this one dies too); with the rooms each
+    /// held names in.
+    fn dead_instances(&self, _grace: std::time::Duration) -> Result<Vec<(String, Vec<RoomName>)>, HistoryError> {
+        Ok(Vec::new())
+    }
+    /// The members whose names the dead `instance` still holds in `room`,
+    /// and how many names the room's members hold in all.
+    fn orphans(&self, _instance: &str, _room: &RoomName) -> Result<(Vec<Orphan>, usize), HistoryError> {
+        Ok((Vec::new(), 0))
+    }
+    /// Gives back the names of `orphans` (key, glyph key, membership) that
+    /// the dead `instance` still holds in `room`.
+    fn bury(
+        &self,
+        _instance: &str,
+        _room: &RoomName,
+        _orphans: &[(String, String, MemberId)],
+    ) -> Result<(), HistoryError> {
+        Ok(())
+    }
+    /// The clean-up of the dead `instance` is done: it is forgotten.
+    fn buried(&self, _instance: &str) -> Result<(), HistoryError> {
+        Ok(())
     }
     /// `None` if `room`'s history is still the one called `known`; else the
     /// history it has now, with its latest `limit` events.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod natter_binary;
 pub mod redis_server;
 
 use std::net::SocketAddr;
@@ -265,6 +266,23 @@ impl Client {
     pub async fn expect_quiet(&mut self) {
         if let Some(msg) = self.try_recv(QUIET).await {
             panic!("expected silence, got {msg:?}");
+        }
+    }
+
+    /// Every protocol message that still arrives until the connection ends
+    /// (however it ends: a killed server resets it).
+    pub async fn until_gone(&mut self) -> Vec<ServerMsg> {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT * 3;
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("connection not ended in time"),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    got.push(serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad frame {t}: {e}")));
+                }
+                Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => return got,
+                Ok(Some(Ok(_))) => continue,
+            }
         }
     }
 

@@ -18,6 +18,20 @@ pub fn instance(id: &str) -> String {
     format!("{PREFIX}:instance:{id}")
 }
 
+/// Sorted set: every instance by the time (ms) of its latest renewal, so
+/// survivors find the instances that died.
+pub const INSTANCES: &str = "natter:instances";
+
+/// Set: the rooms the instance `id` claimed names in (for its clean-up).
+pub fn instance_rooms(id: &str) -> String {
+    format!("{PREFIX}:instance:{id}:rooms")
+}
+
+/// The lease of the instance that cleans up after the dead instance `id`.
+pub fn instance_reaper(id: &str) -> String {
+    format!("{PREFIX}:instance:{id}:reaper")
+}
+
 /// The keys of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomKeys {

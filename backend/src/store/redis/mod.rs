@@ -47,7 +47,8 @@ use tracing::{info, warn};
 
 use super::writer::{WriteQueue, WriterMsg};
 use super::{
-    Claimed, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim, Replay, SavedMember, now_ms, replay_of,
+    Claimed, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim, Orphan, Replay, SavedMember, now_ms,
+    replay_of,
 };
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
@@ -145,6 +146,8 @@ pub struct RedisStore {
     instance: String,
     /// Cancelled when the store stops: the liveness key is not renewed.
     renewing: CancellationToken,
+    /// How long the liveness key lasts after a renewal (`--redis-instance-ttl`).
+    instance_ttl: Duration,
 }
 
 impl RedisStore {
@@ -224,6 +227,7 @@ impl RedisStore {
             rounds: tokio::sync::RwLock::new(()),
             instance: instance.clone(),
             renewing: CancellationToken::new(),
+            instance_ttl: redis.instance_ttl,
         });
         store.fanout.set_store(&store);
         // Alive before the first join claims a name.
@@ -426,15 +430,8 @@ impl HistoryStore for RedisStore {
         self.block(self.claim(room, claim))
     }
 
-    fn confirm_name(
-        &self,
-        room: &RoomName,
-        key: &str,
-        glyph: &str,
-        member: MemberId,
-        token: &ResumeToken,
-    ) -> Result<(), HistoryError> {
-        if !self.block(self.confirm(room, key, glyph, member, token.as_str()))? {
+    fn confirm_name(&self, room: &RoomName, claim: &NameClaim) -> Result<(), HistoryError> {
+        if !self.block(self.confirm(room, claim))? {
             warn!(room = %room, "a name this instance admitted is held by another instance");
         }
         Ok(())
@@ -442,6 +439,27 @@ impl HistoryStore for RedisStore {
 
     fn release_name(&self, room: &RoomName, key: &str, glyph: &str, member: MemberId) -> Result<bool, HistoryError> {
         self.block(self.release(room, key, glyph, member))
+    }
+
+    fn dead_instances(&self, grace: Duration) -> Result<Vec<(String, Vec<RoomName>)>, HistoryError> {
+        self.block(self.dead(grace, self.instance_ttl))
+    }
+
+    fn orphans(&self, instance: &str, room: &RoomName) -> Result<(Vec<Orphan>, usize), HistoryError> {
+        self.block(self.find_orphans(instance, room))
+    }
+
+    fn bury(
+        &self,
+        instance: &str,
+        room: &RoomName,
+        orphans: &[(String, String, MemberId)],
+    ) -> Result<(), HistoryError> {
+        self.block(self.give_back(instance, room, orphans))
+    }
+
+    fn buried(&self, instance: &str) -> Result<(), HistoryError> {
+        self.block(self.forget_instance(instance))
     }
 
     fn check_history(&self, room: &RoomName, known: &str, limit: usize) -> Result<Option<FreshHistory>, HistoryError> {

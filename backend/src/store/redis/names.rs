@@ -4,7 +4,7 @@
 //! name over on whichever instance it reaches.
 //!
 //! A claim is a field of the room's names hash ([`RoomKeys::names`]):
-//! `<instance> <member id> <sha1 of the member's current token>`, with its
+//! `<instance> <member id> <sha1 of the member's current token> <name>`, with its
 //! glyph key in a second hash so look-alikes are refused across instances
 //! too. Tokens are random, so their hashes are kept instead of the tokens.
 //! Each instance keeps a liveness key with a TTL ([`keys::instance`],
@@ -15,28 +15,29 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use ::redis::{Script, Value};
-use natter_shared::RoomName;
+use natter_shared::{RoomName, UserName};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::scripts::BadReply;
 use super::{Failure, RedisStore, RoomKeys, keys, within};
-use crate::store::{Claimed, MemberId, NameClaim};
+use crate::store::{Claimed, MemberId, NameClaim, Orphan};
 
 /// Claims a name. KEYS: names, glyphs. ARGV: key, glyph, this instance,
 /// member id, the member's token, the presented token (empty: none), an
-/// instance known dead (empty: none). Replies `{'free'|'here'|'moved'|'taken', holder}`.
+/// instance known dead (empty: none), the name as written. Replies
+/// `{'free'|'here'|'moved'|'taken', holder}`.
 pub const CLAIM_LUA: &str = r#"
 local names, glyphs = KEYS[1], KEYS[2]
-local key, glyph, me, member, token, presented, dead =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local key, glyph, me, member, token, presented, dead, name =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local function claim()
-  redis.call('HSET', names, key, me .. ' ' .. member .. ' ' .. redis.sha1hex(token))
+  redis.call('HSET', names, key, me .. ' ' .. member .. ' ' .. redis.sha1hex(token) .. ' ' .. name)
   redis.call('HSET', glyphs, glyph, key)
 end
 local held = redis.call('HGET', names, key)
 if held then
-  local who, _, hash = string.match(held, '^(%S+) (%S+) (%S+)$')
+  local who, _, hash = string.match(held, '^(%S+) (%S+) (%S+)')
   if who == me then return {'here', who} end
   if presented ~= '' and redis.sha1hex(presented) == hash then
     claim()
@@ -61,11 +62,11 @@ return {'free', ''}
 
 /// Records this instance's member and token under a name it holds (or
 /// nobody does). KEYS: names, glyphs. ARGV: key, glyph, this instance,
-/// member id, token. Replies 1, or 0 if another instance holds it.
+/// member id, token, name. Replies 1, or 0 if another instance holds it.
 pub const CONFIRM_LUA: &str = r#"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and string.match(held, '^(%S+)') ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. redis.sha1hex(ARGV[5]))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. redis.sha1hex(ARGV[5]) .. ' ' .. ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 return 1
 "#;
@@ -83,13 +84,52 @@ if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[
 return 1
 "#;
 
+/// The names a dead instance holds in a room. KEYS: names. ARGV: the
+/// instance. Replies `{count of all claims, {key, member id, name}, ...}`.
+pub const ORPHANS_LUA: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {#all / 2}
+for i = 1, #all, 2 do
+  local who, member, name = string.match(all[i + 1], '^(%S+) (%S+) %S+ (.*)$')
+  if who == ARGV[1] then out[#out + 1] = {all[i], member, name} end
+end
+return out
+"#;
+
+/// Gives back names a dead instance still holds. KEYS: names, glyphs.
+/// ARGV: the instance, then key, glyph key, member id per name. Replies
+/// how many it gave back.
+pub const BURY_LUA: &str = r#"
+local n = 0
+for i = 2, #ARGV, 3 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held then
+    local who, member = string.match(held, '^(%S+) (%S+) ')
+    if who == ARGV[1] and member == ARGV[i + 2] then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      if redis.call('HGET', KEYS[2], ARGV[i + 1]) == ARGV[i] then redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
+/// How long the clean-up of a dead instance is one survivor's: if that
+/// one dies too, another takes it over after this.
+pub const REAP_LEASE: Duration = Duration::from_secs(60);
+/// The most dead instances one look finds (the rest wait for the next).
+pub const DEAD_MAX: usize = 16;
+
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+pub static ORPHANS: LazyLock<Script> = LazyLock::new(|| Script::new(ORPHANS_LUA));
+pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(BURY_LUA));
 pub static CONFIRM: LazyLock<Script> = LazyLock::new(|| Script::new(CONFIRM_LUA));
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The scripts of this module, to load at start.
-pub fn scripts() -> [&'static Script; 3] {
-    [&CLAIM, &CONFIRM, &RELEASE]
+pub fn scripts() -> [&'static Script; 5] {
+    [&CLAIM, &CONFIRM, &RELEASE, &ORPHANS, &BURY]
 }
 
 /// What `CLAIM` answered.
@@ -124,6 +164,18 @@ impl RedisStore {
     /// Claims `claim`'s name in `room`; a name held by an instance that
     /// is no longer alive is taken over (a second call, naming it dead).
     pub(crate) async fn claim(&self, room: &RoomName, claim: &NameClaim) -> Result<Claimed, Failure> {
+        let claimed = self.claim_once_more(room, claim).await?;
+        if matches!(claimed, Claimed::Free | Claimed::Moved) {
+            // The survivors' clean-up looks in these rooms if this instance dies.
+            let mut sadd = ::redis::cmd("SADD");
+            sadd.arg(keys::instance_rooms(self.instance())).arg(room.as_str());
+            let mut conn = self.conn();
+            within(self.timeout(), sadd.query_async::<i64>(&mut conn)).await?;
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_once_more(&self, room: &RoomName, claim: &NameClaim) -> Result<Claimed, Failure> {
         let holder = match self.run_claim(room, claim, "").await? {
             ClaimReply::Free => return Ok(Claimed::Free),
             ClaimReply::Here => return Ok(Claimed::Here),
@@ -156,24 +208,25 @@ impl RedisStore {
             .arg(claim.member)
             .arg(claim.token.as_str())
             .arg(claim.presented.as_ref().map_or("", |t| t.as_str()))
-            .arg(dead);
+            .arg(dead)
+            .arg(claim.name.as_str());
         let mut conn = self.conn();
         let reply: Value = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(parse_claim(&reply)?)
     }
 
     /// See [`crate::store::HistoryStore::confirm_name`].
-    pub(crate) async fn confirm(
-        &self,
-        room: &RoomName,
-        key: &str,
-        glyph: &str,
-        member: MemberId,
-        token: &str,
-    ) -> Result<bool, Failure> {
+    pub(crate) async fn confirm(&self, room: &RoomName, claim: &NameClaim) -> Result<bool, Failure> {
         let keys = RoomKeys::of(room);
         let mut invocation = CONFIRM.key(&keys.names);
-        invocation.key(&keys.glyphs).arg(key).arg(glyph).arg(self.instance()).arg(member).arg(token);
+        invocation
+            .key(&keys.glyphs)
+            .arg(&claim.key)
+            .arg(&claim.glyph)
+            .arg(self.instance())
+            .arg(claim.member)
+            .arg(claim.token.as_str())
+            .arg(claim.name.as_str());
         let mut conn = self.conn();
         let done: i64 = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(done == 1)
@@ -194,6 +247,104 @@ impl RedisStore {
         let released: i64 = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(released != 0)
     }
+}
+
+impl RedisStore {
+    /// See [`crate::store::HistoryStore::dead_instances`].
+    pub(crate) async fn dead(&self, grace: Duration, ttl: Duration) -> Result<Vec<(String, Vec<RoomName>)>, Failure> {
+        let cutoff = super::now_ms().0.saturating_sub(u64::try_from((ttl + grace).as_millis()).unwrap_or(u64::MAX));
+        let mut conn = self.conn();
+        let mut range = ::redis::cmd("ZRANGEBYSCORE");
+        range.arg(keys::INSTANCES).arg("-inf").arg(cutoff).arg("LIMIT").arg(0).arg(DEAD_MAX);
+        let candidates: Vec<String> = within(self.timeout(), range.query_async(&mut conn)).await?;
+        let lease_ms = u64::try_from(REAP_LEASE.as_millis()).unwrap_or(u64::MAX);
+        let mut dead = Vec::new();
+        for instance in candidates.into_iter().filter(|i| i != self.instance()) {
+            let mut exists = ::redis::cmd("EXISTS");
+            exists.arg(keys::instance(&instance));
+            if within(self.timeout(), exists.query_async::<bool>(&mut conn)).await? {
+                continue;
+            }
+            let mut lease = ::redis::cmd("SET");
+            lease.arg(keys::instance_reaper(&instance)).arg(self.instance()).arg("NX").arg("PX").arg(lease_ms);
+            let taken: Option<String> = within(self.timeout(), lease.query_async(&mut conn)).await?;
+            if taken.is_none() {
+                continue;
+            }
+            let mut members = ::redis::cmd("SMEMBERS");
+            members.arg(keys::instance_rooms(&instance));
+            let rooms: Vec<String> = within(self.timeout(), members.query_async(&mut conn)).await?;
+            dead.push((instance, rooms.iter().filter_map(|r| RoomName::parse(r).ok()).collect()));
+        }
+        Ok(dead)
+    }
+
+    /// See [`crate::store::HistoryStore::orphans`].
+    pub(crate) async fn find_orphans(&self, instance: &str, room: &RoomName) -> Result<(Vec<Orphan>, usize), Failure> {
+        let keys = RoomKeys::of(room);
+        let mut invocation = ORPHANS.key(&keys.names);
+        invocation.arg(instance);
+        let mut conn = self.conn();
+        let reply: Value = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_orphans(&reply)?)
+    }
+
+    /// See [`crate::store::HistoryStore::bury`].
+    pub(crate) async fn give_back(
+        &self,
+        instance: &str,
+        room: &RoomName,
+        orphans: &[(String, String, MemberId)],
+    ) -> Result<(), Failure> {
+        let keys = RoomKeys::of(room);
+        let mut invocation = BURY.key(&keys.names);
+        invocation.key(&keys.glyphs).arg(instance);
+        for (key, glyph, member) in orphans {
+            invocation.arg(key).arg(glyph).arg(*member);
+        }
+        let mut conn = self.conn();
+        within(self.timeout(), invocation.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// See [`crate::store::HistoryStore::buried`].
+    pub(crate) async fn forget_instance(&self, instance: &str) -> Result<(), Failure> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("DEL").arg(keys::instance_rooms(instance)).ignore();
+        pipe.cmd("ZREM").arg(keys::INSTANCES).arg(instance).ignore();
+        pipe.cmd("DEL").arg(keys::instance_reaper(instance)).ignore();
+        let mut conn = self.conn();
+        within(self.timeout(), pipe.exec_async(&mut conn)).await
+    }
+}
+
+/// Reads `ORPHANS`'s reply.
+pub fn parse_orphans(value: &Value) -> Result<(Vec<Orphan>, usize), BadReply> {
+    let bad = || BadReply(format!("orphans: {value:?}"));
+    let Value::Array(parts) = value else { return Err(bad()) };
+    let count = match parts.first() {
+        Some(Value::Int(n)) => usize::try_from(*n).map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        _ => None,
+    };
+    let mut orphans = Vec::new();
+    for row in &parts[1..] {
+        let Value::Array(fields) = row else { return Err(bad()) };
+        let (Some(key), Some(member), Some(name)) =
+            (fields.first().and_then(text), fields.get(1).and_then(text), fields.get(2).and_then(text))
+        else {
+            return Err(bad());
+        };
+        let (Ok(member), Ok(name)) = (member.parse(), UserName::parse(&name)) else {
+            warn!(key = %key, "a claim in Redis cannot be read; it is left as it is");
+            continue;
+        };
+        orphans.push(Orphan { name, key, member });
+    }
+    Ok((orphans, count))
 }
 
 /// Keeps `store`'s liveness key for `ttl` after each renewal, renewing it
@@ -229,10 +380,14 @@ pub(crate) async fn keep_alive(store: Weak<RedisStore>, ttl: Duration, stop: Can
 
 /// Sets `store`'s liveness key for `ttl_ms`; `false` if it had expired.
 pub(crate) async fn renew(store: &Arc<RedisStore>, ttl_ms: u64) -> Result<bool, Failure> {
+    let now = super::now_ms().0;
     let mut cmd = ::redis::cmd("SET");
-    cmd.arg(keys::instance(store.instance())).arg(super::now_ms().0).arg("PX").arg(ttl_ms).arg("GET");
+    cmd.arg(keys::instance(store.instance())).arg(now).arg("PX").arg(ttl_ms).arg("GET");
     let mut conn = store.conn();
     let previous: Option<String> = within(store.timeout(), cmd.query_async(&mut conn)).await?;
+    let mut seen = ::redis::cmd("ZADD");
+    seen.arg(keys::INSTANCES).arg(now).arg(store.instance());
+    within(store.timeout(), seen.query_async::<i64>(&mut conn)).await?;
     Ok(previous.is_some())
 }
 
@@ -254,5 +409,20 @@ mod tests {
         assert!(reply("taken", "").is_err(), "a taken name names its holder");
         assert!(reply("maybe", "i1").is_err());
         assert!(parse_claim(&Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn orphans_come_with_the_rooms_claim_count_and_names_with_spaces() {
+        let row = |key: &str, member: &str, name: &str| Value::Array(vec![bulk(key), bulk(member), bulk(name)]);
+        let reply = Value::Array(vec![Value::Int(5), row("ada", "7", "Ada"), row("ada lovelace", "9", "Ada Lovelace")]);
+        let (orphans, count) = parse_orphans(&reply).expect("reads");
+        assert_eq!(count, 5);
+        let read: Vec<(&str, MemberId, &str)> =
+            orphans.iter().map(|o| (o.key.as_str(), o.member, o.name.as_str())).collect();
+        assert_eq!(read, [("ada", 7, "Ada"), ("ada lovelace", 9, "Ada Lovelace")]);
+        // A row that is not a name is skipped; a reply of another shape is refused.
+        let odd = Value::Array(vec![Value::Int(1), row("x", "not a number", "X")]);
+        assert_eq!(parse_orphans(&odd).expect("reads").0, []);
+        assert!(parse_orphans(&Value::Array(vec![bulk("5")])).is_err());
     }
 }

@@ -303,7 +303,7 @@ mod tests {
                 sender,
                 member: 7,
             },
-            Draft::Notice { kind: NoticeKind::TimedOut, name, color },
+            Draft::Notice { kind: NoticeKind::TimedOut, name, color, once: None },
         ]
     }
 

@@ -180,9 +180,10 @@ impl Writer {
 
     /// A new write with its dedupe key and tail.
     fn pending(&mut self, write: Write) -> Option<Pending> {
-        let key = match write.draft.sender_key() {
-            Some((name_key, cid)) => format!("{name_key}\n{}", cid.as_str()),
-            None => {
+        let key = match (write.draft.sender_key(), &write.draft) {
+            (Some((name_key, cid)), _) => format!("{name_key}\n{}", cid.as_str()),
+            (None, Draft::Notice { once: Some(key), .. }) => key.clone(),
+            (None, _) => {
                 self.next_notice += 1;
                 format!("~{}:{}", self.instance, self.next_notice)
             }
