@@ -23,9 +23,12 @@
 //! so it is unique in its room across instances, and a browser's resume
 //! token takes it over on any instance.
 //!
-//! Not yet (later stages of issue 15): members and presence across
-//! instances (each instance lists only its own members), typing across
-//! instances, announcing the members of an instance that died, Redis Cluster.
+//! When an instance dies, a survivor announces its members who did not
+//! resume elsewhere (`chat::reaper`).
+//!
+//! Not yet (later stages of issue 15): member lists and presence batches
+//! across instances (each instance lists only its own members), typing
+//! across instances, Redis Cluster.
 
 mod durability;
 mod fanout;
@@ -240,9 +243,9 @@ impl RedisStore {
         info!(redis = %url, instance = %instance, "history in Redis, shared with the other instances on it");
         warn!(
             redis = %url,
-            "other natter instances on this Redis share rooms' messages and names, but not yet members, presence or \
-             typing: member lists and counts are this instance's own, typing reaches only this instance's members, \
-             and an instance that dies leaves its members unannounced"
+            "other natter instances on this Redis share rooms' messages and names, but not yet member lists, presence \
+             batches or typing: member lists and counts are this instance's own, and typing reaches only this \
+             instance's members"
         );
         Ok((store, WriteQueue(tx)))
     }
