@@ -87,6 +87,17 @@ impl Seen {
     }
 }
 
+/// The member list (first page) `client` gets for `members`.
+async fn members_of(client: &mut Client) -> Vec<String> {
+    client.send(&natter_shared::ClientMsg::Members(natter_shared::MembersRequest { after: None, limit: 100 })).await;
+    loop {
+        match client.recv().await {
+            ServerMsg::Members(page) => return page.members.iter().map(|m| m.name.as_str().to_owned()).collect(),
+            _ => continue,
+        }
+    }
+}
+
 /// `count` messages from `name`: cid and text.
 fn script(name: &str, count: usize) -> Vec<(String, String)> {
     (0..count).map(|i| (format!("{name}-{i}"), format!("{name} says {i}"))).collect()
@@ -120,13 +131,18 @@ async fn clients_on_two_instances_see_every_rooms_messages_in_one_order() {
             }
             let mut seen = Seen::after(&welcome);
             seen.read(&mut client, 2 * EACH, &mine.into_iter().collect()).await;
-            (room, name, seen)
+            (room, name, seen, members_of(&mut client).await)
         });
     }
     let mut by_room: HashMap<&str, Vec<(String, Seen)>> = HashMap::new();
     while let Some(done) = tasks.join_next().await {
-        let (room, name, seen) = done.expect("a client task");
+        let (room, name, seen, members) = done.expect("a client task");
         seen.assert_complete(&name);
+        // Every client lists the room's four members, whichever instance it is on.
+        let mut expected: Vec<String> =
+            ["sendA", "readA", "sendB", "readB"].iter().map(|p| format!("{p}{room}")).collect();
+        expected.sort_by_key(|n| n.to_lowercase());
+        assert_eq!(members, expected, "{name}: the members of every instance");
         by_room.entry(room).or_default().push((name, seen));
     }
     for room in ROOMS {

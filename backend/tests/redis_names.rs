@@ -187,7 +187,7 @@ async fn names_lost_with_a_flushed_redis_are_claimed_again_by_the_members_who_re
     // The instances' liveness keys went with the flush too: both are back
     // at their next renewal (a third of the TTL).
     let deadline = tokio::time::Instant::now() + TTL * 3;
-    while redis.command(&["KEYS", "natter:instance:*"]).as_deref() != Some("*2") {
+    while redis.command(&["KEYS", "natter:instance:????????????????"]).as_deref() != Some("*2") {
         assert!(tokio::time::Instant::now() < deadline, "the instances renew their liveness keys");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -198,4 +198,102 @@ async fn names_lost_with_a_flushed_redis_are_claimed_again_by_the_members_who_re
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, reply) = try_join(&b, Hello::new("Ada", "lobby")).await;
     welcome(reply);
+}
+
+/// The member list `client` gets for `members` (its first page).
+async fn member_list(client: &mut Client) -> (Vec<String>, u32) {
+    client.send(&natter_shared::ClientMsg::Members(natter_shared::MembersRequest { after: None, limit: 100 })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.try_recv(left).await {
+            Some(ServerMsg::Members(page)) => {
+                return (page.members.iter().map(|m| m.name.as_str().to_owned()).collect(), page.count);
+            }
+            Some(_) => {}
+            None => panic!("no member list"),
+        }
+    }
+}
+
+/// Waits until `client`'s member list is `want` (changes reach other
+/// instances through Redis's channel, a moment later).
+async fn member_list_becomes(client: &mut Client, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (names, count) = member_list(client).await;
+        if names == want && count as usize == want.len() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "members {names:?} ({count}), expected {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_lists_counts_and_typing_are_the_same_on_every_instance() {
+    let redis = RedisServer::start();
+    let a = TestServer::start(names_config(&redis.url())).await;
+    let b = TestServer::start(names_config(&redis.url())).await;
+    let (mut ada, _) = a.joined("Ada", "lobby").await;
+    let (bo, _) = a.joined("bo", "lobby").await;
+    // A welcome on B lists A's members, in the page's order, with the count of all.
+    let (mut cy, reply) = try_join(&b, Hello::new("Cy", "lobby")).await;
+    let cy_w = welcome(reply);
+    let listed: Vec<&str> = cy_w.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!((listed, cy_w.member_count), (vec!["Ada", "bo", "Cy"], 3));
+    member_list_becomes(&mut ada, &["Ada", "bo", "Cy"]).await;
+
+    // Typing on B shows on A.
+    cy.send(&natter_shared::ClientMsg::Typing(natter_shared::Typing { active: true })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ada.try_recv(left).await {
+            Some(ServerMsg::Typing(t)) if t.name.as_str() == "Cy" => {
+                assert!(t.active);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("Cy's typing did not reach A"),
+        }
+    }
+
+    // A leave on A is gone from B's list.
+    bo.close().await;
+    member_list_becomes(&mut cy, &["Ada", "Cy"]).await;
+    member_list_becomes(&mut ada, &["Ada", "Cy"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_rooms_presence_batches_count_and_name_members_of_every_instance() {
+    let redis = RedisServer::start();
+    let big = |url: &str| {
+        let mut config = names_config(url);
+        config.limits.presence_threshold = 1;
+        config.limits.presence_interval = Duration::from_millis(100);
+        config
+    };
+    let a = TestServer::start(big(&redis.url())).await;
+    let b = TestServer::start(big(&redis.url())).await;
+    let mut ada = a.client().await;
+    let _ = ada.hello("Ada", "hall").await;
+    let mut bo = a.client().await;
+    let _ = bo.hello("Bo", "hall").await;
+    // Cy joins on B: A's members hear of it in a presence batch counting all three.
+    let mut cy = b.client().await;
+    let _ = cy.hello("Cy", "hall").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ada.try_recv(left).await {
+            Some(ServerMsg::Presence(p)) if p.joined.iter().any(|m| m.name.as_str() == "Cy") => {
+                assert_eq!(p.count, 3, "{p:?}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("A's members did not hear of Cy"),
+        }
+    }
+    drop(bo);
 }

@@ -4,6 +4,7 @@
 //! [`crate::store::Committed`].
 
 pub mod claims;
+pub mod elsewhere;
 pub mod hub;
 pub mod names;
 pub mod reaper;

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use natter_shared::{NoticeKind, RoomEvent, RoomName, Seq, color_for};
+use natter_shared::{NoticeKind, RoomEvent, RoomName, Seq, UserName, color_for};
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -23,7 +23,8 @@ use super::hub::{Hub, HubError};
 use super::names::glyph_key;
 use super::room::Room;
 use crate::store::{
-    self, Arrival, Committed, Draft, FollowUp, FreshHistory, HistoryError, MemberId, Outcome, WriteQueue,
+    self, Arrival, Committed, Draft, Elsewhere, FollowUp, FreshHistory, HistoryError, MemberChange, MemberId, Outcome,
+    WriteQueue,
 };
 
 /// How long the clean-up waits for the notices of one room to be stored
@@ -142,5 +143,21 @@ impl Committed for Tracked {
 
     fn position(&self) -> (String, Seq) {
         self.room.position()
+    }
+
+    fn member_elsewhere(&self, change: MemberChange) -> Option<Duration> {
+        self.room.member_elsewhere(change)
+    }
+
+    fn members_reset(&self, read: Elsewhere) {
+        self.room.members_reset(read);
+    }
+
+    fn flush_batched(&self) -> Option<Duration> {
+        self.room.flush_batched()
+    }
+
+    fn typing_from_elsewhere(&self, name: UserName, active: bool) {
+        self.room.typing_from_elsewhere(name, active);
     }
 }

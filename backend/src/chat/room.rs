@@ -28,13 +28,14 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::claims::NameLocks;
+use super::elsewhere::{Applied, Elsewhere, Remote};
 use super::names::{glyph_key, member_key};
 use super::welcome;
 use crate::config::RoomLimits;
 use crate::metrics::Metrics;
 use crate::store::{
-    self, Arrival, Claimed, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim,
-    Outcome, PENDING_MAX, Replay,
+    self, Arrival, Claimed, Committed, Draft, FollowUp, FreshHistory, HistoryError, HistoryStore, MemberChange,
+    MemberId, NameClaim, Outcome, PENDING_MAX, Replay,
 };
 use crate::ws::outbound::{CloseReason, ConnHandle, ConnId, Encoded, encode};
 
@@ -250,6 +251,24 @@ struct RoomState {
     expected: Seq,
     /// `pending` overflowed and was dropped: the history is read afresh.
     overflowed: bool,
+    /// The room's members on other instances (names shared through a
+    /// shared store), never one of `members`' names.
+    elsewhere: Elsewhere,
+}
+
+/// A member in the list's order: here, or on another instance.
+enum Entry<'a> {
+    Here(&'a Listed),
+    Elsewhere(&'a Remote),
+}
+
+impl Entry<'_> {
+    fn json(&self) -> &str {
+        match self {
+            Entry::Here(listed) => &listed.json,
+            Entry::Elsewhere(remote) => &remote.json,
+        }
+    }
 }
 
 /// An event waiting in [`RoomState::pending`].
@@ -298,6 +317,16 @@ impl Room {
         let recent_max = limits.welcome_history.min(store.keeps().unwrap_or(usize::MAX)).max(1);
         let (head, latest) = store.open_room(&name, recent_max)?;
         let history_id = store.history_id(&name);
+        let mut elsewhere = Elsewhere::default();
+        if store.names_shared() {
+            match store.members_elsewhere(&name) {
+                Ok(read) => elsewhere.reset(read, |_| false),
+                Err(e) => {
+                    warn!(room = %name, error = %e, "the room's members on other instances cannot be read yet");
+                    elsewhere.missed();
+                }
+            }
+        }
         Ok(Self {
             name,
             store,
@@ -315,6 +344,7 @@ impl Room {
                 late_acks: Vec::new(),
                 expected: head,
                 overflowed: false,
+                elsewhere,
             }),
             metrics,
             names: NameLocks::default(),
@@ -580,7 +610,7 @@ impl Room {
                 if state.glyphs.contains(&glyph_key) {
                     return Err(JoinError::NameTaken);
                 }
-                if state.members.len() >= self.limits.max_members_per_room {
+                if state.count() >= self.limits.max_members_per_room {
                     return Err(JoinError::RoomFull);
                 }
                 let color = color_for(&req.name);
@@ -594,6 +624,7 @@ impl Room {
                     epoch: 0,
                     typing_since: None,
                 };
+                state.elsewhere.forget(&req.name);
                 state.by_order.insert(req.name.key().into(), Listed { key: key.clone().into(), json });
                 state.members.insert(key.clone(), entry);
                 state.glyphs.insert(glyph_key);
@@ -631,10 +662,10 @@ impl Room {
         // The first page of members in the order of their lower-cased names,
         // as the page keeps them (not of the map's keys: a skeleton orders
         // `m` as `rn`), each made once when the member joined.
-        let members: Vec<&Listed> = state.page_after(None, MEMBERS_PAGE_MAX as usize).collect();
+        let members: Vec<Entry<'_>> = state.page_after(None, MEMBERS_PAGE_MAX as usize).collect();
         let you = state.by_order.get(me.name.key().as_str()).map_or("", |l| &l.json);
         // The history gets what the member list leaves of the reply's bytes.
-        let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json.len() + 1).sum::<usize>();
+        let members_bytes = WELCOME_FIXED_BYTES + members.iter().map(|m| m.json().len() + 1).sum::<usize>();
         let max_bytes = max_bytes.saturating_sub(members_bytes);
         let (history, missed) = match replay {
             Some(Replayed::Stored { replay, then }) => {
@@ -661,8 +692,8 @@ impl Room {
             you,
             room: &self.name,
             seq_head: state.head,
-            members: members.iter().map(|m| &*m.json),
-            member_count: state.members.len(),
+            members: members.iter().map(Entry::json),
+            member_count: state.count(),
             history,
             resume_token: &me.token,
             history_id: &state.history_id,
@@ -734,6 +765,7 @@ impl Room {
         let update = ServerMsg::Typing(TypingUpdate { name: who.name.clone(), active });
         let sent = state.broadcast(&encode(&update), Some(who.member_id));
         self.metrics.broadcast(sent);
+        self.store.typing_elsewhere(&self.name, &who.name, active);
         true
     }
 
@@ -809,19 +841,28 @@ impl Room {
     /// [`RoomLimits::presence_threshold`] members (counting them).
     fn announce(&self, state: &mut RoomState, key: &str, kind: NoticeKind) -> Announce {
         let member = &state.members[key];
-        if state.members.len() <= self.limits.presence_threshold {
+        if state.count() <= self.limits.presence_threshold {
             return Announce::Notice(member.notice(kind));
         }
         let member = member.member();
-        let interval = self.limits.presence_interval_for(state.members.len());
+        match self.batch(state, kind, member) {
+            None => Announce::Batched(None),
+            delay => Announce::Batched(delay),
+        }
+    }
+
+    /// Notes a big room's presence change in its batch; the first change of
+    /// a batch returns when to send it ([`Room::flush_presence`]).
+    fn batch(&self, state: &mut RoomState, kind: NoticeKind, member: Member) -> Option<std::time::Duration> {
+        let interval = self.limits.presence_interval_for(state.count());
         let pending = &mut state.presence;
         pending.note(kind, member);
         if pending.scheduled {
-            return Announce::Batched(None);
+            return None;
         }
         pending.scheduled = true;
         let due = pending.last_sent.map_or(Instant::now(), |sent| sent + interval);
-        Announce::Batched(Some(due.saturating_duration_since(Instant::now())))
+        Some(due.saturating_duration_since(Instant::now()))
     }
 
     fn announce_and_remove(&self, state: &mut RoomState, key: &str, kind: NoticeKind) -> Announce {
@@ -840,7 +881,7 @@ impl Room {
     pub fn flush_presence(&self) -> Option<std::time::Duration> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let interval = self.limits.presence_interval_for(state.members.len());
+        let interval = self.limits.presence_interval_for(state.count());
         let pending = &mut state.presence;
         let now = Instant::now();
         if let Some(due) = pending.last_sent.map(|sent| sent + interval).filter(|due| *due > now) {
@@ -852,7 +893,7 @@ impl Room {
         }
         pending.last_sent = Some(now);
         let mut batch = std::mem::take(&mut pending.batch);
-        batch.count = u32::try_from(state.members.len()).unwrap_or(u32::MAX);
+        batch.count = u32::try_from(state.count()).unwrap_or(u32::MAX);
         let sent = state.broadcast(&encode(&ServerMsg::Presence(batch)), None);
         self.metrics.broadcast(sent);
         None
@@ -866,7 +907,10 @@ impl Room {
         let state = self.lock();
         let mut page: Vec<Member> = state
             .page_after(after_key.as_deref(), limit + 1)
-            .filter_map(|l| state.members.get(&*l.key).map(MemberEntry::member))
+            .filter_map(|entry| match entry {
+                Entry::Here(l) => state.members.get(&*l.key).map(MemberEntry::member),
+                Entry::Elsewhere(r) => Some(Member { name: r.name.clone(), color: color_for(&r.name) }),
+            })
             .collect();
         let complete = page.len() <= limit;
         page.truncate(limit);
@@ -874,7 +918,7 @@ impl Room {
             after: after.map(str::to_owned),
             members: page,
             complete,
-            count: u32::try_from(state.members.len()).unwrap_or(u32::MAX),
+            count: u32::try_from(state.count()).unwrap_or(u32::MAX),
         }
     }
 
@@ -943,13 +987,14 @@ impl Room {
             let glyph: Box<str> = glyph_key(&name).into();
             if state.members.contains_key(&key)
                 || state.glyphs.contains(&glyph)
-                || state.members.len() >= self.limits.max_members_per_room
+                || state.count() >= self.limits.max_members_per_room
             {
                 continue;
             }
             let color = color_for(&name);
             let json = welcome::member_json(&Member { name: name.clone(), color: color.clone() });
             let entry = MemberEntry { id, name: name.clone(), color, token, conn: None, epoch: 0, typing_since: None };
+            state.elsewhere.forget(&name);
             state.by_order.insert(name.key().into(), Listed { key: key.clone().into(), json });
             state.members.insert(key.clone(), entry);
             state.glyphs.insert(glyph);
@@ -958,7 +1003,7 @@ impl Room {
         restored
     }
 
-    /// Members (attached or in their grace period).
+    /// Members of this instance (attached or in their grace period).
     pub fn member_count(&self) -> usize {
         self.lock().members.len()
     }
@@ -1185,7 +1230,53 @@ impl Committed for Room {
         let waiting = state.pending.last_key_value().map(|(seq, _)| *seq);
         let acks = state.late_acks.iter().map(|(seq, ..)| *seq).max();
         let upto = waiting.into_iter().chain(acks).fold(state.expected, Seq::max);
-        (upto > state.head).then(|| FollowUp::Fill { history_id: state.history_id.clone(), after: state.head, upto })
+        if upto > state.head {
+            return Some(FollowUp::Fill { history_id: state.history_id.clone(), after: state.head, upto });
+        }
+        state.elsewhere.gap().then_some(FollowUp::Members)
+    }
+
+    fn member_elsewhere(&self, change: MemberChange) -> Option<std::time::Duration> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let members = &state.members;
+        let applied = state.elsewhere.apply(change, |key| members.contains_key(key));
+        match applied {
+            Applied::Nothing => None,
+            // Another instance holds the name now: the member here moved
+            // there (and its end here is no news).
+            Applied::Joined { key, member } if state.members.contains_key(&key) => {
+                state.evict_ghosts(&key, &glyph_key(&member.name));
+                None
+            }
+            // A small room's joins and leaves are stored notices, which
+            // reach everyone through the store; a big room's are batched
+            // by each instance for its own members.
+            Applied::Joined { member, .. } if state.count() > self.limits.presence_threshold => {
+                self.batch(state, NoticeKind::Joined, member)
+            }
+            Applied::Left(member) if state.count() >= self.limits.presence_threshold => {
+                self.batch(state, NoticeKind::Left, member)
+            }
+            Applied::Joined { .. } | Applied::Left(_) => None,
+        }
+    }
+
+    fn members_reset(&self, read: store::Elsewhere) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let members = &state.members;
+        state.elsewhere.reset(read, |key| members.contains_key(key));
+    }
+
+    fn flush_batched(&self) -> Option<std::time::Duration> {
+        self.flush_presence()
+    }
+
+    fn typing_from_elsewhere(&self, name: UserName, active: bool) {
+        let state = self.lock();
+        let sent = state.broadcast(&encode(&ServerMsg::Typing(TypingUpdate { name, active })), None);
+        self.metrics.broadcast(sent);
     }
 
     fn position(&self) -> (String, Seq) {
@@ -1242,9 +1333,24 @@ impl RoomState {
 
     /// Up to `limit` members after the lower-cased name `after` (from the
     /// first when `None`), in that order.
-    fn page_after<'a>(&'a self, after: Option<&str>, limit: usize) -> impl Iterator<Item = &'a Listed> + 'a {
+    /// The members here and elsewhere are disjoint by name, so merging
+    /// the two orders lists each once.
+    fn page_after<'a>(&'a self, after: Option<&str>, limit: usize) -> impl Iterator<Item = Entry<'a>> + 'a {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.by_order.range::<str, _>((from, Bound::Unbounded)).map(|(_, listed)| listed).take(limit)
+        let mut here = self.by_order.range::<str, _>((from, Bound::Unbounded)).peekable();
+        let mut there = self.elsewhere.range_after(after).peekable();
+        let after_elsewhere = |here: &str, elsewhere: &str| here > elsewhere;
+        std::iter::from_fn(move || match (here.peek(), there.peek()) {
+            (Some((h, _)), Some((t, _))) if after_elsewhere(h, t) => there.next().map(|(_, r)| Entry::Elsewhere(r)),
+            (Some(_), _) => here.next().map(|(_, l)| Entry::Here(l)),
+            (None, _) => there.next().map(|(_, r)| Entry::Elsewhere(r)),
+        })
+        .take(limit)
+    }
+
+    /// Members here and on other instances.
+    fn count(&self) -> usize {
+        self.members.len() + self.elsewhere.len()
     }
 
     /// True if memory holds every event after `seq` up to the head.

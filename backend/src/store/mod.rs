@@ -85,6 +85,22 @@ pub trait Committed: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// A member of the room joined or left on another instance (a shared
+    /// store; this instance's own changes come too, for their version).
+    /// Returns when to send the presence batch it started, if it started
+    /// one ([`Committed::flush_batched`]).
+    fn member_elsewhere(&self, _change: MemberChange) -> Option<std::time::Duration> {
+        None
+    }
+    /// The room's members on other instances as read afresh.
+    fn members_reset(&self, _elsewhere: Elsewhere) {}
+    /// Sends the room's presence batch if it is due; else when to call again.
+    fn flush_batched(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Someone on another instance started or stopped typing.
+    fn typing_from_elsewhere(&self, _name: UserName, _active: bool) {}
+
     /// The room's history id and the latest seq it delivered.
     fn position(&self) -> (String, Seq) {
         (String::new(), Seq(0))
@@ -114,6 +130,9 @@ pub enum FollowUp {
     /// Read the history afresh ([`Committed::reload`]): the room dropped
     /// its reorder buffer.
     Reload,
+    /// Read the room's members on other instances afresh
+    /// ([`Committed::members_reset`]): it missed a change of them.
+    Members,
 }
 
 /// A room's history as read afresh from the store (see [`Committed::reload`]).
@@ -231,6 +250,30 @@ pub struct Orphan {
     pub member: MemberId,
 }
 
+/// The members a room has on other instances, as of a member version
+/// ([`HistoryStore::members_elsewhere`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The room's member version: every change of its claims counts one.
+    pub version: u64,
+    /// Each member's instance and name.
+    pub members: Vec<(String, UserName)>,
+}
+
+/// A change of a room's members on another instance, heard on its channel
+/// ([`Committed::member_elsewhere`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The member version this change made.
+    pub version: u64,
+    /// The instance the member is (`joined`) or was (`!joined`) on.
+    pub instance: String,
+    /// That instance is this one: the change counts for the version only.
+    pub own: bool,
+    pub joined: bool,
+    pub name: UserName,
+}
+
 /// Who holds a claimed name now ([`HistoryStore::claim_name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claimed {
@@ -318,6 +361,13 @@ pub trait HistoryStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<bool, HistoryError> {
         Ok(true)
     }
+    /// The members `room` has on other instances (a shared store), read
+    /// after the room subscribed to their changes.
+    fn members_elsewhere(&self, _room: &RoomName) -> Result<Elsewhere, HistoryError> {
+        Ok(Elsewhere::default())
+    }
+    /// Tells the other instances that `name` started or stopped typing in `room` (a shared store; never waits).
+    fn typing_elsewhere(&self, _room: &RoomName, _name: &UserName, _active: bool) {}
     /// Instances on a shared store that died (their liveness lapsed) at
     /// least `grace` ago, and whose clean-up this instance took on (a lease:
     /// another takes it over if this one dies too); with the rooms each

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{IntoConnectionInfo, PushInfo, PushKind, Value};
-use natter_shared::{RoomEvent, Seq};
+use natter_shared::{RoomEvent, Seq, UserName};
 use tracing::{debug, info, warn};
 
 use super::keys::RoomKeys;
@@ -30,7 +30,7 @@ use super::{
     Failure, Known, RECONNECT_ATTEMPTS, RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY, RedisStartError, RedisStore, within,
 };
 use crate::metrics::Metrics;
-use crate::store::{Arrival, Committed, FollowUp, FreshHistory};
+use crate::store::{Arrival, Committed, FollowUp, FreshHistory, MemberChange};
 
 /// How long a room waits for a missing seq before reading it from the
 /// Stream: a write's reply and its publication reach this instance on two
@@ -71,6 +71,9 @@ struct Slot {
     early: Vec<Early>,
     /// More than [`EARLY_MAX`] batches came before the room was held.
     early_lost: bool,
+    /// A change of the room's members came before the room was held: its
+    /// members elsewhere are read again once it is.
+    members_early: bool,
     /// A follow-up task runs for this room.
     following: bool,
 }
@@ -121,6 +124,40 @@ pub(crate) struct Header<'a> {
     pub epoch: &'a str,
     pub first: Seq,
     pub origin: &'a str,
+}
+
+/// Reads a change of a room's members a script published:
+/// `m <instance> <version> +|- <name>`.
+pub(crate) fn parse_member_change(payload: &str, me: &str) -> Option<MemberChange> {
+    let rest = payload.strip_prefix("m ")?;
+    let (instance, rest) = rest.split_once(' ')?;
+    let (version, rest) = rest.split_once(' ')?;
+    let (sign, name) = rest.split_once(' ')?;
+    let joined = match sign {
+        "+" => true,
+        "-" => false,
+        _ => return None,
+    };
+    Some(MemberChange {
+        version: version.parse().ok()?,
+        own: instance == me,
+        instance: instance.to_owned(),
+        joined,
+        name: UserName::parse(name).ok()?,
+    })
+}
+
+/// Reads a typing change another instance published: `t <instance> 0|1 <name>`.
+pub(crate) fn parse_typing(payload: &str) -> Option<(&str, bool, UserName)> {
+    let rest = payload.strip_prefix("t ")?;
+    let (instance, rest) = rest.split_once(' ')?;
+    let (active, name) = rest.split_once(' ')?;
+    let active = match active {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    Some((instance, active, UserName::parse(name).ok()?))
 }
 
 /// Splits a published batch into its header and its events' JSON lines.
@@ -231,6 +268,9 @@ impl Fanout {
             let mut slots = self.lock();
             let slot = slots.rooms.entry(channel).or_default();
             slot.room = Some(Arc::downgrade(&room));
+            if std::mem::take(&mut slot.members_early) {
+                self.spawn_members(room.clone());
+            }
             (std::mem::take(&mut slot.early), std::mem::take(&mut slot.early_lost))
         };
         for batch in early {
@@ -303,8 +343,87 @@ impl Fanout {
         }
     }
 
-    /// A batch published on a room's channel.
+    /// What a room's channel carries: batches of events, changes of its
+    /// members, typing.
     fn message(self: &Arc<Self>, channel: &str, payload: &[u8]) {
+        match payload.first() {
+            Some(b'm') => self.member_change(channel, payload),
+            Some(b't') => self.typing(channel, payload),
+            _ => self.batch(channel, payload),
+        }
+    }
+
+    /// The held room of `channel`, if it is held yet (else `early` is
+    /// called with its slot).
+    fn held(&self, channel: &str, early: impl FnOnce(&mut Slot)) -> Option<Arc<dyn Committed>> {
+        let mut slots = self.lock();
+        let slot = slots.rooms.get_mut(channel)?;
+        let room = slot.room.as_ref().and_then(Weak::upgrade);
+        if room.is_none() {
+            early(slot);
+        }
+        room
+    }
+
+    /// A change of a room's members (this instance's own included: each
+    /// counts one in the room's member version).
+    fn member_change(self: &Arc<Self>, channel: &str, payload: &[u8]) {
+        let Some(change) = std::str::from_utf8(payload).ok().and_then(|p| parse_member_change(p, &self.instance))
+        else {
+            warn!(channel, "a published member change cannot be read; the room reads its members again");
+            if let Some(room) = self.held(channel, |slot| slot.members_early = true) {
+                self.spawn_members(room);
+            }
+            return;
+        };
+        let Some(room) = self.held(channel, |slot| slot.members_early = true) else { return };
+        if let Some(delay) = room.member_elsewhere(change) {
+            tokio::spawn(async move {
+                let mut wait = Some(delay);
+                while let Some(delay) = wait {
+                    tokio::time::sleep(delay).await;
+                    wait = room.flush_batched();
+                }
+            });
+        } else {
+            self.follow(room);
+        }
+    }
+
+    /// Someone on another instance started or stopped typing.
+    fn typing(&self, channel: &str, payload: &[u8]) {
+        let Some((instance, active, name)) = std::str::from_utf8(payload).ok().and_then(parse_typing) else {
+            debug!(channel, "a published typing change cannot be read");
+            return;
+        };
+        if instance == self.instance {
+            return;
+        }
+        if let Some(room) = self.held(channel, |_| {}) {
+            room.typing_from_elsewhere(name, active);
+        }
+    }
+
+    /// Reads the room's members on other instances afresh (in a task).
+    fn spawn_members(self: &Arc<Self>, room: Arc<dyn Committed>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.reset_members(&room).await {
+                warn!(room = %room.room_name(), error = %e, "cannot read the room's members on other instances");
+                this.follow(room);
+            }
+        });
+    }
+
+    async fn reset_members(&self, room: &Arc<dyn Committed>) -> Result<(), Failure> {
+        let Some(store) = self.store() else { return Ok(()) };
+        let read = store.elsewhere(room.room_name()).await?;
+        room.members_reset(read);
+        Ok(())
+    }
+
+    /// A batch published on a room's channel.
+    fn batch(self: &Arc<Self>, channel: &str, payload: &[u8]) {
         let Some((header, lines)) = std::str::from_utf8(payload).ok().and_then(parse_batch) else {
             warn!(channel, "a published batch cannot be read; the room fills the gap from the stream");
             return;
@@ -366,6 +485,7 @@ impl Fanout {
                 let done = match up {
                     FollowUp::Fill { history_id, after, upto } => this.fill(&room, &history_id, after, upto).await,
                     FollowUp::Reload => this.reload(&room, None).await,
+                    FollowUp::Members => this.reset_members(&room).await,
                 };
                 if let Err(e) = done {
                     warn!(room = %room.room_name(), error = %e, "cannot read what the room misses; trying again");
@@ -435,6 +555,7 @@ impl Fanout {
         } else if opened.head > head {
             self.fill(room, &history, head, opened.head).await?;
         }
+        self.reset_members(room).await?;
         self.follow(room.clone());
         Ok(())
     }
@@ -532,6 +653,20 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_changes_and_typing_are_read_with_names_that_have_spaces() {
+        let change = parse_member_change("m i2 41 + Ada Lovelace", "i1").expect("a change");
+        assert_eq!((change.version, change.instance.as_str(), change.own, change.joined), (41, "i2", false, true));
+        assert_eq!(change.name.as_str(), "Ada Lovelace");
+        assert!(parse_member_change("m i1 42 - Bo", "i1").is_some_and(|c| c.own && !c.joined));
+        assert!(parse_member_change("m i1 x + Bo", "i1").is_none(), "the version is a number");
+        assert!(parse_member_change("m i1 3 * Bo", "i1").is_none(), "+ or -");
+        assert!(parse_member_change("m i1 3 + ", "i1").is_none(), "a valid name");
+        let (instance, active, name) = parse_typing("t i3 1 Cy Young").expect("typing");
+        assert_eq!((instance, active, name.as_str()), ("i3", true, "Cy Young"));
+        assert!(parse_typing("t i3 2 Cy").is_none());
+    }
 
     #[test]
     fn a_published_batch_splits_into_its_header_and_events() {

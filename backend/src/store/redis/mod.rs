@@ -50,8 +50,8 @@ use tracing::{info, warn};
 
 use super::writer::{WriteQueue, WriterMsg};
 use super::{
-    Claimed, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim, Orphan, Replay, SavedMember, now_ms,
-    replay_of,
+    Claimed, Elsewhere, FreshHistory, HistoryError, HistoryStore, MemberId, NameClaim, Orphan, Replay, SavedMember,
+    now_ms, replay_of,
 };
 use crate::config::{RedisConfig, RedisDurability, StorageConfig};
 use crate::metrics::Metrics;
@@ -442,6 +442,23 @@ impl HistoryStore for RedisStore {
 
     fn release_name(&self, room: &RoomName, key: &str, glyph: &str, member: MemberId) -> Result<bool, HistoryError> {
         self.block(self.release(room, key, glyph, member))
+    }
+
+    fn members_elsewhere(&self, room: &RoomName) -> Result<Elsewhere, HistoryError> {
+        self.block(self.elsewhere(room))
+    }
+
+    fn typing_elsewhere(&self, room: &RoomName, name: &UserName, active: bool) {
+        let mut publish = ::redis::cmd("SPUBLISH");
+        let flag = if active { "1" } else { "0" };
+        publish.arg(RoomKeys::of(room).channel).arg(format!("t {} {flag} {}", self.instance, name.as_str()));
+        let (mut conn, timeout) = (self.conn(), self.timeout);
+        // Typing is ephemeral: sent once, not waited for, lost if Redis is.
+        self.runtime.spawn(async move {
+            if let Err(e) = within(timeout, publish.query_async::<i64>(&mut conn)).await {
+                tracing::debug!(error = %e, "typing not published");
+            }
+        });
     }
 
     fn dead_instances(&self, grace: Duration) -> Result<Vec<(String, Vec<RoomName>)>, HistoryError> {

@@ -21,19 +21,32 @@ use tracing::{debug, info, warn};
 
 use super::scripts::BadReply;
 use super::{Failure, RedisStore, RoomKeys, keys, within};
-use crate::store::{Claimed, MemberId, NameClaim, Orphan};
+use crate::store::{Claimed, Elsewhere, MemberId, NameClaim, Orphan};
 
-/// Claims a name. KEYS: names, glyphs. ARGV: key, glyph, this instance,
-/// member id, the member's token, the presented token (empty: none), an
-/// instance known dead (empty: none), the name as written. Replies
-/// `{'free'|'here'|'moved'|'taken', holder}`.
+/// Publishes a change of a room's members on its channel, numbered by the
+/// room's member version (`mv` in its meta hash): `m <instance> <version>
+/// +|- <name>`. Prepended to the scripts that change claims; KEYS[3] is the
+/// meta hash.
+const PUBLISH_MEMBER_LUA: &str = r#"
+local function publish_member(channel, instance, change, name)
+  local v = redis.call('HINCRBY', KEYS[3], 'mv', 1)
+  redis.call('SPUBLISH', channel, 'm ' .. instance .. ' ' .. string.format('%d', v) .. ' ' .. change .. ' ' .. name)
+end
+"#;
+
+/// Claims a name. KEYS: names, glyphs, meta. ARGV: key, glyph, this
+/// instance, member id, the member's token, the presented token (empty:
+/// none), an instance known dead (empty: none), the name as written, the
+/// room's channel. Replies `{'free'|'here'|'moved'|'taken', holder}`; a
+/// free or moved name is published as a member of this instance.
 pub const CLAIM_LUA: &str = r#"
 local names, glyphs = KEYS[1], KEYS[2]
-local key, glyph, me, member, token, presented, dead, name =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local key, glyph, me, member, token, presented, dead, name, channel =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local function claim()
   redis.call('HSET', names, key, me .. ' ' .. member .. ' ' .. redis.sha1hex(token) .. ' ' .. name)
   redis.call('HSET', glyphs, glyph, key)
+  publish_member(channel, me, '+', name)
 end
 local held = redis.call('HGET', names, key)
 if held then
@@ -45,6 +58,7 @@ if held then
   end
   if who ~= dead then return {'taken', who} end
   redis.call('HDEL', names, key)
+  publish_member(channel, who, '-', string.match(held, '^%S+ %S+ %S+ (.*)$') or '')
 end
 local other = redis.call('HGET', glyphs, glyph)
 if other and other ~= key then
@@ -54,6 +68,7 @@ if other and other ~= key then
     if who == me then return {'here', who} end
     if who ~= dead then return {'taken', who} end
     redis.call('HDEL', names, other)
+    publish_member(channel, who, '-', string.match(looks, '^%S+ %S+ %S+ (.*)$') or '')
   end
 end
 claim()
@@ -61,26 +76,30 @@ return {'free', ''}
 "#;
 
 /// Records this instance's member and token under a name it holds (or
-/// nobody does). KEYS: names, glyphs. ARGV: key, glyph, this instance,
-/// member id, token, name. Replies 1, or 0 if another instance holds it.
+/// nobody does). KEYS: names, glyphs, meta. ARGV: key, glyph, this
+/// instance, member id, token, name, the room's channel. Replies 1, or 0 if
+/// another instance holds it.
 pub const CONFIRM_LUA: &str = r#"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and string.match(held, '^(%S+)') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. redis.sha1hex(ARGV[5]) .. ' ' .. ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+if not held then publish_member(ARGV[7], ARGV[3], '+', ARGV[6]) end
 return 1
 "#;
 
-/// Gives a name back. KEYS: names, glyphs. ARGV: key, glyph, this
-/// instance, member id. Replies 1 (given back), 2 (nobody held it: Redis
-/// lost it) or 0 (another membership holds it: the member moved).
+/// Gives a name back. KEYS: names, glyphs, meta. ARGV: key, glyph, this
+/// instance, member id, the room's channel. Replies 1 (given back), 2
+/// (nobody held it: Redis lost it) or 0 (another membership holds it: the
+/// member moved).
 pub const RELEASE_LUA: &str = r#"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if not held then return 2 end
-local who, member = string.match(held, '^(%S+) (%S+) ')
+local who, member, name = string.match(held, '^(%S+) (%S+) %S+ (.*)$')
 if who ~= ARGV[3] or member ~= ARGV[4] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+publish_member(ARGV[5], who, '-', name)
 return 1
 "#;
 
@@ -96,23 +115,37 @@ end
 return out
 "#;
 
-/// Gives back names a dead instance still holds. KEYS: names, glyphs.
-/// ARGV: the instance, then key, glyph key, member id per name. Replies
-/// how many it gave back.
+/// Gives back names a dead instance still holds. KEYS: names, glyphs,
+/// meta. ARGV: the instance, the room's channel, then key, glyph key,
+/// member id per name. Replies how many it gave back.
 pub const BURY_LUA: &str = r#"
 local n = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held then
-    local who, member = string.match(held, '^(%S+) (%S+) ')
+    local who, member, name = string.match(held, '^(%S+) (%S+) %S+ (.*)$')
     if who == ARGV[1] and member == ARGV[i + 2] then
       redis.call('HDEL', KEYS[1], ARGV[i])
       if redis.call('HGET', KEYS[2], ARGV[i + 1]) == ARGV[i] then redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
+      publish_member(ARGV[2], who, '-', name)
       n = n + 1
     end
   end
 end
 return n
+"#;
+
+/// A room's members of other instances and its member version, read
+/// together. KEYS: names, meta. ARGV: this instance. Replies `{version,
+/// {instance, name}, ...}`.
+pub const MEMBERS_LUA: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {tonumber(redis.call('HGET', KEYS[2], 'mv') or '0')}
+for i = 2, #all, 2 do
+  local who, name = string.match(all[i], '^(%S+) %S+ %S+ (.*)$')
+  if who and who ~= ARGV[1] then out[#out + 1] = {who, name} end
+end
+return out
 "#;
 
 /// How long the clean-up of a dead instance is one survivor's: if that
@@ -121,15 +154,21 @@ pub const REAP_LEASE: Duration = Duration::from_secs(60);
 /// The most dead instances one look finds (the rest wait for the next).
 pub const DEAD_MAX: usize = 16;
 
-pub static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+/// A script that publishes member changes ([`PUBLISH_MEMBER_LUA`]).
+fn publishing(body: &str) -> Script {
+    Script::new(&format!("{PUBLISH_MEMBER_LUA}{body}"))
+}
+
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| publishing(CLAIM_LUA));
 pub static ORPHANS: LazyLock<Script> = LazyLock::new(|| Script::new(ORPHANS_LUA));
-pub static BURY: LazyLock<Script> = LazyLock::new(|| Script::new(BURY_LUA));
-pub static CONFIRM: LazyLock<Script> = LazyLock::new(|| Script::new(CONFIRM_LUA));
-pub static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+pub static BURY: LazyLock<Script> = LazyLock::new(|| publishing(BURY_LUA));
+pub static CONFIRM: LazyLock<Script> = LazyLock::new(|| publishing(CONFIRM_LUA));
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| publishing(RELEASE_LUA));
+pub static MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(MEMBERS_LUA));
 
 /// The scripts of this module, to load at start.
-pub fn scripts() -> [&'static Script; 5] {
-    [&CLAIM, &CONFIRM, &RELEASE, &ORPHANS, &BURY]
+pub fn scripts() -> [&'static Script; 6] {
+    [&CLAIM, &CONFIRM, &RELEASE, &ORPHANS, &BURY, &MEMBERS]
 }
 
 /// What `CLAIM` answered.
@@ -202,6 +241,7 @@ impl RedisStore {
         let mut invocation = CLAIM.key(&keys.names);
         invocation
             .key(&keys.glyphs)
+            .key(&keys.meta)
             .arg(&claim.key)
             .arg(&claim.glyph)
             .arg(self.instance())
@@ -209,7 +249,8 @@ impl RedisStore {
             .arg(claim.token.as_str())
             .arg(claim.presented.as_ref().map_or("", |t| t.as_str()))
             .arg(dead)
-            .arg(claim.name.as_str());
+            .arg(claim.name.as_str())
+            .arg(&keys.channel);
         let mut conn = self.conn();
         let reply: Value = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(parse_claim(&reply)?)
@@ -221,12 +262,14 @@ impl RedisStore {
         let mut invocation = CONFIRM.key(&keys.names);
         invocation
             .key(&keys.glyphs)
+            .key(&keys.meta)
             .arg(&claim.key)
             .arg(&claim.glyph)
             .arg(self.instance())
             .arg(claim.member)
             .arg(claim.token.as_str())
-            .arg(claim.name.as_str());
+            .arg(claim.name.as_str())
+            .arg(&keys.channel);
         let mut conn = self.conn();
         let done: i64 = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(done == 1)
@@ -242,7 +285,8 @@ impl RedisStore {
     ) -> Result<bool, Failure> {
         let keys = RoomKeys::of(room);
         let mut invocation = RELEASE.key(&keys.names);
-        invocation.key(&keys.glyphs).arg(key).arg(glyph).arg(self.instance()).arg(member);
+        invocation.key(&keys.glyphs).key(&keys.meta).arg(key).arg(glyph).arg(self.instance()).arg(member);
+        invocation.arg(&keys.channel);
         let mut conn = self.conn();
         let released: i64 = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
         Ok(released != 0)
@@ -298,7 +342,7 @@ impl RedisStore {
     ) -> Result<(), Failure> {
         let keys = RoomKeys::of(room);
         let mut invocation = BURY.key(&keys.names);
-        invocation.key(&keys.glyphs).arg(instance);
+        invocation.key(&keys.glyphs).key(&keys.meta).arg(instance).arg(&keys.channel);
         for (key, glyph, member) in orphans {
             invocation.arg(key).arg(glyph).arg(*member);
         }
@@ -316,6 +360,44 @@ impl RedisStore {
         let mut conn = self.conn();
         within(self.timeout(), pipe.exec_async(&mut conn)).await
     }
+}
+
+impl RedisStore {
+    /// See [`crate::store::HistoryStore::members_elsewhere`].
+    pub(crate) async fn elsewhere(&self, room: &RoomName) -> Result<Elsewhere, Failure> {
+        let keys = RoomKeys::of(room);
+        let mut invocation = MEMBERS.key(&keys.names);
+        invocation.key(&keys.meta).arg(self.instance());
+        let mut conn = self.conn();
+        let reply: Value = within(self.timeout(), invocation.invoke_async(&mut conn)).await?;
+        Ok(parse_members(&reply)?)
+    }
+}
+
+/// Reads `MEMBERS`'s reply.
+pub fn parse_members(value: &Value) -> Result<Elsewhere, BadReply> {
+    let bad = || BadReply(format!("members: {value:?}"));
+    let Value::Array(parts) = value else { return Err(bad()) };
+    let version = match parts.first() {
+        Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        _ => None,
+    };
+    let mut members = Vec::new();
+    for row in &parts[1..] {
+        let Value::Array(fields) = row else { return Err(bad()) };
+        let (Some(instance), Some(name)) = (fields.first().and_then(text), fields.get(1).and_then(text)) else {
+            return Err(bad());
+        };
+        match UserName::parse(&name) {
+            Ok(name) => members.push((instance, name)),
+            Err(_) => warn!("a claim in Redis names no valid name; it is not listed"),
+        }
+    }
+    Ok(Elsewhere { version, members })
 }
 
 /// Reads `ORPHANS`'s reply.
