@@ -26,9 +26,11 @@
 //! When an instance dies, a survivor announces its members who did not
 //! resume elsewhere (`chat::reaper`).
 //!
-//! Not yet (later stages of issue 15): member lists and presence batches
-//! across instances (each instance lists only its own members), typing
-//! across instances, Redis Cluster.
+//! Each claim or release publishes the change of the room's members, so
+//! every instance lists the members of all (`chat::elsewhere`); typing is
+//! published too.
+//!
+//! Not yet (issue 15, stage 5): Redis Cluster.
 
 mod durability;
 mod fanout;
@@ -241,11 +243,10 @@ impl RedisStore {
         let writer = writer::Writer::new(store.clone(), instance.clone(), options, reload_events, metrics);
         tokio::spawn(writer.run(rx));
         info!(redis = %url, instance = %instance, "history in Redis, shared with the other instances on it");
-        warn!(
+        info!(
             redis = %url,
-            "other natter instances on this Redis share rooms' messages and names, but not yet member lists, presence \
-             batches or typing: member lists and counts are this instance's own, and typing reaches only this \
-             instance's members"
+            "rooms, names, members, presence and typing are shared with the other natter instances on this Redis; \
+             connection and per-address limits are this instance's own"
         );
         Ok((store, WriteQueue(tx)))
     }
