@@ -1,7 +1,9 @@
 //! `cargo xtask`: Natter's one task runner.
 //!
-//! * `cargo xtask run [-- natter flags]` — install what is missing, build the
-//!   chat page and the server, start it, print the URL.
+//! * `cargo xtask run [--instances N] [-- natter flags]` — install what is
+//!   missing, build the chat page and the server, start it, print the URL;
+//!   with `--instances N` (up to 8), N servers sharing rooms through a
+//!   private Redis (`instances.rs`).
 //! * `cargo xtask test` — install what is missing, then formatting, the
 //!   backend's layering, clippy (host and wasm32), every test, the release
 //!   tarball and its test, the proxy checks, and a minute of fuzzing per
@@ -26,6 +28,7 @@ mod bench;
 mod bundle;
 mod dist;
 mod fuzz;
+mod instances;
 mod layers;
 mod process;
 mod report;
@@ -59,9 +62,13 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [-- natter flags] | test | bundle | dist | check-deploy | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
+                "usage: cargo xtask <run [--instances N] [-- natter flags] | test | bundle | dist | check-deploy | bench [SCENARIO] [--runs N] [--quick] | layers | fuzz [TARGET] [--time SECS]>"
             );
             eprintln!("  run     build the page and the server, start Natter, print its URL");
+            eprintln!(
+                "          --instances N: N servers (at most {}) sharing rooms through a private Redis",
+                instances::MAX_INSTANCES
+            );
             eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
             eprintln!("  dist    build the release tarball into target/dist/ and test it");
@@ -86,9 +93,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(extra: &[String]) -> Result<()> {
+fn run(args: &[String]) -> Result<()> {
+    // Checked before anything is built; `extra` is what it was before the flag existed.
+    let (instances, extra) = instances::split_args(args)?;
     let root = root();
     let env = tools::ensure_build(&root)?;
+    if instances > 1 {
+        tools::ensure_redis(&root, &env.path)?;
+    }
     bundle::build(&root, &env)?;
     let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
     step("building the server with the page inside it (cargo build --profile quick-release -p natter-backend)");
@@ -101,11 +113,14 @@ fn run(extra: &[String]) -> Result<()> {
         .map(|w| w[1].to_owned())
         .or_else(|| std::env::var("NATTER_LISTEN").ok())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let binary = root.join("target/quick-release/natter");
+    if instances > 1 {
+        return instances::run(&root, &binary, &listen, instances, &extra);
+    }
     println!();
     println!("  Natter is starting at  http://{listen}/");
     println!("  (history in ./natter-data; Ctrl-C stops it)");
     println!();
-    let binary = root.join("target/quick-release/natter");
     let status = Command::new(&binary)
         .args(&extra)
         .current_dir(&root)

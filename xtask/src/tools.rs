@@ -177,13 +177,14 @@ fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
 pub const REDIS_SERVER: &str = "redis-server";
 
 /// Installs Debian's `redis-server` when it is not on `PATH`: the backend's
-/// Redis tests start their own instances and fail without it.
+/// Redis tests and `cargo xtask run --instances` start their own and fail
+/// without it.
 pub fn ensure_redis(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     if output(REDIS_SERVER, &["--version"], path).is_some() {
         return Ok(());
     }
     step(
-        "installing redis-server for the Redis store's tests (apt-get install redis-server; the tests start their own instances, no service is enabled for them)",
+        "installing redis-server for the Redis store (apt-get install redis-server; the tests and `cargo xtask run --instances` start their own, no service is enabled for them)",
     );
     apt_install(root, path, &["redis-server"])
 }
