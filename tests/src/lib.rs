@@ -1,10 +1,12 @@
-//! Helpers for end-to-end tests: the real `natter` binary as a child process
-//! and a WebSocket client that speaks the protocol.
+//! Helpers for end-to-end tests: the real `natter` binary as a child process,
+//! a WebSocket client that speaks the protocol, and a private redis-server
+//! for servers that share rooms (`redis_server`).
 //!
 //! The binary is `$NATTER_BIN` if set, else `target/debug/natter` of this
 //! workspace (built by `cargo test --workspace` and by `cargo xtask test`).
 
 pub mod browser;
+pub mod redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,24 +1,39 @@
 //! The proxy configurations of docs/deploy/, run in front of a real natter
-//! (`cargo xtask check-deploy` installs nginx and Caddy from Debian's
-//! packages and runs these with `NATTER_DEPLOY_CHECK=1`): the page and a
-//! chat go through the proxy, and a clean close is still announced at once.
+//! (`cargo xtask check-deploy` installs nginx, Caddy, HAProxy and
+//! redis-server from Debian's packages and runs these with
+//! `NATTER_DEPLOY_CHECK=1`): the page and a chat go through the proxy, and a
+//! clean close is still announced at once. The recipes for several
+//! instances (haproxy.cfg, nginx-instances.conf) run in front of two natters
+//! sharing a private Redis: two clients land on different instances, round
+//! robin, and still chat in one room.
 //!
 //! Each configuration is used as written, with the test's loopback
-//! addresses put in for `chat.example.com` and natter's `127.0.0.1:8080`,
-//! and TLS left out (the lines marked `# TLS`; there are no certificates on
-//! loopback): what is tested is the proxying, the upgrade, `Host`, the
-//! forwarded address and the timeouts.
+//! addresses put in for `chat.example.com` and natter's `127.0.0.1:8080`
+//! (`8081` and `8082` for several instances), and TLS left out (the lines
+//! marked `# TLS`; there are no certificates on loopback) and the lines
+//! marked `# sizing` made small (a test machine's open-file limit is not a
+//! server's): what is tested is the proxying, the upgrade, `Host`, the
+//! forwarded address, the timeouts and the spreading over instances.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use natter_e2e::redis_server::RedisServer;
 use natter_e2e::{Natter, RemoveOnDrop, WAIT, WsClient, fresh_temp_path};
 use natter_shared::{ClientMsg, NoticeKind, Say, ServerMsg};
 
 /// How soon the other member must see a clean close as `left`.
 const PROMPT_LEAVE: Duration = Duration::from_secs(2);
+/// natter's default ping interval and pong timeout: a proxy's idle timeout
+/// for an upgraded connection must be longer.
+const PING_AND_PONG: Duration = Duration::from_secs(20 + 10);
+/// What a `# sizing` line's number becomes in a test (a few file
+/// descriptors each, well within any machine's limit).
+const SMALL_LIMIT: u32 = 256;
+/// Where the recipes for several instances put the first two natters.
+const INSTANCE_ADDRS: [&str; 2] = ["127.0.0.1:8081", "127.0.0.1:8082"];
 
 fn docs(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy").join(file);
@@ -103,30 +118,50 @@ async fn chat_through(public: SocketAddr) {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_get_as(addr, addr, path)
+}
+
+/// A GET from `addr` naming `host` in `Host`.
+fn http_get_as(addr: SocketAddr, host: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response");
     String::from_utf8_lossy(&raw).into_owned()
 }
 
-/// docs/deploy/nginx.conf for the test: TLS lines out, loopback addresses in.
-fn nginx_site(public: SocketAddr, natter: SocketAddr) -> String {
-    docs("nginx.conf")
+/// A configuration of docs/deploy/ for the test: `listen_line` for the line
+/// that starts with `listen` (nginx) or `bind` (HAProxy), TLS lines out, the
+/// test's addresses in for the documented ones (`natters`: documented,
+/// actual).
+fn templated(file: &str, listen_line: &str, natters: &[(&str, SocketAddr)]) -> String {
+    docs(file)
         .lines()
         .filter_map(|line| {
-            if line.trim_start().starts_with("listen ") {
-                Some(format!("    listen {public};"))
+            let start = line.trim_start();
+            if start.starts_with("listen ") || start.starts_with("bind ") {
+                Some(listen_line.to_owned())
             } else if line.trim_end().ends_with("# TLS") {
                 None
+            } else if line.trim_end().ends_with("# sizing") {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                Some(format!("    {} {SMALL_LIMIT}", words[0]))
             } else {
-                Some(line.replace("127.0.0.1:8080", &natter.to_string()).replace("chat.example.com", "127.0.0.1"))
+                let line = natters.iter().fold(line.to_owned(), |l, (doc, addr)| l.replace(doc, &addr.to_string()));
+                Some(line.replace("chat.example.com", "127.0.0.1"))
             }
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// A documented nginx site for the test (`templated`).
+fn nginx_site(file: &str, public: SocketAddr, natters: &[(&str, SocketAddr)]) -> String {
+    let site = templated(file, &format!("    listen {public};"), natters);
+    assert!(site.contains("proxy_set_header Upgrade"), "the documented file proxies upgrades");
+    site
 }
 
 #[tokio::test]
@@ -134,27 +169,33 @@ fn nginx_site(public: SocketAddr, natter: SocketAddr) -> String {
 async fn nginx_as_documented_carries_the_page_the_chat_and_a_prompt_leave() {
     required();
     let dir = RemoveOnDrop(fresh_temp_path("nginx"));
-    std::fs::create_dir_all(dir.0.join("logs")).expect("create");
     let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let natter = natter_behind(public);
-    let site = nginx_site(public, natter.addr);
-    assert!(site.contains("proxy_set_header Upgrade"), "the documented file proxies upgrades");
-    let p = dir.0.display();
+    let site = nginx_site("nginx.conf", public, &[("127.0.0.1:8080", natter.addr)]);
+    let _proxy = start_nginx(&dir.0, public, &site);
+    chat_through(public).await;
+    drop(natter);
+}
+
+/// nginx (master and one worker) serving `site` on `public`, its files in `dir`.
+fn start_nginx(dir: &Path, public: SocketAddr, site: &str) -> Proxy {
+    std::fs::create_dir_all(dir.join("logs")).expect("create");
+    let p = dir.display();
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
          events {{ worker_connections 256; }}\nhttp {{\n access_log off;\n client_body_temp_path {p}/body;\n \
          proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n uwsgi_temp_path {p}/uwsgi;\n \
          scgi_temp_path {p}/scgi;\n{site}\n}}\n"
     );
-    let conf_path = dir.0.join("nginx.conf");
+    let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write");
     let check =
-        Command::new(nginx()).arg("-t").arg("-p").arg(&dir.0).arg("-c").arg(&conf_path).output().expect("nginx -t");
+        Command::new(nginx()).arg("-t").arg("-p").arg(dir).arg("-c").arg(&conf_path).output().expect("nginx -t");
     assert!(check.status.success(), "nginx -t: {}", String::from_utf8_lossy(&check.stderr));
     let mut proxy = Proxy(
         Command::new(nginx())
             .arg("-p")
-            .arg(&dir.0)
+            .arg(dir)
             .arg("-c")
             .arg(&conf_path)
             .stdout(Stdio::null())
@@ -162,9 +203,8 @@ async fn nginx_as_documented_carries_the_page_the_chat_and_a_prompt_leave() {
             .spawn()
             .expect("start nginx"),
     );
-    wait_for_port(public, &mut proxy, &dir.0.join("logs/error.log"));
-    chat_through(public).await;
-    drop(natter);
+    wait_for_port(public, &mut proxy, &dir.join("logs/error.log"));
+    proxy
 }
 
 fn nginx() -> PathBuf {
@@ -202,4 +242,159 @@ async fn caddy_as_documented_carries_the_page_the_chat_and_a_prompt_leave() {
     wait_for_port(public, &mut proxy, &log);
     chat_through(public).await;
     drop(natter);
+}
+
+/// Two natters sharing rooms through a private Redis, behind a proxy at
+/// `public`; dropped in this order (the servers, then Redis).
+struct Instances {
+    natters: [Natter; 2],
+    _redis: RedisServer,
+    public: SocketAddr,
+}
+
+impl Instances {
+    fn behind(public: SocketAddr) -> Self {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        // --healthz-detail: each instance's session count tells where the clients landed.
+        let start = || {
+            Natter::start(&[
+                "--public-url",
+                &format!("http://{public}"),
+                "--trusted-proxy",
+                "127.0.0.1",
+                "--redis",
+                &url,
+                "--healthz-detail",
+            ])
+        };
+        Self { natters: [start(), start()], _redis: redis, public }
+    }
+
+    /// The documented instance addresses, each with the test's own.
+    fn addrs(&self) -> [(&'static str, SocketAddr); 2] {
+        [(INSTANCE_ADDRS[0], self.natters[0].addr), (INSTANCE_ADDRS[1], self.natters[1].addr)]
+    }
+
+    /// Each instance's open sessions, from its `/healthz` (which counts
+    /// only for a `Host` that names the server: the public one).
+    fn sessions(&self) -> [u64; 2] {
+        self.natters.each_ref().map(|natter| {
+            let reply = http_get_as(natter.addr, self.public, "/healthz");
+            let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let health: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("/healthz of {}: {e}: {reply}", natter.addr));
+            health["sessions"].as_u64().unwrap_or_else(|| panic!("no session count: {reply}"))
+        })
+    }
+}
+
+/// The page through the proxy at `public`, and two clients that land on
+/// different instances (round robin) and still chat in one room: each sees
+/// the other's message, and each gets its own ack.
+async fn round_robin_through(public: SocketAddr, instances: &Instances) {
+    let page = http_get(public, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "the page through the proxy: {page}");
+    let url = format!("ws://{public}/ws");
+    let mut ada = WsClient::connect(&url).await;
+    let mut bo = WsClient::connect(&url).await;
+    ada.join("Ada", "lobby").await;
+    bo.join("Bo", "lobby").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sessions = instances.sessions();
+        if sessions == [1, 1] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "one client on each instance, round robin; sessions: {sessions:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    say_and_hear(&mut ada, &mut bo, "a1", "from one instance").await;
+    say_and_hear(&mut bo, &mut ada, "b1", "and from the other").await;
+}
+
+/// `from` says `text`; `from` gets its ack and `to` the message.
+async fn say_and_hear(from: &mut WsClient, to: &mut WsClient, cid: &str, text: &str) {
+    from.send(&ClientMsg::Say(Say { cid: cid.into(), text: text.into() })).await;
+    loop {
+        match from.recv().await {
+            ServerMsg::Ack(ack) if ack.cid.as_str() == cid => break,
+            ServerMsg::Error(e) => panic!("{text:?} refused: {e:?}"),
+            _ => {}
+        }
+    }
+    loop {
+        if let ServerMsg::Message(m) = to.recv().await
+            && m.text.as_str() == text
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "run by `cargo xtask check-deploy`, which installs HAProxy and redis-server"]
+async fn haproxy_as_documented_spreads_clients_over_two_instances_that_share_a_room() {
+    required();
+    let dir = RemoveOnDrop(fresh_temp_path("haproxy"));
+    std::fs::create_dir_all(&dir.0).expect("create");
+    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let instances = Instances::behind(public);
+    let conf = templated("haproxy.cfg", &format!("    bind {public}"), &instances.addrs());
+    for needed in ["balance roundrobin", "uri /readyz", "set-header X-Forwarded-For"] {
+        assert!(conf.contains(needed), "the documented file has {needed:?}");
+    }
+    let tunnel = conf
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("timeout tunnel "))
+        .and_then(|t| t.trim().strip_suffix('s'))
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs)
+        .expect("a `timeout tunnel` in seconds");
+    assert!(tunnel > PING_AND_PONG, "timeout tunnel {tunnel:?} would cut quiet chats");
+    let conf_path = dir.0.join("haproxy.cfg");
+    std::fs::write(&conf_path, conf).expect("write");
+    let check = Command::new(haproxy()).arg("-c").arg("-f").arg(&conf_path).output().expect("haproxy -c");
+    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let log = dir.0.join("haproxy.log");
+    // -db: in the foreground, so the PID is HAProxy's own.
+    let mut proxy = Proxy(
+        Command::new(haproxy())
+            .arg("-db")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start haproxy"),
+    );
+    wait_for_port(public, &mut proxy, &log);
+    round_robin_through(public, &instances).await;
+    drop(proxy);
+    drop(instances);
+}
+
+fn haproxy() -> PathBuf {
+    ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("haproxy is installed")
+}
+
+#[tokio::test]
+#[ignore = "run by `cargo xtask check-deploy`, which installs nginx and redis-server"]
+async fn nginx_for_several_instances_spreads_clients_over_two_that_share_a_room() {
+    required();
+    let dir = RemoveOnDrop(fresh_temp_path("nginx-instances"));
+    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let instances = Instances::behind(public);
+    let site = nginx_site("nginx-instances.conf", public, &instances.addrs());
+    let sticky =
+        site.lines().filter(|l| !l.trim_start().starts_with('#')).any(|l| l.contains("hash") || l.contains("sticky"));
+    assert!(!sticky, "no sticky sessions: round robin");
+    let proxy = start_nginx(&dir.0, public, &site);
+    round_robin_through(public, &instances).await;
+    drop(proxy);
+    drop(instances);
 }

@@ -11,8 +11,9 @@
 //! * `cargo xtask bundle` — build only the chat page into `dist/`.
 //! * `cargo xtask dist` — the release tarball (binary with the page inside,
 //!   README, example settings, systemd unit, Dockerfile), then its test.
-//! * `cargo xtask check-deploy` — docs/deploy/'s nginx and Caddy
-//!   configurations run in front of natter (installed from Debian if missing).
+//! * `cargo xtask check-deploy` — docs/deploy/'s nginx, Caddy and HAProxy
+//!   configurations run in front of natter, one instance or two on a private
+//!   Redis (the proxies and redis-server installed from Debian if missing).
 //! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
 //!   separate `bench` binary in `src/bin/bench/`.
 //! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
             eprintln!("  test    fmt, backend layering, clippy (host and wasm32) and every test");
             eprintln!("  bundle  build only the chat page into dist/");
             eprintln!("  dist    build the release tarball into target/dist/ and test it");
-            eprintln!("  check-deploy  run docs/deploy/'s nginx and Caddy configurations in front of natter");
+            eprintln!("  check-deploy  run docs/deploy/'s nginx, Caddy and HAProxy configurations in front of natter");
             eprintln!("  bench   build in release mode and print performance figures (target/bench/)");
             eprintln!("  layers  only check the backend's module layering against docs/ARCHITECTURE.md");
             eprintln!("  fuzz    fuzz the frame decoder and the message parser with AFL++ (60 s a target)");
@@ -181,13 +182,15 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask check-deploy`: installs nginx and Caddy if missing, builds
-/// natter with the page inside, and runs the proxy configurations of
-/// docs/deploy/ in front of it (`tests/tests/deploy.rs`). `test` runs it too.
+/// `cargo xtask check-deploy`: installs nginx, Caddy, HAProxy and
+/// redis-server if missing, builds natter with the page inside, and runs the
+/// proxy configurations of docs/deploy/ in front of it, one instance or two
+/// sharing a private Redis (`tests/tests/deploy.rs`). `test` runs it too.
 fn check_deploy() -> Result<()> {
     let root = root();
     let env = tools::ensure_build(&root)?;
     tools::ensure_proxies(&root, &env.path)?;
+    tools::ensure_redis(&root, &env.path)?;
     bundle::build(&root, &env)?;
     let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
     step("building natter with the page inside it (cargo build -p natter-backend)");
@@ -197,7 +200,9 @@ fn check_deploy() -> Result<()> {
 
 /// The proxy checks (`tests/tests/deploy.rs`, ignored unless asked for).
 fn deploy_tests(root: &Path, env: &tools::ToolEnv) -> Result<()> {
-    step("running nginx and Caddy as docs/deploy/ configures them, in front of natter (cargo test --test deploy)");
+    step(
+        "running nginx, Caddy and HAProxy as docs/deploy/ configures them, in front of natter (cargo test --test deploy)",
+    );
     let status = env
         .command("cargo")
         .args(["test", "--locked", "-p", "natter-e2e", "--test", "deploy", "--", "--ignored"])

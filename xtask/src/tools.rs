@@ -1,7 +1,9 @@
 //! Installs the pinned build tools when they are missing: the wasm32 target,
 //! trunk, wasm-bindgen-cli (the exact version in Cargo.lock) and wasm-opt
 //! (binaryen from the npm registry); and, from Debian's archive, Chromium
-//! for the browser tests and redis-server for the Redis store's tests.
+//! for the browser tests, redis-server for the Redis store's tests (and
+//! `cargo xtask run --instances`), and nginx, Caddy and HAProxy for the
+//! proxy checks.
 //! Nothing is downloaded from anywhere else.
 
 use std::path::{Path, PathBuf};
@@ -177,8 +179,8 @@ fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
 pub const REDIS_SERVER: &str = "redis-server";
 
 /// Installs Debian's `redis-server` when it is not on `PATH`: the backend's
-/// Redis tests and `cargo xtask run --instances` start their own and fail
-/// without it.
+/// Redis tests, the two-instance proxy check and `cargo xtask run
+/// --instances` start their own and fail without it.
 pub fn ensure_redis(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     if output(REDIS_SERVER, &["--version"], path).is_some() {
         return Ok(());
@@ -189,24 +191,24 @@ pub fn ensure_redis(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     apt_install(root, path, &["redis-server"])
 }
 
-/// Debian's nginx and Caddy, for `cargo xtask check-deploy` (the proxy
-/// configurations of docs/deploy/ run in front of natter).
+/// Debian's nginx, Caddy and HAProxy, for `cargo xtask check-deploy` (the
+/// proxy configurations of docs/deploy/ run in front of natter).
 pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().any(|p| Path::new(p).exists());
+    let installed = |paths: &[&str]| paths.iter().any(|p| Path::new(p).exists());
+    let nginx = installed(&["/usr/sbin/nginx", "/usr/bin/nginx"]);
     let caddy = output("caddy", &["version"], path).is_some();
-    let mut missing = Vec::new();
-    if !nginx {
-        missing.push("nginx");
-    }
-    if !caddy {
-        missing.push("caddy");
-    }
+    let haproxy = installed(&["/usr/sbin/haproxy", "/usr/bin/haproxy"]);
+    let missing: Vec<&str> = [("nginx", nginx), ("caddy", caddy), ("haproxy", haproxy)]
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     step(&format!(
         "installing {} for the proxy checks (apt-get install; the checks start their own on loopback)",
-        missing.join(" and ")
+        missing.join(", ")
     ));
     apt_install(root, path, &missing)
 }
