@@ -24,7 +24,8 @@ use crate::report::step;
 use crate::{bundle, tools};
 
 /// Scenarios in the order a full run runs them (see the bench binary).
-const SCENARIOS: &[&str] = &["bundle", "idle", "storm", "bigroom", "resume", "fanout", "rooms", "slow", "history"];
+const SCENARIOS: &[&str] =
+    &["bundle", "idle", "storm", "bigroom", "resume", "fanout", "rooms", "slow", "history", "cluster"];
 /// Scenarios that run only when named.
 const NAMED_ONLY: &[&str] = &["floor"];
 /// Scenarios whose every run is followed by a run against the floor server.

@@ -20,10 +20,10 @@ use crate::client::{OP_TEXT, Ws, connect, join, parse, read_more, source, text, 
 use crate::server::{Server, temp_dir};
 use crate::stats::Samples;
 
-const SENDERS: usize = 100;
-const ROOMS: usize = 10;
+pub(super) const SENDERS: usize = 100;
+pub(super) const ROOMS: usize = 10;
 /// Messages each sender keeps unacknowledged.
-const WINDOW: usize = 32;
+pub(super) const WINDOW: usize = 32;
 const BIG_ROOM_MESSAGES: u64 = 1_000_000;
 /// The offered rate of the open-loop phase, in messages/s (all senders).
 const OFFERED_RATE: u64 = 50_000;
@@ -32,19 +32,19 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// How a sender paces its messages.
 #[derive(Debug, Clone, Copy)]
-enum Pace {
+pub(super) enum Pace {
     /// Keep this many unacknowledged, sending as acks come back.
     Window(usize),
     /// Send one every this long, whatever comes back.
     Every(Duration),
 }
 
-struct SenderResult {
-    acked: u64,
-    latency: Samples,
+pub(super) struct SenderResult {
+    pub acked: u64,
+    pub latency: Samples,
 }
 
-async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant, Pace)) -> Result<SenderResult> {
+pub(super) async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant, Pace)) -> Result<SenderResult> {
     let (addr, index, measure_from, until, pace) = args;
     let mut ws = connect(addr, source(index)).await?;
     join(&mut ws, &format!("s{index}"), &format!("bench-{}", index % ROOMS)).await?;

@@ -4,6 +4,7 @@
 
 mod bigroom;
 mod bundle;
+mod cluster;
 mod floor;
 mod history;
 mod load;
@@ -16,7 +17,7 @@ use crate::args::Args;
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
 pub const ALL: &[&str] =
-    &["bundle", "idle", "storm", "bigroom", "resume", "fanout", "rooms", "slow", "history", "floor"];
+    &["bundle", "idle", "storm", "bigroom", "resume", "fanout", "rooms", "slow", "history", "cluster", "floor"];
 /// The scenarios that also run against the floor server (`--floor`).
 pub const WITH_FLOOR: &[&str] = &["idle", "storm", "bigroom", "resume", "fanout"];
 
@@ -27,6 +28,7 @@ pub async fn run(args: &Args) -> Result<Value> {
     match args.scenario.as_str() {
         "bundle" => bundle::run(args),
         "history" => history::run(args).await,
+        "cluster" => cluster::run(args).await,
         "idle" => load::idle(args).await,
         "storm" => load::storm(args).await,
         "bigroom" => bigroom::run(args).await,
