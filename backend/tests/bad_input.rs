@@ -49,6 +49,8 @@ async fn hello_is_validated_field_by_field() {
     let mut c = server.client().await;
     let cases: Vec<(Hello, ErrorCode)> = vec![
         (Hello { v: 99, ..hello("Ada", "lobby") }, ErrorCode::UnsupportedVersion),
+        // An open page of the previous protocol is told to reload.
+        (Hello { v: 1, ..hello("Ada", "lobby") }, ErrorCode::UnsupportedVersion),
         (hello("   ", "lobby"), ErrorCode::InvalidName),
         (hello("bad\u{0}name", "lobby"), ErrorCode::InvalidName),
         (hello("zero\u{200B}width", "lobby"), ErrorCode::InvalidName),
