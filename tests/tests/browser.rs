@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use natter_e2e::browser::{Page, UI_TIMEOUT, artifacts_dir, console_messages, run_before_each_page, scenario};
+use natter_e2e::redis_server::RedisServer;
 use natter_e2e::{Natter, WsClient, bundle_dir};
 use natter_shared::limits::MEMBERS_PAGE_MAX;
 use natter_shared::{ServerMsg, UserName, color_for};
@@ -77,6 +78,43 @@ async fn two_browsers_chat_a_third_room_sees_nothing_and_text_stays_text() {
         let png = ada.client.screenshot().await.expect("screenshot");
         let _ = std::fs::create_dir_all(artifacts_dir());
         std::fs::write(artifacts_dir().join("chat.png"), png).expect("save screenshot");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_pages_on_two_instances_share_one_room() {
+    let _built = bundle_dir();
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = Natter::start(&["--leave-grace", "2s", "--redis", &url]);
+    let b = Natter::start(&["--leave-grace", "2s", "--redis", &url]);
+    let (url_a, url_b) = (format!("http://{}/", a.addr), format!("http://{}/", b.addr));
+    scenario("instances", LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url_a).await;
+        let bob = Page::open(browsers.open("bob").await, &url_b).await;
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        // Presence, the member list and its count span both instances.
+        ada.wait_for_text(".messages .notice", "Bob joined").await;
+        ada.wait_for_text(".member-count", "2 members").await;
+        bob.wait_for_text(".member-count", "2 members").await;
+
+        // Typing and messages go both ways.
+        let composer = ada.client.find(fantoccini::Locator::Css("#composer-text")).await.expect("composer");
+        composer.send_keys("Hello from A").await.expect("type");
+        bob.wait_for_text(".typing", "\u{2068}Ada\u{2069} is typing…").await;
+        ada.say("!").await;
+        bob.wait_for_text(".messages .msg .text", "Hello from A!").await;
+        bob.say("And back from B").await;
+        ada.wait_for_text(".messages .msg .text", "And back from B").await;
+
+        // The name is taken on the other instance too.
+        let eve = Page::open(browsers.open("eve").await, &url_a).await;
+        eve.fill("#join-name", "Bob").await;
+        eve.fill("#join-room", "lobby").await;
+        eve.click("form.join button[type=submit]").await;
+        eve.wait_for_text("#join-name-error", "already called Bob").await;
     })
     .await;
 }
