@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use common::{Client, TestServer, redis_config, resume};
 use natter_backend::Config;
 use natter_shared::{Hello, RoomEvent, Seq, ServerMsg, Welcome};
@@ -105,10 +105,25 @@ fn script(name: &str, count: usize) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_instances_see_every_rooms_messages_in_one_order() {
+    let redis = RedisServer::start();
+    three_rooms_on_two_instances(&redis.url()).await;
+}
+
+/// Stage 5: the same test on a Redis Cluster of three masters. Rooms'
+/// keys (hash tag `{room}`) land on different nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_clients_on_two_instances_see_every_rooms_messages_in_one_order() {
+    let cluster = RedisCluster::start();
+    three_rooms_on_two_instances(&cluster.url()).await;
+}
+
+/// Two instances on the Redis at `url`, a sender and a reader on each in
+/// each of three rooms: every client sees every message of its room once,
+/// in one order, and lists the same members.
+async fn three_rooms_on_two_instances(url: &str) {
     const ROOMS: [&str; 3] = ["red", "green", "blue"];
     const EACH: usize = 40;
-    let redis = RedisServer::start();
-    let (a, b) = two_instances(&redis).await;
+    let (a, b) = (TestServer::start(fast_config(url)).await, TestServer::start(fast_config(url)).await);
 
     // Per room: a sender and a reader on each instance, joined one by one.
     let mut clients = Vec::new();
@@ -354,4 +369,25 @@ async fn members_of_two_instances_stopped_together_all_resume_after_the_restart(
         assert!(back.history.is_empty(), "{name}: a silent resume, no join of its own: {:?}", back.history);
         client.expect_quiet().await;
     }
+}
+
+/// On a cluster, the persistence settings of every master are read: one
+/// node without `appendfsync always` is refused, and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_master_that_would_lose_acks_is_named_and_refused() {
+    let cluster = RedisCluster::start();
+    let lax = &cluster.nodes[2];
+    assert_eq!(lax.command(&["CONFIG", "SET", "appendfsync", "everysec"]).as_deref(), Some("+OK"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let run = natter_backend::run(fast_config(&cluster.url()), listener, std::future::pending::<()>());
+    let refused = match tokio::time::timeout(SETTLE, run).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => panic!("the server ran and stopped instead of refusing"),
+        Err(_) => panic!("the server did not refuse"),
+    };
+    assert!(refused.contains(&format!("127.0.0.1:{}", lax.port)), "names the node: {refused}");
+    assert!(refused.contains(r#"appendfsync is "everysec" (needs "always")"#), "{refused}");
+    // Node 0 is in the --redis URL the message starts with; node 1 is fine.
+    let fine = format!("cluster node 127.0.0.1:{}", cluster.nodes[1].port);
+    assert!(!refused.contains(&fine), "only the lax node: {refused}");
 }

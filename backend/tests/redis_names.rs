@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use common::{Client, TestServer, redis_config, resume};
 use natter_backend::Config;
 use natter_backend::config::HistoryKind;
@@ -233,8 +233,21 @@ async fn member_list_becomes(client: &mut Client, want: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_lists_counts_and_typing_are_the_same_on_every_instance() {
     let redis = RedisServer::start();
-    let a = TestServer::start(names_config(&redis.url())).await;
-    let b = TestServer::start(names_config(&redis.url())).await;
+    members_and_typing_on_two_instances(&redis.url()).await;
+}
+
+/// The same on a Redis Cluster of three masters: the claim scripts, the
+/// member changes and typing go to the node of the room's slot, the
+/// liveness keys to theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_member_lists_counts_and_typing_are_the_same_on_every_instance() {
+    let cluster = RedisCluster::start();
+    members_and_typing_on_two_instances(&cluster.url()).await;
+}
+
+async fn members_and_typing_on_two_instances(url: &str) {
+    let a = TestServer::start(names_config(url)).await;
+    let b = TestServer::start(names_config(url)).await;
     let (mut ada, _) = a.joined("Ada", "lobby").await;
     let (bo, _) = a.joined("bo", "lobby").await;
     // A welcome on B lists A's members, in the page's order, with the count of all.

@@ -24,14 +24,19 @@ pub fn problems(settings: &HashMap<String, String>) -> Vec<String> {
         .collect()
 }
 
-/// Reads the settings [`REQUIRED`] names.
-pub async fn read(conn: &mut impl ::redis::aio::ConnectionLike) -> ::redis::RedisResult<HashMap<String, String>> {
+/// `CONFIG GET` of the settings [`REQUIRED`] names.
+pub fn command() -> ::redis::Cmd {
     let mut cmd = ::redis::cmd("CONFIG");
     cmd.arg("GET");
     for (name, _) in REQUIRED {
         cmd.arg(name);
     }
-    cmd.query_async(conn).await
+    cmd
+}
+
+/// Reads the settings [`REQUIRED`] names.
+pub async fn read(conn: &mut impl ::redis::aio::ConnectionLike) -> ::redis::RedisResult<HashMap<String, String>> {
+    command().query_async(conn).await
 }
 
 #[cfg(test)]

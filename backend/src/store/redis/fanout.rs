@@ -19,16 +19,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{IntoConnectionInfo, PushInfo, PushKind, Value};
 use natter_shared::{RoomEvent, Seq, UserName};
 use tracing::{debug, info, warn};
 
+use super::conn::{Mode, Sub};
 use super::keys::RoomKeys;
 use super::scripts::{self, event_from_json};
-use super::{
-    Failure, Known, RECONNECT_ATTEMPTS, RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY, RedisStartError, RedisStore, within,
-};
+use super::{Failure, Known, RedisStartError, RedisStore, within};
 use crate::metrics::Metrics;
 use crate::store::{Arrival, Committed, FollowUp, FreshHistory, MemberChange};
 
@@ -91,11 +89,13 @@ struct Slots {
 /// The subscriber of one natter instance.
 pub(crate) struct Fanout {
     instance: String,
-    /// Opens subscription connections (RESP3).
+    /// Opens subscription connections (RESP3), to a server or a cluster.
     client: ::redis::Client,
+    url: String,
+    mode: Mode,
     /// The subscription connection (pushes to [`Fanout::push`]), and the
     /// generation its pushes carry: a replaced one's are ignored.
-    sub: Mutex<ConnectionManager>,
+    sub: Mutex<Sub>,
     generation: AtomicU64,
     /// Where pushes go (set once the fan-out exists).
     target: Arc<OnceLock<Weak<Fanout>>>,
@@ -173,9 +173,11 @@ pub(crate) fn parse_batch(payload: &str) -> Option<(Header<'_>, std::str::Split<
 
 impl Fanout {
     /// Connects the subscription connection.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         url: &str,
         display_url: &str,
+        mode: Mode,
         instance: String,
         timeout: Duration,
         reload_events: usize,
@@ -187,13 +189,15 @@ impl Fanout {
         let client = ::redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| failed(e.to_string()))?;
         // Pushes go to the fan-out once it exists (none matter before).
         let target: Arc<OnceLock<Weak<Fanout>>> = Arc::default();
-        let sub = match connect(&client, timeout, &target, 0).await {
+        let sub = match connect(&client, url, mode, timeout, &target, 0).await {
             Ok(sub) => sub,
             Err(e) => return Err(failed(format!("subscription connection (RESP3): {e}"))),
         };
         let fanout = Arc::new(Self {
             instance,
             client,
+            url: url.to_owned(),
+            mode,
             sub: Mutex::new(sub),
             generation: AtomicU64::new(0),
             target: target.clone(),
@@ -224,7 +228,7 @@ impl Fanout {
     }
 
     /// The current subscription connection (clones share its socket).
-    fn sub(&self) -> ConnectionManager {
+    fn sub(&self) -> Sub {
         self.sub.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -244,7 +248,7 @@ impl Fanout {
         let mut sub = self.sub();
         // One channel per command: each is confirmed by its own push, which
         // the crate takes as that command's reply.
-        let subscribed = within(self.timeout, ::redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut sub)).await;
+        let subscribed = sub.ssubscribe(channel, self.timeout).await;
         let mut slots = self.lock();
         match subscribed {
             Ok(()) => {
@@ -309,10 +313,10 @@ impl Fanout {
     async fn replace(&self) -> Result<(), Failure> {
         let _subscribing = self.subscribing.lock().await;
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let mut new = connect(&self.client, self.timeout, &self.target, generation).await?;
+        let mut new = connect(&self.client, &self.url, self.mode, self.timeout, &self.target, generation).await?;
         let live: Vec<String> = self.lock().rooms.keys().cloned().collect();
         for channel in &live {
-            within(self.timeout, ::redis::cmd("SSUBSCRIBE").arg(channel).exec_async(&mut new)).await?;
+            new.ssubscribe(channel, self.timeout).await?;
         }
         self.generation.store(generation, Ordering::SeqCst);
         let old = std::mem::replace(&mut *self.sub.lock().unwrap_or_else(|p| p.into_inner()), new);
@@ -339,6 +343,9 @@ impl Fanout {
                 }
             }
             PushKind::Disconnection => self.lost(),
+            // A cluster node gave up a room's slot (it moved): subscribed
+            // again, on the node that has it now.
+            PushKind::SUnsubscribe if self.mode == Mode::Cluster => self.lost(),
             _ => {}
         }
     }
@@ -601,6 +608,22 @@ impl Fanout {
     /// Subscribes every held room's channel again, until it works.
     async fn resubscribe(&self) {
         while self.lost_again.swap(false, Ordering::SeqCst) {
+            if self.mode == Mode::Cluster {
+                // A new connection with each held room subscribed on its
+                // own (the crate's resubscription sends several slots'
+                // channels in one command, which a cluster refuses).
+                loop {
+                    match self.replace().await {
+                        Ok(()) => break,
+                        Err(_) if self.store().is_none() => return,
+                        Err(e) => {
+                            debug!(error = %e, "a new subscription connection failed; retrying");
+                            tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                        }
+                    }
+                }
+                continue;
+            }
             self.lock().subscribed.clear();
             loop {
                 let channels: Vec<String> = self.lock().rooms.keys().cloned().collect();
@@ -629,10 +652,12 @@ impl Fanout {
 /// marked with `generation`.
 async fn connect(
     client: &::redis::Client,
+    url: &str,
+    mode: Mode,
     timeout: Duration,
     target: &Arc<OnceLock<Weak<Fanout>>>,
     generation: u64,
-) -> Result<ConnectionManager, Failure> {
+) -> Result<Sub, Failure> {
     let to = target.clone();
     let sender = move |info: PushInfo| -> Result<(), Infallible> {
         if let Some(fanout) = to.get().and_then(Weak::upgrade) {
@@ -640,14 +665,7 @@ async fn connect(
         }
         Ok(())
     };
-    let config = ConnectionManagerConfig::new()
-        .set_min_delay(RECONNECT_MIN_DELAY)
-        .set_max_delay(RECONNECT_MAX_DELAY)
-        .set_number_of_retries(RECONNECT_ATTEMPTS)
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_push_sender(sender);
-    within(timeout, ConnectionManager::new_with_config(client.clone(), config)).await
+    Sub::connect(client, url, mode, timeout, sender).await
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 //!
 //! Not yet (issue 15, stage 5): Redis Cluster.
 
+mod conn;
 mod durability;
 mod fanout;
 mod keys;
@@ -44,7 +45,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use natter_shared::{ResumeToken, RoomEvent, RoomName, Seq, UserName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -132,7 +132,7 @@ impl From<Failure> for HistoryError {
 /// History in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: conn::Conn,
     /// The runtime the connection lives on: the synchronous reads run on
     /// blocking threads and wait for it there.
     runtime: tokio::runtime::Handle,
@@ -168,31 +168,35 @@ impl RedisStore {
         let url = redis.display_url();
         let client = ::redis::Client::open(redis.url.as_str())
             .map_err(|source| RedisStartError::Url { url: url.clone(), source })?;
-        // One plain attempt first: an unreachable Redis is reported with its
-        // cause (refused, unknown host) rather than as the manager's retries
-        // running out of time.
-        if let Err(e) = within(redis.timeout, client.get_multiplexed_async_connection()).await {
-            return Err(RedisStartError::Connect { url, reason: e.to_string() });
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_min_delay(RECONNECT_MIN_DELAY)
-            .set_max_delay(RECONNECT_MAX_DELAY)
-            .set_number_of_retries(RECONNECT_ATTEMPTS)
-            .set_connection_timeout(Some(redis.timeout))
-            .set_response_timeout(Some(redis.timeout));
-        let connect = ::redis::aio::ConnectionManager::new_with_config(client, config);
-        let mut conn = match tokio::time::timeout(redis.timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(RedisStartError::Connect { url, reason: e.to_string() }),
-            Err(_) => {
-                return Err(RedisStartError::Connect { url, reason: format!("no answer within {:?}", redis.timeout) });
-            }
+        // One plain connection first: an unreachable Redis is reported with
+        // its cause (refused, unknown host) rather than as the manager's
+        // retries running out of time; and a cluster node says so in `INFO
+        // cluster` (natter then finds the other nodes through it).
+        let reason = |e: Failure| match e {
+            Failure::Redis(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        let mode = match conn::mode_of(&client, redis.timeout).await {
+            Ok(mode) => mode,
+            Err(e) => return Err(RedisStartError::Connect { url, reason: reason(e) }),
+        };
+        let mut conn = match conn::commands(&client, &redis.url, mode, redis.timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return Err(RedisStartError::Connect { url, reason: reason(e) }),
         };
         let command = |e: Failure| RedisStartError::Command { url: url.clone(), reason: e.to_string() };
 
-        match within(redis.timeout, durability::read(&mut conn)).await {
-            Ok(settings) => {
-                let problems = durability::problems(&settings);
+        match conn.durability(redis.timeout).await {
+            Ok(nodes) => {
+                let problems: Vec<String> = nodes
+                    .iter()
+                    .flat_map(|(node, settings)| {
+                        durability::problems(settings).into_iter().map(move |p| match mode {
+                            conn::Mode::Single => p,
+                            conn::Mode::Cluster => format!("{node}: {p}"),
+                        })
+                    })
+                    .collect();
                 match (problems.is_empty(), redis.durability) {
                     (true, _) => info!(redis = %url, "Redis fsyncs every write before answering"),
                     (false, RedisDurability::Strict) => return Err(RedisStartError::NotDurable { url, problems }),
@@ -215,9 +219,16 @@ impl RedisStore {
         }
 
         let instance = crate::random::random_hex(8).unwrap_or_else(|| format!("p{}", std::process::id()));
-        let fanout =
-            fanout::Fanout::start(&redis.url, &url, instance.clone(), redis.timeout, reload_events, metrics.clone())
-                .await?;
+        let fanout = fanout::Fanout::start(
+            &redis.url,
+            &url,
+            mode,
+            instance.clone(),
+            redis.timeout,
+            reload_events,
+            metrics.clone(),
+        )
+        .await?;
         let saved = within(redis.timeout, take_saved_members(&mut conn)).await.map_err(command)?;
 
         let store = Arc::new(Self {
@@ -284,7 +295,7 @@ impl RedisStore {
     }
 
     /// A connection (clones share one socket).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> conn::Conn {
         self.conn.clone()
     }
 
@@ -504,7 +515,7 @@ struct SavedRecord {
 
 /// Saves the members at a graceful stop beside those other instances
 /// saved, all kept for [`SAVED_MEMBERS_TTL`] from the latest stop.
-pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedMember]) -> ::redis::RedisResult<()> {
+pub(crate) async fn save_members(conn: &mut conn::Conn, members: &[SavedMember]) -> ::redis::RedisResult<()> {
     if members.is_empty() {
         return Ok(());
     }
@@ -528,12 +539,13 @@ pub(crate) async fn save_members(conn: &mut ConnectionManager, members: &[SavedM
 /// Reads and removes every member saved at the last stops, atomically (a
 /// crash after it must not bring them back, and two instances starting at
 /// once must not both take them). Ones no longer valid are skipped.
-async fn take_saved_members(conn: &mut ConnectionManager) -> ::redis::RedisResult<Vec<SavedMember>> {
+async fn take_saved_members(conn: &mut conn::Conn) -> ::redis::RedisResult<Vec<SavedMember>> {
     let mut pipe = ::redis::pipe();
     pipe.atomic().cmd("LRANGE").arg(keys::SAVED_MEMBERS).arg(0).arg(-1);
     pipe.cmd("DEL").arg(keys::SAVED_MEMBERS).ignore();
-    pipe.cmd("GETDEL").arg(keys::SAVED_MEMBERS_V1);
-    let (lists, v1): (Vec<String>, Option<String>) = pipe.query_async(conn).await?;
+    let (lists,): (Vec<String>,) = pipe.query_async(conn).await?;
+    // Another key (another cluster slot): a command of its own.
+    let v1: Option<String> = ::redis::cmd("GETDEL").arg(keys::SAVED_MEMBERS_V1).query_async(conn).await?;
     let mut records: Vec<SavedRecord> = Vec::new();
     for json in lists.iter().chain(v1.iter()) {
         match serde_json::from_str::<Vec<SavedRecord>>(json) {

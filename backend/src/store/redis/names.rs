@@ -353,12 +353,17 @@ impl RedisStore {
 
     /// See [`crate::store::HistoryStore::buried`].
     pub(crate) async fn forget_instance(&self, instance: &str) -> Result<(), Failure> {
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("DEL").arg(keys::instance_rooms(instance)).ignore();
-        pipe.cmd("ZREM").arg(keys::INSTANCES).arg(instance).ignore();
-        pipe.cmd("DEL").arg(keys::instance_reaper(instance)).ignore();
+        // Three keys of three cluster slots: three commands.
         let mut conn = self.conn();
-        within(self.timeout(), pipe.exec_async(&mut conn)).await
+        let mut rooms = ::redis::cmd("DEL");
+        rooms.arg(keys::instance_rooms(instance));
+        within(self.timeout(), rooms.exec_async(&mut conn)).await?;
+        let mut seen = ::redis::cmd("ZREM");
+        seen.arg(keys::INSTANCES).arg(instance);
+        within(self.timeout(), seen.exec_async(&mut conn)).await?;
+        let mut lease = ::redis::cmd("DEL");
+        lease.arg(keys::instance_reaper(instance));
+        within(self.timeout(), lease.exec_async(&mut conn)).await
     }
 }
 

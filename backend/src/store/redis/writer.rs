@@ -19,6 +19,7 @@ use natter_shared::Seq;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::conn::Mode;
 use super::scripts::{self, BATCH, BatchReply};
 use super::{AGE_TRIM_SCAN, Failure, Known, RedisStore, RoomKeys, save_members, within};
 use crate::config::StorageConfig;
@@ -198,6 +199,20 @@ impl Writer {
         }
     }
 
+    /// Sends `pipes` at once and gives their replies in order.
+    async fn query(&self, pipes: &[::redis::Pipeline]) -> Result<Vec<Value>, Failure> {
+        let timeout = self.store.timeout();
+        let sent = pipes.iter().map(|pipe| {
+            let mut conn = self.store.conn();
+            async move { within(timeout, pipe.query_async::<Vec<Value>>(&mut conn)).await }
+        });
+        let mut replies = Vec::new();
+        for reply in futures_util::future::join_all(sent).await {
+            replies.extend(reply?);
+        }
+        Ok(replies)
+    }
+
     /// Stores a batch: every room's drafts in one pipeline, sent again at
     /// once for the rooms that need it (at most [`ROUND_SENDS`] sends).
     async fn round(&mut self, batch: Vec<Pending>) {
@@ -217,12 +232,20 @@ impl Writer {
     async fn send(&mut self, rooms: Vec<RoomBatch>) -> Vec<RoomBatch> {
         let store = self.store.clone();
         let _round = store.rounds().write().await;
-        let mut pipe = ::redis::pipe();
-        pipe.ignore_errors();
+        // One pipeline for every room on one server; one per room in a
+        // cluster, where a pipeline may not mix slots (sent at once).
+        let per_room = self.store.conn().mode() == Mode::Cluster;
+        let mut pipes: Vec<::redis::Pipeline> = Vec::new();
         // Per call: the room's index and how many drafts it carries.
         let mut calls: Vec<(usize, usize)> = Vec::new();
         let mut believed: Vec<Known> = Vec::with_capacity(rooms.len());
         for (at, batch) in rooms.iter().enumerate() {
+            if pipes.is_empty() || per_room {
+                let mut pipe = ::redis::pipe();
+                pipe.ignore_errors();
+                pipes.push(pipe);
+            }
+            let Some(pipe) = pipes.last_mut() else { break };
             let name = batch.room.room_name();
             // A room the store does not hold is sent with no epoch: `BATCH`
             // answers with the current one, and the room reads it afresh.
@@ -246,8 +269,7 @@ impl Writer {
             }
             believed.push(known);
         }
-        let mut conn = self.store.conn();
-        let replies = match within(self.store.timeout(), pipe.query_async::<Vec<Value>>(&mut conn)).await {
+        let replies = match self.query(&pipes).await {
             Ok(replies) if replies.len() == calls.len() => Some(replies),
             Ok(replies) => {
                 let counts = format!("{} replies to {} calls", replies.len(), calls.len());
