@@ -30,7 +30,8 @@
 //! every instance lists the members of all (`chat::elsewhere`); typing is
 //! published too.
 //!
-//! Not yet (issue 15, stage 5): Redis Cluster.
+//! A Redis Cluster works the same way, found through the `--redis` node
+//! ([`conn`]): every script and pipeline names only one room's keys.
 
 mod conn;
 mod durability;
