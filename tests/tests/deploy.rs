@@ -10,7 +10,9 @@
 //! Each configuration is used as written, with the test's loopback
 //! addresses put in for `chat.example.com` and natter's `127.0.0.1:8080`
 //! (`8081` and `8082` for several instances), and TLS left out (the lines
-//! marked `# TLS`; there are no certificates on loopback) and the lines
+//! marked `# TLS`) except in the nginx check that keeps them, with a
+//! self-signed certificate made by openssl and a client that trusts only
+//! it (`wss://`), and the lines
 //! marked `# sizing` made small (a test machine's open-file limit is not a
 //! server's): what is tested is the proxying, the upgrade, `Host`, the
 //! forwarded address, the timeouts and the spreading over instances.
@@ -397,4 +399,125 @@ async fn nginx_for_several_instances_spreads_clients_over_two_that_share_a_room(
     round_robin_through(public, &instances).await;
     drop(proxy);
     drop(instances);
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with
+/// openssl in `dir`: (certificate, key) paths.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("create");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // A server's certificate, not a CA's (openssl's default for -x509).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (cargo xtask check-deploy installs it)");
+    assert!(made.success(), "openssl req failed");
+    (cert, key)
+}
+
+type TlsSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `wss://localhost:<port>/ws` through TLS, trusting `cert` only.
+async fn wss(port: u16, cert: &Path) -> TlsSocket {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cert).expect("read the certificate");
+    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(der.expect("a certificate")).expect("trusted");
+    }
+    // The one provider built in (ring) is the default.
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake the certificate passes");
+    let url = format!("wss://localhost:{port}/ws");
+    let (ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("WebSocket upgrade over TLS");
+    ws
+}
+
+async fn tls_send(ws: &mut TlsSocket, msg: &ClientMsg) {
+    use futures_util::SinkExt;
+    let text = serde_json::to_string(msg).expect("json");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into())).await.expect("send");
+}
+
+/// The next protocol message (within `WAIT`).
+async fn tls_recv(ws: &mut TlsSocket) -> ServerMsg {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time");
+        match frame {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                return serde_json::from_str(&t).expect("a server message");
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "run by `cargo xtask check-deploy`, which installs nginx and openssl"]
+async fn nginx_with_tls_as_documented_carries_the_chat_over_wss() {
+    required();
+    let dir = RemoveOnDrop(fresh_temp_path("nginx-tls"));
+    let (cert, key) = self_signed(&dir.0.join("tls"));
+    let port = free_port();
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let natter = Natter::start(&["--public-url", &format!("https://localhost:{port}"), "--trusted-proxy", "127.0.0.1"]);
+    // The recipe as written, TLS lines included: its own listen line on the
+    // test's port, the test's certificate in for the documented one.
+    let site: String = docs("nginx.conf")
+        .lines()
+        .map(|line| {
+            let line = if line.trim_start().starts_with("listen ") {
+                line.replace("listen 443", &format!("listen {public}"))
+            } else {
+                line.replace("/etc/ssl/certs/chat.example.com.pem", &cert.display().to_string())
+                    .replace("/etc/ssl/private/chat.example.com.key", &key.display().to_string())
+                    .replace("127.0.0.1:8080", &natter.addr.to_string())
+                    .replace("chat.example.com", "localhost")
+            };
+            line + "\n"
+        })
+        .collect();
+    assert!(site.contains(&format!("listen {public} ssl")), "the recipe's TLS listen line: {site}");
+    let _proxy = start_nginx(&dir.0, public, &site);
+
+    let mut ada = wss(port, &cert).await;
+    let mut bo = wss(port, &cert).await;
+    for (ws, name) in [(&mut ada, "Ada"), (&mut bo, "Bo")] {
+        tls_send(ws, &ClientMsg::Hello(natter_shared::Hello::new(name, "lobby"))).await;
+        match tls_recv(ws).await {
+            ServerMsg::Welcome(_) => {}
+            other => panic!("{name}: expected a welcome over wss, got {other:?}"),
+        }
+    }
+    tls_send(&mut ada, &ClientMsg::Say(Say { cid: "1".into(), text: "over TLS".into() })).await;
+    loop {
+        if let ServerMsg::Message(m) = tls_recv(&mut bo).await {
+            assert_eq!(m.text.as_str(), "over TLS");
+            break;
+        }
+    }
+    // A clean close through TLS is still a prompt leave.
+    bo.close(None).await.expect("close");
+    let closed = Instant::now();
+    loop {
+        match tls_recv(&mut ada).await {
+            ServerMsg::Notice(n) if n.kind == NoticeKind::Left && n.name.as_str() == "Bo" => break,
+            ServerMsg::Notice(n) if n.kind == NoticeKind::TimedOut => panic!("{} timed out instead of leaving", n.name),
+            _ => {}
+        }
+    }
+    assert!(closed.elapsed() < PROMPT_LEAVE, "left after {:?}", closed.elapsed());
+    drop(natter);
 }

@@ -198,7 +198,9 @@ pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     let nginx = installed(&["/usr/sbin/nginx", "/usr/bin/nginx"]);
     let caddy = output("caddy", &["version"], path).is_some();
     let haproxy = installed(&["/usr/sbin/haproxy", "/usr/bin/haproxy"]);
-    let missing: Vec<&str> = [("nginx", nginx), ("caddy", caddy), ("haproxy", haproxy)]
+    // The TLS check makes its self-signed certificate with openssl.
+    let openssl = output("openssl", &["version"], path).is_some();
+    let missing: Vec<&str> = [("nginx", nginx), ("caddy", caddy), ("haproxy", haproxy), ("openssl", openssl)]
         .iter()
         .filter(|(_, ok)| !ok)
         .map(|(p, _)| *p)
