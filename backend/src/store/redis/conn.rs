@@ -139,17 +139,22 @@ fn cluster_client(
     Ok(builder.build()?)
 }
 
+/// A connection manager's settings: natter's timeout and reconnection pauses.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_min_delay(RECONNECT_MIN_DELAY)
+        .set_max_delay(RECONNECT_MAX_DELAY)
+        .set_number_of_retries(RECONNECT_ATTEMPTS)
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+}
+
 /// The command connection: a connection manager for one server, a
 /// cluster connection for a cluster.
 pub async fn commands(client: &::redis::Client, url: &str, mode: Mode, timeout: Duration) -> Result<Conn, Failure> {
     match mode {
         Mode::Single => {
-            let config = ConnectionManagerConfig::new()
-                .set_min_delay(RECONNECT_MIN_DELAY)
-                .set_max_delay(RECONNECT_MAX_DELAY)
-                .set_number_of_retries(RECONNECT_ATTEMPTS)
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout));
+            let config = manager_config(timeout);
             Ok(Conn::Single(within(timeout, ConnectionManager::new_with_config(client.clone(), config)).await?))
         }
         Mode::Cluster => {
@@ -177,13 +182,7 @@ impl Sub {
     ) -> Result<Self, Failure> {
         match mode {
             Mode::Single => {
-                let config = ConnectionManagerConfig::new()
-                    .set_min_delay(RECONNECT_MIN_DELAY)
-                    .set_max_delay(RECONNECT_MAX_DELAY)
-                    .set_number_of_retries(RECONNECT_ATTEMPTS)
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_push_sender(push);
+                let config = manager_config(timeout).set_push_sender(push);
                 Ok(Sub::Single(within(timeout, ConnectionManager::new_with_config(client.clone(), config)).await?))
             }
             Mode::Cluster => {

@@ -379,11 +379,12 @@ impl RedisStore {
     }
 }
 
-/// Reads `MEMBERS`'s reply.
-pub fn parse_members(value: &Value) -> Result<Elsewhere, BadReply> {
-    let bad = || BadReply(format!("members: {value:?}"));
+/// Reads a reply of `MEMBERS` or `ORPHANS`: a count, then rows of
+/// `width` strings (`what` names the script in errors).
+fn counted_rows(value: &Value, what: &str, width: usize) -> Result<(u64, Vec<Vec<String>>), BadReply> {
+    let bad = || BadReply(format!("{what}: {value:?}"));
     let Value::Array(parts) = value else { return Err(bad()) };
-    let version = match parts.first() {
+    let count = match parts.first() {
         Some(Value::Int(n)) => u64::try_from(*n).map_err(|_| bad())?,
         _ => return Err(bad()),
     };
@@ -391,47 +392,47 @@ pub fn parse_members(value: &Value) -> Result<Elsewhere, BadReply> {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         _ => None,
     };
-    let mut members = Vec::new();
-    for row in &parts[1..] {
-        let Value::Array(fields) = row else { return Err(bad()) };
-        let (Some(instance), Some(name)) = (fields.first().and_then(text), fields.get(1).and_then(text)) else {
-            return Err(bad());
-        };
-        match UserName::parse(&name) {
-            Ok(name) => members.push((instance, name)),
-            Err(_) => warn!("a claim in Redis names no valid name; it is not listed"),
-        }
-    }
+    let rows = parts[1..]
+        .iter()
+        .map(|row| match row {
+            Value::Array(fields) if fields.len() == width => fields.iter().map(text).collect::<Option<Vec<_>>>(),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(bad)?;
+    Ok((count, rows))
+}
+
+/// Reads `MEMBERS`'s reply.
+pub fn parse_members(value: &Value) -> Result<Elsewhere, BadReply> {
+    let (version, rows) = counted_rows(value, "members", 2)?;
+    let members = rows
+        .into_iter()
+        .filter_map(|row| match (&row[0], UserName::parse(&row[1])) {
+            (instance, Ok(name)) => Some((instance.clone(), name)),
+            (_, Err(_)) => {
+                warn!("a claim in Redis names no valid name; it is not listed");
+                None
+            }
+        })
+        .collect();
     Ok(Elsewhere { version, members })
 }
 
 /// Reads `ORPHANS`'s reply.
 pub fn parse_orphans(value: &Value) -> Result<(Vec<Orphan>, usize), BadReply> {
-    let bad = || BadReply(format!("orphans: {value:?}"));
-    let Value::Array(parts) = value else { return Err(bad()) };
-    let count = match parts.first() {
-        Some(Value::Int(n)) => usize::try_from(*n).map_err(|_| bad())?,
-        _ => return Err(bad()),
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        _ => None,
-    };
-    let mut orphans = Vec::new();
-    for row in &parts[1..] {
-        let Value::Array(fields) = row else { return Err(bad()) };
-        let (Some(key), Some(member), Some(name)) =
-            (fields.first().and_then(text), fields.get(1).and_then(text), fields.get(2).and_then(text))
-        else {
-            return Err(bad());
-        };
-        let (Ok(member), Ok(name)) = (member.parse(), UserName::parse(&name)) else {
-            warn!(key = %key, "a claim in Redis cannot be read; it is left as it is");
-            continue;
-        };
-        orphans.push(Orphan { name, key, member });
-    }
-    Ok((orphans, count))
+    let (count, rows) = counted_rows(value, "orphans", 3)?;
+    let orphans = rows
+        .into_iter()
+        .filter_map(|row| match (row[1].parse(), UserName::parse(&row[2])) {
+            (Ok(member), Ok(name)) => Some(Orphan { name, key: row[0].clone(), member }),
+            _ => {
+                warn!(key = %row[0], "a claim in Redis cannot be read; it is left as it is");
+                None
+            }
+        })
+        .collect();
+    Ok((orphans, usize::try_from(count).unwrap_or(usize::MAX)))
 }
 
 /// Keeps `store`'s liveness key for `ttl` after each renewal, renewing it

@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::history::{Pace, ROOMS, SENDERS, WINDOW, sender};
+use super::history::{Pace, ROOMS, SENDERS, WINDOW, gather, sender};
 use crate::args::Args;
 use crate::server::{Server, cpu_time_of, free_port, temp_dir};
-use crate::stats::Samples;
 
 /// How long redis-server may take to listen.
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,13 +106,7 @@ async fn measure(args: &Args, servers: Vec<Server>, redis: Option<&Redis>) -> Re
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before: Vec<Duration> = servers.iter().map(Server::cpu_time).collect::<Result<_>>()?;
     let redis_before = redis.map(Redis::cpu_time).transpose()?;
-    let mut acked = 0;
-    let mut latency = Samples::default();
-    for task in tasks {
-        let r = task.await??;
-        acked += r.acked;
-        latency.extend(r.latency);
-    }
+    let (acked, latency) = gather(tasks).await?;
     // CPU over the measured window and the senders' last acks.
     let cpu: Duration = servers.iter().zip(cpu_before).map(|(s, b)| s.cpu_time().map(|c| c - b)).sum::<Result<_>>()?;
     let redis_cpu = match (redis, redis_before) {

@@ -113,6 +113,18 @@ pub(super) async fn sender(args: (std::net::SocketAddr, usize, Instant, Instant,
     Ok(result)
 }
 
+/// The senders' acknowledged messages and ack latencies, all together.
+pub(super) async fn gather(tasks: Vec<tokio::task::JoinHandle<Result<SenderResult>>>) -> Result<(u64, Samples)> {
+    let mut acked = 0;
+    let mut latency = Samples::default();
+    for task in tasks {
+        let r = task.await??;
+        acked += r.acked;
+        latency.extend(r.latency);
+    }
+    Ok((acked, latency))
+}
+
 /// Acknowledged messages/s and ack latency with every sender paced by `pace`.
 async fn throughput(args: &Args, pace: Pace) -> Result<Value> {
     let (warmup, window) = if args.quick { (1, 3) } else { (2, 10) };
@@ -128,13 +140,7 @@ async fn throughput(args: &Args, pace: Pace) -> Result<Value> {
     let tasks: Vec<_> =
         (0..SENDERS).map(|i| tokio::spawn(sender((server.addr, i, measure_from, until, pace)))).collect();
     let cpu_before = server.cpu_time()?;
-    let mut acked = 0;
-    let mut latency = Samples::default();
-    for task in tasks {
-        let r = task.await??;
-        acked += r.acked;
-        latency.extend(r.latency);
-    }
+    let (acked, latency) = gather(tasks).await?;
     let cpu = server.cpu_time()? - cpu_before;
     let rss = server.rss_kib()?;
     let slow_commits = server.slow_commits();
