@@ -17,6 +17,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{self, Draft, HistoryError, HistoryStore, StartError, WriteQueue};
+use crate::ws::coalesce::Coalescer;
 
 /// Shared server state.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct App {
     pub joins_per_address: Arc<PerAddress>,
     /// What the server counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The write window every connection shares (`None` when it is zero).
+    pub coalescer: Option<Arc<Coalescer>>,
 }
 
 impl App {
@@ -60,15 +63,23 @@ impl App {
             }
         };
         let hub = Hub::new(store, config.limits.clone(), metrics.clone());
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let window = config.ws.write_coalesce;
+        let coalescer = (!window.is_zero()).then(|| Coalescer::new(window));
+        if let Some(coalescer) = &coalescer {
+            tasks.spawn(coalescer.clone().run(shutdown.clone()));
+        }
         Ok(Arc::new(Self {
             hub,
             writes,
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            shutdown,
+            tasks,
             sessions: AtomicUsize::new(0),
             connections_per_address: PerAddress::new(config.conn.max_connections_per_address),
             joins_per_address: PerAddress::new(config.conn.max_joins_per_address),
             metrics,
+            coalescer,
             config,
         }))
     }

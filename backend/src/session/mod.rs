@@ -114,7 +114,10 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
     let _count = SessionCount::new(app.clone());
     let conn_id: ConnId = app.hub.next_id();
     let limits = &app.config.conn;
-    let (handle, receiver) = outbound::bounded(conn_id, limits.outbound_queue, limits.output_budget);
+    let (handle, receiver) = match &app.coalescer {
+        Some(coalescer) => outbound::coalesced(conn_id, limits.outbound_queue, limits.output_budget, coalescer.clone()),
+        None => outbound::bounded(conn_id, limits.outbound_queue, limits.output_budget),
+    };
     let session = Session {
         app: app.clone(),
         conn: handle,

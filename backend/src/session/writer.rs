@@ -183,24 +183,19 @@ enum Interrupt {
 /// Drains the queue into the socket in batches, pings, and sends the close
 /// frame when kicked or on shutdown.
 ///
-/// Coalescing: a message for a connection written to less than
-/// `write_coalesce` ago waits for the rest of that window, and everything
-/// queued by then goes out in one write; a message for a connection quiet
-/// longer goes out at once.
+/// Coalescing is decided where messages are queued ([`crate::ws::coalesce`]):
+/// the writer is woken only when there is something to write now, and
+/// writes everything queued by then.
 ///
-/// The futures the writer waits on (kick, shutdown, one timer) live across
-/// the loop instead of being made anew for each wait, and a write that the
-/// socket takes whole is done without waiting; only a write that blocks is
-/// boxed (with its timeout). An idle connection's task holds only what
-/// waiting needs.
+/// The futures the writer waits on (kick, shutdown, the heartbeat's timer)
+/// live across the loop instead of being made anew for each wait, and a
+/// write that the socket takes whole is done without waiting; only a write
+/// that blocks is boxed (with its timeout). An idle connection's task holds
+/// only what waiting needs.
 pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, heard: &LastHeard) -> WriterEnd {
     let timing = &app.config.timing;
-    let coalesce = app.config.ws.write_coalesce;
     let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
     let mut out = WriteBuf::default();
-    let mut last_write: Option<Instant> = None;
-    // Frames are waiting for the end of the window that ends then.
-    let mut window_end: Option<Instant> = None;
     let kicked = receiver.kick().kicked();
     let cancelled = app.shutdown.cancelled();
     let timer = sleep_until(heartbeat.deadline());
@@ -210,40 +205,26 @@ pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app:
             biased;
             reason = &mut kicked => break Interrupt::Kicked(reason),
             () = &mut cancelled => break Interrupt::Shutdown,
-            () = receiver.ready(), if window_end.is_none() => {
-                window_end = last_write.map(|at| at + coalesce).filter(|end| *end > Instant::now());
-                window_end.is_none()
-            }
+            () = receiver.ready() => true,
             () = &mut timer => {
                 let now = Instant::now();
-                let window_ended = window_end.is_some_and(|end| end <= now);
-                if window_ended {
-                    window_end = None;
+                match heartbeat.on_deadline(now, heard.get()) {
+                    Beat::Ping => out.push(frame::OP_PING, &[]),
+                    Beat::TimedOut => return WriterEnd::TimedOut,
+                    Beat::Wait => {}
                 }
-                if heartbeat.deadline() <= now {
-                    match heartbeat.on_deadline(now, heard.get()) {
-                        Beat::Ping => out.push(frame::OP_PING, &[]),
-                        Beat::TimedOut => return WriterEnd::TimedOut,
-                        Beat::Wait => {}
-                    }
-                }
-                window_ended || out.has_unwritten()
+                timer.as_mut().reset(heartbeat.deadline());
+                out.has_unwritten()
             }
         };
         if write {
-            match deliver(stream, &mut out, receiver, app, kicked.as_mut(), cancelled.as_mut()).await {
-                // Only frames open a window: a ping alone does not hold back the next message.
-                Ok(true) => last_write = Some(Instant::now()),
-                Ok(false) => {}
-                Err(interrupt) => break interrupt,
+            if let Err(interrupt) = deliver(stream, &mut out, receiver, app, kicked.as_mut(), cancelled.as_mut()).await
+            {
+                break interrupt;
             }
-            // A write the socket takes at once never waits: with no window
-            // (`write_coalesce` 0) a busy queue must still let other tasks run.
+            // A write the socket takes at once never waits: a busy queue
+            // must still let other tasks run.
             tokio::task::consume_budget().await;
-        }
-        let next = window_end.map_or(heartbeat.deadline(), |end| end.min(heartbeat.deadline()));
-        if timer.is_elapsed() || timer.deadline() != next {
-            timer.as_mut().reset(next);
         }
     };
     match interrupt {
@@ -257,8 +238,7 @@ pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app:
 
 /// Writes everything queued (and a ping `out` may hold): at once if the
 /// socket takes it, otherwise waiting for the socket as long as it keeps
-/// taking bytes (the write timeout bounds a wait without progress). Returns
-/// whether it wrote any frame.
+/// taking bytes (the write timeout bounds a wait without progress).
 async fn deliver(
     stream: &TcpStream,
     out: &mut WriteBuf,
@@ -266,14 +246,13 @@ async fn deliver(
     app: &App,
     kicked: Pin<&mut impl Future<Output = CloseReason>>,
     cancelled: Pin<&mut impl Future<Output = ()>>,
-) -> Result<bool, Interrupt> {
+) -> Result<(), Interrupt> {
     let ws = &app.config.ws;
     let batch = receiver.take();
-    let frames = !batch.encoded.is_empty();
     let rest = match out.try_write_batch(stream, batch, ws.write_batch_bytes) {
         Ok(None) => {
             receiver.written();
-            return Ok(frames);
+            return Ok(());
         }
         Ok(Some(rest)) => rest,
         Err(e) => return Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
@@ -285,7 +264,7 @@ async fn deliver(
             r = out.write_batch(stream, rest, ws.write_batch_bytes, stall) => match r {
                 Ok(()) => {
                     receiver.written();
-                    Ok(frames)
+                    Ok(())
                 }
                 Err(e) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
             },
@@ -439,13 +418,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn frames_queued_soon_after_a_write_go_out_together_when_the_window_ends() {
+    async fn frames_queued_soon_after_a_write_go_out_together_at_the_next_tick() {
         const WINDOW: Duration = Duration::from_millis(500);
         let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
         config.ws.write_coalesce = WINDOW;
         let app = App::new(config).await.expect("app");
         let (server, mut client) = socket_pair().await;
-        let (handle, receiver) = outbound::channel(1, 16);
+        let coalescer = app.coalescer.clone().expect("a window");
+        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer);
         let heard = LastHeard::new();
         let frame = |text: &'static str| Utf8Bytes::from_static(text);
         let test = async {
@@ -456,17 +436,18 @@ mod tests {
             let n = client.read(&mut buf).await.expect("read");
             assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
             assert!(start.elapsed() < WINDOW);
-            // Within the window: held back until it ends, then one write.
+            // Within the window: held back until the next tick, then one write.
+            let queued = Instant::now();
             handle.send(&frame("b"));
-            tokio::time::sleep(WINDOW / 5).await;
+            tokio::time::sleep(WINDOW / 10).await;
             handle.send(&frame("c"));
-            let early = timeout(WINDOW / 5, client.read(&mut buf)).await;
-            assert!(early.is_err(), "nothing is written before the window ends");
+            let early = timeout(WINDOW / 10, client.read(&mut buf)).await;
+            assert!(early.is_err(), "nothing is written before the tick");
             let expected = text_frames(&["b", "c"]);
             let mut got = vec![0u8; expected.len()];
             client.read_exact(&mut got).await.expect("read");
             assert_eq!(got, expected);
-            assert!(start.elapsed() >= WINDOW);
+            assert!(queued.elapsed() <= WINDOW, "held at most one window");
             // Quiet again for longer than the window: at once.
             tokio::time::sleep(WINDOW * 2).await;
             let again = Instant::now();

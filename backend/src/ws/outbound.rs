@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use natter_shared::{ServerMsg, close};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::coalesce::Coalescer;
 
 /// Identifies one WebSocket connection for the server's lifetime.
 pub type ConnId = u64;
@@ -148,8 +151,30 @@ struct Queue {
     high_water: usize,
     /// The payload of the latest ping still to answer.
     pong: Option<Vec<u8>>,
+    /// When the writer last took frames (a pong alone does not count).
+    taken_at: Option<Instant>,
+    /// Frames wait for the coalescer's next tick.
+    scheduled: bool,
     /// The writer is gone.
     closed: bool,
+}
+
+impl Queue {
+    /// The writer has something to write now: a pong at once, frames
+    /// unless they wait for a tick.
+    fn ready(&self) -> bool {
+        self.pong.is_some() || (!self.encoded.is_empty() && !self.scheduled)
+    }
+}
+
+/// What a send asks of the writer.
+enum Wake {
+    /// Nothing: it is already woken, or scheduled.
+    No,
+    /// Write now.
+    Now,
+    /// List the connection for the coalescer's next tick.
+    AtTick,
 }
 
 #[derive(Debug)]
@@ -168,6 +193,8 @@ struct Shared {
     /// Wakes a reader waiting for those replies.
     replied: Notify,
     kick: Kick,
+    /// The server's write window; `None`: every write goes out at once.
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl Shared {
@@ -212,6 +239,21 @@ impl Batch {
 /// A connection's queue with room for `capacity` messages and `budget`
 /// bytes queued or being written.
 pub fn bounded(id: ConnId, capacity: usize, budget: usize) -> (ConnHandle, ConnReceiver) {
+    with_window(id, capacity, budget, None)
+}
+
+/// A bounded queue whose writes within `coalescer`'s window of the last
+/// one wait for its next tick.
+pub fn coalesced(id: ConnId, capacity: usize, budget: usize, coalescer: Arc<Coalescer>) -> (ConnHandle, ConnReceiver) {
+    with_window(id, capacity, budget, Some(coalescer))
+}
+
+fn with_window(
+    id: ConnId,
+    capacity: usize,
+    budget: usize,
+    coalescer: Option<Arc<Coalescer>>,
+) -> (ConnHandle, ConnReceiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::default(),
         capacity,
@@ -221,6 +263,7 @@ pub fn bounded(id: ConnId, capacity: usize, budget: usize) -> (ConnHandle, ConnR
         awaited: std::sync::atomic::AtomicUsize::new(0),
         replied: Notify::new(),
         kick: Kick::default(),
+        coalescer,
     });
     (ConnHandle { id, shared: shared.clone() }, ConnReceiver { shared })
 }
@@ -252,7 +295,7 @@ pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Encoded {
 impl ConnHandle {
     /// Queues a message without waiting; a full queue closes the connection as lagged.
     pub fn send(&self, encoded: &Encoded) -> Delivery {
-        let was_empty = {
+        let wake = {
             let mut queue = self.shared.lock();
             if queue.closed {
                 return Delivery::Gone;
@@ -266,13 +309,38 @@ impl ConnHandle {
             queue.queued_bytes += encoded.len();
             queue.high_water = queue.high_water.max(bytes);
             queue.encoded.push_back(encoded.clone());
-            queue.encoded.len() == 1 && queue.pong.is_none()
-        };
-        if was_empty {
             // The writer takes everything at once: only the first message wakes it.
-            self.shared.ready.notify_one();
+            if queue.encoded.len() > 1 || queue.pong.is_some() || queue.scheduled {
+                Wake::No
+            } else if self.shared.coalescer.as_ref().is_some_and(|c| c.holds(queue.taken_at)) {
+                queue.scheduled = true;
+                Wake::AtTick
+            } else {
+                Wake::Now
+            }
+        };
+        match wake {
+            Wake::No => {}
+            Wake::Now => self.shared.ready.notify_one(),
+            Wake::AtTick => {
+                if let Some(coalescer) = &self.shared.coalescer {
+                    coalescer.schedule(self.clone());
+                }
+            }
         }
         Delivery::Queued
+    }
+
+    /// The coalescer's tick: frames held for it may go out now.
+    pub(super) fn tick(&self) {
+        {
+            let mut queue = self.shared.lock();
+            queue.scheduled = false;
+            if !queue.ready() {
+                return;
+            }
+        }
+        self.shared.ready.notify_one();
     }
 
     /// The most bytes this connection had queued and being written at once.
@@ -376,6 +444,9 @@ impl ConnReceiver {
     pub fn take(&self) -> Batch {
         let mut queue = self.shared.lock();
         queue.taken_bytes += std::mem::take(&mut queue.queued_bytes);
+        if !queue.encoded.is_empty() && self.shared.coalescer.is_some() {
+            queue.taken_at = Some(Instant::now());
+        }
         Batch { encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
     }
 
@@ -385,14 +456,12 @@ impl ConnReceiver {
         self.shared.released.notify_waiters();
     }
 
-    /// Waits until something is queued.
+    /// Waits until something is to be written now (frames held for the
+    /// coalescer's tick wait for it).
     pub async fn ready(&self) {
         loop {
-            {
-                let queue = self.shared.lock();
-                if !queue.encoded.is_empty() || queue.pong.is_some() {
-                    return;
-                }
+            if self.shared.lock().ready() {
+                return;
             }
             // A send after the check above leaves a permit: no wake-up is lost.
             self.shared.ready.notified().await;

@@ -1,0 +1,111 @@
+//! The write window shared by every connection: a message for a connection
+//! whose writer took frames less than a window ago is not written at once;
+//! the connection joins this list and its writer is woken at the next tick,
+//! with everything queued by then going out in one write.
+//!
+//! One timer for the whole server instead of one per connection: a busy
+//! connection's writer wakes once per write (at a tick), not twice (the
+//! message, then its own window's end), and no per-connection timer is set
+//! for every write. A message waits at most one window, as before.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior, interval};
+use tokio_util::sync::CancellationToken;
+
+use super::outbound::ConnHandle;
+
+/// Connections with frames held for the next tick.
+///
+/// Bound: a connection is listed at most once until its tick (its queue
+/// marks it scheduled), so the list holds at most one entry per open
+/// connection, which the connection limits bound.
+#[derive(Debug)]
+pub struct Coalescer {
+    window: Duration,
+    due: Mutex<Vec<ConnHandle>>,
+}
+
+impl Coalescer {
+    /// A window of `window` (not zero: with no window every write goes out at once).
+    pub fn new(window: Duration) -> Arc<Self> {
+        Arc::new(Self { window, due: Mutex::default() })
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Whether frames taken at `taken` still hold back a message queued now.
+    pub fn holds(&self, taken: Option<Instant>) -> bool {
+        taken.is_some_and(|at| at.elapsed() < self.window)
+    }
+
+    /// Lists `conn` for the next tick.
+    pub(super) fn schedule(&self, conn: ConnHandle) {
+        self.due.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    }
+
+    /// Wakes the listed connections' writers every window until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = interval(self.window);
+        // A late tick (a busy core) does not cause a burst of ticks after it.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut due = Vec::new();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            std::mem::swap(&mut due, &mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
+            for conn in due.drain(..) {
+                conn.tick();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    use super::*;
+    use crate::ws::outbound;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_soon_after_a_take_waits_for_the_tick_and_a_quiet_one_does_not() {
+        const WINDOW: Duration = Duration::from_millis(100);
+        let coalescer = Coalescer::new(WINDOW);
+        let shutdown = CancellationToken::new();
+        let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
+        // Past the interval's first tick, which comes at once.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone());
+        let text = |t: &'static str| Utf8Bytes::from_static(t);
+
+        // Nothing taken yet: at once.
+        handle.send(&text("a"));
+        tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await.expect("ready at once");
+        assert_eq!(receiver.take().encoded.len(), 1);
+
+        // Taken just now: held for the tick, and the next message joins it.
+        let queued = Instant::now();
+        handle.send(&text("b"));
+        handle.send(&text("c"));
+        assert_eq!(coalescer.due.lock().expect("lock").len(), 1, "listed once");
+        let early = tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await;
+        assert!(early.is_err(), "held for the tick");
+        receiver.ready().await;
+        assert!(queued.elapsed() <= WINDOW, "waits at most one window");
+        assert_eq!(receiver.take().encoded.len(), 2, "b and c go out together");
+
+        // Quiet for longer than the window: at once again.
+        tokio::time::sleep(WINDOW * 2).await;
+        handle.send(&text("d"));
+        tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await.expect("ready at once");
+        shutdown.cancel();
+        ticker.await.expect("the ticker ends at shutdown");
+    }
+}
