@@ -66,7 +66,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let window = config.ws.write_coalesce;
-        let coalescer = (!window.is_zero()).then(|| Coalescer::new(window));
+        let coalescer = (!window.is_zero()).then(|| Coalescer::new(window, config.ws.write_batch_bytes));
         if let Some(coalescer) = &coalescer {
             tasks.spawn(coalescer.clone().run(shutdown.clone()));
         }

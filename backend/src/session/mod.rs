@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use natter_shared::close;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info};
@@ -110,12 +109,20 @@ struct Session {
 
 /// Runs one upgraded connection to its end. `early` holds bytes the client
 /// sent right after its handshake, already read by the HTTP server.
-pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr, client: IpAddr) {
+pub async fn run(stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr, client: IpAddr) {
+    // Shared with the coalescer's tick, which writes to it while the writer is not writing.
+    let stream = Arc::new(stream);
     let _count = SessionCount::new(app.clone());
     let conn_id: ConnId = app.hub.next_id();
     let limits = &app.config.conn;
     let (handle, receiver) = match &app.coalescer {
-        Some(coalescer) => outbound::coalesced(conn_id, limits.outbound_queue, limits.output_budget, coalescer.clone()),
+        Some(coalescer) => outbound::coalesced(
+            conn_id,
+            limits.outbound_queue,
+            limits.output_budget,
+            coalescer.clone(),
+            Some(stream.clone()),
+        ),
         None => outbound::bounded(conn_id, limits.outbound_queue, limits.output_budget),
     };
     let session = Session {
@@ -153,8 +160,8 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
                             Box::pin(timeout(app.config.timing.close_timeout, &mut writer)),
                         );
                         match written {
-                            Ok(WriterEnd::Lagged(out)) => {
-                                drop(receiver.take());
+                            Ok(WriterEnd::Lagged(mut out)) => {
+                                out.absorb(receiver.take().started);
                                 Box::pin(writer::send_lagged_close(&stream, out, &app)).await
                             }
                             _ => !matches!(reason, CloseReason::PeerClosed(_)),
@@ -172,9 +179,10 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
                 let ending = session.ending(Stopped::Writer(&end));
                 Box::pin(session.finish(ending.membership)).await;
                 match end {
-                    WriterEnd::Lagged(out) => {
-                        // What is still queued will never be sent: free it now.
-                        drop(receiver.take());
+                    WriterEnd::Lagged(mut out) => {
+                        // What is still queued will never be sent: free it
+                        // now (a write the tick started is finished first).
+                        out.absorb(receiver.take().started);
                         Box::pin(writer::send_lagged_close(&stream, out, &app)).await
                     }
                     WriterEnd::Closed(_) => true,
@@ -191,13 +199,18 @@ pub async fn run(mut stream: TcpStream, early: Bytes, app: Arc<App>, peer: Socke
             // Close our side first: the peer (a browser especially) waits
             // for the server to end the TCP connection after the close
             // handshake, and answers our FIN with its own.
-            let _ = stream.shutdown().await;
+            let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
             let mut buf = vec![0u8; LINGER_BUF_BYTES];
             let mut total = 0;
             while total < LINGER_MAX_BYTES {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                if stream.readable().await.is_err() {
+                    break;
+                }
+                match stream.try_read(&mut buf) {
+                    Ok(0) => break,
                     Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         };

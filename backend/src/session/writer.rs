@@ -16,7 +16,7 @@ use super::heartbeat::{Beat, Heartbeat};
 use super::{LastHeard, WriterEnd};
 use crate::app::App;
 use crate::ws::frame;
-use crate::ws::outbound::{Batch, CloseReason, ConnReceiver};
+use crate::ws::outbound::{Batch, CloseReason, ConnReceiver, Started};
 
 /// The largest write buffer a worker thread keeps between writes (a larger
 /// one, grown for a big batch, is freed after it).
@@ -62,6 +62,17 @@ impl WriteBuf {
         }
     }
 
+    /// Takes over a write the coalescer's tick started: its unwritten bytes
+    /// go before anything this buffer has not begun (a ping).
+    pub(super) fn absorb(&mut self, started: Option<Box<Started>>) {
+        let Some(started) = started else { return };
+        let mine = self.buf.split_off(self.written);
+        let Started { buf, written } = *started;
+        self.buf = buf;
+        self.written = written;
+        self.buf.extend_from_slice(&mine);
+    }
+
     /// Bytes not yet written (a frame the socket has not taken, a ping).
     fn has_unwritten(&self) -> bool {
         self.written < self.buf.len()
@@ -81,7 +92,7 @@ impl WriteBuf {
         SCRATCH.with_borrow_mut(|scratch| {
             let result = loop {
                 scratch.clear();
-                gather(&mut batch, scratch, max_bytes);
+                batch.gather(scratch, max_bytes);
                 if scratch.is_empty() {
                     break Ok(None);
                 }
@@ -145,7 +156,7 @@ impl WriteBuf {
         }
         loop {
             if let Some(pending) = self.pending.as_mut() {
-                gather(pending, &mut self.buf, max_bytes);
+                pending.gather(&mut self.buf, max_bytes);
                 if pending.encoded.is_empty() && pending.pong.is_none() {
                     self.pending = None;
                 }
@@ -155,21 +166,6 @@ impl WriteBuf {
             }
             self.flush(stream, stall).await?;
         }
-    }
-}
-
-/// Moves the pong, then the encoded messages, from `batch` into `buf` as
-/// WebSocket frames, up to `max_bytes` (at least one frame) for one write call.
-fn gather(batch: &mut Batch, buf: &mut Vec<u8>, max_bytes: usize) {
-    if let Some(payload) = batch.pong.take() {
-        frame::encode(frame::OP_PONG, &payload, buf);
-    }
-    while let Some(text) = batch.encoded.front() {
-        if !buf.is_empty() && buf.len() + frame::encoded_len(text.len()) > max_bytes {
-            break;
-        }
-        frame::encode(frame::OP_TEXT, text.as_bytes(), buf);
-        batch.encoded.pop_front();
     }
 }
 
@@ -248,7 +244,8 @@ async fn deliver(
     cancelled: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), Interrupt> {
     let ws = &app.config.ws;
-    let batch = receiver.take();
+    let mut batch = receiver.take();
+    out.absorb(batch.started.take());
     let rest = match out.try_write_batch(stream, batch, ws.write_batch_bytes) {
         Ok(None) => {
             receiver.written();
@@ -324,11 +321,12 @@ async fn send_close(
     reason: CloseReason,
     limit: Duration,
 ) -> WriterEnd {
-    if let Some(mut pending) = out.pending.take() {
-        gather(&mut pending, &mut out.buf, usize::MAX);
-    }
     let mut queued = receiver.take();
-    gather(&mut queued, &mut out.buf, usize::MAX);
+    out.absorb(queued.started.take());
+    if let Some(mut pending) = out.pending.take() {
+        pending.gather(&mut out.buf, usize::MAX);
+    }
+    queued.gather(&mut out.buf, usize::MAX);
     let payload = match reason.frame() {
         Some((code, text)) => frame::close_payload(code, text),
         None => Vec::new(),
@@ -363,9 +361,14 @@ mod tests {
         let frames: VecDeque<Utf8Bytes> = ["a", &"b".repeat(300), "c"].into_iter().map(Utf8Bytes::from).collect();
         let mut out = WriteBuf::default();
         // A tiny batch limit: one write call per frame.
-        out.write_batch(&server, Batch { encoded: frames, pong: Some(b"p".to_vec()) }, 16, Duration::from_secs(10))
-            .await
-            .expect("written");
+        out.write_batch(
+            &server,
+            Batch { encoded: frames, pong: Some(b"p".to_vec()), ..Batch::default() },
+            16,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("written");
         assert_eq!(out.buf.capacity(), 0);
         let mut expected = Vec::new();
         frame::encode(frame::OP_PONG, b"p", &mut expected);
@@ -402,7 +405,7 @@ mod tests {
         let mut out = WriteBuf::default();
         // The client reads nothing yet: the socket fills.
         let rest = out
-            .try_write_batch(&server, Batch { encoded: frames, pong: None }, 16 * 1024)
+            .try_write_batch(&server, Batch { encoded: frames, ..Batch::default() }, 16 * 1024)
             .expect("no error")
             .expect("the socket could not take 300 KB");
         assert!(out.has_unwritten(), "the bytes the socket did not take are the connection's own");
@@ -424,8 +427,9 @@ mod tests {
         config.ws.write_coalesce = WINDOW;
         let app = App::new(config).await.expect("app");
         let (server, mut client) = socket_pair().await;
+        let server = std::sync::Arc::new(server);
         let coalescer = app.coalescer.clone().expect("a window");
-        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer);
+        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer, Some(server.clone()));
         let heard = LastHeard::new();
         let frame = |text: &'static str| Utf8Bytes::from_static(text);
         let test = async {
@@ -459,6 +463,43 @@ mod tests {
         tokio::select! {
             end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
             () = test => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_the_tick_could_not_finish_is_finished_by_the_writer_in_order() {
+        const WINDOW: Duration = Duration::from_millis(20);
+        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
+        config.ws.write_coalesce = WINDOW;
+        let app = App::new(config).await.expect("app");
+        let (server, mut client) = socket_pair().await;
+        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
+        let server = std::sync::Arc::new(server);
+        let coalescer = app.coalescer.clone().expect("a window");
+        let (handle, receiver) = outbound::coalesced(1, 1024, usize::MAX, coalescer, Some(server.clone()));
+        let heard = LastHeard::new();
+        // The first goes out at once (the writer); the rest, queued right
+        // after, wait for the tick, which writes what the small socket
+        // buffer takes and leaves the rest (mid-frame) to the writer.
+        let texts: Vec<String> = (0..300).map(|i| format!("{i:04}{}", "y".repeat(996))).collect();
+        let expected = text_frames(&texts.iter().map(String::as_str).collect::<Vec<_>>());
+        let test = async {
+            handle.send(&Utf8Bytes::from(texts[0].clone()));
+            let mut first = vec![0u8; frame::encoded_len(texts[0].len())];
+            client.read_exact(&mut first).await.expect("read");
+            for text in &texts[1..] {
+                assert_eq!(handle.send(&Utf8Bytes::from(text.clone())), outbound::Delivery::Queued);
+            }
+            let mut got = first;
+            got.resize(expected.len(), 0);
+            let at = frame::encoded_len(texts[0].len());
+            client.read_exact(&mut got[at..]).await.expect("read");
+            assert!(got == expected, "every frame arrives once, whole and in order");
+            assert_eq!(handle.pending_bytes(), 0, "the budget is released");
+        };
+        tokio::select! {
+            end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
+            done = tokio::time::timeout(Duration::from_secs(10), test) => done.expect("in time"),
         }
     }
 

@@ -1,12 +1,14 @@
 //! The write window shared by every connection: a message for a connection
-//! whose writer took frames less than a window ago is not written at once;
-//! the connection joins this list and its writer is woken at the next tick,
-//! with everything queued by then going out in one write.
+//! whose frames were taken for writing less than a window ago is not
+//! written at once; the connection joins this list, and at the next tick
+//! everything queued for it by then goes out in one write.
 //!
-//! One timer for the whole server instead of one per connection: a busy
-//! connection's writer wakes once per write (at a tick), not twice (the
-//! message, then its own window's end), and no per-connection timer is set
-//! for every write. A message waits at most one window, as before.
+//! The tick writes to the socket itself, one connection after another, as
+//! long as the connection's writer is not writing (a write the socket does
+//! not take whole is left to the writer, see [`super::outbound`]). A busy
+//! connection's writer task is then not woken at all for its writes, and no
+//! per-connection timer is set per write: one timer for the whole server.
+//! A message waits at most one window, as before.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +26,22 @@ use super::outbound::ConnHandle;
 #[derive(Debug)]
 pub struct Coalescer {
     window: Duration,
+    /// The most bytes per write call.
+    max_bytes: usize,
     due: Mutex<Vec<ConnHandle>>,
 }
 
+/// Connections a tick writes before it lets other tasks run.
+const WRITES_PER_YIELD: usize = 128;
+/// The largest buffer the tick keeps between ticks (a larger one, grown for
+/// a big batch, is freed after it).
+const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
+
 impl Coalescer {
-    /// A window of `window` (not zero: with no window every write goes out at once).
-    pub fn new(window: Duration) -> Arc<Self> {
-        Arc::new(Self { window, due: Mutex::default() })
+    /// A window of `window` (not zero: with no window every write goes out
+    /// at once), writing at most `max_bytes` per write call.
+    pub fn new(window: Duration, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self { window, max_bytes, due: Mutex::default() })
     }
 
     /// The window.
@@ -48,20 +59,28 @@ impl Coalescer {
         self.due.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
     }
 
-    /// Wakes the listed connections' writers every window until `shutdown`.
+    /// Every window until `shutdown`, writes the listed connections'
+    /// frames (or wakes their writers, see [`ConnHandle::tick`]).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticks = interval(self.window);
         // A late tick (a busy core) does not cause a burst of ticks after it.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut due = Vec::new();
+        let mut scratch = Vec::new();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => return,
             }
             std::mem::swap(&mut due, &mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
-            for conn in due.drain(..) {
-                conn.tick();
+            for (i, conn) in due.drain(..).enumerate() {
+                if i > 0 && i % WRITES_PER_YIELD == 0 {
+                    tokio::task::yield_now().await;
+                }
+                conn.tick(&mut scratch, self.max_bytes);
+            }
+            if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                scratch = Vec::new();
             }
         }
     }
@@ -77,12 +96,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_message_soon_after_a_take_waits_for_the_tick_and_a_quiet_one_does_not() {
         const WINDOW: Duration = Duration::from_millis(100);
-        let coalescer = Coalescer::new(WINDOW);
+        let coalescer = Coalescer::new(WINDOW, 64 * 1024);
         let shutdown = CancellationToken::new();
         let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
         // Past the interval's first tick, which comes at once.
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone());
+        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone(), None);
         let text = |t: &'static str| Utf8Bytes::from_static(t);
 
         // Nothing taken yet: at once.

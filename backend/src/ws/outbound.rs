@@ -9,16 +9,26 @@
 //! from the close code that it must resume. The connection's own reader
 //! waits for the queue to drain ([`ConnHandle::drained`]) before it answers
 //! another request, so a client cannot ask for more than it reads.
+//!
+//! Who writes to the socket: the connection's writer task, or the
+//! coalescer's tick ([`super::coalesce`]) while the writer is not writing.
+//! The tick writes with the queue locked and only what the socket takes at
+//! once; the rest of a write it started ([`Started`]) goes to the writer,
+//! first. The writer marks the socket its own from taking a batch until it
+//! is written (or for good, once it closes), so the two never interleave
+//! bytes.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use natter_shared::{ServerMsg, close};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::coalesce::Coalescer;
+use super::frame;
 
 /// Identifies one WebSocket connection for the server's lifetime.
 pub type ConnId = u64;
@@ -151,20 +161,45 @@ struct Queue {
     high_water: usize,
     /// The payload of the latest ping still to answer.
     pong: Option<Vec<u8>>,
-    /// When the writer last took frames (a pong alone does not count).
+    /// When frames were last taken to be written (a pong alone does not count).
     taken_at: Option<Instant>,
     /// Frames wait for the coalescer's next tick.
     scheduled: bool,
+    /// The socket, for the coalescer's tick to write to while the writer
+    /// is not writing; dropped with the writer's end.
+    socket: Option<Arc<TcpStream>>,
+    /// The writer took a batch and has not finished writing it (or is
+    /// closing): nobody else writes to the socket meanwhile.
+    writing: bool,
+    /// A write the tick started and the socket did not take whole: the
+    /// writer finishes it before anything else.
+    started: Option<Box<Started>>,
     /// The writer is gone.
     closed: bool,
 }
 
 impl Queue {
-    /// The writer has something to write now: a pong at once, frames
-    /// unless they wait for a tick.
+    /// The writer has something to write now: the rest of a started write
+    /// or a pong at once, frames unless they wait for a tick.
     fn ready(&self) -> bool {
-        self.pong.is_some() || (!self.encoded.is_empty() && !self.scheduled)
+        self.started.is_some() || self.pong.is_some() || (!self.encoded.is_empty() && !self.scheduled)
     }
+}
+
+/// Frames the coalescer's tick began to write: `buf` from `written` on is
+/// still to go, and goes before anything else.
+#[derive(Debug)]
+pub struct Started {
+    pub buf: Vec<u8>,
+    pub written: usize,
+}
+
+/// How far the tick got.
+enum Written {
+    /// All of it: its bytes left the budget.
+    Whole,
+    /// The writer has the rest to write.
+    Partly,
 }
 
 /// What a send asks of the writer.
@@ -224,6 +259,8 @@ pub struct ConnReceiver {
 /// What the writer takes from the queue in one go.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The rest of a write the coalescer's tick started (goes first).
+    pub started: Option<Box<Started>>,
     pub encoded: VecDeque<Encoded>,
     pub pong: Option<Vec<u8>>,
 }
@@ -232,7 +269,23 @@ impl Batch {
     /// Nothing to write.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.encoded.is_empty() && self.pong.is_none()
+        self.started.is_none() && self.encoded.is_empty() && self.pong.is_none()
+    }
+
+    /// Moves the pong, then the encoded messages, into `buf` as WebSocket
+    /// frames, up to `max_bytes` (at least one frame) for one write call.
+    /// (`started` is not framed: it is bytes already.)
+    pub fn gather(&mut self, buf: &mut Vec<u8>, max_bytes: usize) {
+        if let Some(payload) = self.pong.take() {
+            frame::encode(frame::OP_PONG, &payload, buf);
+        }
+        while let Some(text) = self.encoded.front() {
+            if !buf.is_empty() && buf.len() + frame::encoded_len(text.len()) > max_bytes {
+                break;
+            }
+            frame::encode(frame::OP_TEXT, text.as_bytes(), buf);
+            self.encoded.pop_front();
+        }
     }
 }
 
@@ -242,10 +295,19 @@ pub fn bounded(id: ConnId, capacity: usize, budget: usize) -> (ConnHandle, ConnR
     with_window(id, capacity, budget, None)
 }
 
-/// A bounded queue whose writes within `coalescer`'s window of the last
-/// one wait for its next tick.
-pub fn coalesced(id: ConnId, capacity: usize, budget: usize, coalescer: Arc<Coalescer>) -> (ConnHandle, ConnReceiver) {
-    with_window(id, capacity, budget, Some(coalescer))
+/// A bounded queue whose messages within `coalescer`'s window of the last
+/// write wait for its next tick, which writes them to `socket` itself
+/// (`None`: it wakes the writer instead).
+pub fn coalesced(
+    id: ConnId,
+    capacity: usize,
+    budget: usize,
+    coalescer: Arc<Coalescer>,
+    socket: Option<Arc<TcpStream>>,
+) -> (ConnHandle, ConnReceiver) {
+    let (handle, receiver) = with_window(id, capacity, budget, Some(coalescer));
+    handle.shared.lock().socket = socket;
+    (handle, receiver)
 }
 
 fn with_window(
@@ -331,16 +393,60 @@ impl ConnHandle {
         Delivery::Queued
     }
 
-    /// The coalescer's tick: frames held for it may go out now.
-    pub(super) fn tick(&self) {
-        {
+    /// The coalescer's tick: frames held for it go out now, written here
+    /// when the writer is not writing (no wake-up of its task); what the
+    /// socket does not take whole is left to the writer. `scratch` is the
+    /// tick's buffer, `max_bytes` the most bytes per write call.
+    pub(super) fn tick(&self, scratch: &mut Vec<u8>, max_bytes: usize) {
+        let done = {
             let mut queue = self.shared.lock();
             queue.scheduled = false;
-            if !queue.ready() {
-                return;
+            let free = !queue.writing && !queue.closed && queue.started.is_none() && self.kick_reason().is_none();
+            match queue.socket.clone() {
+                Some(socket) if free && queue.ready() => Self::write_now(&mut queue, &socket, scratch, max_bytes),
+                _ if queue.ready() => Written::Partly,
+                _ => return,
             }
+        };
+        match done {
+            Written::Whole => self.shared.released.notify_waiters(),
+            Written::Partly => self.shared.ready.notify_one(),
         }
-        self.shared.ready.notify_one();
+    }
+
+    /// Writes what is queued to `socket` as far as it takes it without
+    /// waiting, with the queue locked (so nobody writes in between).
+    fn write_now(queue: &mut Queue, socket: &TcpStream, scratch: &mut Vec<u8>, max_bytes: usize) -> Written {
+        let mut batch = Batch { started: None, encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() };
+        let bytes = std::mem::take(&mut queue.queued_bytes);
+        if !batch.encoded.is_empty() {
+            queue.taken_at = Some(Instant::now());
+        }
+        let left = loop {
+            scratch.clear();
+            batch.gather(scratch, max_bytes);
+            if scratch.is_empty() {
+                break None;
+            }
+            // On an error (or a full socket) nothing was taken: the writer
+            // meets the error itself.
+            let taken = socket.try_write(scratch).unwrap_or_default();
+            if taken < scratch.len() {
+                break Some(Started { buf: scratch.clone(), written: taken });
+            }
+        };
+        let Some(started) = left else {
+            return Written::Whole;
+        };
+        // The frames not yet gathered go back to the front of the queue;
+        // the started write's bytes stay counted until the writer is done.
+        let rest: usize = batch.encoded.iter().map(|e| e.len()).sum();
+        queue.queued_bytes = rest;
+        queue.taken_bytes += bytes - rest;
+        batch.encoded.append(&mut queue.encoded);
+        queue.encoded = batch.encoded;
+        queue.started = Some(Box::new(started));
+        Written::Partly
     }
 
     /// The most bytes this connection had queued and being written at once.
@@ -439,20 +545,27 @@ impl ConnHandle {
 }
 
 impl ConnReceiver {
-    /// Takes everything queued (possibly nothing). Its bytes count against
-    /// the budget until [`ConnReceiver::written`].
+    /// Takes everything queued (possibly nothing), the rest of a write the
+    /// tick started first. Its bytes count against the budget, and the
+    /// socket is the writer's alone, until [`ConnReceiver::written`].
     pub fn take(&self) -> Batch {
         let mut queue = self.shared.lock();
         queue.taken_bytes += std::mem::take(&mut queue.queued_bytes);
         if !queue.encoded.is_empty() && self.shared.coalescer.is_some() {
             queue.taken_at = Some(Instant::now());
         }
-        Batch { encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
+        queue.writing = true;
+        Batch { started: queue.started.take(), encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
     }
 
-    /// Everything taken so far has been written: its bytes leave the budget.
+    /// Everything taken so far has been written: its bytes leave the budget,
+    /// and the coalescer's tick may write again.
     pub fn written(&self) {
-        self.shared.lock().taken_bytes = 0;
+        {
+            let mut queue = self.shared.lock();
+            queue.taken_bytes = 0;
+            queue.writing = false;
+        }
         self.shared.released.notify_waiters();
     }
 
@@ -478,6 +591,8 @@ impl Drop for ConnReceiver {
     fn drop(&mut self) {
         let mut queue = self.shared.lock();
         queue.closed = true;
+        queue.socket = None;
+        queue.started = None;
         queue.encoded = VecDeque::new();
         queue.queued_bytes = 0;
         queue.taken_bytes = 0;
