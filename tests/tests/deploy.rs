@@ -9,13 +9,15 @@
 //!
 //! Each configuration is used as written, with the test's loopback
 //! addresses put in for `chat.example.com` and natter's `127.0.0.1:8080`
-//! (`8081` and `8082` for several instances), and TLS left out (the lines
-//! marked `# TLS`) except in the nginx check that keeps them, with a
-//! self-signed certificate made by openssl and a client that trusts only
-//! it (`wss://`), and the lines
-//! marked `# sizing` made small (a test machine's open-file limit is not a
-//! server's): what is tested is the proxying, the upgrade, `Host`, the
-//! forwarded address, the timeouts and the spreading over instances.
+//! (`8081` and `8082` for several instances), TLS left out (nginx's lines
+//! marked `# TLS`, Caddy's automatic HTTPS) except in one check each for
+//! nginx and Caddy that keep it, and the lines marked `# sizing` made small
+//! (a test machine's open-file limit is not a server's): what is tested is
+//! the proxying, the upgrade, `Host`, the forwarded address, the timeouts,
+//! the spreading over instances and, over `wss://`, the TLS. nginx gets a
+//! self-signed certificate made by openssl; Caddy, serving `localhost`,
+//! issues its own from its local CA; the client trusts only that
+//! certificate or that CA's root.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,20 +75,28 @@ impl Drop for Proxy {
     }
 }
 
+impl Proxy {
+    /// Panics, with the proxy's `log`, if it has exited.
+    fn assert_running(&mut self, log: &Path) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            panic!("the proxy exited ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+}
+
 fn wait_for_port(addr: SocketAddr, proxy: &mut Proxy, log: &Path) {
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = proxy.0.try_wait() {
-            panic!("the proxy exited ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
-        }
+        proxy.assert_running(log);
         assert!(Instant::now() < deadline, "the proxy did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// natter behind a proxy at `public` (its own port chosen here).
-fn natter_behind(public: SocketAddr) -> Natter {
-    Natter::start(&["--public-url", &format!("http://{public}"), "--trusted-proxy", "127.0.0.1"])
+/// natter behind a proxy that browsers reach at `public_url` (natter's own
+/// port chosen here).
+fn natter_behind(public_url: &str) -> Natter {
+    Natter::start(&["--public-url", public_url, "--trusted-proxy", "127.0.0.1"])
 }
 
 /// The page, a chat and a prompt `left`, all through the proxy at `public`.
@@ -172,7 +182,7 @@ async fn nginx_as_documented_carries_the_page_the_chat_and_a_prompt_leave() {
     required();
     let dir = RemoveOnDrop(fresh_temp_path("nginx"));
     let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let natter = natter_behind(public);
+    let natter = natter_behind(&format!("http://{public}"));
     let site = nginx_site("nginx.conf", public, &[("127.0.0.1:8080", natter.addr)]);
     let _proxy = start_nginx(&dir.0, public, &site);
     chat_through(public).await;
@@ -218,32 +228,48 @@ fn nginx() -> PathBuf {
 async fn caddy_as_documented_carries_the_page_the_chat_and_a_prompt_leave() {
     required();
     let dir = RemoveOnDrop(fresh_temp_path("caddy"));
-    std::fs::create_dir_all(&dir.0).expect("create");
     let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let natter = natter_behind(public);
-    let site = docs("Caddyfile")
-        .replace("chat.example.com {", &format!("http://{public} {{"))
-        .replace("127.0.0.1:8080", &natter.addr.to_string());
-    // No admin endpoint and no certificates on loopback; state in the test's directory.
-    let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}");
-    let conf_path = dir.0.join("Caddyfile");
+    let natter = natter_behind(&format!("http://{public}"));
+    // No certificates: plain HTTP on loopback.
+    let _proxy = start_caddy(&dir.0, "auto_https off", &caddy_site(&format!("http://{public}"), natter.addr), public);
+    chat_through(public).await;
+    drop(natter);
+}
+
+/// docs/deploy/Caddyfile with `address` in for the site's name and `natter`
+/// for natter's documented address.
+fn caddy_site(address: &str, natter: SocketAddr) -> String {
+    let site = docs("Caddyfile");
+    assert!(
+        site.contains("chat.example.com {") && site.contains("reverse_proxy 127.0.0.1:8080"),
+        "the documented site: {site}"
+    );
+    site.replace("chat.example.com {", &format!("{address} {{")).replace("127.0.0.1:8080", &natter.to_string())
+}
+
+/// Caddy serving `site` on `public` with the global options `globals`, its
+/// state and its log (the returned path) in `dir`.
+fn start_caddy(dir: &Path, globals: &str, site: &str, public: SocketAddr) -> (Proxy, PathBuf) {
+    std::fs::create_dir_all(dir).expect("create");
+    // No admin endpoint, and only loopback listeners.
+    let conf = format!("{{\n\tadmin off\n\tdefault_bind 127.0.0.1\n\t{globals}\n}}\n\n{site}");
+    let conf_path = dir.join("Caddyfile");
     std::fs::write(&conf_path, conf).expect("write");
-    let log = dir.0.join("caddy.log");
+    let log = dir.join("caddy.log");
     let mut proxy = Proxy(
         Command::new("caddy")
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&conf_path)
-            .env("HOME", &dir.0)
-            .env("XDG_DATA_HOME", dir.0.join("data"))
-            .env("XDG_CONFIG_HOME", dir.0.join("config"))
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("start caddy"),
     );
     wait_for_port(public, &mut proxy, &log);
-    chat_through(public).await;
-    drop(natter);
+    (proxy, log)
 }
 
 /// Two natters sharing rooms through a private Redis, behind a proxy at
@@ -425,19 +451,32 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
 
 type TlsSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-/// A WebSocket to `wss://localhost:<port>/ws` through TLS, trusting `cert` only.
-async fn wss(port: u16, cert: &Path) -> TlsSocket {
+/// A TLS connection to `localhost:<port>` (on 127.0.0.1) that trusts only
+/// the certificates in the PEM file `trusted`: a self-signed server's own,
+/// or a CA's root.
+async fn tls_connect(
+    port: u16,
+    trusted: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(cert).expect("read the certificate");
+    let pem = std::fs::read(trusted)?;
     for der in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(der.expect("a certificate")).expect("trusted");
+        roots.add(der?).map_err(std::io::Error::other)?;
     }
     // The one provider built in (ring) is the default.
     let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("a TLS handshake the certificate passes");
+    connector.connect(name, tcp).await
+}
+
+/// A WebSocket to `wss://localhost:<port>/ws` through TLS, trusting only the
+/// certificates in `trusted` (`tls_connect`).
+async fn wss(port: u16, trusted: &Path) -> TlsSocket {
+    let tls = tls_connect(port, trusted)
+        .await
+        .unwrap_or_else(|e| panic!("a TLS handshake that {} passes: {e}", trusted.display()));
     let url = format!("wss://localhost:{port}/ws");
     let (ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("WebSocket upgrade over TLS");
     ws
@@ -472,7 +511,7 @@ async fn nginx_with_tls_as_documented_carries_the_chat_over_wss() {
     let (cert, key) = self_signed(&dir.0.join("tls"));
     let port = free_port();
     let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let natter = Natter::start(&["--public-url", &format!("https://localhost:{port}"), "--trusted-proxy", "127.0.0.1"]);
+    let natter = natter_behind(&format!("https://localhost:{port}"));
     // The recipe as written, TLS lines included: its own listen line on the
     // test's port, the test's certificate in for the documented one.
     let site: String = docs("nginx.conf")
@@ -491,9 +530,58 @@ async fn nginx_with_tls_as_documented_carries_the_chat_over_wss() {
         .collect();
     assert!(site.contains(&format!("listen {public} ssl")), "the recipe's TLS listen line: {site}");
     let _proxy = start_nginx(&dir.0, public, &site);
+    chat_over_wss(port, &cert).await;
+    drop(natter);
+}
 
-    let mut ada = wss(port, &cert).await;
-    let mut bo = wss(port, &cert).await;
+#[tokio::test]
+#[ignore = "run by `cargo xtask check-deploy`, which installs Caddy"]
+async fn caddy_with_tls_as_documented_carries_the_chat_over_wss() {
+    required();
+    let dir = RemoveOnDrop(fresh_temp_path("caddy-tls"));
+    let port = free_port();
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let natter = natter_behind(&format!("https://localhost:{port}"));
+    // The recipe's automatic HTTPS, as written: for `localhost` Caddy issues
+    // the certificate from its own local CA, whose root only the test's
+    // client trusts (not the system's store). No HTTP->HTTPS redirects, and
+    // Caddy's plain-HTTP port a free one rather than 80.
+    let globals = format!("skip_install_trust\n\tauto_https disable_redirects\n\thttp_port {}", free_port());
+    let site = caddy_site(&format!("localhost:{port}"), natter.addr);
+    let (mut proxy, log) = start_caddy(&dir.0, &globals, &site, public);
+    let root = dir.0.join("data/caddy/pki/authorities/local/root.crt");
+    wait_for_certificate(port, &root, &mut proxy, &log).await;
+    chat_over_wss(port, &root).await;
+    drop(natter);
+}
+
+/// Waits (within `WAIT`) until Caddy has made its local CA's `root` and
+/// serves on `port` a certificate for `localhost` that the root passes.
+async fn wait_for_certificate(port: u16, root: &Path, proxy: &mut Proxy, log: &Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let failed = match tokio::time::timeout(left, tls_connect(port, root)).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no handshake in time".to_owned(),
+        };
+        proxy.assert_running(log);
+        assert!(
+            Instant::now() < deadline,
+            "no certificate that {} passes on port {port} ({failed}): {}",
+            root.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two clients chat over `wss://localhost:<port>/ws`, trusting only
+/// `trusted`, and a clean close through TLS is still a prompt `left`.
+async fn chat_over_wss(port: u16, trusted: &Path) {
+    let mut ada = wss(port, trusted).await;
+    let mut bo = wss(port, trusted).await;
     for (ws, name) in [(&mut ada, "Ada"), (&mut bo, "Bo")] {
         tls_send(ws, &ClientMsg::Hello(natter_shared::Hello::new(name, "lobby"))).await;
         match tls_recv(ws).await {
@@ -519,5 +607,4 @@ async fn nginx_with_tls_as_documented_carries_the_chat_over_wss() {
         }
     }
     assert!(closed.elapsed() < PROMPT_LEAVE, "left after {:?}", closed.elapsed());
-    drop(natter);
 }
