@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -181,22 +183,29 @@ pub fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let span = info_span!("ws", %peer);
     let tasks = app.tasks.clone();
-    tasks.spawn(
-        async move {
-            match on_upgrade.await {
-                // Our own accept loop serves plain TCP streams, so the
-                // socket comes back out of hyper for our own framing.
-                Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => session::run(parts.io.into_inner(), parts.read_buf, app, peer, client).await,
-                    Err(_) => warn!("upgraded connection is not a TCP stream; closing it"),
-                },
-                Err(e) => debug!(error = %e, "upgrade failed"),
+    // A chain of futures rather than one async block around the session:
+    // once upgraded, the task holds the session's future alone (an async
+    // block would keep its own copies of what it moved into the session,
+    // for the life of every idle connection).
+    let connection = on_upgrade.then(move |upgraded| match upgraded {
+        // Our own accept loop serves plain TCP streams, so the socket
+        // comes back out of hyper for our own framing.
+        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let held = (permit, forwarded_slot);
+                Either::Left(session::run(parts.io.into_inner(), parts.read_buf, app, peer, client, held))
             }
-            drop(permit);
-            drop(forwarded_slot);
+            Err(_) => {
+                warn!("upgraded connection is not a TCP stream; closing it");
+                Either::Right(std::future::ready(()))
+            }
+        },
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            Either::Right(std::future::ready(()))
         }
-        .instrument(span),
-    );
+    });
+    tasks.spawn(connection.instrument(span));
     let mut resp = Response::new(super::http::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();

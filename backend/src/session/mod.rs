@@ -108,11 +108,23 @@ struct Session {
 }
 
 /// Runs one upgraded connection to its end. `early` holds bytes the client
-/// sent right after its handshake, already read by the HTTP server.
-pub async fn run(stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAddr, client: IpAddr) {
+/// sent right after its handshake, already read by the HTTP server; `held`
+/// (the connection's slots under the server's limits) is dropped at the end.
+///
+/// The connection's state is set up here and moved into the returned
+/// future once: an idle connection's task is that future, so nothing in it
+/// is kept twice.
+pub fn run(
+    stream: TcpStream,
+    early: Bytes,
+    app: Arc<App>,
+    peer: SocketAddr,
+    client: IpAddr,
+    held: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     // Shared with the coalescer's tick, which writes to it while the writer is not writing.
     let stream = Arc::new(stream);
-    let _count = SessionCount::new(app.clone());
+    let count = SessionCount::new(app.clone());
     let conn_id: ConnId = app.hub.next_id();
     let limits = &app.config.conn;
     let (handle, receiver) = match &app.coalescer {
@@ -125,8 +137,12 @@ pub async fn run(stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAdd
         ),
         None => outbound::bounded(conn_id, limits.outbound_queue, limits.output_budget),
     };
+    if let Err(e) = socket2::SockRef::from(&*stream).set_send_buffer_size(app.config.ws.send_buffer) {
+        debug!(conn = conn_id, error = %e, "could not bound the send buffer");
+    }
+    debug!(conn = conn_id, %peer, "websocket open");
     let session = Session {
-        app: app.clone(),
+        app,
         conn: handle,
         peer,
         client: AddressKey::of(client),
@@ -134,105 +150,108 @@ pub async fn run(stream: TcpStream, early: Bytes, app: Arc<App>, peer: SocketAdd
         join_slot: Mutex::new(None),
     };
     let heard = LastHeard::new();
-    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(app.config.ws.send_buffer) {
-        debug!(conn = conn_id, error = %e, "could not bound the send buffer");
-    }
-    debug!(conn = conn_id, %peer, "websocket open");
-
-    let ended: (&'static str, Option<u16>);
-    let linger = {
-        let reader = session.read_loop(&stream, early, &heard);
-        let writer = writer::write_loop(&stream, &receiver, &app, &heard);
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            end = &mut reader => {
-                debug!(conn = conn_id, ?end, "reader ended");
-                ended = summary(Stopped::Reader(&end), session.conn.kick_reason());
-                let ending = session.ending(Stopped::Reader(&end));
-                match ending.close {
-                    Some(reason) => {
-                        // Ignored if a kick came first (that reason's close goes out).
-                        session.conn.kick(reason);
-                        // The close frame goes out while the membership is
-                        // settled (which may wait for the history writer).
-                        let (_, written) = tokio::join!(
-                            Box::pin(session.finish(ending.membership)),
-                            Box::pin(timeout(app.config.timing.close_timeout, &mut writer)),
-                        );
-                        match written {
-                            Ok(WriterEnd::Lagged(mut out)) => {
-                                out.absorb(receiver.take().started);
-                                Box::pin(writer::send_lagged_close(&stream, out, &app)).await
+    let mut read_state = reader::ReadState::new(&session.app, &early);
+    drop(early);
+    async move {
+        let app = &session.app;
+        let peer = &session.peer;
+        let conn_id = session.conn.id;
+        let ended: (&'static str, Option<u16>);
+        let linger = {
+            let reader = session.read_loop(&stream, &mut read_state, &heard);
+            let writer = writer::write_loop(&stream, &receiver, app, &heard);
+            tokio::pin!(reader, writer);
+            tokio::select! {
+                end = &mut reader => {
+                    debug!(conn = conn_id, ?end, "reader ended");
+                    ended = summary(Stopped::Reader(&end), session.conn.kick_reason());
+                    let ending = session.ending(Stopped::Reader(&end));
+                    match ending.close {
+                        Some(reason) => {
+                            // Ignored if a kick came first (that reason's close goes out).
+                            session.conn.kick(reason);
+                            // The close frame goes out while the membership is
+                            // settled (which may wait for the history writer).
+                            let (_, written) = tokio::join!(
+                                Box::pin(session.finish(ending.membership)),
+                                Box::pin(timeout(app.config.timing.close_timeout, &mut writer)),
+                            );
+                            match written {
+                                Ok(WriterEnd::Lagged(mut out)) => {
+                                    out.absorb(receiver.take().started);
+                                    Box::pin(writer::send_lagged_close(&stream, out, app)).await
+                                }
+                                _ => !matches!(reason, CloseReason::PeerClosed(_)),
                             }
-                            _ => !matches!(reason, CloseReason::PeerClosed(_)),
+                        }
+                        None => {
+                            Box::pin(session.finish(ending.membership)).await;
+                            false
                         }
                     }
-                    None => {
-                        Box::pin(session.finish(ending.membership)).await;
-                        false
+                }
+                end = &mut writer => {
+                    debug!(conn = conn_id, ?end, "writer ended");
+                    ended = summary(Stopped::Writer(&end), session.conn.kick_reason());
+                    let ending = session.ending(Stopped::Writer(&end));
+                    Box::pin(session.finish(ending.membership)).await;
+                    match end {
+                        WriterEnd::Lagged(mut out) => {
+                            // What is still queued will never be sent: free it
+                            // now (a write the tick started is finished first).
+                            out.absorb(receiver.take().started);
+                            Box::pin(writer::send_lagged_close(&stream, out, app)).await
+                        }
+                        WriterEnd::Closed(_) => true,
+                        WriterEnd::TimedOut | WriterEnd::WriteFailed(_) => false,
                     }
-                }
-            }
-            end = &mut writer => {
-                debug!(conn = conn_id, ?end, "writer ended");
-                ended = summary(Stopped::Writer(&end), session.conn.kick_reason());
-                let ending = session.ending(Stopped::Writer(&end));
-                Box::pin(session.finish(ending.membership)).await;
-                match end {
-                    WriterEnd::Lagged(mut out) => {
-                        // What is still queued will never be sent: free it
-                        // now (a write the tick started is finished first).
-                        out.absorb(receiver.take().started);
-                        Box::pin(writer::send_lagged_close(&stream, out, &app)).await
-                    }
-                    WriterEnd::Closed(_) => true,
-                    WriterEnd::TimedOut | WriterEnd::WriteFailed(_) => false,
-                }
-            }
-        }
-    };
-
-    if linger {
-        // We sent a close frame: read until the peer answers and closes, so
-        // the close frame is not lost to a reset caused by unread input.
-        let drain = async {
-            // Close our side first: the peer (a browser especially) waits
-            // for the server to end the TCP connection after the close
-            // handshake, and answers our FIN with its own.
-            let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
-            let mut buf = vec![0u8; LINGER_BUF_BYTES];
-            let mut total = 0;
-            while total < LINGER_MAX_BYTES {
-                if stream.readable().await.is_err() {
-                    break;
-                }
-                match stream.try_read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => total += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
                 }
             }
         };
-        let _ = Box::pin(timeout(app.config.timing.close_timeout, drain)).await;
+
+        if linger {
+            // We sent a close frame: read until the peer answers and closes, so
+            // the close frame is not lost to a reset caused by unread input.
+            let drain = async {
+                // Close our side first: the peer (a browser especially) waits
+                // for the server to end the TCP connection after the close
+                // handshake, and answers our FIN with its own.
+                let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
+                let mut buf = vec![0u8; LINGER_BUF_BYTES];
+                let mut total = 0;
+                while total < LINGER_MAX_BYTES {
+                    if stream.readable().await.is_err() {
+                        break;
+                    }
+                    match stream.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                }
+            };
+            let _ = Box::pin(timeout(app.config.timing.close_timeout, drain)).await;
+        }
+        let (reason, code) = ended;
+        let lasted = heard.start.elapsed();
+        app.metrics.session_ended(code, lasted, session.conn.high_water_bytes());
+        if reason == CloseReason::Lagged.label() {
+            app.metrics.lagged_closes.inc();
+        } else if reason == HEARTBEAT_TIMEOUT {
+            app.metrics.heartbeat_timeouts.inc();
+        }
+        // Never the room, the name or anything the client said: the reason and the code.
+        info!(
+            conn = conn_id,
+            %peer,
+            reason,
+            code = crate::metrics::close_code_label(code),
+            duration_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+            "connection ended"
+        );
+        drop((count, held));
     }
-    let (reason, code) = ended;
-    let lasted = heard.start.elapsed();
-    app.metrics.session_ended(code, lasted, session.conn.high_water_bytes());
-    if reason == CloseReason::Lagged.label() {
-        app.metrics.lagged_closes.inc();
-    } else if reason == HEARTBEAT_TIMEOUT {
-        app.metrics.heartbeat_timeouts.inc();
-    }
-    // Never the room, the name or anything the client said: the reason and the code.
-    info!(
-        conn = conn_id,
-        %peer,
-        reason,
-        code = crate::metrics::close_code_label(code),
-        duration_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
-        "connection ended"
-    );
 }
 
 /// Why a connection ended, for the log and the metrics: a short reason and
@@ -454,7 +473,7 @@ mod footprint {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let _client = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let run = super::run(stream, Bytes::new(), app, peer, peer.ip());
+        let run = super::run(stream, Bytes::new(), app, peer, peer.ip(), ());
         let size = std::mem::size_of_val(&run);
         assert!(size <= SESSION_FUTURE_MAX, "the session future is {size} bytes (at most {SESSION_FUTURE_MAX})");
     }
