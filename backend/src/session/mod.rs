@@ -15,6 +15,7 @@ mod requests;
 mod writer;
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +29,7 @@ use tracing::{debug, info};
 use crate::address::{AddressKey, Slot};
 use crate::app::{App, SessionCount};
 use crate::chat::room::{End, Membership, Room};
-use crate::ws::outbound::{self, CloseReason, ConnHandle, ConnId};
+use crate::ws::outbound::{self, CloseReason, ConnHandle, ConnId, ConnReceiver};
 use writer::WriteBuf;
 
 /// Most bytes read and discarded while waiting for a peer to finish closing.
@@ -156,56 +157,14 @@ pub fn run(
         let app = &session.app;
         let peer = &session.peer;
         let conn_id = session.conn.id;
-        let ended: (&'static str, Option<u16>);
-        let linger = {
+        let (ended, linger) = {
             let reader = session.read_loop(&stream, &mut read_state, &heard);
             let writer = writer::write_loop(&stream, &receiver, app, &heard);
             tokio::pin!(reader, writer);
+            // The ends are boxed: an idle connection's task holds no room for them.
             tokio::select! {
-                end = &mut reader => {
-                    debug!(conn = conn_id, ?end, "reader ended");
-                    ended = summary(Stopped::Reader(&end), session.conn.kick_reason());
-                    let ending = session.ending(Stopped::Reader(&end));
-                    match ending.close {
-                        Some(reason) => {
-                            // Ignored if a kick came first (that reason's close goes out).
-                            session.conn.kick(reason);
-                            // The close frame goes out while the membership is
-                            // settled (which may wait for the history writer).
-                            let (_, written) = tokio::join!(
-                                Box::pin(session.finish(ending.membership)),
-                                Box::pin(timeout(app.config.timing.close_timeout, &mut writer)),
-                            );
-                            match written {
-                                Ok(WriterEnd::Lagged(mut out)) => {
-                                    out.absorb(receiver.take().started);
-                                    Box::pin(writer::send_lagged_close(&stream, out, app)).await
-                                }
-                                _ => !matches!(reason, CloseReason::PeerClosed(_)),
-                            }
-                        }
-                        None => {
-                            Box::pin(session.finish(ending.membership)).await;
-                            false
-                        }
-                    }
-                }
-                end = &mut writer => {
-                    debug!(conn = conn_id, ?end, "writer ended");
-                    ended = summary(Stopped::Writer(&end), session.conn.kick_reason());
-                    let ending = session.ending(Stopped::Writer(&end));
-                    Box::pin(session.finish(ending.membership)).await;
-                    match end {
-                        WriterEnd::Lagged(mut out) => {
-                            // What is still queued will never be sent: free it
-                            // now (a write the tick started is finished first).
-                            out.absorb(receiver.take().started);
-                            Box::pin(writer::send_lagged_close(&stream, out, app)).await
-                        }
-                        WriterEnd::Closed(_) => true,
-                        WriterEnd::TimedOut | WriterEnd::WriteFailed(_) => false,
-                    }
-                }
+                end = &mut reader => Box::pin(session.after_reader(end, writer, &receiver, &stream)).await,
+                end = &mut writer => Box::pin(session.after_writer(end, &receiver, &stream)).await,
             }
         };
 
@@ -254,10 +213,13 @@ pub fn run(
     }
 }
 
+/// How a connection ended, for the log and the metrics (see [`summary`]).
+type Ended = (&'static str, Option<u16>);
+
 /// Why a connection ended, for the log and the metrics: a short reason and
 /// the close code that went out or came in (none when the TCP connection
 /// ended without one). `kicked` is why the server was closing it, if it was.
-fn summary(stopped: Stopped<'_>, kicked: Option<CloseReason>) -> (&'static str, Option<u16>) {
+fn summary(stopped: Stopped<'_>, kicked: Option<CloseReason>) -> Ended {
     let ours = |reason: CloseReason| (reason.label(), reason.frame().map(|(code, _)| code));
     match stopped {
         Stopped::Reader(ReaderEnd::PeerClosed(code)) => ("peer_closed", Some(code.unwrap_or(close::NO_STATUS))),
@@ -276,6 +238,65 @@ fn summary(stopped: Stopped<'_>, kicked: Option<CloseReason>) -> (&'static str, 
 }
 
 impl Session {
+    /// The connection's end when the reader stopped first: settles the
+    /// membership while the writer sends the close frame. Returns the end
+    /// for the log and whether to wait for the peer's close.
+    async fn after_reader(
+        &self,
+        end: ReaderEnd,
+        mut writer: Pin<&mut impl Future<Output = WriterEnd>>,
+        receiver: &ConnReceiver,
+        stream: &TcpStream,
+    ) -> (Ended, bool) {
+        debug!(conn = self.conn.id, ?end, "reader ended");
+        let ended = summary(Stopped::Reader(&end), self.conn.kick_reason());
+        let ending = self.ending(Stopped::Reader(&end));
+        let linger = match ending.close {
+            Some(reason) => {
+                // Ignored if a kick came first (that reason's close goes out).
+                self.conn.kick(reason);
+                // The close frame goes out while the membership is
+                // settled (which may wait for the history writer).
+                let (_, written) = tokio::join!(
+                    Box::pin(self.finish(ending.membership)),
+                    Box::pin(timeout(self.app.config.timing.close_timeout, writer.as_mut())),
+                );
+                match written {
+                    Ok(WriterEnd::Lagged(mut out)) => {
+                        out.absorb(receiver.take().started);
+                        Box::pin(writer::send_lagged_close(stream, out, &self.app)).await
+                    }
+                    _ => !matches!(reason, CloseReason::PeerClosed(_)),
+                }
+            }
+            None => {
+                Box::pin(self.finish(ending.membership)).await;
+                false
+            }
+        };
+        (ended, linger)
+    }
+
+    /// The connection's end when the writer stopped first (kicked, shut
+    /// down, timed out or failed). Returns as [`Session::after_reader`].
+    async fn after_writer(&self, end: WriterEnd, receiver: &ConnReceiver, stream: &TcpStream) -> (Ended, bool) {
+        debug!(conn = self.conn.id, ?end, "writer ended");
+        let ended = summary(Stopped::Writer(&end), self.conn.kick_reason());
+        let ending = self.ending(Stopped::Writer(&end));
+        Box::pin(self.finish(ending.membership)).await;
+        let linger = match end {
+            WriterEnd::Lagged(mut out) => {
+                // What is still queued will never be sent: free it
+                // now (a write the tick started is finished first).
+                out.absorb(receiver.take().started);
+                Box::pin(writer::send_lagged_close(stream, out, &self.app)).await
+            }
+            WriterEnd::Closed(_) => true,
+            WriterEnd::TimedOut | WriterEnd::WriteFailed(_) => false,
+        };
+        (ended, linger)
+    }
+
     /// True once the connection is being closed: no more requests are handled.
     fn closing(&self) -> bool {
         self.conn.kick_reason().is_some() || self.app.shutdown.is_cancelled()

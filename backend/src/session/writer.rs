@@ -183,25 +183,27 @@ enum Interrupt {
 /// the writer is woken only when there is something to write now, and
 /// writes everything queued by then.
 ///
-/// The futures the writer waits on (kick, shutdown, the heartbeat's timer)
-/// live across the loop instead of being made anew for each wait, and a
-/// write that the socket takes whole is done without waiting; only a write
-/// that blocks is boxed (with its timeout). An idle connection's task holds
-/// only what waiting needs.
+/// The writer waits on one wake-up for its kick and its queue, and on the
+/// shutdown and the heartbeat's timer, which live across the loop instead
+/// of being made anew for each wait; a write that the socket takes whole
+/// is done without waiting; only a write that blocks is boxed (with its
+/// timeout). An idle connection's task holds only what waiting needs.
 pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app: &App, heard: &LastHeard) -> WriterEnd {
     let timing = &app.config.timing;
     let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.pong_timeout, Instant::now());
     let mut out = WriteBuf::default();
-    let kicked = receiver.kick().kicked();
     let cancelled = app.shutdown.cancelled();
     let timer = sleep_until(heartbeat.deadline());
-    tokio::pin!(kicked, cancelled, timer);
+    tokio::pin!(cancelled, timer);
     let interrupt = loop {
         let write = tokio::select! {
             biased;
-            reason = &mut kicked => break Interrupt::Kicked(reason),
-            () = &mut cancelled => break Interrupt::Shutdown,
-            () = receiver.ready() => true,
+            // A kick that came with the shutdown keeps its own reason.
+            () = &mut cancelled => break receiver.kick().reason().map_or(Interrupt::Shutdown, Interrupt::Kicked),
+            next = receiver.next() => match next {
+                Some(reason) => break Interrupt::Kicked(reason),
+                None => true,
+            },
             () = &mut timer => {
                 let now = Instant::now();
                 match heartbeat.on_deadline(now, heard.get()) {
@@ -214,8 +216,7 @@ pub(super) async fn write_loop(stream: &TcpStream, receiver: &ConnReceiver, app:
             }
         };
         if write {
-            if let Err(interrupt) = deliver(stream, &mut out, receiver, app, kicked.as_mut(), cancelled.as_mut()).await
-            {
+            if let Err(interrupt) = deliver(stream, &mut out, receiver, app, cancelled.as_mut()).await {
                 break interrupt;
             }
             // A write the socket takes at once never waits: a busy queue
@@ -240,7 +241,6 @@ async fn deliver(
     out: &mut WriteBuf,
     receiver: &ConnReceiver,
     app: &App,
-    kicked: Pin<&mut impl Future<Output = CloseReason>>,
     cancelled: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<(), Interrupt> {
     let ws = &app.config.ws;
@@ -265,7 +265,7 @@ async fn deliver(
                 }
                 Err(e) => Err(Interrupt::Failed(WriterEnd::WriteFailed(e.to_string()))),
             },
-            reason = kicked => Err(Interrupt::Kicked(reason)),
+            reason = receiver.kick().kicked() => Err(Interrupt::Kicked(reason)),
             () = cancelled => Err(Interrupt::Shutdown),
         }
     })

@@ -112,9 +112,10 @@ impl Kick {
     /// Asks the writer to close with `reason` (ignored if already kicked).
     pub fn kick(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
-            // Everyone waiting (the writer, a reader waiting for the queue to
-            // drain); a waiter registers before it checks the reason, so none
-            // misses this.
+            // Everyone waiting (a reader waiting for the queue to drain, a
+            // writer in a blocked write); a waiter registers before it checks
+            // the reason, so none misses this. An idle writer is woken by
+            // [`ConnHandle::kick`] on its queue's wake-up.
             self.notify.notify_waiters();
         }
     }
@@ -536,6 +537,8 @@ impl ConnHandle {
     /// Closes the connection with `reason`.
     pub fn kick(&self, reason: CloseReason) {
         self.shared.kick.kick(reason);
+        // The writer waits for its kick and its queue on one wake-up.
+        self.shared.ready.notify_one();
     }
 
     /// Why the connection is being closed, once it is.
@@ -569,8 +572,25 @@ impl ConnReceiver {
         self.shared.released.notify_waiters();
     }
 
+    /// Waits until the connection is kicked (its reason) or something is to
+    /// be written now (`None`; frames held for the coalescer's tick wait
+    /// for it). One wait for both: an idle writer holds one wake-up.
+    pub async fn next(&self) -> Option<CloseReason> {
+        loop {
+            if let Some(reason) = self.shared.kick.reason() {
+                return Some(reason);
+            }
+            if self.shared.lock().ready() {
+                return None;
+            }
+            // A send or a kick after the checks above leaves a permit: no wake-up is lost.
+            self.shared.ready.notified().await;
+        }
+    }
+
     /// Waits until something is to be written now (frames held for the
     /// coalescer's tick wait for it).
+    #[cfg(test)]
     pub async fn ready(&self) {
         loop {
             if self.shared.lock().ready() {
@@ -669,6 +689,23 @@ mod tests {
         let woke =
             tokio::time::timeout(std::time::Duration::from_secs(1), async { tokio::join!(reader, writer).1 }).await;
         assert_eq!(woke.ok(), Some(CloseReason::Flooding), "both the reader and the writer wake");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_its_queue_and_for_a_kick() {
+        let (handle, receiver) = channel(1, 2);
+        let next = receiver.next();
+        tokio::pin!(next);
+        assert!(futures_util::poll!(next.as_mut()).is_pending(), "nothing yet");
+        handle.send(&Utf8Bytes::from_static("x"));
+        assert_eq!(next.await, None, "something to write");
+        drop(receiver.take());
+        let next = receiver.next();
+        tokio::pin!(next);
+        assert!(futures_util::poll!(next.as_mut()).is_pending());
+        handle.kick(CloseReason::Replaced);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(1), next).await;
+        assert_eq!(woke.ok(), Some(Some(CloseReason::Replaced)), "the kick wakes the waiting writer");
     }
 
     #[tokio::test]
