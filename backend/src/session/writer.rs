@@ -388,6 +388,26 @@ mod tests {
         (server, client)
     }
 
+    /// A server with a write window of `window`, and a socket pair whose
+    /// server end the window's tick may write to.
+    async fn app_with_window(window: Duration) -> (std::sync::Arc<App>, std::sync::Arc<TcpStream>, TcpStream) {
+        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
+        config.ws.write_coalesce = window;
+        let app = App::new(config).await.expect("app");
+        let (server, client) = socket_pair().await;
+        (app, std::sync::Arc::new(server), client)
+    }
+
+    /// A queue of `capacity` messages on `server`, under `app`'s window.
+    fn coalesced_queue(
+        app: &App,
+        server: &std::sync::Arc<TcpStream>,
+        capacity: usize,
+    ) -> (outbound::ConnHandle, outbound::ConnReceiver) {
+        let coalescer = app.coalescer.clone().expect("a window");
+        outbound::coalesced(1, capacity, usize::MAX, coalescer, Some(server.clone()))
+    }
+
     fn text_frames(texts: &[&str]) -> Vec<u8> {
         let mut bytes = Vec::new();
         for text in texts {
@@ -423,13 +443,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn frames_queued_soon_after_a_write_go_out_together_at_the_next_tick() {
         const WINDOW: Duration = Duration::from_millis(500);
-        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
-        config.ws.write_coalesce = WINDOW;
-        let app = App::new(config).await.expect("app");
-        let (server, mut client) = socket_pair().await;
-        let server = std::sync::Arc::new(server);
-        let coalescer = app.coalescer.clone().expect("a window");
-        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer, Some(server.clone()));
+        let (app, server, mut client) = app_with_window(WINDOW).await;
+        let (handle, receiver) = coalesced_queue(&app, &server, 16);
         let heard = LastHeard::new();
         let frame = |text: &'static str| Utf8Bytes::from_static(text);
         let test = async {
@@ -469,14 +484,9 @@ mod tests {
     #[tokio::test]
     async fn a_write_the_tick_could_not_finish_is_finished_by_the_writer_in_order() {
         const WINDOW: Duration = Duration::from_millis(20);
-        let mut config = Config { history: HistoryKind::Memory, ..Config::default() };
-        config.ws.write_coalesce = WINDOW;
-        let app = App::new(config).await.expect("app");
-        let (server, mut client) = socket_pair().await;
-        socket2::SockRef::from(&server).set_send_buffer_size(4096).expect("small send buffer");
-        let server = std::sync::Arc::new(server);
-        let coalescer = app.coalescer.clone().expect("a window");
-        let (handle, receiver) = outbound::coalesced(1, 1024, usize::MAX, coalescer, Some(server.clone()));
+        let (app, server, mut client) = app_with_window(WINDOW).await;
+        socket2::SockRef::from(&*server).set_send_buffer_size(4096).expect("small send buffer");
+        let (handle, receiver) = coalesced_queue(&app, &server, 1024);
         let heard = LastHeard::new();
         // The first goes out at once (the writer); the rest, queued right
         // after, wait for the tick, which writes what the small socket

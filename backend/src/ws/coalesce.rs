@@ -106,7 +106,7 @@ mod tests {
 
         // Nothing taken yet: at once.
         handle.send(&text("a"));
-        tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await.expect("ready at once");
+        assert_eq!(tokio::time::timeout(Duration::from_millis(1), receiver.next()).await, Ok(None), "ready at once");
         assert_eq!(receiver.take().encoded.len(), 1);
 
         // Taken just now: held for the tick, and the next message joins it.
@@ -114,16 +114,16 @@ mod tests {
         handle.send(&text("b"));
         handle.send(&text("c"));
         assert_eq!(coalescer.due.lock().expect("lock").len(), 1, "listed once");
-        let early = tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await;
+        let early = tokio::time::timeout(Duration::from_millis(1), receiver.next()).await;
         assert!(early.is_err(), "held for the tick");
-        receiver.ready().await;
+        assert_eq!(receiver.next().await, None, "the tick wakes the writer");
         assert!(queued.elapsed() <= WINDOW, "waits at most one window");
         assert_eq!(receiver.take().encoded.len(), 2, "b and c go out together");
 
         // Quiet for longer than the window: at once again.
         tokio::time::sleep(WINDOW * 2).await;
         handle.send(&text("d"));
-        tokio::time::timeout(Duration::from_millis(1), receiver.ready()).await.expect("ready at once");
+        assert_eq!(tokio::time::timeout(Duration::from_millis(1), receiver.next()).await, Ok(None), "ready at once");
         shutdown.cancel();
         ticker.await.expect("the ticker ends at shutdown");
     }
