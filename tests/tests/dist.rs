@@ -1,13 +1,14 @@
 //! The release tarball as a user gets it (`cargo xtask dist` builds it and
 //! runs this with `NATTER_DIST_TARBALL` naming it): unpacked into an empty
 //! directory, its systemd unit checked, its binary started with nothing
-//! beside it, the page served and a chat held through it.
+//! beside it, the page served and a chat held through it; and its
+//! Dockerfile built with podman and the image run as documented.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use natter_e2e::{Natter, RemoveOnDrop, WsClient, fresh_temp_path};
-use natter_shared::{ClientMsg, Say, ServerMsg, close};
+use natter_shared::{ClientMsg, RoomEvent, Say, ServerMsg, close};
 
 const FILES: &[&str] = &["natter", "README.md", "natter.env.example", "natter.service", "Dockerfile"];
 
@@ -95,4 +96,171 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response");
     String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The base image the Dockerfile names, as `cargo xtask dist` provides it
+/// on a machine that cannot pull images: made by `debootstrap --variant=
+/// minbase bookworm` from Debian's packages and imported under this name.
+const BASE_IMAGE: &str = "localhost/debian:bookworm-slim";
+/// The limits the container is started with. podman asks by default for
+/// more open files and processes than a process may raise itself to without
+/// `CAP_SYS_RESOURCE` (which this machine's root lacks); limits at or under
+/// the current ones are accepted everywhere, and a chat needs few.
+const CONTAINER_NOFILE: &str = "nofile=4096:4096";
+const CONTAINER_NPROC: &str = "nproc=1024:1024";
+/// How long `podman stop` lets natter drain before it kills it.
+const STOP_GRACE_SECS: &str = "10";
+
+/// `podman ARGS` with the runc runtime (crun refuses this machine's hybrid
+/// cgroup hierarchy); its stdout, or a panic with its stderr.
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman").arg("--runtime").arg("runc").args(args).output().expect("run podman");
+    assert!(
+        out.status.success(),
+        "podman {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The image, containers and volume of one test run, removed at the end
+/// whatever happened.
+struct PodmanThings {
+    image: String,
+    containers: Vec<String>,
+    volume: String,
+}
+
+impl Drop for PodmanThings {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("podman").arg("--runtime").arg("runc").args(args).output();
+        };
+        for c in &self.containers {
+            quiet(&["rm", "--force", "--time", "0", c]);
+        }
+        quiet(&["volume", "rm", "--force", &self.volume]);
+        quiet(&["rmi", "--force", &self.image]);
+    }
+}
+
+/// Starts the image as the README documents it (the data on a volume, the
+/// port published), on a loopback port of the host.
+fn podman_run(things: &PodmanThings, name: &str, port: u16) {
+    let publish = format!("127.0.0.1:{port}:8080");
+    let public = format!("NATTER_PUBLIC_URLS=http://127.0.0.1:{port}");
+    let volume = format!("{}:/data", things.volume);
+    let args = [
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--ulimit",
+        CONTAINER_NOFILE,
+        "--ulimit",
+        CONTAINER_NPROC,
+        "--publish",
+        &publish,
+        "--volume",
+        &volume,
+        "--env",
+        &public,
+        &things.image,
+    ];
+    podman(&args);
+}
+
+/// Waits (bounded) until `/readyz` answers 200 on `port`.
+fn wait_ready(port: u16, name: &str) {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = std::time::Instant::now() + natter_e2e::START_TIMEOUT;
+    loop {
+        let ready = std::net::TcpStream::connect(addr).is_ok() && http_get(addr, "/readyz").starts_with("HTTP/1.1 200");
+        if ready {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs = Command::new("podman").args(["logs", name]).output().expect("podman logs");
+            panic!(
+                "the container answered no /readyz within {:?}: {}{}",
+                natter_e2e::START_TIMEOUT,
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+#[ignore = "run by `cargo xtask dist` (and `cargo xtask test`), which installs podman and makes the base image"]
+async fn the_dockerfile_builds_an_image_that_runs_unprivileged_passes_its_healthcheck_and_keeps_history() {
+    let scratch = RemoveOnDrop(fresh_temp_path("image"));
+    let dir = unpack(&tarball(), &scratch.0);
+    let id = std::process::id();
+    let mut things = PodmanThings {
+        image: format!("localhost/natter-dist-test:{id}"),
+        containers: Vec::new(),
+        volume: format!("natter-dist-test-{id}"),
+    };
+    // No pull: the base image is the local one (xtask makes it).
+    podman(&["image", "exists", BASE_IMAGE]);
+    // `docker` format: the OCI format has no HEALTHCHECK. No layers kept:
+    // the first stage's image would stay behind, nameless.
+    let context = dir.display().to_string();
+    podman(&["build", "--pull=never", "--layers=false", "--format", "docker", "--tag", &things.image, &context]);
+    podman(&["volume", "create", &things.volume]);
+
+    // The image as documented: natter runs as uid 10001, answers its
+    // HEALTHCHECK, and chats on the published port.
+    let first = format!("natter-dist-test-{id}-a");
+    things.containers.push(first.clone());
+    let port = free_port();
+    podman_run(&things, &first, port);
+    wait_ready(port, &first);
+    // The server is the container's first process; its real uid:
+    let status = podman(&["exec", &first, "cat", "/proc/1/status"]);
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+    assert_eq!(uid, Some("10001"), "natter runs unprivileged: {status}");
+    // `healthcheck run` runs the image's HEALTHCHECK command once; it fails
+    // (exit 1, "unhealthy") when the command does.
+    podman(&["healthcheck", "run", &first]);
+    assert_eq!(podman(&["inspect", "--format", "{{.State.Health.Status}}", &first]), "healthy");
+
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut ada = WsClient::connect(&url).await;
+    let mut bo = WsClient::connect(&url).await;
+    ada.join("Ada", "lobby").await;
+    bo.join("Bo", "lobby").await;
+    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "from the image".into() })).await;
+    loop {
+        if let ServerMsg::Message(m) = bo.recv().await {
+            assert_eq!(m.text.as_str(), "from the image");
+            break;
+        }
+    }
+
+    // `podman stop` sends the image's STOPSIGNAL: natter closes its
+    // sockets with 1012 and exits 0 well within the grace.
+    podman(&["stop", "--time", STOP_GRACE_SECS, &first]);
+    assert_eq!(ada.close_code().await, Some(close::SERVICE_RESTART));
+    assert_eq!(podman(&["inspect", "--format", "{{.State.ExitCode}}", &first]), "0");
+
+    // A new container on the same volume (an upgrade) has the history.
+    let second = format!("natter-dist-test-{id}-b");
+    things.containers.push(second.clone());
+    let port = free_port();
+    podman_run(&things, &second, port);
+    wait_ready(port, &second);
+    let mut cy = WsClient::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    let ServerMsg::Welcome(welcome) = cy.hello("Cy", "lobby").await else { panic!("welcome") };
+    let kept =
+        welcome.history.iter().any(|e| matches!(e, RoomEvent::Message(m) if m.text.as_str() == "from the image"));
+    assert!(kept, "the history on the volume outlives the container: {:?}", welcome.history);
 }

@@ -56,9 +56,51 @@ pub fn package(root: &Path, env: &ToolEnv) -> Result<PathBuf> {
     Ok(tarball)
 }
 
-/// Runs the tarball's test (`tests/tests/dist.rs`, ignored unless given a tarball).
+/// The image the Dockerfile starts `FROM`, under the name podman finds
+/// first for `debian:bookworm-slim` without pulling.
+pub const BASE_IMAGE: &str = "localhost/debian:bookworm-slim";
+/// The Debian release of the base image (the Dockerfile's `bookworm`).
+const BASE_SUITE: &str = "bookworm";
+/// Where debootstrap takes the packages from (the machine's apt source).
+const BASE_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Makes [`BASE_IMAGE`] unless podman has it: this machine cannot pull
+/// images, so the base is Debian's minimal system (`debootstrap
+/// --variant=minbase`, from Debian's packages), imported into podman. It
+/// has what the Dockerfile uses of the official slim image (`useradd`,
+/// `bash`); about 30 s, once per machine.
+pub fn base_image(root: &Path, env: &ToolEnv) -> Result<()> {
+    let exists = env.command("podman").args(["image", "exists", BASE_IMAGE]).status();
+    if exists.is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    step(&format!(
+        "making the Dockerfile's base image {BASE_IMAGE} from Debian's packages (debootstrap --variant=minbase {BASE_SUITE}; about 30 s, once)"
+    ));
+    let work = root.join("target/tmp/base-image");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let rootfs = work.join("rootfs");
+    let rootfs_arg = rootfs.display().to_string();
+    let made =
+        tools::as_root(root, "debootstrap", &["--variant=minbase", BASE_SUITE, &rootfs_arg, BASE_MIRROR], &env.path)?;
+    anyhow::ensure!(made, "debootstrap could not make the base system in {rootfs_arg}");
+    let tar = work.join("rootfs.tar").display().to_string();
+    cmd(root, env, "tar", &["--numeric-owner", "-C", &rootfs_arg, "-cf", &tar, "."])?;
+    cmd(root, env, "podman", &["import", "--quiet", &tar, BASE_IMAGE])?;
+    // Made as root: removed as root.
+    let _ = tools::as_root(root, "rm", &["-rf", &work.display().to_string()], &env.path);
+    Ok(())
+}
+
+/// Runs the tarball's tests (`tests/tests/dist.rs`, ignored unless given a
+/// tarball): the unpacked directory, and the image its Dockerfile builds.
 pub fn test(root: &Path, env: &ToolEnv, tarball: &Path) -> Result<()> {
-    step("testing the tarball: unpack, check the unit, start natter, chat (cargo test --test dist)");
+    tools::ensure_containers(root, &env.path)?;
+    base_image(root, env)?;
+    step(
+        "testing the tarball: unpack, check the unit, start natter, chat; build its Dockerfile with podman, run the image, chat (cargo test --test dist)",
+    );
     let status = env
         .command("cargo")
         .args(["test", "--locked", "-p", "natter-e2e", "--test", "dist", "--", "--ignored"])

@@ -215,15 +215,45 @@ pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     apt_install(root, path, &missing)
 }
 
+/// Debian's podman (with runc, its network backend and iptables) and
+/// debootstrap, for the Dockerfile's test (`tests/tests/dist.rs`): no
+/// Docker engine runs here and no image can be pulled, so the test builds
+/// the Dockerfile with podman on a base image made from Debian's packages
+/// (`dist::base_image`).
+pub fn ensure_containers(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
+    let has = |program: &str, args: &[&str]| output(program, args, path).is_some();
+    let present = [
+        ("podman", has("podman", &["--version"])),
+        ("runc", has("runc", &["--version"])),
+        ("netavark", Path::new("/usr/lib/podman/netavark").exists()),
+        ("iptables", has("iptables", &["--version"])),
+        ("debootstrap", has("debootstrap", &["--version"])),
+    ];
+    let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing {} for the Dockerfile's test (apt-get install; no Docker engine runs here, podman builds the image)",
+        missing.join(", ")
+    ));
+    apt_install(root, path, &missing)
+}
+
+/// Runs `program ARGS` as root: directly when root, else through sudo.
+pub fn as_root(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
+    let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
+    if root_user {
+        return run(dir, program, args, path);
+    }
+    let all: Vec<&str> = std::iter::once(program).chain(args.iter().copied()).collect();
+    run(dir, "sudo", &all, path)
+}
+
 /// `apt-get install -y --no-install-recommends PACKAGES` (through sudo
 /// unless root), refreshing the package lists and retrying once if it fails.
 fn apt_install(root: &Path, path: &std::ffi::OsStr, packages: &[&str]) -> Result<()> {
-    let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
-    let (program, prefix): (&str, &[&str]) = if root_user { ("apt-get", &[]) } else { ("sudo", &["apt-get"]) };
-    let apt = |args: &[&str]| -> Result<bool> {
-        let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
-        run(root, program, &all, path)
-    };
+    let apt = |args: &[&str]| as_root(root, "apt-get", args, path);
     let install: Vec<&str> = ["install", "-y", "--no-install-recommends"].iter().chain(packages).copied().collect();
     if !apt(&install)? {
         step("refreshing the package lists (apt-get update) and retrying");
