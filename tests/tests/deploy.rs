@@ -18,12 +18,18 @@
 //! self-signed certificate made by openssl; Caddy, serving `localhost`,
 //! issues its own from its local CA; the client trusts only that
 //! certificate or that CA's root.
+//!
+//! The page served apart (nginx-page.conf, the README's "Deploying the page
+//! and the server separately"): nginx serves dist/ with the server named in
+//! index.html, natter runs elsewhere allowing the page's origin, and two
+//! pages in headless Chromium chat through it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use natter_e2e::browser::{Page, scenario};
 use natter_e2e::redis_server::RedisServer;
 use natter_e2e::{Natter, RemoveOnDrop, WAIT, WsClient, fresh_temp_path};
 use natter_shared::{ClientMsg, NoticeKind, Say, ServerMsg};
@@ -607,4 +613,73 @@ async fn chat_over_wss(port: u16, trusted: &Path) {
         }
     }
     assert!(closed.elapsed() < PROMPT_LEAVE, "left after {:?}", closed.elapsed());
+}
+
+/// How long the browser check of the page served apart may take.
+const BROWSER_LIMIT: Duration = Duration::from_secs(120);
+
+/// The built page as a deployer puts it on a static host: dist/ copied,
+/// index.html naming the server as the README says (the `natter-server`
+/// meta tag; trunk passes the tag through unchanged, so naming it in the
+/// built file is the same as naming it before building).
+fn page_naming(server: &str, into: &Path) {
+    std::fs::create_dir_all(into).expect("create");
+    for entry in std::fs::read_dir(natter_e2e::bundle_dir()).expect("read dist/") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), into.join(entry.file_name())).expect("copy");
+    }
+    let index = into.join("index.html");
+    let html = std::fs::read_to_string(&index).expect("index.html");
+    let charset = "<meta charset=\"utf-8\" />";
+    assert!(html.contains(charset), "index.html has {charset}");
+    let named =
+        html.replacen(charset, &format!("{charset}\n    <meta name=\"natter-server\" content=\"{server}\" />"), 1);
+    std::fs::write(&index, named).expect("write index.html");
+}
+
+#[tokio::test]
+#[ignore = "run by `cargo xtask check-deploy`, which installs nginx and Chromium"]
+async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() {
+    required();
+    let dir = RemoveOnDrop(fresh_temp_path("page-apart"));
+    let page_host: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let origin = format!("http://{page_host}");
+    // The server, on its own port, allowing the page's origin (without it,
+    // the page never connects: checked by hand with another origin here).
+    let natter = Natter::start(&["--allow-origin", &origin, "--leave-grace", "2s"]);
+    let files = dir.0.join("page");
+    page_naming(&format!("http://{}", natter.addr), &files);
+    let site = templated("nginx-page.conf", &format!("    listen {page_host};"), &[])
+        .replace("/var/www/natter", &files.display().to_string());
+    let _web = start_nginx(&dir.0.join("nginx"), page_host, &site);
+
+    // The static host serves the page as the recipe says, and no socket.
+    let index = http_get(page_host, "/");
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(index.contains("natter-server"), "{index}");
+    assert!(index.to_ascii_lowercase().contains("cache-control: no-cache"), "{index}");
+    let wasm_name = std::fs::read_dir(&files)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .find(|n| n.ends_with(".wasm"))
+        .expect("a .wasm in dist/");
+    let wasm = http_get(page_host, &format!("/{wasm_name}")).to_ascii_lowercase();
+    let wasm_head = &wasm[..wasm.find("\r\n\r\n").unwrap_or(0)];
+    assert!(wasm_head.contains("content-type: application/wasm"), "{wasm_head}");
+    assert!(wasm_head.contains("immutable"), "hashed files are cached for good: {wasm_head}");
+    assert!(http_get(page_host, "/ws").starts_with("HTTP/1.1 404"), "the static host has no socket");
+
+    // In a browser: the page from the static host talks to natter.
+    let url = format!("{origin}/");
+    scenario("page-apart", BROWSER_LIMIT, |browsers| async move {
+        let ada = Page::open(browsers.open("ada").await, &url).await;
+        let bob = Page::open(browsers.open("bob").await, &url).await;
+        ada.join("Ada", "lobby").await;
+        bob.join("Bob", "lobby").await;
+        ada.wait_for_text(".messages .notice", "Bob joined").await;
+        ada.say("from a page served elsewhere").await;
+        bob.wait_for_text(".messages .msg .text", "from a page served elsewhere").await;
+    })
+    .await;
+    drop(natter);
 }

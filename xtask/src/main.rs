@@ -182,15 +182,18 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask check-deploy`: installs nginx, Caddy, HAProxy and
-/// redis-server if missing, builds natter with the page inside, and runs the
-/// proxy configurations of docs/deploy/ in front of it, one instance or two
-/// sharing a private Redis (`tests/tests/deploy.rs`). `test` runs it too.
+/// `cargo xtask check-deploy`: installs nginx, Caddy, HAProxy,
+/// redis-server and Chromium if missing, builds natter with the page
+/// inside, and runs the proxy configurations of docs/deploy/ in front of
+/// it, one instance or two sharing a private Redis, and the page served
+/// apart by nginx in a browser (`tests/tests/deploy.rs`). `test` runs it too.
 fn check_deploy() -> Result<()> {
     let root = root();
     let env = tools::ensure_build(&root)?;
     tools::ensure_proxies(&root, &env.path)?;
     tools::ensure_redis(&root, &env.path)?;
+    // The page served apart is checked in a browser.
+    tools::ensure_chromium(&root, &env.path)?;
     bundle::build(&root, &env)?;
     let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
     step("building natter with the page inside it (cargo build -p natter-backend)");

@@ -165,7 +165,7 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// chromedriver from Debian's `chromium-driver`.
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
+pub fn ensure_chromium(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
         return Ok(());
     }
