@@ -2,10 +2,10 @@
 //! with each file's gzip and brotli forms made here, once, at build time.
 //!
 //! The page is embedded when `NATTER_EMBED_BUNDLE` names a built bundle
-//! (`cargo xtask run`/`dist` set it), or else when the repository's `dist/`
-//! holds an `index.html`. Without one the binary embeds nothing and serves
-//! `--bundle-dir` (default `dist`) from disk, or the page that says how to
-//! build it.
+//! (`cargo xtask test`/`dist` set it), or else, when the variable is not set
+//! at all, when the repository's `dist/` holds an `index.html`; set and
+//! empty, nothing is embedded. Without one the binary serves `--bundle-dir`
+//! (default `dist`) from disk, or the page that says how to build it.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -20,8 +20,11 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bundle = match std::env::var_os("NATTER_EMBED_BUNDLE") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => {
+        // Set and empty: nothing (`cargo xtask run` builds the server while
+        // trunk rewrites dist/, and serves dist/ from disk).
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
             let dist = manifest.join("..").join("dist");
             dist.join("index.html").is_file().then_some(dist)
         }

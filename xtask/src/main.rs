@@ -47,6 +47,10 @@ use scratch::ScratchDir;
 
 /// Where `cargo xtask run` serves by default.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Where `cargo xtask run` builds the server (apart from `target/`, where
+/// the page builds at the same time), and the log of that build.
+const RUN_TARGET_DIR: &str = "target/run";
+const RUN_BUILD_LOG: &str = "target/run/build.log";
 /// How long the test server may take to start listening.
 const SERVER_START: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -98,15 +102,31 @@ fn run(args: &[String]) -> Result<()> {
     // Checked before anything is built; `extra` is what it was before the flag existed.
     let (instances, extra) = instances::split_args(args)?;
     let root = root();
+    // The server builds while the page's tools install and the page builds:
+    // it serves dist/ from disk (nothing embedded), so it does not wait for
+    // the page, and its own target directory keeps the two cargo runs from
+    // waiting on each other's lock. On two cores the page's one-core
+    // stretches (its tools' last crates and links, the page's LTO, wasm-opt)
+    // leave a core to it.
+    step(&format!(
+        "building the server meanwhile (cargo build --profile quick-release -p natter-backend, in {RUN_TARGET_DIR}/; its output in {RUN_BUILD_LOG})"
+    ));
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--profile", "quick-release", "--locked", "-p", "natter-backend", "--bin", "natter"])
+        .arg("--target-dir")
+        .arg(root.join(RUN_TARGET_DIR))
+        // Set and empty: embed nothing (backend/build.rs), whatever dist/ holds.
+        .env("NATTER_EMBED_BUNDLE", "")
+        .current_dir(&root);
+    let server = process::Background::start(build, "the server's build", &root.join(RUN_BUILD_LOG))?;
     let env = tools::ensure_build(&root)?;
     if instances > 1 {
         tools::ensure_redis(&root, &env.path)?;
     }
     bundle::build(&root, &env)?;
-    let env = tools::ToolEnv { embed: Some(root.join("dist")), ..env };
-    step("building the server with the page inside it (cargo build --profile quick-release -p natter-backend)");
-    let build = ["build", "--profile", "quick-release", "--locked", "-p", "natter-backend", "--bin", "natter"];
-    cmd(&root, &env, "cargo", &build)?;
+    step("waiting for the server's build to finish");
+    server.finish()?;
     let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
     let listen = extra
         .windows(2)
@@ -114,7 +134,7 @@ fn run(args: &[String]) -> Result<()> {
         .map(|w| w[1].to_owned())
         .or_else(|| std::env::var("NATTER_LISTEN").ok())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let binary = root.join("target/quick-release/natter");
+    let binary = root.join(RUN_TARGET_DIR).join("quick-release/natter");
     if instances > 1 {
         return instances::run(&root, &binary, &listen, instances, &extra);
     }

@@ -19,3 +19,57 @@ pub fn cmd(dir: &Path, env: &ToolEnv, program: &str, args: &[&str]) -> Result<()
     }
     Ok(())
 }
+
+/// A command running beside the steps that follow it, its output going to
+/// a log file (two commands' progress lines would interleave); killed, by
+/// its PID, if dropped before [`Background::finish`].
+#[derive(Debug)]
+pub struct Background {
+    child: Option<std::process::Child>,
+    what: String,
+    log: std::path::PathBuf,
+}
+
+/// How many lines of a failed background command's log are shown.
+const LOG_TAIL_LINES: usize = 40;
+
+impl Background {
+    /// Starts `command` (already given its program, arguments and
+    /// environment) with its output in `log`; `what` names it in messages.
+    pub fn start(mut command: std::process::Command, what: &str, log: &Path) -> Result<Self> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone().context("duplicating the log's handle")?;
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("could not start {what}"))?;
+        Ok(Self { child: Some(child), what: what.to_owned(), log: log.to_path_buf() })
+    }
+
+    /// Waits for the command; on failure, the error carries the end of its log.
+    pub fn finish(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let status = child.wait().with_context(|| format!("waiting for {}", self.what))?;
+        if status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        bail!("{} failed ({status}); the end of {}:\n{tail}", self.what, self.log.display())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
