@@ -54,7 +54,7 @@ pub const WRITE_ATTEMPTS: u32 = 3;
 /// ids at their place in its range: with 512 KiB, 100 senders' pages did not
 /// stay cached and each insert read pages back from the file (`perf`:
 /// `pread` in the writer thread); 4 MiB keeps them (`bench history`: CPU per
-/// acknowledged message at the offered 50,000/s 25.6 → 24.1 µs, medians of 7
+/// acknowledged message at the offered 50,000/s 25.6 → 23.9 µs, medians of 7
 /// and 10 runs).
 pub const WRITER_CACHE_KIB: i64 = 4096;
 /// A transaction slower than this is logged: every ack and broadcast of its
