@@ -177,8 +177,7 @@ fn wait_ready(port: u16, name: &str) {
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let deadline = std::time::Instant::now() + natter_e2e::START_TIMEOUT;
     loop {
-        let ready = std::net::TcpStream::connect(addr).is_ok() && http_get(addr, "/readyz").starts_with("HTTP/1.1 200");
-        if ready {
+        if probe_ready(addr) {
             return;
         }
         if std::time::Instant::now() > deadline {
@@ -192,6 +191,19 @@ fn wait_ready(port: u16, name: &str) {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Whether `/readyz` answers 200; false on any error (the container's
+/// port may accept and reset while natter starts).
+fn probe_ready(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = stream.set_read_timeout(Some(natter_e2e::WAIT));
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut raw = Vec::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_end(&mut raw).is_ok()
+        && raw.starts_with(b"HTTP/1.1 200")
 }
 
 fn free_port() -> u16 {
@@ -210,7 +222,8 @@ async fn the_dockerfile_builds_an_image_that_runs_unprivileged_passes_its_health
         volume: format!("natter-dist-test-{id}"),
     };
     // No pull: the base image is the local one (xtask makes it).
-    podman(&["image", "exists", BASE_IMAGE]);
+    let base = Command::new("podman").args(["image", "exists", BASE_IMAGE]).status().expect("run podman");
+    assert!(base.success(), "no {BASE_IMAGE}: `cargo xtask dist` (as root) makes it with debootstrap");
     // `docker` format: the OCI format has no HEALTHCHECK. No layers kept:
     // the first stage's image would stay behind, nameless.
     let context = dir.display().to_string();
@@ -247,9 +260,13 @@ async fn the_dockerfile_builds_an_image_that_runs_unprivileged_passes_its_health
     }
 
     // `podman stop` sends the image's STOPSIGNAL: natter closes its
-    // sockets with 1012 and exits 0 well within the grace.
-    podman(&["stop", "--time", STOP_GRACE_SECS, &first]);
+    // sockets with 1012 and exits 0 well within the grace. The clients
+    // answer the close meanwhile (podman waits on its own thread).
+    let name = first.clone();
+    let stop = tokio::task::spawn_blocking(move || podman(&["stop", "--time", STOP_GRACE_SECS, &name]));
     assert_eq!(ada.close_code().await, Some(close::SERVICE_RESTART));
+    assert_eq!(bo.close_code().await, Some(close::SERVICE_RESTART));
+    stop.await.expect("podman stop");
     assert_eq!(podman(&["inspect", "--format", "{{.State.ExitCode}}", &first]), "0");
 
     // A new container on the same volume (an upgrade) has the history.

@@ -13,7 +13,8 @@
 //!   README, example settings, systemd unit, Dockerfile), then its test.
 //! * `cargo xtask check-deploy` — docs/deploy/'s nginx, Caddy and HAProxy
 //!   configurations run in front of natter, one instance or two on a private
-//!   Redis (the proxies and redis-server installed from Debian if missing).
+//!   Redis, and the page served apart by nginx, in Chromium (the proxies,
+//!   redis-server and Chromium installed from Debian if missing).
 //! * `cargo xtask bench` — see `bench.rs`; the load generator it runs is the
 //!   separate `bench` binary in `src/bin/bench/`.
 //! * `cargo xtask layers` — only the backend's layering check (`layers.rs`).
@@ -127,7 +128,13 @@ fn run(args: &[String]) -> Result<()> {
     bundle::build(&root, &env)?;
     step("waiting for the server's build to finish");
     server.finish()?;
-    let extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
+    let mut extra: Vec<&str> = extra.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
+    // The server has no page inside it: it serves dist/, named whole so that
+    // every instance finds it whatever directory xtask was started in.
+    let bundle = root.join("dist").display().to_string();
+    if !extra.iter().any(|a| a.starts_with("--bundle-dir")) {
+        extra.splice(0..0, ["--bundle-dir", bundle.as_str()]);
+    }
     let listen = extra
         .windows(2)
         .find(|w| w[0] == "--listen")
@@ -224,7 +231,7 @@ fn check_deploy() -> Result<()> {
 /// The proxy checks (`tests/tests/deploy.rs`, ignored unless asked for).
 fn deploy_tests(root: &Path, env: &tools::ToolEnv) -> Result<()> {
     step(
-        "running nginx, Caddy and HAProxy as docs/deploy/ configures them, in front of natter (cargo test --test deploy)",
+        "running nginx, Caddy and HAProxy as docs/deploy/ configures them, in front of natter, and the page served apart by nginx in Chromium (cargo test --test deploy)",
     );
     let status = env
         .command("cargo")

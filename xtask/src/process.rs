@@ -21,8 +21,10 @@ pub fn cmd(dir: &Path, env: &ToolEnv, program: &str, args: &[&str]) -> Result<()
 }
 
 /// A command running beside the steps that follow it, its output going to
-/// a log file (two commands' progress lines would interleave); killed, by
-/// its PID, if dropped before [`Background::finish`].
+/// a log file (two commands' progress lines would interleave); if dropped
+/// before [`Background::finish`] (a step after it failed), it and the
+/// processes it started (cargo's rustc and build scripts) are killed by PID.
+/// It stays in xtask's process group, so Ctrl-C reaches it as well.
 #[derive(Debug)]
 pub struct Background {
     child: Option<std::process::Child>,
@@ -68,8 +70,25 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            // Its descendants first (read from /proc while they still have
+            // their parent), then itself; a process already gone is fine.
+            let mut pids = Vec::new();
+            descendants(child.id(), &mut pids);
+            for pid in pids {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The processes started by `pid` and by them, from Linux's /proc (none
+/// elsewhere).
+fn descendants(pid: u32, out: &mut Vec<u32>) {
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else { return };
+    for child in list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        out.push(child);
+        descendants(child, out);
     }
 }

@@ -2,8 +2,8 @@
 //! trunk, wasm-bindgen-cli (the exact version in Cargo.lock) and wasm-opt
 //! (binaryen from the npm registry); and, from Debian's archive, Chromium
 //! for the browser tests, redis-server for the Redis store's tests (and
-//! `cargo xtask run --instances`), and nginx, Caddy and HAProxy for the
-//! proxy checks.
+//! `cargo xtask run --instances`), nginx, Caddy and HAProxy for the proxy
+//! checks, and podman, runc and debootstrap for the Dockerfile's test.
 //! Nothing is downloaded from anywhere else.
 
 use std::path::{Path, PathBuf};
@@ -222,12 +222,14 @@ pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
 /// (`dist::base_image`).
 pub fn ensure_containers(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     let has = |program: &str, args: &[&str]| output(program, args, path).is_some();
+    // By path: iptables and debootstrap live in /usr/sbin.
+    let at = |path: &str| Path::new(path).exists();
     let present = [
         ("podman", has("podman", &["--version"])),
         ("runc", has("runc", &["--version"])),
-        ("netavark", Path::new("/usr/lib/podman/netavark").exists()),
-        ("iptables", has("iptables", &["--version"])),
-        ("debootstrap", has("debootstrap", &["--version"])),
+        ("netavark", at("/usr/lib/podman/netavark")),
+        ("iptables", at("/usr/sbin/iptables")),
+        ("debootstrap", at("/usr/sbin/debootstrap")),
     ];
     let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(p, _)| *p).collect();
     if missing.is_empty() {
@@ -241,7 +243,7 @@ pub fn ensure_containers(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
 }
 
 /// Runs `program ARGS` as root: directly when root, else through sudo.
-pub fn as_root(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
+fn as_root(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
     let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
     if root_user {
         return run(dir, program, args, path);
