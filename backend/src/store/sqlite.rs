@@ -953,6 +953,63 @@ mod tests {
         assert_eq!(next_wait(true, None, true), Duration::ZERO, "retention still deleting");
     }
 
+    /// The writer's insert finds a resend itself (`insert_unless_sent`):
+    /// in the same transaction or a later one, a resend is acknowledged with
+    /// the first seq and takes none; another sender may use the same id;
+    /// notices have none; a seq already used still fails.
+    #[test]
+    fn a_resent_message_gets_its_first_seq_and_takes_none() {
+        let dir = std::env::temp_dir().join(format!("natter-resend-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let conn = open_for_writing(&db_path(&dir)).expect("database");
+        let room = RoomName::default();
+        let (sender, _rx) = crate::ws::outbound::channel(1, 8);
+        let say = |name: &str, cid: &str| {
+            let name = UserName::parse(name).expect("name");
+            Draft::Message {
+                color: color_for(&name),
+                name,
+                text: MessageText::parse("hi").expect("text"),
+                cid: ClientMsgId::parse(cid).expect("cid"),
+                sender: sender.clone(),
+                member: 1,
+            }
+        };
+        let joined = |name: &str| {
+            let name = UserName::parse(name).expect("name");
+            Draft::Notice { kind: NoticeKind::Joined, color: color_for(&name), name, once: None }
+        };
+        let mut seqs = Sequencer::default();
+        let mut store = |draft: &Draft| match store_one(&conn, &mut seqs, &room, draft, Timestamp(7)).expect("stored") {
+            Outcome::Stored(event) => {
+                seqs.take(&room, event.seq(), event.ts());
+                Ok(event.seq())
+            }
+            Outcome::Duplicate(seq, _) => Err(seq),
+            Outcome::Failed(e) => panic!("{e}"),
+        };
+
+        conn.execute_batch("BEGIN").expect("begin");
+        assert_eq!(store(&say("Ada", "c1")), Ok(Seq(1)));
+        assert_eq!(store(&say("ada", "c1")), Err(Seq(1)), "a resend in the same transaction (name keys match)");
+        assert_eq!(store(&say("Bo", "c1")), Ok(Seq(2)), "another sender's id");
+        assert_eq!(store(&joined("Cy")), Ok(Seq(3)));
+        assert_eq!(store(&joined("Cy")), Ok(Seq(4)), "notices are never duplicates");
+        conn.execute_batch("COMMIT").expect("commit");
+        assert_eq!(store(&say("Ada", "c1")), Err(Seq(1)), "a resend after the commit");
+        assert_eq!(store(&say("Ada", "c2")), Ok(Seq(5)), "no seq skipped");
+
+        // A seq already used is refused, not ignored: only the sender
+        // index's conflict does nothing.
+        let taken = say("Dee", "c9").into_event(Seq(5), Timestamp(7));
+        assert!(insert_unless_sent(&conn, &room, &taken).is_err());
+        let count: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).expect("count");
+        assert_eq!(count, 5);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_read_pool_lends_each_connection_to_one_read_at_a_time() {
         let dir = std::env::temp_dir().join(format!("natter-read-pool-{}", std::process::id()));
