@@ -22,7 +22,8 @@
 //! The page served apart (nginx-page.conf, the README's "Deploying the page
 //! and the server separately"): nginx serves dist/ with the server named in
 //! index.html, natter runs elsewhere allowing the page's origin, and two
-//! pages in headless Chromium chat through it.
+//! pages in headless Chromium chat through it; a copy on another host,
+//! naming a natter that does not allow its origin, never joins.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -644,8 +645,7 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
     let dir = RemoveOnDrop(fresh_temp_path("page-apart"));
     let page_host: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let origin = format!("http://{page_host}");
-    // The server, on its own port, allowing the page's origin (without it,
-    // the page never connects: checked by hand with another origin here).
+    // The server, on its own port, allowing the page's origin.
     let natter = Natter::start(&["--allow-origin", &origin, "--leave-grace", "2s"]);
     let files = dir.0.join("page");
     page_naming(&format!("http://{}", natter.addr), &files);
@@ -669,8 +669,20 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
     assert!(wasm_head.contains("immutable"), "hashed files are cached for good: {wasm_head}");
     assert!(http_get(page_host, "/ws").starts_with("HTTP/1.1 404"), "the static host has no socket");
 
+    // The same page on another static host, naming a server that allows
+    // only its own origin (the default): what the README's `--allow-origin`
+    // is for.
+    let refused_host: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let refusing = Natter::start(&["--leave-grace", "2s"]);
+    let refused_files = dir.0.join("refused-page");
+    page_naming(&format!("http://{}", refusing.addr), &refused_files);
+    let refused_site = templated("nginx-page.conf", &format!("    listen {refused_host};"), &[])
+        .replace("/var/www/natter", &refused_files.display().to_string());
+    let _refused_web = start_nginx(&dir.0.join("refused-nginx"), refused_host, &refused_site);
+
     // In a browser: the page from the static host talks to natter.
     let url = format!("{origin}/");
+    let refused_url = format!("http://{refused_host}/");
     scenario("page-apart", BROWSER_LIMIT, |browsers| async move {
         let ada = Page::open(browsers.open("ada").await, &url).await;
         let bob = Page::open(browsers.open("bob").await, &url).await;
@@ -679,7 +691,18 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
         ada.wait_for_text(".messages .notice", "Bob joined").await;
         ada.say("from a page served elsewhere").await;
         bob.wait_for_text(".messages .msg .text", "from a page served elsewhere").await;
+
+        // Without its origin allowed, the server refuses the page's socket:
+        // the page keeps retrying and never gets into the room.
+        let eve = Page::open(browsers.open("eve").await, &refused_url).await;
+        eve.fill("#join-name", "Eve").await;
+        eve.fill("#join-room", "lobby").await;
+        eve.click("form.join button[type=submit]").await;
+        eve.wait_for_text(".join-status", "Reconnecting").await;
+        assert!(eve.texts(".member-count").await.is_empty(), "the refused page never joined");
+        assert_eq!(eve.texts("form.join").await.len(), 1, "the refused page stays on the join form");
     })
     .await;
+    drop(refusing);
     drop(natter);
 }
