@@ -297,11 +297,16 @@ impl Page {
         el.click().await.expect("click");
     }
 
-    /// Joins `room` as `name` from the join view.
-    pub async fn join(&self, name: &str, room: &str) {
+    /// Fills the join form with `name` and `room` and submits it.
+    pub async fn submit_join(&self, name: &str, room: &str) {
         self.fill("#join-name", name).await;
         self.fill("#join-room", room).await;
         self.click("form.join button[type=submit]").await;
+    }
+
+    /// Joins `room` as `name` from the join view.
+    pub async fn join(&self, name: &str, room: &str) {
+        self.submit_join(name, room).await;
         self.wait_for_text(".status", "Connected").await;
     }
 

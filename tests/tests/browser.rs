@@ -111,9 +111,7 @@ async fn two_pages_on_two_instances_share_one_room() {
 
         // The name is taken on the other instance too.
         let eve = Page::open(browsers.open("eve").await, &url_a).await;
-        eve.fill("#join-name", "Bob").await;
-        eve.fill("#join-room", "lobby").await;
-        eve.click("form.join button[type=submit]").await;
+        eve.submit_join("Bob", "lobby").await;
         eve.wait_for_text("#join-name-error", "already called Bob").await;
     })
     .await;

@@ -638,6 +638,14 @@ fn page_naming(server: &str, into: &Path) {
     std::fs::write(&index, named).expect("write index.html");
 }
 
+/// nginx-page.conf on `host`, serving in `files` the page naming `server`.
+fn serve_page(dir: &Path, host: SocketAddr, server: SocketAddr, files: &Path) -> Proxy {
+    page_naming(&format!("http://{server}"), files);
+    let site = templated("nginx-page.conf", &format!("    listen {host};"), &[])
+        .replace("/var/www/natter", &files.display().to_string());
+    start_nginx(dir, host, &site)
+}
+
 #[tokio::test]
 #[ignore = "run by `cargo xtask check-deploy`, which installs nginx and Chromium"]
 async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() {
@@ -648,10 +656,7 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
     // The server, on its own port, allowing the page's origin.
     let natter = Natter::start(&["--allow-origin", &origin, "--leave-grace", "2s"]);
     let files = dir.0.join("page");
-    page_naming(&format!("http://{}", natter.addr), &files);
-    let site = templated("nginx-page.conf", &format!("    listen {page_host};"), &[])
-        .replace("/var/www/natter", &files.display().to_string());
-    let _web = start_nginx(&dir.0.join("nginx"), page_host, &site);
+    let _web = serve_page(&dir.0.join("nginx"), page_host, natter.addr, &files);
 
     // The static host serves the page as the recipe says, and no socket.
     let index = http_get(page_host, "/");
@@ -674,11 +679,8 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
     // is for.
     let refused_host: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let refusing = Natter::start(&["--leave-grace", "2s"]);
-    let refused_files = dir.0.join("refused-page");
-    page_naming(&format!("http://{}", refusing.addr), &refused_files);
-    let refused_site = templated("nginx-page.conf", &format!("    listen {refused_host};"), &[])
-        .replace("/var/www/natter", &refused_files.display().to_string());
-    let _refused_web = start_nginx(&dir.0.join("refused-nginx"), refused_host, &refused_site);
+    let _refused_web =
+        serve_page(&dir.0.join("refused-nginx"), refused_host, refusing.addr, &dir.0.join("refused-page"));
 
     // In a browser: the page from the static host talks to natter.
     let url = format!("{origin}/");
@@ -695,9 +697,7 @@ async fn the_page_on_its_own_host_as_documented_chats_with_a_server_elsewhere() 
         // Without its origin allowed, the server refuses the page's socket:
         // the page keeps retrying and never gets into the room.
         let eve = Page::open(browsers.open("eve").await, &refused_url).await;
-        eve.fill("#join-name", "Eve").await;
-        eve.fill("#join-room", "lobby").await;
-        eve.click("form.join button[type=submit]").await;
+        eve.submit_join("Eve", "lobby").await;
         eve.wait_for_text(".join-status", "Reconnecting").await;
         assert!(eve.texts(".member-count").await.is_empty(), "the refused page never joined");
         assert_eq!(eve.texts("form.join").await.len(), 1, "the refused page stays on the join form");

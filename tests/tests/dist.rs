@@ -70,32 +70,42 @@ async fn the_tarball_unpacks_to_a_server_that_serves_its_page_and_chats() {
     let page = http_get(natter.addr, "/");
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<title>"), "{page}");
-    let mut ada = WsClient::connect(&natter.ws_url()).await;
-    let mut bo = WsClient::connect(&natter.ws_url()).await;
-    ada.join("Ada", "lobby").await;
-    bo.join("Bo", "lobby").await;
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "from the tarball".into() })).await;
-    loop {
-        if let ServerMsg::Message(m) = bo.recv().await {
-            assert_eq!(m.text.as_str(), "from the tarball");
-            break;
-        }
-    }
+    let (mut ada, _bo) = two_chatting(&natter.ws_url(), "from the tarball").await;
     natter.signal("TERM");
     assert_eq!(ada.close_code().await, Some(close::SERVICE_RESTART));
     assert!(natter.wait().success());
     assert!(data.join("natter.db").is_file(), "the history was kept in --data-dir");
 }
 
+/// Ada and Bo join the lobby at `url` and Ada says `text`, which Bo hears.
+async fn two_chatting(url: &str, text: &str) -> (WsClient, WsClient) {
+    let mut ada = WsClient::connect(url).await;
+    let mut bo = WsClient::connect(url).await;
+    ada.join("Ada", "lobby").await;
+    bo.join("Bo", "lobby").await;
+    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: text.into() })).await;
+    loop {
+        if let ServerMsg::Message(m) = bo.recv().await {
+            assert_eq!(m.text.as_str(), text);
+            return (ada, bo);
+        }
+    }
+}
+
 /// A GET of `path` (the raw response, body included).
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// A GET of `path`, or the I/O error that stopped it.
+fn try_http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(natter_e2e::WAIT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(natter_e2e::WAIT))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("response");
-    String::from_utf8_lossy(&raw).into_owned()
+    stream.read_to_end(&mut raw)?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// The base image the Dockerfile names, as `cargo xtask dist` provides it
@@ -196,14 +206,7 @@ fn wait_ready(port: u16, name: &str) {
 /// Whether `/readyz` answers 200; false on any error (the container's
 /// port may accept and reset while natter starts).
 fn probe_ready(addr: std::net::SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return false };
-    let _ = stream.set_read_timeout(Some(natter_e2e::WAIT));
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut raw = Vec::new();
-    stream.write_all(request.as_bytes()).is_ok()
-        && stream.read_to_end(&mut raw).is_ok()
-        && raw.starts_with(b"HTTP/1.1 200")
+    try_http_get(addr, "/readyz").is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 fn free_port() -> u16 {
@@ -246,18 +249,7 @@ async fn the_dockerfile_builds_an_image_that_runs_unprivileged_passes_its_health
     podman(&["healthcheck", "run", &first]);
     assert_eq!(podman(&["inspect", "--format", "{{.State.Health.Status}}", &first]), "healthy");
 
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut ada = WsClient::connect(&url).await;
-    let mut bo = WsClient::connect(&url).await;
-    ada.join("Ada", "lobby").await;
-    bo.join("Bo", "lobby").await;
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "from the image".into() })).await;
-    loop {
-        if let ServerMsg::Message(m) = bo.recv().await {
-            assert_eq!(m.text.as_str(), "from the image");
-            break;
-        }
-    }
+    let (mut ada, mut bo) = two_chatting(&format!("ws://127.0.0.1:{port}/ws"), "from the image").await;
 
     // `podman stop` sends the image's STOPSIGNAL: natter closes its
     // sockets with 1012 and exits 0 well within the grace. The clients

@@ -85,18 +85,13 @@ pub fn base_image(root: &Path, env: &ToolEnv) -> Result<()> {
     work.remove()?;
     std::fs::create_dir_all(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
     let rootfs_arg = work.0.join("rootfs").display().to_string();
-    let made = run_ok(root, env, "debootstrap", &["--variant=minbase", BASE_SUITE, &rootfs_arg, BASE_MIRROR])?;
+    let made =
+        tools::run(root, "debootstrap", &["--variant=minbase", BASE_SUITE, &rootfs_arg, BASE_MIRROR], &env.path)?;
     anyhow::ensure!(made, "debootstrap could not make the base system in {rootfs_arg}");
     let tar = work.0.join("rootfs.tar").display().to_string();
     cmd(root, env, "tar", &["--numeric-owner", "-C", &rootfs_arg, "-cf", &tar, "."])?;
     cmd(root, env, "podman", &["import", "--quiet", &tar, BASE_IMAGE])?;
     work.remove()
-}
-
-/// `program ARGS` in `root`; whether it succeeded.
-fn run_ok(root: &Path, env: &ToolEnv, program: &str, args: &[&str]) -> Result<bool> {
-    let status = env.command(program).args(args).current_dir(root).status();
-    Ok(status.with_context(|| format!("could not start {program}"))?.success())
 }
 
 /// The base image's scratch directory, removed whatever happens.
@@ -121,17 +116,13 @@ impl Drop for WorkDir {
     }
 }
 
-/// Whether xtask runs as root: the image test runs podman rootful (the base
-/// image, the storage and the published port are root's).
-fn is_root(env: &ToolEnv) -> bool {
-    env.command("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// Runs the tarball's tests (`tests/tests/dist.rs`, ignored unless given a
 /// tarball): the unpacked directory, and the image its Dockerfile builds.
 pub fn test(root: &Path, env: &ToolEnv, tarball: &Path) -> Result<()> {
     let mut args = vec!["test", "--locked", "-p", "natter-e2e", "--test", "dist", "--", "--ignored"];
-    if is_root(env) {
+    // The image test runs podman rootful (the base image, the storage and
+    // the published port are root's).
+    if tools::is_root(&env.path) {
         tools::ensure_containers(root, &env.path)?;
         base_image(root, env)?;
         step(

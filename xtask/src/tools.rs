@@ -67,7 +67,8 @@ const INSTALL_PROFILE: &[(&str, &str)] = &[
     ("CARGO_PROFILE_RELEASE_INCREMENTAL", "false"),
 ];
 
-fn run(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
+/// Runs `program ARGS` in `dir`; whether it succeeded.
+pub fn run(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
     let mut command = Command::new(program);
     command.args(args).current_dir(dir).env("PATH", path);
     if program == "cargo" && args.first() == Some(&"install") {
@@ -200,18 +201,23 @@ pub fn ensure_proxies(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
     let haproxy = installed(&["/usr/sbin/haproxy", "/usr/bin/haproxy"]);
     // The TLS check makes its self-signed certificate with openssl.
     let openssl = output("openssl", &["version"], path).is_some();
-    let missing: Vec<&str> = [("nginx", nginx), ("caddy", caddy), ("haproxy", haproxy), ("openssl", openssl)]
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(p, _)| *p)
-        .collect();
+    let present = [("nginx", nginx), ("caddy", caddy), ("haproxy", haproxy), ("openssl", openssl)];
+    install_missing(
+        root,
+        path,
+        &present,
+        "for the proxy checks (apt-get install; the checks start their own on loopback)",
+    )
+}
+
+/// Installs the packages of `present` that are not (`(package, present)`),
+/// saying what they are `for`.
+fn install_missing(root: &Path, path: &std::ffi::OsStr, present: &[(&str, bool)], what_for: &str) -> Result<()> {
+    let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(p, _)| *p).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!(
-        "installing {} for the proxy checks (apt-get install; the checks start their own on loopback)",
-        missing.join(", ")
-    ));
+    step(&format!("installing {} {what_for}", missing.join(", ")));
     apt_install(root, path, &missing)
 }
 
@@ -231,21 +237,18 @@ pub fn ensure_containers(root: &Path, path: &std::ffi::OsStr) -> Result<()> {
         ("iptables", at("/usr/sbin/iptables")),
         ("debootstrap", at("/usr/sbin/debootstrap")),
     ];
-    let missing: Vec<&str> = present.iter().filter(|(_, ok)| !ok).map(|(p, _)| *p).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    step(&format!(
-        "installing {} for the Dockerfile's test (apt-get install; no Docker engine runs here, podman builds the image)",
-        missing.join(", ")
-    ));
-    apt_install(root, path, &missing)
+    let what_for = "for the Dockerfile's test (apt-get install; no Docker engine runs here, podman builds the image)";
+    install_missing(root, path, &present, what_for)
+}
+
+/// Whether this process runs as root.
+pub fn is_root(path: &std::ffi::OsStr) -> bool {
+    output("id", &["-u"], path).is_some_and(|id| id.trim() == "0")
 }
 
 /// Runs `program ARGS` as root: directly when root, else through sudo.
 fn as_root(dir: &Path, program: &str, args: &[&str], path: &std::ffi::OsStr) -> Result<bool> {
-    let root_user = output("id", &["-u"], path).is_some_and(|id| id.trim() == "0");
-    if root_user {
+    if is_root(path) {
         return run(dir, program, args, path);
     }
     let all: Vec<&str> = std::iter::once(program).chain(args.iter().copied()).collect();

@@ -584,15 +584,16 @@ fn store_one(
 ) -> rusqlite::Result<Outcome> {
     let (seq, ts) = seqs.try_peek(room, || last_of(conn, room), now)?;
     let event = draft.clone().into_event(seq, ts);
+    let Some((key, cid)) = draft.sender_key() else {
+        // A notice: no message id, nothing to find.
+        insert_event(conn, room, &event)?;
+        return Ok(Outcome::Stored(event));
+    };
     if insert_unless_sent(conn, room, &event)? {
         return Ok(Outcome::Stored(event));
     }
     // A resend (the same sender and message id): the stored one's seq and
     // time; the peeked seq stays unused.
-    let Some((key, cid)) = draft.sender_key() else {
-        // Only a message with an id can meet the sender index's conflict.
-        return Err(rusqlite::Error::StatementChangedRows(0));
-    };
     let (seq, ts): (i64, i64) = conn
         .prepare_cached("SELECT seq, ts FROM events WHERE room = ?1 AND name_key = ?2 AND cid = ?3")?
         .query_row(params![room.as_str(), key, cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
