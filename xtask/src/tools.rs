@@ -141,11 +141,14 @@ pub fn ensure_build(root: &Path) -> Result<ToolEnv> {
             "installing wasm-bindgen-cli {bindgen_version} to match Cargo.lock (cargo install, unoptimized; about a minute, once)"
         ));
         let v = bindgen_version.as_str();
-        let locked =
-            run(root, "cargo", &["install", "wasm-bindgen-cli", "--version", v, "--locked", "--force"], &path)?;
-        if !locked {
+        // No default features: no TLS stack (rustls and ring, C and
+        // assembly to compile); the test runner only speaks plain HTTP, to
+        // a chromedriver on loopback.
+        let install = ["install", "wasm-bindgen-cli", "--version", v, "--no-default-features", "--force"];
+        let locked_args: Vec<&str> = install.iter().copied().chain(["--locked"]).collect();
+        if !run(root, "cargo", &locked_args, &path)? {
             step("retrying without --locked (this crates.io mirror lacks some locked versions)");
-            if !run(root, "cargo", &["install", "wasm-bindgen-cli", "--version", v, "--force"], &path)? {
+            if !run(root, "cargo", &install, &path)? {
                 bail!("cargo install wasm-bindgen-cli {v} failed");
             }
         }
