@@ -127,4 +127,42 @@ mod tests {
         shutdown.cancel();
         ticker.await.expect("the ticker ends at shutdown");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_goes_out_at_once_with_what_waits_and_the_connection_stays_listed_once() {
+        const WINDOW: Duration = Duration::from_millis(100);
+        let coalescer = Coalescer::new(WINDOW, 64 * 1024);
+        let shutdown = CancellationToken::new();
+        let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone(), None);
+        let text = |t: &'static str| Utf8Bytes::from_static(t);
+        let at_once = || tokio::time::timeout(Duration::from_millis(1), receiver.next());
+        let texts = |batch: outbound::Batch| batch.encoded.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>();
+
+        handle.send(&text("a"));
+        assert_eq!(at_once().await, Ok(None));
+        assert_eq!(texts(receiver.take()), ["a"]);
+        receiver.written();
+
+        // Taken just now: a message waits for the tick, a reply does not,
+        // and takes it along, in order.
+        let queued = Instant::now();
+        handle.send(&text("b"));
+        assert!(at_once().await.is_err(), "held for the tick");
+        handle.send_now(&text("ack"));
+        assert_eq!(at_once().await, Ok(None), "the reply wakes the writer at once");
+        assert_eq!(texts(receiver.take()), ["b", "ack"]);
+        assert!(queued.elapsed() < WINDOW, "before the tick");
+        receiver.written();
+
+        // Still listed once for the tick; what comes next waits for it.
+        handle.send(&text("c"));
+        assert_eq!(coalescer.due.lock().expect("lock").len(), 1, "listed once");
+        assert!(at_once().await.is_err(), "held for the tick again");
+        assert_eq!(receiver.next().await, None, "the tick wakes the writer");
+        assert_eq!(texts(receiver.take()), ["c"]);
+        shutdown.cancel();
+        ticker.await.expect("the ticker ends at shutdown");
+    }
 }

@@ -164,8 +164,12 @@ struct Queue {
     pong: Option<Vec<u8>>,
     /// When frames were last taken to be written (a pong alone does not count).
     taken_at: Option<Instant>,
-    /// Frames wait for the coalescer's next tick.
+    /// Frames wait for the coalescer's next tick (the connection is
+    /// listed for it: at most once until the tick).
     scheduled: bool,
+    /// A reply was queued while frames waited for the tick: everything
+    /// queued goes out now, though the connection stays listed.
+    flush: bool,
     /// The socket, for the coalescer's tick to write to while the writer
     /// is not writing; dropped with the writer's end.
     socket: Option<Arc<TcpStream>>,
@@ -183,7 +187,7 @@ impl Queue {
     /// The writer has something to write now: the rest of a started write
     /// or a pong at once, frames unless they wait for a tick.
     fn ready(&self) -> bool {
-        self.started.is_some() || self.pong.is_some() || (!self.encoded.is_empty() && !self.scheduled)
+        self.started.is_some() || self.pong.is_some() || (!self.encoded.is_empty() && (!self.scheduled || self.flush))
     }
 }
 
@@ -356,8 +360,23 @@ pub fn encode_json<T: serde::Serialize + ?Sized>(msg: &T) -> Encoded {
 }
 
 impl ConnHandle {
-    /// Queues a message without waiting; a full queue closes the connection as lagged.
+    /// Queues a message without waiting; a full queue closes the connection
+    /// as lagged. It waits for the write window (see [`super::coalesce`]).
     pub fn send(&self, encoded: &Encoded) -> Delivery {
+        self.queue(encoded, false)
+    }
+
+    /// Queues the reply to this connection's own request (an ack, or the
+    /// error in its place): it does not wait for the write window, and
+    /// takes whatever waits for it along (in order). A sender waits for its
+    /// acks; the window is there for what others send it. Acks come in
+    /// bursts, one per history commit, so this adds at most one write per
+    /// commit to a sending connection.
+    pub fn send_now(&self, encoded: &Encoded) -> Delivery {
+        self.queue(encoded, true)
+    }
+
+    fn queue(&self, encoded: &Encoded, now: bool) -> Delivery {
         let wake = {
             let mut queue = self.shared.lock();
             if queue.closed {
@@ -372,8 +391,15 @@ impl ConnHandle {
             queue.queued_bytes += encoded.len();
             queue.high_water = queue.high_water.max(bytes);
             queue.encoded.push_back(encoded.clone());
-            // The writer takes everything at once: only the first message wakes it.
-            if queue.encoded.len() > 1 || queue.pong.is_some() || queue.scheduled {
+            // The writer takes everything at once: only the first message
+            // wakes it (or the first reply while the rest waits for a tick).
+            let woken = queue.pong.is_some() || queue.flush || (queue.encoded.len() > 1 && !queue.scheduled);
+            if woken {
+                Wake::No
+            } else if now {
+                queue.flush = queue.scheduled;
+                Wake::Now
+            } else if queue.scheduled {
                 Wake::No
             } else if self.shared.coalescer.as_ref().is_some_and(|c| c.holds(queue.taken_at)) {
                 queue.scheduled = true;
@@ -430,6 +456,7 @@ impl ConnHandle {
     fn write_now(queue: &mut Queue, socket: &TcpStream, scratch: &mut Vec<u8>, max_bytes: usize) -> Written {
         let mut batch = Batch { started: None, encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() };
         let bytes = std::mem::take(&mut queue.queued_bytes);
+        queue.flush = false;
         if !batch.encoded.is_empty() {
             queue.taken_at = Some(Instant::now());
         }
@@ -525,8 +552,9 @@ impl ConnHandle {
     }
 
     /// Queues the reply to a request counted by [`ConnHandle::expect_reply`].
+    /// It does not wait for the write window ([`ConnHandle::send_now`]).
     pub fn send_reply(&self, msg: &ServerMsg) -> Delivery {
-        let delivery = self.send_msg(msg);
+        let delivery = self.send_now(&encode(msg));
         self.replied();
         delivery
     }
@@ -568,6 +596,7 @@ impl ConnReceiver {
             queue.taken_at = Some(Instant::now());
         }
         queue.writing = true;
+        queue.flush = false;
         Batch { started: queue.started.take(), encoded: std::mem::take(&mut queue.encoded), pong: queue.pong.take() }
     }
 
