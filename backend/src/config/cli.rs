@@ -268,7 +268,7 @@ pub struct ServeArgs {
 
     /// Write coalescing: a client written to less than this long ago gets its
     /// next frames together once the time is up (0ms: every frame at once).
-    /// Replies to its own requests (acks) do not wait.
+    /// The acks of its own messages do not wait.
     #[arg(long, env = "NATTER_WRITE_COALESCE", default_value = "25ms", value_parser = parse_duration)]
     pub write_coalesce: Duration,
 

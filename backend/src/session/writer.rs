@@ -481,6 +481,49 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_goes_out_at_once_with_the_held_frames_and_what_comes_after_waits_for_the_tick() {
+        const WINDOW: Duration = Duration::from_millis(500);
+        let (app, server, mut client) = app_with_window(WINDOW).await;
+        let (handle, receiver) = coalesced_queue(&app, &server, 16);
+        let heard = LastHeard::new();
+        let frame = |text: &'static str| Utf8Bytes::from_static(text);
+        let test = async {
+            let mut buf = vec![0u8; 1024];
+            handle.send(&frame("a"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
+            // Within the window: a message is held, a reply is not, and
+            // takes the held one along, in order.
+            let queued = Instant::now();
+            handle.send(&frame("b"));
+            assert!(timeout(WINDOW / 10, client.read(&mut buf)).await.is_err(), "held for the tick");
+            handle.send_now(&frame("ack 1"));
+            let expected = text_frames(&["b", "ack 1"]);
+            let mut got = vec![0u8; expected.len()];
+            client.read_exact(&mut got).await.expect("read");
+            assert_eq!(got, expected);
+            assert!(queued.elapsed() < WINDOW / 2, "before the tick");
+            // The connection is still listed for the tick: another reply
+            // goes out at once too.
+            let again = Instant::now();
+            handle.send_now(&frame("ack 2"));
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["ack 2"])[..]);
+            assert!(again.elapsed() < WINDOW / 10, "at once");
+            // A message after them waits for that tick, and goes with it.
+            handle.send(&frame("c"));
+            assert!(timeout(WINDOW / 10, client.read(&mut buf)).await.is_err(), "held for the tick");
+            let n = client.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], &text_frames(&["c"])[..]);
+            assert!(queued.elapsed() <= WINDOW, "at the tick b was listed for");
+        };
+        tokio::select! {
+            end = write_loop(&server, &receiver, &app, &heard) => panic!("the writer ended: {end:?}"),
+            () = test => {}
+        }
+    }
+
     #[tokio::test]
     async fn a_write_the_tick_could_not_finish_is_finished_by_the_writer_in_order() {
         const WINDOW: Duration = Duration::from_millis(20);

@@ -1,7 +1,10 @@
 //! The write window shared by every connection: a message for a connection
 //! whose frames were taken for writing less than a window ago is not
 //! written at once; the connection joins this list, and at the next tick
-//! everything queued for it by then goes out in one write.
+//! everything queued for it by then goes out in one write. The answer to
+//! the connection's own `say` (its ack) does not wait: it goes out at once
+//! and takes what waits along ([`super::outbound::ConnHandle::send_now`]);
+//! the connection stays listed, once.
 //!
 //! The tick writes to the socket itself, one connection after another, as
 //! long as the connection's writer is not writing (a write the socket does

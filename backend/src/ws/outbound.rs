@@ -185,7 +185,8 @@ struct Queue {
 
 impl Queue {
     /// The writer has something to write now: the rest of a started write
-    /// or a pong at once, frames unless they wait for a tick.
+    /// or a pong at once, frames unless they wait for a tick (and no reply
+    /// takes them along, see [`ConnHandle::send_now`]).
     fn ready(&self) -> bool {
         self.started.is_some() || self.pong.is_some() || (!self.encoded.is_empty() && (!self.scheduled || self.flush))
     }
@@ -366,12 +367,13 @@ impl ConnHandle {
         self.queue(encoded, false)
     }
 
-    /// Queues the reply to this connection's own request (an ack, or the
-    /// error in its place): it does not wait for the write window, and
-    /// takes whatever waits for it along (in order). A sender waits for its
-    /// acks; the window is there for what others send it. Acks come in
-    /// bursts, one per history commit, so this adds at most one write per
-    /// commit to a sending connection.
+    /// Queues the answer to this connection's `say` (its ack, or the error
+    /// in its place; [`ConnHandle::send_reply`]): it does not wait for the
+    /// write window, and takes whatever waits for it along (in order). A
+    /// sender waits for its acks; the window is there for what others send
+    /// it. Acks come in bursts, one per history commit, so this usually
+    /// adds one write per commit to a sending connection (at most one per
+    /// ack, when its writer takes the queue between two acks of a commit).
     pub fn send_now(&self, encoded: &Encoded) -> Delivery {
         self.queue(encoded, true)
     }
@@ -613,7 +615,8 @@ impl ConnReceiver {
 
     /// Waits until the connection is kicked (its reason) or something is to
     /// be written now (`None`; frames held for the coalescer's tick wait
-    /// for it). One wait for both: an idle writer holds one wake-up.
+    /// for it, unless an ack takes them along). One wait for both: an idle
+    /// writer holds one wake-up.
     pub async fn next(&self) -> Option<CloseReason> {
         loop {
             if let Some(reason) = self.shared.kick.reason() {
