@@ -408,6 +408,18 @@ mod tests {
         outbound::coalesced(1, capacity, usize::MAX, coalescer, Some(server.clone()))
     }
 
+    fn utf8(text: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(text)
+    }
+
+    /// Reads exactly the frames of `texts` from `client`.
+    async fn expect_frames(client: &mut TcpStream, texts: &[&str]) {
+        let expected = text_frames(texts);
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
+    }
+
     fn text_frames(texts: &[&str]) -> Vec<u8> {
         let mut bytes = Vec::new();
         for text in texts {
@@ -446,33 +458,27 @@ mod tests {
         let (app, server, mut client) = app_with_window(WINDOW).await;
         let (handle, receiver) = coalesced_queue(&app, &server, 16);
         let heard = LastHeard::new();
-        let frame = |text: &'static str| Utf8Bytes::from_static(text);
         let test = async {
             let mut buf = vec![0u8; 1024];
             // Quiet so far: the first frame goes out at once.
             let start = Instant::now();
-            handle.send(&frame("a"));
-            let n = client.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
+            handle.send(&utf8("a"));
+            expect_frames(&mut client, &["a"]).await;
             assert!(start.elapsed() < WINDOW);
             // Within the window: held back until the next tick, then one write.
             let queued = Instant::now();
-            handle.send(&frame("b"));
+            handle.send(&utf8("b"));
             tokio::time::sleep(WINDOW / 10).await;
-            handle.send(&frame("c"));
+            handle.send(&utf8("c"));
             let early = timeout(WINDOW / 10, client.read(&mut buf)).await;
             assert!(early.is_err(), "nothing is written before the tick");
-            let expected = text_frames(&["b", "c"]);
-            let mut got = vec![0u8; expected.len()];
-            client.read_exact(&mut got).await.expect("read");
-            assert_eq!(got, expected);
+            expect_frames(&mut client, &["b", "c"]).await;
             assert!(queued.elapsed() <= WINDOW, "held at most one window");
             // Quiet again for longer than the window: at once.
             tokio::time::sleep(WINDOW * 2).await;
             let again = Instant::now();
-            handle.send(&frame("d"));
-            let n = client.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], &text_frames(&["d"])[..]);
+            handle.send(&utf8("d"));
+            expect_frames(&mut client, &["d"]).await;
             assert!(again.elapsed() < WINDOW);
         };
         tokio::select! {
@@ -487,35 +493,28 @@ mod tests {
         let (app, server, mut client) = app_with_window(WINDOW).await;
         let (handle, receiver) = coalesced_queue(&app, &server, 16);
         let heard = LastHeard::new();
-        let frame = |text: &'static str| Utf8Bytes::from_static(text);
         let test = async {
             let mut buf = vec![0u8; 1024];
-            handle.send(&frame("a"));
-            let n = client.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], &text_frames(&["a"])[..]);
+            handle.send(&utf8("a"));
+            expect_frames(&mut client, &["a"]).await;
             // Within the window: a message is held, a reply is not, and
             // takes the held one along, in order.
             let queued = Instant::now();
-            handle.send(&frame("b"));
+            handle.send(&utf8("b"));
             assert!(timeout(WINDOW / 10, client.read(&mut buf)).await.is_err(), "held for the tick");
-            handle.send_now(&frame("ack 1"));
-            let expected = text_frames(&["b", "ack 1"]);
-            let mut got = vec![0u8; expected.len()];
-            client.read_exact(&mut got).await.expect("read");
-            assert_eq!(got, expected);
+            handle.send_now(&utf8("ack 1"));
+            expect_frames(&mut client, &["b", "ack 1"]).await;
             assert!(queued.elapsed() < WINDOW / 2, "before the tick");
             // The connection is still listed for the tick: another reply
             // goes out at once too.
             let again = Instant::now();
-            handle.send_now(&frame("ack 2"));
-            let n = client.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], &text_frames(&["ack 2"])[..]);
+            handle.send_now(&utf8("ack 2"));
+            expect_frames(&mut client, &["ack 2"]).await;
             assert!(again.elapsed() < WINDOW / 10, "at once");
             // A message after them waits for that tick, and goes with it.
-            handle.send(&frame("c"));
+            handle.send(&utf8("c"));
             assert!(timeout(WINDOW / 10, client.read(&mut buf)).await.is_err(), "held for the tick");
-            let n = client.read(&mut buf).await.expect("read");
-            assert_eq!(&buf[..n], &text_frames(&["c"])[..]);
+            expect_frames(&mut client, &["c"]).await;
             assert!(queued.elapsed() <= WINDOW, "at the tick b was listed for");
         };
         tokio::select! {

@@ -96,16 +96,45 @@ mod tests {
     use super::*;
     use crate::ws::outbound;
 
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    /// A running coalescer with a window of [`WINDOW`], and one connection's
+    /// queue under it (no socket: the tick wakes its writer).
+    struct Ticking {
+        coalescer: Arc<Coalescer>,
+        shutdown: CancellationToken,
+        ticker: tokio::task::JoinHandle<()>,
+    }
+
+    impl Ticking {
+        async fn start() -> (Self, outbound::ConnHandle, outbound::ConnReceiver) {
+            let coalescer = Coalescer::new(WINDOW, 64 * 1024);
+            let shutdown = CancellationToken::new();
+            let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
+            // Past the interval's first tick, which comes at once.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone(), None);
+            (Self { coalescer, shutdown, ticker }, handle, receiver)
+        }
+
+        /// Connections listed for the next tick.
+        fn listed(&self) -> usize {
+            self.coalescer.due.lock().expect("lock").len()
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.ticker.await.expect("the ticker ends at shutdown");
+        }
+    }
+
+    fn text(t: &'static str) -> Utf8Bytes {
+        Utf8Bytes::from_static(t)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_message_soon_after_a_take_waits_for_the_tick_and_a_quiet_one_does_not() {
-        const WINDOW: Duration = Duration::from_millis(100);
-        let coalescer = Coalescer::new(WINDOW, 64 * 1024);
-        let shutdown = CancellationToken::new();
-        let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
-        // Past the interval's first tick, which comes at once.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone(), None);
-        let text = |t: &'static str| Utf8Bytes::from_static(t);
+        let (ticking, handle, receiver) = Ticking::start().await;
 
         // Nothing taken yet: at once.
         handle.send(&text("a"));
@@ -116,7 +145,7 @@ mod tests {
         let queued = Instant::now();
         handle.send(&text("b"));
         handle.send(&text("c"));
-        assert_eq!(coalescer.due.lock().expect("lock").len(), 1, "listed once");
+        assert_eq!(ticking.listed(), 1, "listed once");
         let early = tokio::time::timeout(Duration::from_millis(1), receiver.next()).await;
         assert!(early.is_err(), "held for the tick");
         assert_eq!(receiver.next().await, None, "the tick wakes the writer");
@@ -127,19 +156,12 @@ mod tests {
         tokio::time::sleep(WINDOW * 2).await;
         handle.send(&text("d"));
         assert_eq!(tokio::time::timeout(Duration::from_millis(1), receiver.next()).await, Ok(None), "ready at once");
-        shutdown.cancel();
-        ticker.await.expect("the ticker ends at shutdown");
+        ticking.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_goes_out_at_once_with_what_waits_and_the_connection_stays_listed_once() {
-        const WINDOW: Duration = Duration::from_millis(100);
-        let coalescer = Coalescer::new(WINDOW, 64 * 1024);
-        let shutdown = CancellationToken::new();
-        let ticker = tokio::spawn(coalescer.clone().run(shutdown.clone()));
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let (handle, receiver) = outbound::coalesced(1, 16, usize::MAX, coalescer.clone(), None);
-        let text = |t: &'static str| Utf8Bytes::from_static(t);
+        let (ticking, handle, receiver) = Ticking::start().await;
         let at_once = || tokio::time::timeout(Duration::from_millis(1), receiver.next());
         let texts = |batch: outbound::Batch| batch.encoded.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>();
 
@@ -161,11 +183,10 @@ mod tests {
 
         // Still listed once for the tick; what comes next waits for it.
         handle.send(&text("c"));
-        assert_eq!(coalescer.due.lock().expect("lock").len(), 1, "listed once");
+        assert_eq!(ticking.listed(), 1, "listed once");
         assert!(at_once().await.is_err(), "held for the tick again");
         assert_eq!(receiver.next().await, None, "the tick wakes the writer");
         assert_eq!(texts(receiver.take()), ["c"]);
-        shutdown.cancel();
-        ticker.await.expect("the ticker ends at shutdown");
+        ticking.stop().await;
     }
 }
