@@ -108,6 +108,59 @@ impl Drop for Slot {
     }
 }
 
+/// A token bucket per address: at most `burst` at once, refilled at
+/// `per_sec`. An address's entry is dropped once its bucket would be full
+/// again (swept when the map has doubled since the last sweep), so the map
+/// holds only addresses that took something within `burst / per_sec`.
+#[derive(Debug)]
+pub struct RatePerAddress {
+    per_sec: f64,
+    burst: f64,
+    state: Mutex<RateState>,
+}
+
+#[derive(Debug, Default)]
+struct RateState {
+    /// Tokens left and when they were counted.
+    buckets: HashMap<AddressKey, (f64, std::time::Instant)>,
+    /// The map's size that starts the next sweep.
+    sweep_at: usize,
+}
+
+/// Entries the map holds before its first sweep.
+const RATE_SWEEP_MIN: usize = 64;
+
+impl RatePerAddress {
+    /// `burst` at once per address, `per_sec` sustained.
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        let state = RateState { buckets: HashMap::new(), sweep_at: RATE_SWEEP_MIN };
+        Self { per_sec: f64::from(per_sec), burst: f64::from(burst.max(1)), state: Mutex::new(state) }
+    }
+
+    /// Takes one token for `key` at `now`; false if its bucket is empty.
+    pub fn try_take(&self, key: AddressKey, now: std::time::Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        let refilled = |(tokens, last): (f64, std::time::Instant)| {
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * per_sec).min(burst)
+        };
+        if state.buckets.len() >= state.sweep_at {
+            state.buckets.retain(|_, bucket| refilled(*bucket) < burst);
+            state.sweep_at = (state.buckets.len() * 2).max(RATE_SWEEP_MIN);
+        }
+        let bucket = state.buckets.entry(key).or_insert((burst, now));
+        let tokens = refilled(*bucket);
+        let taken = tokens >= 1.0;
+        *bucket = (if taken { tokens - 1.0 } else { tokens }, now);
+        taken
+    }
+
+    /// Addresses with an entry (for tests).
+    pub fn tracked(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).buckets.len()
+    }
+}
+
 /// An address or network (`10.0.0.0/8`, `::1`) whose requests are trusted
 /// to say where they come from (a reverse proxy's `X-Forwarded-For`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +282,27 @@ mod tests {
         assert!(limits.try_take(a).is_some(), "a slot given back can be taken again");
         assert_eq!(limits.held(b), 0);
         assert!(limits.counts.lock().expect("lock").len() <= 1, "addresses holding nothing leave the map");
+    }
+
+    #[test]
+    fn a_rate_per_address_refills_and_forgets_full_buckets() {
+        let rate = RatePerAddress::new(2, 3);
+        let (a, b) = (AddressKey::of(ip("192.0.2.1")), AddressKey::of(ip("192.0.2.2")));
+        let t = std::time::Instant::now();
+        for i in 0..3 {
+            assert!(rate.try_take(a, t), "take {i} of the burst");
+        }
+        assert!(!rate.try_take(a, t), "the burst is spent");
+        assert!(rate.try_take(b, t), "another address has its own bucket");
+        assert!(!rate.try_take(a, t + std::time::Duration::from_millis(400)), "0.8 of a token");
+        assert!(rate.try_take(a, t + std::time::Duration::from_millis(600)), "one token after half a second");
+        // Many addresses, each taking once: entries whose bucket is full again are swept.
+        let later = t + std::time::Duration::from_secs(10);
+        for i in 0..1_000u32 {
+            let key = AddressKey::of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            assert!(rate.try_take(key, later + std::time::Duration::from_secs(u64::from(i))));
+        }
+        assert!(rate.tracked() <= 2 * RATE_SWEEP_MIN, "{} entries kept", rate.tracked());
     }
 
     #[test]

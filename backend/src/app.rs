@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::address::PerAddress;
+use crate::address::{PerAddress, RatePerAddress};
 use crate::chat::hub::Hub;
 use crate::chat::reaper;
 use crate::chat::room::{Announce, End, Membership, Room};
@@ -36,6 +36,8 @@ pub struct App {
     pub connections_per_address: Arc<PerAddress>,
     /// Joined sessions per client address.
     pub joins_per_address: Arc<PerAddress>,
+    /// Re-sends looked up per client address (`config.rate.resend_checks_*`).
+    pub resend_checks: RatePerAddress,
     /// What the server counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The write window every connection shares (`None` when it is zero).
@@ -78,6 +80,7 @@ impl App {
             sessions: AtomicUsize::new(0),
             connections_per_address: PerAddress::new(config.conn.max_connections_per_address),
             joins_per_address: PerAddress::new(config.conn.max_joins_per_address),
+            resend_checks: RatePerAddress::new(config.rate.resend_checks_per_sec, config.rate.resend_checks_burst),
             metrics,
             coalescer,
             config,

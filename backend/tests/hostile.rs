@@ -146,7 +146,7 @@ async fn a_flood_close_comes_after_the_replies_to_what_came_before() {
     stream.write_all(&text(&ClientMsg::Hello(common::hello("Flood", "lobby")))).await.expect("hello");
     let mut burst = Vec::new();
     for i in 0..10 {
-        let say = ClientMsg::Say(natter_shared::Say { cid: format!("c{i}"), text: "hi".into() });
+        let say = ClientMsg::Say(natter_shared::Say::new(format!("c{i}"), "hi"));
         burst.extend(text(&say));
     }
     stream.write_all(&burst).await.expect("flood");

@@ -114,7 +114,7 @@ async fn refused_handshakes_and_rate_limits_are_counted_by_reason() {
     let mut c = server.client().await;
     c.hello("ada", "lobby").await;
     for i in 0..6 {
-        c.send(&ClientMsg::Say(Say { cid: format!("c{i}"), text: "hi".into() })).await;
+        c.send(&ClientMsg::Say(Say::new(format!("c{i}"), "hi"))).await;
     }
     let mut refused = 0;
     while let Some(msg) = c.try_recv(Duration::from_millis(300)).await {

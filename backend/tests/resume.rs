@@ -119,7 +119,7 @@ async fn a_resent_message_is_acknowledged_again_and_not_delivered_twice() {
     let mut bob = server.client().await;
     let token = w.resume_token.as_str();
     let _ = bob.hello_with(resume("Bob", "lobby", w.seq_head, Some(token))).await;
-    bob.say("same-id", "only once").await;
+    bob.resend("same-id", "only once", w.seq_head).await;
     match bob.recv().await {
         ServerMsg::Ack(a) => assert_eq!(a, first, "same seq and time as the first ack"),
         other => panic!("expected ack, got {other:?}"),

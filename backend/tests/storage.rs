@@ -67,8 +67,9 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     };
     let seqs: Vec<u64> = back.history.iter().map(|e| e.seq().0).collect();
     assert_eq!(seqs, [first.0 + 1], "only Bob's join, once");
-    // A re-send from before the restart is recognised; new messages continue the seqs.
-    ada.say("c1", "before the restart").await;
+    // A re-send from before the restart is recognised after its hint (the
+    // seq Ada had when she first sent it); new messages continue the seqs.
+    ada.resend("c1", "before the restart", welcome.seq_head).await;
     assert_eq!(ack_seq(ada.recv().await), first, "deduplicated across the restart");
     ada.say("c2", "after the restart").await;
     let second = ack_seq(ada.recv().await);
@@ -77,6 +78,98 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     let events = export(&dir, "lobby");
     assert_eq!(texts(&events), ["before the restart", "after the restart"]);
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "seqs never go back");
+}
+
+/// A connection's re-sends are looked up `RESEND_CHECKS_PER_CONNECTION`
+/// times; past that a re-send is stored as sent (a page never gets there:
+/// it re-sends its in-flight window once per connection). A first send is
+/// never looked up, so the same id without a hint is a new message.
+#[tokio::test]
+async fn re_sends_are_looked_up_a_bounded_number_of_times_per_connection() {
+    use natter_backend::session::RESEND_CHECKS_PER_CONNECTION;
+    let (mut cfg, _dir) = sqlite_config("resend-per-connection");
+    cfg.rate.burst = 1_000;
+    cfg.rate.per_sec = 1_000;
+    let server = TestServer::start(cfg).await;
+    let (mut ada, w) = server.joined("Ada", "lobby").await;
+    ada.say("c1", "once").await;
+    let first = ack_seq(ada.recv().await);
+    for i in 0..RESEND_CHECKS_PER_CONNECTION {
+        ada.resend("c1", "once", w.seq_head).await;
+        assert_eq!(ack_seq(ada.recv().await), first, "re-send {i} found");
+    }
+    ada.resend("c1", "once", w.seq_head).await;
+    let past = ack_seq(ada.recv().await);
+    assert!(past > first, "past the connection's look-ups it is stored as sent");
+    // A new connection looks up again.
+    let (mut again, _) = server.joined("Ada2", "lobby").await;
+    again.say("d1", "x").await;
+    let d1 = ack_seq(again.recv().await);
+    again.resend("d1", "x", Seq(d1.0 - 1)).await;
+    assert_eq!(ack_seq(again.recv().await), d1);
+    again.say("d1", "x").await;
+    assert!(ack_seq(again.recv().await) > d1, "a first send is not looked up");
+}
+
+/// An address's re-send look-ups are rate-limited across its connections:
+/// past the burst, a re-send is refused `rate_limited` (the page sends it
+/// again shortly), never stored twice.
+#[tokio::test]
+async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
+    use natter_backend::session::RESEND_CHECKS_PER_CONNECTION;
+    let (mut cfg, _dir) = sqlite_config("resend-per-address");
+    cfg.rate.burst = 1_000;
+    cfg.rate.per_sec = 1_000;
+    // The default burst, and no refill while the test runs (any time it takes).
+    cfg.rate.resend_checks_per_sec = 0;
+    let cfg_burst = cfg.rate.resend_checks_burst;
+    assert_eq!(cfg_burst, natter_backend::session::RESEND_CHECKS_PER_ADDRESS_BURST);
+    let server = TestServer::start(cfg).await;
+    let (mut ada, w) = server.joined("Ada", "lobby").await;
+    ada.say("c1", "once").await;
+    let first = ack_seq(ada.recv().await);
+    let per_conn = u32::from(RESEND_CHECKS_PER_CONNECTION);
+    let mut clients = Vec::new();
+    let mut left = cfg_burst;
+    let mut token = w.resume_token.clone();
+    while left > 0 {
+        let mut c = server.client().await;
+        let hello = resume("Ada", "lobby", w.seq_head, Some(token.as_str()));
+        match c.hello_with(hello).await {
+            // Each resume gives the next token.
+            ServerMsg::Welcome(back) => token = back.resume_token,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+        for _ in 0..per_conn.min(left) {
+            c.resend("c1", "once", w.seq_head).await;
+            // Skip what the replaced connection's room sends; the ack is what counts.
+            loop {
+                match c.recv().await {
+                    ServerMsg::Ack(a) => {
+                        assert_eq!(a.seq, first);
+                        break;
+                    }
+                    ServerMsg::Error(e) => panic!("refused within the burst: {e:?}"),
+                    _ => {}
+                }
+            }
+            left -= 1;
+        }
+        clients.push(c);
+    }
+    let (mut fresh, _) = server.joined("Bo", "lobby").await;
+    fresh.resend("b1", "x", Seq(0)).await;
+    match fresh.recv().await {
+        ServerMsg::Error(e) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.cid.as_deref(), Some("b1"));
+        }
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    // A first send from the same address is not limited by it.
+    fresh.say("b2", "y").await;
+    assert!(matches!(fresh.recv().await, ServerMsg::Ack(_)));
+    drop(clients);
 }
 
 #[tokio::test]
@@ -173,8 +266,9 @@ async fn a_database_of_the_previous_schema_is_migrated_and_kept() {
     assert_eq!(texts(&w.history), ["from v1"]);
     assert_eq!(w.history_id, "old1");
     assert_eq!(w.seq_head, Seq(3), "seqs continue after the migrated ones");
-    // The index added by version 2 deduplicates the old message.
-    old.say("c9", "from v1").await;
+    // A re-send of the old message is found after its hint (version 4
+    // dropped the index version 2 added; the primary key finds it).
+    old.resend("c9", "from v1", Seq(1)).await;
     assert_eq!(ack_seq(old.recv().await), Seq(2));
     server.shutdown().await.expect("stops");
     let conn = rusqlite::Connection::open(&path).expect("open");

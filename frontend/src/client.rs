@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use leptos::prelude::*;
 use natter_shared::{
-    ClientMsg, ErrorCode, Hello, MembersRequest, RoomName, Say, ServerMsg, Typing, UserName, close,
+    ClientMsg, ErrorCode, Hello, MembersRequest, RoomName, ServerMsg, Typing, UserName, close,
     limits::{MEMBERS_PAGE_MAX, TYPING_REFRESH_MS},
 };
 use wasm_bindgen::JsCast;
@@ -557,8 +557,8 @@ impl Client {
         }
         let mut outgoing = Vec::new();
         self.chat.update(|c| outgoing = c.take_outgoing(OUTBOX_WINDOW));
-        for (cid, text) in outgoing {
-            self.send_msg(&ClientMsg::Say(Say { cid, text }));
+        for say in outgoing {
+            self.send_msg(&ClientMsg::Say(say));
         }
     }
 

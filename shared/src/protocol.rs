@@ -78,6 +78,20 @@ pub struct Say {
     /// with the original seq and not delivered twice.
     pub cid: String,
     pub text: String,
+    /// Present on a re-send of a message that may already be stored (it was
+    /// sent before and not acknowledged): the room's latest seq the page had
+    /// when it first sent the message, below the stored one's seq. The server
+    /// looks for the original only after it, and only when this is present:
+    /// a first send is simply stored. Absent on a first send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Seq>,
+}
+
+impl Say {
+    /// A first send of `text` under `cid`.
+    pub fn new(cid: impl Into<String>, text: impl Into<String>) -> Self {
+        Self { cid: cid.into(), text: text.into(), after: None }
+    }
 }
 
 /// Asks for older events: up to `limit` events with a seq below `before`.

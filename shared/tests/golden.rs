@@ -92,9 +92,10 @@ fn hello_new_is_a_fresh_join() {
 
 #[test]
 fn say_and_typing() {
+    golden_client(ClientMsg::Say(Say::new("c-1", "hi ✓")), r##"{"type":"say","cid":"c-1","text":"hi ✓"}"##);
     golden_client(
-        ClientMsg::Say(Say { cid: "c-1".into(), text: "hi ✓".into() }),
-        r##"{"type":"say","cid":"c-1","text":"hi ✓"}"##,
+        ClientMsg::Say(Say { cid: "c-1".into(), text: "hi".into(), after: Some(Seq(41)) }),
+        r##"{"type":"say","cid":"c-1","text":"hi","after":41}"##,
     );
     golden_client(ClientMsg::Typing(Typing { active: true }), r##"{"type":"typing","active":true}"##);
 }

@@ -121,7 +121,7 @@ async fn two_clients_chat_through_the_binary_and_sigterm_closes_with_1012() {
     ada.join("Ada", "lobby").await;
     bob.join("Bob", "lobby").await;
     assert!(matches!(ada.recv().await, ServerMsg::Notice(n) if n.name.as_str() == "Bob"));
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "secret words".into() })).await;
+    ada.send(&ClientMsg::Say(Say::new("1", "secret words"))).await;
     assert!(matches!(ada.recv().await, ServerMsg::Ack(_)));
     assert!(matches!(bob.recv().await, ServerMsg::Message(m) if m.text.as_str() == "secret words"));
 
@@ -151,7 +151,7 @@ async fn json_logs_are_one_object_a_line_with_a_line_per_connection_end_and_noth
     let mut natter = Natter::start(&["--log-format", "json"]);
     let mut ada = WsClient::connect(&natter.ws_url()).await;
     let ServerMsg::Welcome(welcome) = ada.hello("Ada", "lobby").await else { panic!("welcome") };
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "secret words".into() })).await;
+    ada.send(&ClientMsg::Say(Say::new("1", "secret words"))).await;
     loop {
         if matches!(ada.recv().await, ServerMsg::Ack(_)) {
             break;
@@ -189,7 +189,7 @@ async fn natter_backup_copies_the_database_of_a_running_server() {
     let natter = Natter::start(&[]);
     let mut ada = WsClient::connect(&natter.ws_url()).await;
     ada.join("Ada", "lobby").await;
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "keep me".into() })).await;
+    ada.send(&ClientMsg::Say(Say::new("1", "keep me"))).await;
     loop {
         if matches!(ada.recv().await, ServerMsg::Ack(_)) {
             break;

@@ -27,7 +27,7 @@ async fn sender(url: String, round: usize, index: usize) -> Vec<(String, u64)> {
     let (mut tx, mut rx) = client.ws.split();
     let writer = tokio::spawn(async move {
         for i in 0.. {
-            let say = ClientMsg::Say(Say { cid: format!("{name}-{i}"), text: format!("message {i} of {name}") });
+            let say = ClientMsg::Say(Say::new(format!("{name}-{i}"), format!("message {i} of {name}")));
             let json = serde_json::to_string(&say).expect("json");
             if tx.send(Message::text(json)).await.is_err() {
                 break;

@@ -116,7 +116,7 @@ async fn chat_through(public: SocketAddr) {
     let mut bo = WsClient::connect(&url).await;
     ada.join("Ada", "lobby").await;
     bo.join("Bo", "lobby").await;
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: "through the proxy".into() })).await;
+    ada.send(&ClientMsg::Say(Say::new("1", "through the proxy"))).await;
     loop {
         if let ServerMsg::Message(m) = bo.recv().await {
             assert_eq!(m.text.as_str(), "through the proxy");
@@ -350,7 +350,7 @@ async fn round_robin_through(public: SocketAddr, instances: &Instances) {
 
 /// `from` says `text`; `from` gets its ack and `to` the message.
 async fn say_and_hear(from: &mut WsClient, to: &mut WsClient, cid: &str, text: &str) {
-    from.send(&ClientMsg::Say(Say { cid: cid.into(), text: text.into() })).await;
+    from.send(&ClientMsg::Say(Say::new(cid, text))).await;
     loop {
         match from.recv().await {
             ServerMsg::Ack(ack) if ack.cid.as_str() == cid => break,
@@ -596,7 +596,7 @@ async fn chat_over_wss(port: u16, trusted: &Path) {
             other => panic!("{name}: expected a welcome over wss, got {other:?}"),
         }
     }
-    tls_send(&mut ada, &ClientMsg::Say(Say { cid: "1".into(), text: "over TLS".into() })).await;
+    tls_send(&mut ada, &ClientMsg::Say(Say::new("1", "over TLS"))).await;
     loop {
         if let ServerMsg::Message(m) = tls_recv(&mut bo).await {
             assert_eq!(m.text.as_str(), "over TLS");

@@ -83,7 +83,7 @@ async fn two_chatting(url: &str, text: &str) -> (WsClient, WsClient) {
     let mut bo = WsClient::connect(url).await;
     ada.join("Ada", "lobby").await;
     bo.join("Bo", "lobby").await;
-    ada.send(&ClientMsg::Say(Say { cid: "1".into(), text: text.into() })).await;
+    ada.send(&ClientMsg::Say(Say::new("1", text))).await;
     loop {
         if let ServerMsg::Message(m) = bo.recv().await {
             assert_eq!(m.text.as_str(), text);

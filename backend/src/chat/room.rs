@@ -728,6 +728,7 @@ impl Room {
         conn: &ConnHandle,
         cid: ClientMsgId,
         text: MessageText,
+        resent_after: Option<Seq>,
     ) -> Result<Draft, NotMember> {
         let mut guard = self.lock();
         let member = guard.members.get_mut(&who.key).filter(|m| m.id == who.member_id).ok_or(NotMember)?;
@@ -737,6 +738,7 @@ impl Room {
             color: member.color.clone(),
             text,
             cid,
+            resent_after,
             sender: conn.clone(),
             member: member.id,
         })
@@ -1438,7 +1440,7 @@ mod tests {
         fn say(&self, who: &Membership, conn: &ConnHandle, cid: &str, text: &str) -> Outcome {
             let draft = self
                 .room
-                .say(who, conn, ClientMsgId::parse(cid).expect("valid"), MessageText::parse(text).expect("valid"))
+                .say(who, conn, ClientMsgId::parse(cid).expect("valid"), MessageText::parse(text).expect("valid"), None)
                 .expect("a member");
             self.commit(draft)
         }
@@ -1520,7 +1522,7 @@ mod tests {
             conns.push((conn, rx));
         }
         let text = MessageText::parse("hi").expect("valid");
-        drafts.push(f.room.say(&ada, &ada_conn, ClientMsgId::parse("c1").expect("valid"), text).expect("member"));
+        drafts.push(f.room.say(&ada, &ada_conn, ClientMsgId::parse("c1").expect("valid"), text, None).expect("member"));
         let (conn, rx) = channel(4, 64);
         let (_, JoinKind::Joined(dee)) = f.room.join(request("Dee", None, None), &conn, 4, token("t4")).expect("joins")
         else {
@@ -1670,7 +1672,7 @@ mod tests {
     /// Ada's `say` as the writer reports it stored under `seq`.
     fn report(f: &Fixture, ada: &Membership, conn: &ConnHandle, cid: &str, seq: u64) {
         let text = MessageText::parse("mine").expect("valid");
-        let draft = f.room.say(ada, conn, ClientMsgId::parse(cid).expect("valid"), text).expect("a member");
+        let draft = f.room.say(ada, conn, ClientMsgId::parse(cid).expect("valid"), text, None).expect("a member");
         let event = draft.clone().into_event(Seq(seq), natter_shared::Timestamp(seq));
         f.room.committed(draft, Outcome::Stored(event));
     }
@@ -1726,7 +1728,13 @@ mod tests {
         let id = f.room.position().0;
         let draft = f
             .room
-            .say(&ada, &ada_conn, ClientMsgId::parse("c3").expect("valid"), MessageText::parse("hi").expect("valid"))
+            .say(
+                &ada,
+                &ada_conn,
+                ClientMsgId::parse("c3").expect("valid"),
+                MessageText::parse("hi").expect("valid"),
+                None,
+            )
             .expect("a member");
         f.room.committed(draft, Outcome::Duplicate(Seq(3), natter_shared::Timestamp(3)));
         assert!(drain(&mut ada_rx).is_empty(), "no ack of a seq the page has not seen the events up to");
@@ -1772,7 +1780,13 @@ mod tests {
         drain(&mut ada_rx);
         let draft = f
             .room
-            .say(&ada, &ada_conn, ClientMsgId::parse("c1").expect("valid"), MessageText::parse("x").expect("valid"))
+            .say(
+                &ada,
+                &ada_conn,
+                ClientMsgId::parse("c1").expect("valid"),
+                MessageText::parse("x").expect("valid"),
+                None,
+            )
             .expect("member");
         f.room.committed(draft, Outcome::Failed(HistoryError::Unavailable("disk full".into())));
         match drain(&mut ada_rx).as_slice() {
@@ -2038,6 +2052,7 @@ mod tests {
                     &ada_conn,
                     ClientMsgId::parse(&format!("c{i}")).expect("valid"),
                     MessageText::parse("x").expect("valid"),
+                    None,
                 )
                 .expect("member");
             let outcome = inner.apply(&room.name, &draft);

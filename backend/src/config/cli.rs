@@ -413,7 +413,12 @@ impl ServeArgs {
                 presence_threshold: self.presence_threshold,
                 presence_interval: self.presence_interval,
             },
-            rate: RateConfig { per_sec: self.rate_per_sec, burst: self.rate_burst, strikes: self.rate_strikes },
+            rate: RateConfig {
+                per_sec: self.rate_per_sec,
+                burst: self.rate_burst,
+                strikes: self.rate_strikes,
+                ..RateConfig::default()
+            },
             timing: Timing {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,

@@ -14,9 +14,11 @@ mod reader;
 mod requests;
 mod writer;
 
+pub use requests::{RESEND_CHECKS_PER_ADDRESS_BURST, RESEND_CHECKS_PER_ADDRESS_PER_SEC, RESEND_CHECKS_PER_CONNECTION};
+
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +108,8 @@ struct Session {
     joined: Mutex<Option<(Arc<Room>, Membership)>>,
     /// The joined session's slot under the per-address join cap.
     join_slot: Mutex<Option<Slot>>,
+    /// Re-sends whose original was looked up ([`requests::RESEND_CHECKS_PER_CONNECTION`]).
+    resend_checks: AtomicU8,
 }
 
 /// Runs one upgraded connection to its end. `early` holds bytes the client
@@ -149,6 +153,7 @@ pub fn run(
         client: AddressKey::of(client),
         joined: Mutex::new(None),
         join_slot: Mutex::new(None),
+        resend_checks: AtomicU8::new(0),
     };
     let heard = LastHeard::new();
     let mut read_state = reader::ReadState::new(&session.app, &early);

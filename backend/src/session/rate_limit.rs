@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     fn bucket(now: Instant) -> TokenBucket {
-        TokenBucket::new(RateConfig { per_sec: 5, burst: 10, strikes: 3 }, now)
+        TokenBucket::new(RateConfig { per_sec: 5, burst: 10, strikes: 3, ..RateConfig::default() }, now)
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! with a typed reply or error.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use natter_shared::{
     ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MembersRequest, MessageText, PROTOCOL_VERSION,
-    ResumeToken, RoomName, Say, ServerMsg, UserName, ValidationError,
+    ResumeToken, RoomName, Say, Seq, ServerMsg, UserName, ValidationError,
     limits::{CID_MAX_LEN, HISTORY_PAGE_MAX},
 };
 use tokio::time::Instant;
@@ -15,6 +16,22 @@ use tracing::{debug, info, warn};
 use super::Session;
 use crate::chat::hub::HubError;
 use crate::chat::room::{Announce, JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
+
+/// Re-sends (a `say` with `after`) whose original is looked for, per
+/// connection. A page re-sends at most its in-flight window (5) after a
+/// reconnect, so this is never reached by one; beyond it a re-send is stored
+/// as a first send without a look-up. That is safe for a page: on the
+/// connection that first sent a message, it sends it again only after a
+/// refusal, which means it was not stored. A client gets nothing from
+/// re-sending more than its own message twice.
+pub const RESEND_CHECKS_PER_CONNECTION: u8 = 16;
+/// Re-sends looked up at once per client address (a NAT'd office
+/// reconnecting together), and per second after that. Beyond it a re-send
+/// is refused `rate_limited`, which the page answers by sending it again
+/// shortly ([`crate::store::sqlite::RESEND_SCAN_EVENTS`] bounds each look-up).
+pub const RESEND_CHECKS_PER_ADDRESS_BURST: u32 = 256;
+/// See [`RESEND_CHECKS_PER_ADDRESS_BURST`].
+pub const RESEND_CHECKS_PER_ADDRESS_PER_SEC: u32 = 32;
 
 impl Session {
     /// Handles one text message from the client.
@@ -156,7 +173,15 @@ impl Session {
             Ok(text) => text,
             Err(e) => return self.refuse(&e, Some(say.cid)),
         };
-        match room.say(&me, &self.conn, cid, text) {
+        let Some(resent_after) = self.resend_check(say.after) else {
+            self.app.metrics.rate_limited.inc();
+            return self.reply(
+                ErrorCode::RateLimited,
+                "too many re-sent messages from your address; it will be sent again shortly",
+                Some(say.cid),
+            );
+        };
+        match room.say(&me, &self.conn, cid, text, resent_after) {
             Ok(draft) => {
                 // Its ack (or error) comes from the writer's report.
                 self.conn.expect_reply();
@@ -174,6 +199,23 @@ impl Session {
                 self.reply(ErrorCode::NotJoined, "your membership ended; join again", Some(say.cid));
             }
         }
+    }
+
+    /// Whether a re-send's original is looked up: `Some(after)` if so,
+    /// `Some(None)` for a first send (and a re-send past this connection's
+    /// [`RESEND_CHECKS_PER_CONNECTION`]), `None` if the address is over its
+    /// rate of look-ups.
+    fn resend_check(&self, after: Option<Seq>) -> Option<Option<Seq>> {
+        let Some(after) = after else { return Some(None) };
+        if self.resend_checks.load(Ordering::Relaxed) >= RESEND_CHECKS_PER_CONNECTION {
+            debug!(conn = self.conn.id, "re-send past the connection's look-ups: stored as sent");
+            return Some(None);
+        }
+        if !self.app.resend_checks.try_take(self.client, std::time::Instant::now()) {
+            return None;
+        }
+        self.resend_checks.fetch_add(1, Ordering::Relaxed);
+        Some(Some(after))
     }
 
     /// Announces a presence change in `room` (see [`crate::app::App::announce`]).

@@ -177,6 +177,10 @@ pub enum Draft {
         color: Color,
         text: MessageText,
         cid: ClientMsgId,
+        /// A re-send's hint (`say.after`): the original, if stored, has a
+        /// seq above this one. `None` for a first send, which a store that
+        /// looks originals up by the hint (SQLite) simply stores.
+        resent_after: Option<Seq>,
         /// Who to acknowledge, and whom not to echo the message to.
         sender: ConnHandle,
         member: MemberId,

@@ -48,15 +48,23 @@ pub const RETRY_MAX: usize = 10_000;
 /// a value SQLite refuses) before it is dropped with an error to its sender,
 /// so a write that can never be stored cannot hold up the writer for good.
 pub const WRITE_ATTEMPTS: u32 = 3;
-/// The writer's page cache in KiB, once per server. The events table only
-/// appends (its hot pages are the right edges), but the sender index
-/// (`events_sender`: room, name key, message id) takes each active sender's
-/// ids at their place in its range: with 512 KiB, 100 senders' pages did not
-/// stay cached and each insert read pages back from the file (`perf`:
-/// `pread` in the writer thread); 4 MiB keeps them (`bench history`: CPU per
-/// acknowledged message at the offered 50,000/s 25.6 → 23.9 µs, medians of 7
-/// and 10 runs).
+/// The writer's page cache in KiB, once per server. It was raised from 512
+/// KiB when a sender index (schema 2, dropped in 4) put each active sender's
+/// message ids at their own place in the file (`bench history`: CPU per
+/// acknowledged message at the offered 50,000/s 25.6 → 23.9 µs then); the
+/// events table only appends, and re-sends read the room's latest pages.
 pub const WRITER_CACHE_KIB: i64 = 4096;
+/// Events of a room a re-send's original is looked for in: those right
+/// after the re-send's hint (`say.after`, the room's latest seq the page had
+/// when it first sent the message). The original's seq is above the hint by
+/// the events the page had not received yet when it sent (its connection's
+/// queue, 4,096 frames by default, before it is closed as lagged) and those
+/// stored ahead of it (usually a batch or two); a re-send whose original is
+/// further on is stored again. About 0.5 ms of the writer's time per look-up
+/// (125 ns per event, measured on a 300,000-event room with Python's
+/// sqlite3), bounded per connection and per address by
+/// [`crate::session::RESEND_CHECKS_PER_CONNECTION`] and its kin.
+pub const RESEND_SCAN_EVENTS: u64 = 4_096;
 /// A transaction slower than this is logged: every ack and broadcast of its
 /// batch waited for it.
 pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
@@ -83,6 +91,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: the members of each room when the server stopped, so their browsers
     // resume after a restart; read and emptied at the next start.
     "CREATE TABLE saved_members (room TEXT NOT NULL, name TEXT NOT NULL, token TEXT NOT NULL);",
+    // 4: re-sends are looked for after their hint (`say.after`, see
+    // `RESEND_SCAN_EVENTS`) by the primary key instead: the index put every
+    // sender's ids at their own place in the file, and its pages were most
+    // of each commit's WAL (`bench history`: ack p99 at the offered 50,000/s
+    // 42–157 → 11–17 ms without it).
+    "DROP INDEX IF EXISTS events_sender;",
 ];
 
 /// The schema version this build writes.
@@ -226,31 +240,38 @@ fn sql_bound(seq: Seq) -> i64 {
     i64::try_from(seq.0).unwrap_or(i64::MAX)
 }
 
-/// Stores one event (`import`: a sender's message id already stored is an error).
+/// The seq and time of `key`'s message `cid` among the
+/// [`RESEND_SCAN_EVENTS`] events of `room` after `after`, if stored there
+/// (this transaction's own inserts included).
+fn find_resent(
+    conn: &Connection,
+    room: &RoomName,
+    after: Seq,
+    key: &str,
+    cid: &ClientMsgId,
+) -> rusqlite::Result<Option<(Seq, Timestamp)>> {
+    let upto = after.0.saturating_add(RESEND_SCAN_EVENTS);
+    let found: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT seq, ts FROM events WHERE room = ?1 AND seq > ?2 AND seq <= ?3 AND name_key = ?4 AND cid = ?5 \
+             LIMIT 1",
+        )?
+        .query_row(params![room.as_str(), sql_bound(after), sql_bound(Seq(upto)), key, cid.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(found.map(|(seq, ts)| (Seq(unsigned(seq)), Timestamp(unsigned(ts)))))
+}
+
+/// Stores one event (the writer's, and `import`'s).
 pub fn insert_event(conn: &Connection, room: &RoomName, event: &RoomEvent) -> rusqlite::Result<()> {
-    insert_with(conn, INSERT_EVENT, room, event).map(|_| ())
-}
-
-/// Stores one event unless its sender already stored a message with its id
-/// (`events_sender`); false if so. The writer's one index probe per message:
-/// a resend is found by the insert itself, and looked up only then.
-fn insert_unless_sent(conn: &Connection, room: &RoomName, event: &RoomEvent) -> rusqlite::Result<bool> {
-    insert_with(conn, INSERT_UNLESS_SENT, room, event).map(|rows| rows == 1)
-}
-
-const INSERT_EVENT: &str = "INSERT INTO events (room, seq, ts, kind, name, name_key, color, text, cid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-/// [`INSERT_EVENT`], doing nothing on the sender index's conflict only (its
-/// target names the partial index, `WHERE` included); any other constraint,
-/// the primary key's among them, still fails the statement.
-const INSERT_UNLESS_SENT: &str = "INSERT INTO events (room, seq, ts, kind, name, name_key, color, text, cid) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-     ON CONFLICT (room, name_key, cid) WHERE cid IS NOT NULL DO NOTHING";
-
-/// Runs one of the inserts above for `event`; the rows it inserted.
-fn insert_with(conn: &Connection, sql: &str, room: &RoomName, event: &RoomEvent) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (room, seq, ts, kind, name, name_key, color, text, cid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
     let (seq, ts) = (sql_int(event.seq().0)?, sql_int(event.ts().0)?);
-    Ok(match event {
+    match event {
         RoomEvent::Message(m) => stmt.execute(params![
             room.as_str(),
             seq,
@@ -273,7 +294,8 @@ fn insert_with(conn: &Connection, sql: &str, room: &RoomName, event: &RoomEvent)
             None::<String>,
             None::<String>
         ])?,
-    })
+    };
+    Ok(())
 }
 
 /// Sets a room's head (used by the writer and by `import`).
@@ -573,8 +595,9 @@ fn is_storage_failure(e: &rusqlite::Error) -> bool {
 }
 
 /// Stores one draft inside the batch's transaction (in the write's own
-/// savepoint): finds a duplicate, or gives the draft its seq and inserts it.
-/// The seq is only peeked at; the caller takes it once the savepoint holds.
+/// savepoint): finds a re-send's original (only a re-send's, after its
+/// hint), or gives the draft its seq and inserts it. The seq is only peeked
+/// at; the caller takes it once the savepoint holds.
 fn store_one(
     conn: &Connection,
     seqs: &mut Sequencer,
@@ -582,23 +605,16 @@ fn store_one(
     draft: &Draft,
     now: Timestamp,
 ) -> rusqlite::Result<Outcome> {
+    if let Draft::Message { name, cid, resent_after: Some(after), .. } = draft
+        && let Some((seq, ts)) = find_resent(conn, room, *after, &name.key(), cid)?
+    {
+        // The original is stored: acknowledged with its seq and time.
+        return Ok(Outcome::Duplicate(seq, ts));
+    }
     let (seq, ts) = seqs.try_peek(room, || last_of(conn, room), now)?;
     let event = draft.clone().into_event(seq, ts);
-    let Some((key, cid)) = draft.sender_key() else {
-        // A notice: no message id, nothing to find.
-        insert_event(conn, room, &event)?;
-        return Ok(Outcome::Stored(event));
-    };
-    if insert_unless_sent(conn, room, &event)? {
-        return Ok(Outcome::Stored(event));
-    }
-    // A resend (the same sender and message id): the stored one's seq and
-    // time; the peeked seq stays unused.
-    let (seq, ts): (i64, i64) = conn
-        .prepare_cached("SELECT seq, ts FROM events WHERE room = ?1 AND name_key = ?2 AND cid = ?3")?
-        .query_row(params![room.as_str(), key, cid.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let unsigned = |v: i64| u64::try_from(v).unwrap_or(0);
-    Ok(Outcome::Duplicate(Seq(unsigned(seq)), Timestamp(unsigned(ts))))
+    insert_event(conn, room, &event)?;
+    Ok(Outcome::Stored(event))
 }
 
 impl Writer {
@@ -954,10 +970,12 @@ mod tests {
         assert_eq!(next_wait(true, None, true), Duration::ZERO, "retention still deleting");
     }
 
-    /// The writer's insert finds a resend itself (`insert_unless_sent`):
-    /// in the same transaction or a later one, a resend is acknowledged with
+    /// A re-send (a message with the hint `after`) is looked for after its
+    /// hint: in the same transaction or a later one it is acknowledged with
     /// the first seq and takes none; another sender may use the same id;
-    /// notices have none; a seq already used still fails.
+    /// the look-up ends `RESEND_SCAN_EVENTS` after the hint; a first send
+    /// (no hint) is stored without one; notices have none; a seq already
+    /// used still fails.
     #[test]
     fn a_resent_message_gets_its_first_seq_and_takes_none() {
         let dir = std::env::temp_dir().join(format!("natter-resend-{}", std::process::id()));
@@ -966,17 +984,20 @@ mod tests {
         let conn = open_for_writing(&db_path(&dir)).expect("database");
         let room = RoomName::default();
         let (sender, _rx) = crate::ws::outbound::channel(1, 8);
-        let say = |name: &str, cid: &str| {
+        let message = |name: &str, cid: &str, after: Option<u64>| {
             let name = UserName::parse(name).expect("name");
             Draft::Message {
                 color: color_for(&name),
                 name,
                 text: MessageText::parse("hi").expect("text"),
                 cid: ClientMsgId::parse(cid).expect("cid"),
+                resent_after: after.map(Seq),
                 sender: sender.clone(),
                 member: 1,
             }
         };
+        let say = |name: &str, cid: &str| message(name, cid, None);
+        let resend = |name: &str, cid: &str, after: u64| message(name, cid, Some(after));
         let joined = |name: &str| {
             let name = UserName::parse(name).expect("name");
             Draft::Notice { kind: NoticeKind::Joined, color: color_for(&name), name, once: None }
@@ -993,20 +1014,75 @@ mod tests {
 
         conn.execute_batch("BEGIN").expect("begin");
         assert_eq!(store(&say("Ada", "c1")), Ok(Seq(1)));
-        assert_eq!(store(&say("ada", "c1")), Err(Seq(1)), "a resend in the same transaction (name keys match)");
-        assert_eq!(store(&say("Bo", "c1")), Ok(Seq(2)), "another sender's id");
+        assert_eq!(store(&resend("ada", "c1", 0)), Err(Seq(1)), "a re-send in the same transaction (name keys match)");
+        assert_eq!(store(&resend("Bo", "c1", 0)), Ok(Seq(2)), "another sender's id");
         assert_eq!(store(&joined("Cy")), Ok(Seq(3)));
         assert_eq!(store(&joined("Cy")), Ok(Seq(4)), "notices are never duplicates");
         conn.execute_batch("COMMIT").expect("commit");
-        assert_eq!(store(&say("Ada", "c1")), Err(Seq(1)), "a resend after the commit");
+        assert_eq!(store(&resend("Ada", "c1", 0)), Err(Seq(1)), "a re-send after the commit");
         assert_eq!(store(&say("Ada", "c2")), Ok(Seq(5)), "no seq skipped");
+        assert_eq!(store(&resend("Ada", "c1", 1)), Ok(Seq(6)), "the original is not after the hint");
 
-        // A seq already used is refused, not ignored: only the sender
-        // index's conflict does nothing.
+        // The look-up covers RESEND_SCAN_EVENTS events after the hint, no more.
+        let fill = RESEND_SCAN_EVENTS - 1;
+        conn.execute_batch("BEGIN").expect("begin");
+        for i in 0..fill {
+            assert!(store(&joined(&format!("n{i}"))).is_ok());
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+        assert_eq!(store(&say("Eve", "e1")), Ok(Seq(7 + fill)));
+        assert_eq!(store(&resend("Eve", "e1", 6)), Err(Seq(7 + fill)), "the last event the look-up covers");
+        assert_eq!(store(&resend("Eve", "e1", 5)), Ok(Seq(8 + fill)), "one beyond it: stored again");
+
+        // A seq already used is refused.
         let taken = say("Dee", "c9").into_event(Seq(5), Timestamp(7));
-        assert!(insert_unless_sent(&conn, &room, &taken).is_err());
+        assert!(insert_event(&conn, &room, &taken).is_err());
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).expect("count");
-        assert_eq!(count, 5);
+        assert_eq!(count, i64::try_from(8 + fill).expect("small"));
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database of schema 3 (with the sender index) is migrated to 4: the
+    /// index is gone, its events are read as before, and a re-send of one
+    /// of them is still found after its hint.
+    #[test]
+    fn the_sender_index_is_dropped_by_the_migration() {
+        let dir = std::env::temp_dir().join(format!("natter-migrate-4-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = db_path(&dir);
+        let room = RoomName::default();
+        {
+            let conn = Connection::open(&path).expect("open");
+            migrate(&conn, &path, 0).expect("to 4");
+            // Back to schema 3 as an older natter left it.
+            conn.execute_batch(&format!("{} PRAGMA user_version = 3;", MIGRATIONS[1])).expect("schema 3");
+            let name = UserName::parse("Ada").expect("name");
+            let event = RoomEvent::Message(ChatMessage {
+                seq: Seq(1),
+                ts: Timestamp(5),
+                color: color_for(&name),
+                name,
+                text: MessageText::parse("kept").expect("text"),
+                cid: Some(ClientMsgId::parse("c1").expect("cid")),
+            });
+            insert_event(&conn, &room, &event).expect("insert");
+            set_head(&conn, &room, Seq(1)).expect("head");
+        }
+        let conn = open_for_writing(&path).expect("migrated");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let indexes: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = 'events_sender'", [], |r| {
+                r.get(0)
+            })
+            .expect("schema");
+        assert_eq!(indexes, 0, "the sender index is dropped");
+        assert_eq!(range(&conn, &room, Seq(0), Seq(1), 10).expect("read").len(), 1);
+        let cid = ClientMsgId::parse("c1").expect("cid");
+        let key = UserName::parse("ada").expect("name").key();
+        assert_eq!(find_resent(&conn, &room, Seq(0), &key, &cid).expect("look-up"), Some((Seq(1), Timestamp(5))));
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -145,6 +145,10 @@ fn import_into(path: &Path, room: &RoomName, input: impl BufRead) -> Result<u64,
     if head > Seq(0) {
         return Err(TransferError::RoomUsed { path: path.to_owned(), room: room.clone(), head });
     }
+    // A sender's message id once: checked by a unique index for the import
+    // only (the server finds re-sends by their hint instead; the database
+    // is empty, so the index costs the import's own rows).
+    tx.execute_batch(IMPORT_SENDER_INDEX)?;
     let latest_ts = now_ms().0.saturating_add(u64::try_from(IMPORT_MAX_AHEAD.as_millis()).unwrap_or(u64::MAX));
     let mut last = Seq(0);
     let mut count = 0u64;
@@ -167,9 +171,14 @@ fn import_into(path: &Path, room: &RoomName, input: impl BufRead) -> Result<u64,
     if count > 0 {
         sqlite::set_head(&tx, room, last)?;
     }
+    tx.execute_batch("DROP INDEX import_sender")?;
     tx.commit()?;
     Ok(count)
 }
+
+/// The index that refuses a sender's message id seen on an earlier line.
+const IMPORT_SENDER_INDEX: &str =
+    "CREATE UNIQUE INDEX import_sender ON events (room, name_key, cid) WHERE cid IS NOT NULL";
 
 /// An insert that failed: the one constraint a checked, increasing line can
 /// break is the sender's unique cid.

@@ -234,7 +234,13 @@ impl Client {
     }
 
     pub async fn say(&mut self, cid: &str, text: &str) {
-        self.send(&ClientMsg::Say(Say { cid: cid.into(), text: text.into() })).await;
+        self.send(&ClientMsg::Say(Say::new(cid, text))).await;
+    }
+
+    /// Sends a message again, as a page does after a reconnect: `after` is
+    /// the room's latest seq it had when it first sent it.
+    pub async fn resend(&mut self, cid: &str, text: &str, after: Seq) {
+        self.send(&ClientMsg::Say(Say { after: Some(after), ..Say::new(cid, text) })).await;
     }
 
     /// The next protocol message (skipping pings); panics on timeout or close.

@@ -12,7 +12,7 @@ mod timeline;
 
 use natter_shared::{
     ChatMessage, ClientMsgId, Color, HistoryPage, Member, MembersPage, Notice, NoticeKind, Presence, ResumeToken,
-    RoomEvent, RoomName, Seq, ServerMsg, Timestamp, UserName, ValidationError, Welcome, limits::TYPING_TTL_MS,
+    RoomEvent, RoomName, Say, Seq, ServerMsg, Timestamp, UserName, ValidationError, Welcome, limits::TYPING_TTL_MS,
 };
 
 pub use outbox::{Pending, SendStatus};
@@ -368,8 +368,8 @@ impl ChatState {
     /// Marks waiting messages as sending, oldest first, so that at most
     /// `window` are unacknowledged at once, and returns them. Sending more as
     /// acks arrive keeps a long outbox within the server's rate limit.
-    pub fn take_outgoing(&mut self, window: usize) -> Vec<(String, String)> {
-        self.outbox.take_outgoing(window)
+    pub fn take_outgoing(&mut self, window: usize) -> Vec<Say> {
+        self.outbox.take_outgoing(window, self.last_seq.unwrap_or_default())
     }
 
     /// The connection dropped: anything not acknowledged is sent again later.

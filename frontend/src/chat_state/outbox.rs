@@ -1,6 +1,6 @@
 //! The user's own messages until acknowledged: queued, sent a window at a time, matched by `cid`.
 
-use natter_shared::{ErrorCode, MessageText, ValidationError};
+use natter_shared::{ErrorCode, MessageText, Say, Seq, ValidationError};
 use serde::{Deserialize, Serialize};
 
 /// Where one of the user's own messages is.
@@ -22,6 +22,12 @@ pub struct Pending {
     pub cid: String,
     pub text: String,
     pub status: SendStatus,
+    /// The room's latest seq the page had when it first sent this message
+    /// (`None` until then): every later send carries it as `say.after`, so
+    /// the server looks for the original after it. Saved with the outbox,
+    /// so a reloaded page's re-send carries it too.
+    #[serde(default)]
+    pub after: Option<Seq>,
 }
 
 /// The pending messages, oldest first.
@@ -48,13 +54,15 @@ impl Outbox {
     /// Adds a message. The text is checked with the protocol's rules.
     pub(super) fn queue(&mut self, cid: String, text: &str) -> Result<(), ValidationError> {
         MessageText::parse(text)?;
-        self.0.push(Pending { cid, text: text.to_owned(), status: SendStatus::Waiting });
+        self.0.push(Pending { cid, text: text.to_owned(), status: SendStatus::Waiting, after: None });
         Ok(())
     }
 
     /// Marks waiting messages as sending, oldest first, so that at most
-    /// `window` are unacknowledged at once, and returns them.
-    pub(super) fn take_outgoing(&mut self, window: usize) -> Vec<(String, String)> {
+    /// `window` are unacknowledged at once, and returns them. A first send
+    /// records `latest` (the room's latest seq the page has); a message sent
+    /// before goes with the seq its first send recorded.
+    pub(super) fn take_outgoing(&mut self, window: usize, latest: Seq) -> Vec<Say> {
         let in_flight = self.0.iter().filter(|p| p.status == SendStatus::Sending).count();
         self.0
             .iter_mut()
@@ -62,7 +70,9 @@ impl Outbox {
             .take(window.saturating_sub(in_flight))
             .map(|p| {
                 p.status = SendStatus::Sending;
-                (p.cid.clone(), p.text.clone())
+                let after = p.after;
+                p.after.get_or_insert(latest);
+                Say { after, ..Say::new(p.cid.clone(), p.text.clone()) }
             })
             .collect()
     }
@@ -126,7 +136,7 @@ mod tests {
         assert!(matches!(s.lines().last(), Some(Line::Pending(p)) if p.status == SendStatus::Waiting));
         // Offline: nothing to send until joined... the client decides; here we join.
         s.apply(welcome(1, vec![], None), 0.0);
-        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hello".to_owned())]);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![Say::new("c1", "hello")], "a first send: no hint");
         assert_eq!(s.take_outgoing(usize::MAX), vec![], "sent once");
         assert_eq!(s.pending()[0].status, SendStatus::Sending);
         let ack = Ack { cid: ClientMsgId::parse("c1").expect("valid"), seq: Seq(2), ts: Timestamp(5) };
@@ -145,27 +155,40 @@ mod tests {
         for i in 0..7 {
             s.queue(format!("c{i}"), "x").expect("valid");
         }
-        let first: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        let first: Vec<String> = s.take_outgoing(3).into_iter().map(|say| say.cid).collect();
         assert_eq!(first, ["c0", "c1", "c2"]);
         assert!(s.take_outgoing(3).is_empty(), "the window is full");
         s.apply(
             ServerMsg::Ack(Ack { cid: ClientMsgId::parse("c0").expect("valid"), seq: Seq(2), ts: Timestamp(2) }),
             0.0,
         );
-        let next: Vec<String> = s.take_outgoing(3).into_iter().map(|(c, _)| c).collect();
+        let next: Vec<String> = s.take_outgoing(3).into_iter().map(|say| say.cid).collect();
         assert_eq!(next, ["c3"], "one acked, one more sent, in order");
     }
 
+    /// A re-send carries the room's latest seq the page had at the first
+    /// send (`after`), however much the page has seen since, and a reloaded
+    /// outbox keeps it.
     #[test]
-    fn unacknowledged_messages_are_resent_after_a_reconnect() {
+    fn unacknowledged_messages_are_resent_after_a_reconnect_with_the_first_sends_seq() {
         let mut s = ChatState::default();
-        s.apply(welcome(1, vec![], None), 0.0);
+        s.apply(welcome(4, vec![], None), 0.0);
         s.queue("c1".into(), "hi").expect("valid");
-        assert_eq!(s.take_outgoing(usize::MAX).len(), 1);
+        assert_eq!(s.take_outgoing(usize::MAX), vec![Say::new("c1", "hi")]);
         s.disconnected();
         assert_eq!(s.pending()[0].status, SendStatus::Waiting);
-        s.apply(welcome(1, vec![], None), 0.0);
-        assert_eq!(s.take_outgoing(usize::MAX), vec![("c1".to_owned(), "hi".to_owned())]);
+        s.apply(welcome(9, vec![], None), 0.0);
+        let again = Say { after: Some(Seq(4)), ..Say::new("c1", "hi") };
+        assert_eq!(s.take_outgoing(usize::MAX), vec![again.clone()]);
+        // Saved and reloaded (another page): the hint goes with it.
+        let saved = serde_json::to_string(s.pending()).expect("json");
+        let mut reloaded = ChatState::with_outbox(serde_json::from_str(&saved).expect("json"));
+        reloaded.apply(welcome(12, vec![], None), 0.0);
+        assert_eq!(reloaded.take_outgoing(usize::MAX), vec![again]);
+        // An outbox saved before the hint existed reads as never sent with one.
+        let old: Vec<Pending> =
+            serde_json::from_str(r#"[{"cid":"c2","text":"x","status":"Waiting"}]"#).expect("an old outbox");
+        assert_eq!(old[0].after, None);
     }
 
     #[test]
@@ -204,8 +227,8 @@ mod tests {
     #[test]
     fn a_reloaded_outbox_is_waiting_again() {
         let saved = vec![
-            Pending { cid: "a".into(), text: "x".into(), status: SendStatus::Sending },
-            Pending { cid: "b".into(), text: "y".into(), status: SendStatus::Failed("too long".into()) },
+            Pending { cid: "a".into(), text: "x".into(), status: SendStatus::Sending, after: None },
+            Pending { cid: "b".into(), text: "y".into(), status: SendStatus::Failed("too long".into()), after: None },
         ];
         let s = ChatState::with_outbox(saved);
         assert_eq!(s.pending()[0].status, SendStatus::Waiting);

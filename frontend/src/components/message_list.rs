@@ -204,7 +204,7 @@ fn LineView(line: Line, on_retry: Callback<String>, on_discard: Callback<String>
                 }}
             </li>
         }),
-        Line::Pending(Pending { cid, text, status }) => {
+        Line::Pending(Pending { cid, text, status, .. }) => {
             let (class, state) = match &status {
                 SendStatus::Waiting => ("msg mine pending", "waiting to send".to_owned()),
                 SendStatus::Sending => ("msg mine pending", "sending…".to_owned()),

@@ -300,6 +300,7 @@ mod tests {
                 color: color.clone(),
                 text: MessageText::parse("line one\nline \"two\" \\ </script>").expect("valid"),
                 cid: ClientMsgId::parse("c-1").expect("valid"),
+                resent_after: None,
                 sender,
                 member: 7,
             },
