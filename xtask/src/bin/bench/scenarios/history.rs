@@ -139,9 +139,17 @@ async fn throughput(args: &Args, pace: Pace) -> Result<Value> {
     let until = measure_from + Duration::from_secs(window);
     let tasks: Vec<_> =
         (0..SENDERS).map(|i| tokio::spawn(sender((server.addr, i, measure_from, until, pace)))).collect();
-    let cpu_before = server.cpu_time()?;
-    let (acked, latency) = gather(tasks).await?;
-    let cpu = server.cpu_time()? - cpu_before;
+    // The server's CPU over the measured window only (not the warm-up),
+    // like the acks it is divided by.
+    let cpu_window = async {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = server.cpu_time();
+        tokio::time::sleep_until(until.into()).await;
+        (before, server.cpu_time())
+    };
+    let (gathered, (cpu_before, cpu_after)) = tokio::join!(gather(tasks), cpu_window);
+    let (acked, latency) = gathered?;
+    let cpu = cpu_after? - cpu_before?;
     let rss = server.rss_kib()?;
     let slow_commits = server.slow_commits();
     server.stop()?;
