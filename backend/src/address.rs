@@ -114,17 +114,44 @@ impl Drop for Slot {
 /// holds only addresses that took something within `burst / per_sec`.
 #[derive(Debug)]
 pub struct RatePerAddress {
-    per_sec: f64,
-    burst: f64,
+    per_sec: u32,
+    burst: u32,
     state: Mutex<RateState>,
 }
 
 #[derive(Debug, Default)]
 struct RateState {
-    /// Tokens left and when they were counted.
-    buckets: HashMap<AddressKey, (f64, std::time::Instant)>,
+    buckets: HashMap<AddressKey, Bucket>,
     /// The map's size that starts the next sweep.
     sweep_at: usize,
+}
+
+/// A token bucket's state: tokens left and when they were counted. The
+/// rate and the burst are the owner's (one per connection, or per address).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    /// A full bucket of `burst` at `now`.
+    pub fn full(burst: u32, now: std::time::Instant) -> Self {
+        Self { tokens: f64::from(burst), last: now }
+    }
+
+    /// The tokens at `now`, refilled at `per_sec` up to `burst`.
+    fn refilled(&self, per_sec: f64, burst: f64, now: std::time::Instant) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * per_sec).min(burst)
+    }
+
+    /// Takes one token at `now`; false if there is none.
+    pub fn take(&mut self, per_sec: u32, burst: u32, now: std::time::Instant) -> bool {
+        let tokens = self.refilled(f64::from(per_sec), f64::from(burst), now);
+        let taken = tokens >= 1.0;
+        *self = Self { tokens: if taken { tokens - 1.0 } else { tokens }, last: now.max(self.last) };
+        taken
+    }
 }
 
 /// Entries the map holds before its first sweep.
@@ -134,25 +161,20 @@ impl RatePerAddress {
     /// `burst` at once per address, `per_sec` sustained.
     pub fn new(per_sec: u32, burst: u32) -> Self {
         let state = RateState { buckets: HashMap::new(), sweep_at: RATE_SWEEP_MIN };
-        Self { per_sec: f64::from(per_sec), burst: f64::from(burst.max(1)), state: Mutex::new(state) }
+        Self { per_sec, burst: burst.max(1), state: Mutex::new(state) }
     }
 
     /// Takes one token for `key` at `now`; false if its bucket is empty.
     pub fn try_take(&self, key: AddressKey, now: std::time::Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (per_sec, burst) = (self.per_sec, self.burst);
-        let refilled = |(tokens, last): (f64, std::time::Instant)| {
-            (tokens + now.saturating_duration_since(last).as_secs_f64() * per_sec).min(burst)
-        };
         if state.buckets.len() >= state.sweep_at {
-            state.buckets.retain(|_, bucket| refilled(*bucket) < burst);
+            // A bucket that is full again is as good as none.
+            let full = f64::from(burst);
+            state.buckets.retain(|_, bucket| bucket.refilled(f64::from(per_sec), full, now) < full);
             state.sweep_at = (state.buckets.len() * 2).max(RATE_SWEEP_MIN);
         }
-        let bucket = state.buckets.entry(key).or_insert((burst, now));
-        let tokens = refilled(*bucket);
-        let taken = tokens >= 1.0;
-        *bucket = (if taken { tokens - 1.0 } else { tokens }, now);
-        taken
+        state.buckets.entry(key).or_insert_with(|| Bucket::full(burst, now)).take(per_sec, burst, now)
     }
 
     /// Addresses with an entry (for tests).
@@ -296,13 +318,26 @@ mod tests {
         assert!(rate.try_take(b, t), "another address has its own bucket");
         assert!(!rate.try_take(a, t + std::time::Duration::from_millis(400)), "0.8 of a token");
         assert!(rate.try_take(a, t + std::time::Duration::from_millis(600)), "one token after half a second");
-        // Many addresses, each taking once: entries whose bucket is full again are swept.
-        let later = t + std::time::Duration::from_secs(10);
+        let ms = std::time::Duration::from_millis;
+        let other = |i: u32| AddressKey::of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        // Many addresses, each taking once every 20 ms: an entry whose
+        // bucket is full again (after a second here) is swept.
+        let t = t + std::time::Duration::from_secs(10);
         for i in 0..1_000u32 {
-            let key = AddressKey::of(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
-            assert!(rate.try_take(key, later + std::time::Duration::from_secs(u64::from(i))));
+            assert!(rate.try_take(other(i), t + ms(u64::from(i) * 20)));
         }
         assert!(rate.tracked() <= 2 * RATE_SWEEP_MIN, "{} entries kept", rate.tracked());
+        // A drained bucket is kept through the sweeps (dropping it would
+        // give its address a full one).
+        let slow = RatePerAddress::new(1, 3);
+        for _ in 0..3 {
+            assert!(slow.try_take(a, t));
+        }
+        for i in 0..200u32 {
+            assert!(slow.try_take(other(i), t + ms(u64::from(i))));
+        }
+        assert!(slow.tracked() > RATE_SWEEP_MIN, "sweeps ran and kept the entries that are not full");
+        assert!(!slow.try_take(a, t + ms(500)), "its drained bucket was kept: half a token");
     }
 
     #[test]

@@ -80,16 +80,19 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "seqs never go back");
 }
 
-/// A connection's re-sends are looked up `RESEND_CHECKS_PER_CONNECTION`
-/// times; past that a re-send is stored as sent (a page never gets there:
-/// it re-sends its in-flight window once per connection). A first send is
-/// never looked up, so the same id without a hint is a new message.
+/// A connection's re-sends are looked up `RESEND_CHECKS_PER_CONNECTION` at
+/// once; past that a re-send is refused `rate_limited` (the page sends it
+/// again shortly), never stored without a look-up. A first send is never
+/// looked up, so the same id without a hint is a new message.
 #[tokio::test]
-async fn re_sends_are_looked_up_a_bounded_number_of_times_per_connection() {
+async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
     use natter_backend::session::RESEND_CHECKS_PER_CONNECTION;
     let (mut cfg, _dir) = sqlite_config("resend-per-connection");
     cfg.rate.burst = 1_000;
     cfg.rate.per_sec = 1_000;
+    // The default burst, and no refill while the test runs (any time it takes).
+    cfg.rate.resend_checks_per_connection_per_sec = 0;
+    assert_eq!(cfg.rate.resend_checks_per_connection, RESEND_CHECKS_PER_CONNECTION);
     let server = TestServer::start(cfg).await;
     let (mut ada, w) = server.joined("Ada", "lobby").await;
     ada.say("c1", "once").await;
@@ -99,16 +102,23 @@ async fn re_sends_are_looked_up_a_bounded_number_of_times_per_connection() {
         assert_eq!(ack_seq(ada.recv().await), first, "re-send {i} found");
     }
     ada.resend("c1", "once", w.seq_head).await;
-    let past = ack_seq(ada.recv().await);
-    assert!(past > first, "past the connection's look-ups it is stored as sent");
-    // A new connection looks up again.
-    let (mut again, _) = server.joined("Ada2", "lobby").await;
-    again.say("d1", "x").await;
-    let d1 = ack_seq(again.recv().await);
-    again.resend("d1", "x", Seq(d1.0 - 1)).await;
-    assert_eq!(ack_seq(again.recv().await), d1);
-    again.say("d1", "x").await;
-    assert!(ack_seq(again.recv().await) > d1, "a first send is not looked up");
+    match ada.recv().await {
+        ServerMsg::Error(e) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.cid.as_deref(), Some("c1"));
+        }
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    // A first send is not limited by it, and is not looked up: the same id
+    // without a hint is a new message.
+    ada.say("c1", "again").await;
+    assert!(ack_seq(ada.recv().await) > first, "a first send is stored");
+    // A new connection has look-ups of its own.
+    let (mut bo, _) = server.joined("Bo", "lobby").await;
+    bo.say("d1", "x").await;
+    let d1 = ack_seq(bo.recv().await);
+    bo.resend("d1", "x", Seq(d1.0 - 1)).await;
+    assert_eq!(ack_seq(bo.recv().await), d1);
 }
 
 /// An address's re-send look-ups are rate-limited across its connections:
@@ -124,11 +134,12 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
     cfg.rate.resend_checks_per_sec = 0;
     let cfg_burst = cfg.rate.resend_checks_burst;
     assert_eq!(cfg_burst, natter_backend::session::RESEND_CHECKS_PER_ADDRESS_BURST);
+    let dir = cfg.storage.data_dir.clone();
     let server = TestServer::start(cfg).await;
     let (mut ada, w) = server.joined("Ada", "lobby").await;
     ada.say("c1", "once").await;
     let first = ack_seq(ada.recv().await);
-    let per_conn = u32::from(RESEND_CHECKS_PER_CONNECTION);
+    let per_conn = RESEND_CHECKS_PER_CONNECTION;
     let mut clients = Vec::new();
     let mut left = cfg_burst;
     let mut token = w.resume_token.clone();
@@ -166,9 +177,13 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
         }
         other => panic!("expected rate_limited, got {other:?}"),
     }
-    // A first send from the same address is not limited by it.
+    // A first send from the same address is not limited by it; the refused
+    // re-send took no seq.
     fresh.say("b2", "y").await;
-    assert!(matches!(fresh.recv().await, ServerMsg::Ack(_)));
+    let b2 = ack_seq(fresh.recv().await);
+    let texts_now = texts(&export(&dir, "lobby"));
+    assert_eq!(texts_now, ["once", "y"], "nothing stored twice, nothing refused stored");
+    assert!(b2 > first);
     drop(clients);
 }
 

@@ -80,9 +80,10 @@ pub struct Say {
     pub text: String,
     /// Present on a re-send of a message that may already be stored (it was
     /// sent before and not acknowledged): the room's latest seq the page had
-    /// when it first sent the message, below the stored one's seq. The server
-    /// looks for the original only after it, and only when this is present:
-    /// a first send is simply stored. Absent on a first send.
+    /// when it first sent the message, below the stored one's seq. The
+    /// SQLite history looks for the original only after it, and only when
+    /// this is present (a first send is simply stored); the memory and
+    /// Redis histories look up every message. Absent on a first send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Seq>,
 }

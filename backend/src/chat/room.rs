@@ -1170,6 +1170,14 @@ impl Committed for Room {
                         state.late_acks.push((seq, sender, ack));
                     }
                 }
+                (Draft::Message { cid, sender, .. }, Outcome::Failed(HistoryError::Busy)) => {
+                    debug!(room = %self.name, conn = sender.id, "re-send not looked up: the writer is busy");
+                    sender.send_reply(&ServerMsg::Error(ErrorMsg {
+                        code: ErrorCode::RateLimited,
+                        message: "the server is busy; the message will be sent again shortly".into(),
+                        cid: Some(cid.to_string()),
+                    }));
+                }
                 (Draft::Message { cid, sender, .. }, Outcome::Failed(e)) => {
                     // The details are for the log, not for clients.
                     warn!(room = %self.name, conn = sender.id, error = %e, "message not stored");

@@ -356,9 +356,11 @@ pub struct RateConfig {
     pub per_sec: u32,
     pub burst: u32,
     pub strikes: u32,
-    /// Re-send look-ups per client address: at once, and per second after
-    /// that ([`crate::session::RESEND_CHECKS_PER_ADDRESS_BURST`] and its
-    /// kin by default; no flag).
+    /// Re-send look-ups per connection and per client address: at once,
+    /// and per second after that ([`crate::session::RESEND_CHECKS_PER_CONNECTION`]
+    /// and its kin by default; no flag).
+    pub resend_checks_per_connection: u32,
+    pub resend_checks_per_connection_per_sec: u32,
     pub resend_checks_burst: u32,
     pub resend_checks_per_sec: u32,
 }
@@ -441,6 +443,8 @@ impl Default for RateConfig {
             per_sec: DEFAULT_RATE_PER_SEC,
             burst: DEFAULT_RATE_BURST,
             strikes: DEFAULT_RATE_STRIKES,
+            resend_checks_per_connection: crate::session::RESEND_CHECKS_PER_CONNECTION,
+            resend_checks_per_connection_per_sec: crate::session::RESEND_CHECKS_PER_CONNECTION_PER_SEC,
             resend_checks_burst: crate::session::RESEND_CHECKS_PER_ADDRESS_BURST,
             resend_checks_per_sec: crate::session::RESEND_CHECKS_PER_ADDRESS_PER_SEC,
         }

@@ -14,11 +14,14 @@ mod reader;
 mod requests;
 mod writer;
 
-pub use requests::{RESEND_CHECKS_PER_ADDRESS_BURST, RESEND_CHECKS_PER_ADDRESS_PER_SEC, RESEND_CHECKS_PER_CONNECTION};
+pub use requests::{
+    RESEND_CHECKS_PER_ADDRESS_BURST, RESEND_CHECKS_PER_ADDRESS_PER_SEC, RESEND_CHECKS_PER_CONNECTION,
+    RESEND_CHECKS_PER_CONNECTION_PER_SEC,
+};
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,8 +111,9 @@ struct Session {
     joined: Mutex<Option<(Arc<Room>, Membership)>>,
     /// The joined session's slot under the per-address join cap.
     join_slot: Mutex<Option<Slot>>,
-    /// Re-sends whose original was looked up ([`requests::RESEND_CHECKS_PER_CONNECTION`]).
-    resend_checks: AtomicU8,
+    /// The connection's rate of re-send look-ups
+    /// ([`requests::RESEND_CHECKS_PER_CONNECTION`]), made at its first re-send.
+    resend_checks: Mutex<Option<Box<crate::address::Bucket>>>,
 }
 
 /// Runs one upgraded connection to its end. `early` holds bytes the client
@@ -153,7 +157,7 @@ pub fn run(
         client: AddressKey::of(client),
         joined: Mutex::new(None),
         join_slot: Mutex::new(None),
-        resend_checks: AtomicU8::new(0),
+        resend_checks: Mutex::new(None),
     };
     let heard = LastHeard::new();
     let mut read_state = reader::ReadState::new(&session.app, &early);

@@ -3,7 +3,6 @@
 //! with a typed reply or error.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use natter_shared::{
     ClientMsg, ClientMsgId, ErrorCode, ErrorMsg, Hello, HistoryRequest, MembersRequest, MessageText, PROTOCOL_VERSION,
@@ -14,21 +13,25 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Session;
+use crate::address::Bucket;
 use crate::chat::hub::HubError;
 use crate::chat::room::{Announce, JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
+use crate::config::HistoryKind;
 
-/// Re-sends (a `say` with `after`) whose original is looked for, per
-/// connection. A page re-sends at most its in-flight window (5) after a
-/// reconnect, so this is never reached by one; beyond it a re-send is stored
-/// as a first send without a look-up. That is safe for a page: on the
-/// connection that first sent a message, it sends it again only after a
-/// refusal, which means it was not stored. A client gets nothing from
-/// re-sending more than its own message twice.
-pub const RESEND_CHECKS_PER_CONNECTION: u8 = 16;
+/// Re-sends (a `say` with `after`) whose original is looked up at once per
+/// connection, and per second after that ([`RESEND_CHECKS_PER_CONNECTION_PER_SEC`]).
+/// A page re-sends its in-flight window (5) after a reconnect, and a refused
+/// message again 1.5 s later. Beyond it a re-send is refused `rate_limited`
+/// (the page sends it again shortly), never stored without a look-up.
+/// Only the SQLite store looks re-sends up; the others check every message.
+pub const RESEND_CHECKS_PER_CONNECTION: u32 = 16;
+/// See [`RESEND_CHECKS_PER_CONNECTION`].
+pub const RESEND_CHECKS_PER_CONNECTION_PER_SEC: u32 = 1;
 /// Re-sends looked up at once per client address (a NAT'd office
 /// reconnecting together), and per second after that. Beyond it a re-send
-/// is refused `rate_limited`, which the page answers by sending it again
-/// shortly ([`crate::store::sqlite::RESEND_SCAN_EVENTS`] bounds each look-up).
+/// is refused `rate_limited`, as above. Each look-up reads at most
+/// [`crate::store::sqlite::RESEND_SCAN_EVENTS`] events, and the writer's
+/// time for all of them is bounded by [`crate::store::sqlite::RESEND_LOOKUP_BUDGET`].
 pub const RESEND_CHECKS_PER_ADDRESS_BURST: u32 = 256;
 /// See [`RESEND_CHECKS_PER_ADDRESS_BURST`].
 pub const RESEND_CHECKS_PER_ADDRESS_PER_SEC: u32 = 32;
@@ -173,15 +176,15 @@ impl Session {
             Ok(text) => text,
             Err(e) => return self.refuse(&e, Some(say.cid)),
         };
-        let Some(resent_after) = self.resend_check(say.after) else {
+        if !self.resend_allowed(say.after) {
             self.app.metrics.rate_limited.inc();
             return self.reply(
                 ErrorCode::RateLimited,
-                "too many re-sent messages from your address; it will be sent again shortly",
+                "too many re-sent messages at once; it will be sent again shortly",
                 Some(say.cid),
             );
-        };
-        match room.say(&me, &self.conn, cid, text, resent_after) {
+        }
+        match room.say(&me, &self.conn, cid, text, say.after) {
             Ok(draft) => {
                 // Its ack (or error) comes from the writer's report.
                 self.conn.expect_reply();
@@ -201,21 +204,25 @@ impl Session {
         }
     }
 
-    /// Whether a re-send's original is looked up: `Some(after)` if so,
-    /// `Some(None)` for a first send (and a re-send past this connection's
-    /// [`RESEND_CHECKS_PER_CONNECTION`]), `None` if the address is over its
-    /// rate of look-ups.
-    fn resend_check(&self, after: Option<Seq>) -> Option<Option<Seq>> {
-        let Some(after) = after else { return Some(None) };
-        if self.resend_checks.load(Ordering::Relaxed) >= RESEND_CHECKS_PER_CONNECTION {
-            debug!(conn = self.conn.id, "re-send past the connection's look-ups: stored as sent");
-            return Some(None);
+    /// Whether a `say` may go to the writer: a first send always; a re-send
+    /// (`after`) whose original the store looks up (SQLite) only within
+    /// this connection's and this address's rates of look-ups.
+    fn resend_allowed(&self, after: Option<Seq>) -> bool {
+        if after.is_none() || !matches!(self.app.config.history, HistoryKind::Sqlite) {
+            return true;
         }
-        if !self.app.resend_checks.try_take(self.client, std::time::Instant::now()) {
-            return None;
+        let (burst, per_sec) = (
+            self.app.config.rate.resend_checks_per_connection,
+            self.app.config.rate.resend_checks_per_connection_per_sec,
+        );
+        let now = std::time::Instant::now();
+        let mut mine = self.resend_checks.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = mine.get_or_insert_with(|| Box::new(Bucket::full(burst, now)));
+        if !bucket.take(per_sec, burst, now) {
+            debug!(conn = self.conn.id, "re-send refused: the connection's look-ups are spent");
+            return false;
         }
-        self.resend_checks.fetch_add(1, Ordering::Relaxed);
-        Some(Some(after))
+        self.app.resend_checks.try_take(self.client, now)
     }
 
     /// Announces a presence change in `room` (see [`crate::app::App::announce`]).

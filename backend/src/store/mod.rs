@@ -158,6 +158,11 @@ pub enum StartError {
 pub enum HistoryError {
     #[error("history storage is unavailable: {0}")]
     Unavailable(String),
+    /// The writer has spent its time for looking up re-sends (SQLite's
+    /// [`sqlite::RESEND_LOOKUP_BUDGET`]): the sender is told `rate_limited`
+    /// and sends it again shortly. Nothing was stored.
+    #[error("the history writer is busy looking up re-sent messages")]
+    Busy,
 }
 
 /// Events replayed for a resume.

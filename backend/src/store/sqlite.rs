@@ -59,12 +59,50 @@ pub const WRITER_CACHE_KIB: i64 = 4096;
 /// when it first sent the message). The original's seq is above the hint by
 /// the events the page had not received yet when it sent (its connection's
 /// queue, 4,096 frames by default, before it is closed as lagged) and those
-/// stored ahead of it (usually a batch or two); a re-send whose original is
-/// further on is stored again. About 0.5 ms of the writer's time per look-up
-/// (125 ns per event, measured on a 300,000-event room with Python's
-/// sqlite3), bounded per connection and per address by
-/// [`crate::session::RESEND_CHECKS_PER_CONNECTION`] and its kin.
+/// of its room stored ahead of it; a re-send whose original is further on is
+/// stored again. About 0.5 ms of the writer's time per look-up over short
+/// messages (125 ns per event, measured on a 300,000-event room with
+/// Python's sqlite3); long messages spill into overflow pages that the
+/// look-up reads too (the `cid` column comes after the text), so a look-up
+/// can cost tens of milliseconds: [`RESEND_LOOKUP_BUDGET`] bounds their sum.
 pub const RESEND_SCAN_EVENTS: u64 = 4_096;
+/// The writer's time for re-send look-ups in each [`RESEND_LOOKUP_PERIOD`],
+/// whoever sends them: once spent, a re-send is answered `rate_limited`
+/// (the page sends it again 1.5 s later), never stored without a look-up.
+/// A tenth of the writer, so look-ups cannot starve every room's writes.
+pub const RESEND_LOOKUP_BUDGET: Duration = Duration::from_millis(100);
+/// See [`RESEND_LOOKUP_BUDGET`].
+pub const RESEND_LOOKUP_PERIOD: Duration = Duration::from_secs(1);
+
+/// The writer's time spent on re-send look-ups in the current period.
+#[derive(Debug)]
+pub struct LookupBudget {
+    budget: Duration,
+    period: Duration,
+    started: Instant,
+    spent: Duration,
+}
+
+impl LookupBudget {
+    /// `budget` of look-up time in every `period`, from `now`.
+    pub fn new(budget: Duration, period: Duration, now: Instant) -> Self {
+        Self { budget, period, started: now, spent: Duration::ZERO }
+    }
+
+    /// Whether a look-up may start at `now`.
+    pub fn allows(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.started) >= self.period {
+            self.started = now;
+            self.spent = Duration::ZERO;
+        }
+        self.spent < self.budget
+    }
+
+    /// Counts a look-up that took `took`.
+    pub fn spend(&mut self, took: Duration) {
+        self.spent += took;
+    }
+}
 /// A transaction slower than this is logged: every ack and broadcast of its
 /// batch waited for it.
 pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
@@ -559,6 +597,7 @@ struct Writer {
     lock: std::fs::File,
     options: StorageConfig,
     seqs: Sequencer,
+    lookups: LookupBudget,
     /// Writes to store again with the next batch: notices whose transaction
     /// failed, and writes that failed on their own.
     retry: std::collections::VecDeque<Pending>,
@@ -601,15 +640,22 @@ fn is_storage_failure(e: &rusqlite::Error) -> bool {
 fn store_one(
     conn: &Connection,
     seqs: &mut Sequencer,
+    lookups: &mut LookupBudget,
     room: &RoomName,
     draft: &Draft,
     now: Timestamp,
 ) -> rusqlite::Result<Outcome> {
-    if let Draft::Message { name, cid, resent_after: Some(after), .. } = draft
-        && let Some((seq, ts)) = find_resent(conn, room, *after, &name.key(), cid)?
-    {
-        // The original is stored: acknowledged with its seq and time.
-        return Ok(Outcome::Duplicate(seq, ts));
+    if let Draft::Message { name, cid, resent_after: Some(after), .. } = draft {
+        let started = Instant::now();
+        if !lookups.allows(started) {
+            return Ok(Outcome::Failed(HistoryError::Busy));
+        }
+        let found = find_resent(conn, room, *after, &name.key(), cid);
+        lookups.spend(started.elapsed());
+        if let Some((seq, ts)) = found? {
+            // The original is stored: acknowledged with its seq and time.
+            return Ok(Outcome::Duplicate(seq, ts));
+        }
     }
     let (seq, ts) = seqs.try_peek(room, || last_of(conn, room), now)?;
     let event = draft.clone().into_event(seq, ts);
@@ -625,6 +671,7 @@ impl Writer {
             lock,
             options,
             seqs: Sequencer::default(),
+            lookups: LookupBudget::new(RESEND_LOOKUP_BUDGET, RESEND_LOOKUP_PERIOD, Instant::now()),
             retry: Default::default(),
             next_retention,
             retention_busy: false,
@@ -731,6 +778,7 @@ impl Writer {
                 // it can send its notices of the commit as one frame.
                 let mut rooms: Vec<RoomWrites> = Vec::new();
                 let mut index: HashMap<*const (), usize> = HashMap::new();
+                let writes = batch.len() as u64;
                 for (pending, result) in batch.into_iter().zip(results) {
                     match result {
                         Ok(outcome) => {
@@ -741,7 +789,7 @@ impl Writer {
                             });
                             rooms[at].1.push((draft, outcome));
                         }
-                        Err(e) => self.failed_alone(pending, e),
+                        Err(e) => self.failed_alone(pending, e, writes),
                     }
                 }
                 for (room, writes) in rooms {
@@ -802,7 +850,7 @@ impl Writer {
         let mut heads: Vec<(RoomName, Seq)> = Vec::new();
         for pending in batch {
             let room = pending.write.room.room_name();
-            match store_one(&tx, &mut self.seqs, room, &pending.write.draft, now) {
+            match store_one(&tx, &mut self.seqs, &mut self.lookups, room, &pending.write.draft, now) {
                 Ok(outcome) => {
                     if let Outcome::Stored(event) = &outcome {
                         self.seqs.take(room, event.seq(), event.ts());
@@ -834,7 +882,7 @@ impl Writer {
         for pending in batch {
             let room = pending.write.room.room_name();
             let savepoint = tx.savepoint()?;
-            match store_one(&savepoint, &mut self.seqs, room, &pending.write.draft, now) {
+            match store_one(&savepoint, &mut self.seqs, &mut self.lookups, room, &pending.write.draft, now) {
                 Ok(outcome) => {
                     savepoint.commit()?;
                     if let Outcome::Stored(event) = &outcome {
@@ -862,9 +910,10 @@ impl Writer {
         Ok(results)
     }
 
-    /// A write failed on its own: retried with the next batch, or, after
-    /// [`WRITE_ATTEMPTS`] failures, dropped with an error to its sender.
-    fn failed_alone(&mut self, pending: Pending, error: rusqlite::Error) {
+    /// A write failed on its own in a batch of `writes`: retried with the
+    /// next batch, or, after [`WRITE_ATTEMPTS`] failures, dropped with an
+    /// error to its sender.
+    fn failed_alone(&mut self, pending: Pending, error: rusqlite::Error, writes: u64) {
         let failures = pending.failures + 1;
         let room = pending.write.room.room_name().clone();
         if failures >= WRITE_ATTEMPTS {
@@ -872,6 +921,14 @@ impl Writer {
             pending.fail(storage_error(error));
         } else {
             debug!(room = %room, failures, error = %error, "a write failed on its own; it will be tried again");
+            let mut pending = pending;
+            if let Draft::Message { resent_after: hint @ None, .. } = &mut pending.write.draft {
+                // Its page may send it again meanwhile (later in this batch,
+                // or after), and that copy be stored first: the retry looks
+                // for it after the head this batch started from, or below.
+                let head = head_of(&self.conn, &room).unwrap_or(Seq(0));
+                *hint = Some(Seq(head.0.saturating_sub(writes)));
+            }
             self.keep_for_retry(Pending { failures, ..pending });
         }
     }
@@ -1003,7 +1060,11 @@ mod tests {
             Draft::Notice { kind: NoticeKind::Joined, color: color_for(&name), name, once: None }
         };
         let mut seqs = Sequencer::default();
-        let mut store = |draft: &Draft| match store_one(&conn, &mut seqs, &room, draft, Timestamp(7)).expect("stored") {
+        let hour = Duration::from_secs(3600);
+        let mut lookups = LookupBudget::new(hour, hour, Instant::now());
+        let mut store = |draft: &Draft| match store_one(&conn, &mut seqs, &mut lookups, &room, draft, Timestamp(7))
+            .expect("stored")
+        {
             Outcome::Stored(event) => {
                 seqs.take(&room, event.seq(), event.ts());
                 Ok(event.seq())
@@ -1039,8 +1100,92 @@ mod tests {
         assert!(insert_event(&conn, &room, &taken).is_err());
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).expect("count");
         assert_eq!(count, i64::try_from(8 + fill).expect("small"));
+
+        // With the look-up time spent, a re-send is refused as busy (not
+        // stored, no seq taken); a first send is stored as ever.
+        let mut spent = LookupBudget::new(Duration::ZERO, hour, Instant::now());
+        let mut seqs = Sequencer::default();
+        let busy = store_one(&conn, &mut seqs, &mut spent, &room, &resend("Eve", "e1", 6), Timestamp(7));
+        assert!(matches!(busy, Ok(Outcome::Failed(HistoryError::Busy))), "{busy:?}");
+        let first = store_one(&conn, &mut seqs, &mut spent, &room, &say("Eve", "e2"), Timestamp(7));
+        assert!(matches!(first, Ok(Outcome::Stored(ref e)) if e.seq() == Seq(9 + fill)), "{first:?}");
         drop(conn);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A room that ignores what the writer reports.
+    #[derive(Debug)]
+    struct Quiet(RoomName);
+
+    impl Committed for Quiet {
+        fn room_name(&self) -> &RoomName {
+            &self.0
+        }
+
+        fn committed_all(&self, _writes: Vec<(Draft, Outcome)>) {}
+    }
+
+    /// A message that failed on its own is kept for a retry with a look-up
+    /// after the head its batch started from: its page may send it again
+    /// meanwhile, and that copy be stored first (later in the same batch
+    /// at the earliest). Without it the retry would store a second copy.
+    #[test]
+    fn a_message_kept_for_a_retry_looks_for_a_copy_stored_meanwhile() {
+        let dir = std::env::temp_dir().join(format!("natter-retry-hint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let conn = open_for_writing(&db_path(&dir)).expect("database");
+        let room = RoomName::default();
+        let name = UserName::parse("Ada").expect("name");
+        let (sender, _rx) = crate::ws::outbound::channel(1, 8);
+        let draft = Draft::Message {
+            color: color_for(&name),
+            name,
+            text: MessageText::parse("hi").expect("text"),
+            cid: ClientMsgId::parse("c1").expect("cid"),
+            resent_after: None,
+            sender,
+            member: 1,
+        };
+        // Seqs 1 and 2 stored before; the failing batch of 2 stored seq 3:
+        // the page's re-send of c1, later in that batch.
+        for seq in 1..=3 {
+            insert_event(&conn, &room, &draft.clone().into_event(Seq(seq), Timestamp(seq))).expect("insert");
+        }
+        conn.execute("UPDATE events SET cid = 'old' || seq WHERE seq < 3", []).expect("other ids");
+        set_head(&conn, &room, Seq(3)).expect("head");
+        let lock = lock_data_dir(&dir).expect("lock");
+        let options = StorageConfig { data_dir: dir.clone(), ..StorageConfig::default() };
+        let mut writer = Writer::new(conn, lock, options, Arc::new(Metrics::new()));
+        let write = Write { room: Arc::new(Quiet(room.clone())), draft };
+        writer.failed_alone(Pending { write, failures: 0 }, rusqlite::Error::InvalidQuery, 2);
+        let retried = writer.retry.pop_front().expect("kept for a retry");
+        assert_eq!(retried.failures, 1);
+        let Draft::Message { resent_after, .. } = &retried.write.draft else { panic!("a message") };
+        assert_eq!(*resent_after, Some(Seq(1)), "the head its batch of 2 started from, or below");
+        let hour = Duration::from_secs(3600);
+        let mut lookups = LookupBudget::new(hour, hour, Instant::now());
+        let outcome =
+            store_one(&writer.conn, &mut writer.seqs, &mut lookups, &room, &retried.write.draft, Timestamp(9));
+        assert!(matches!(outcome, Ok(Outcome::Duplicate(Seq(3), Timestamp(3)))), "{outcome:?}");
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_lookup_budget_is_spent_and_renewed_each_period() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut budget = LookupBudget::new(ms(100), ms(1000), t);
+        assert!(budget.allows(t));
+        budget.spend(ms(60));
+        assert!(budget.allows(t + ms(10)), "40 ms left");
+        budget.spend(ms(60));
+        assert!(!budget.allows(t + ms(20)), "spent (one look-up may overrun it)");
+        assert!(!budget.allows(t + ms(999)));
+        assert!(budget.allows(t + ms(1000)), "a new period");
+        budget.spend(ms(100));
+        assert!(!budget.allows(t + ms(1500)));
     }
 
     /// A database of schema 3 (with the sender index) is migrated to 4: the

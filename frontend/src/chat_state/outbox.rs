@@ -191,6 +191,25 @@ mod tests {
         assert_eq!(old[0].after, None);
     }
 
+    /// A message refused for a while (`rate_limited`) is sent again with
+    /// the seq of its first send, whatever the page has seen since.
+    #[test]
+    fn a_refused_message_goes_again_with_its_first_sends_seq() {
+        let mut s = ChatState::default();
+        s.apply(welcome(3, vec![], None), 0.0);
+        s.queue("c1".into(), "hi").expect("valid");
+        assert_eq!(s.take_outgoing(usize::MAX), vec![Say::new("c1", "hi")]);
+        s.apply(ServerMsg::Message(msg(4, "bo", "yo", Some("b1"))), 0.0);
+        let refused = ErrorMsg { code: ErrorCode::RateLimited, message: "wait".into(), cid: Some("c1".into()) };
+        s.apply(ServerMsg::Error(refused), 0.0);
+        s.queue("c2".into(), "next").expect("valid");
+        assert_eq!(
+            s.take_outgoing(usize::MAX),
+            vec![Say { after: Some(Seq(3)), ..Say::new("c1", "hi") }, Say::new("c2", "next")],
+            "the refused one marked as sent before, with its first send's seq; the new one not"
+        );
+    }
+
     #[test]
     fn a_replayed_own_message_clears_the_outbox_entry_once() {
         let mut s = ChatState::default();
