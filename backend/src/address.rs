@@ -135,9 +135,14 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    /// A full bucket of `burst` at `now`.
+    /// A full bucket of `burst` (at least 1) at `now`.
     pub fn full(burst: u32, now: std::time::Instant) -> Self {
-        Self { tokens: f64::from(burst), last: now }
+        Self { tokens: f64::from(burst.max(1)), last: now }
+    }
+
+    /// Whether a token is there at `now`, without taking it.
+    pub fn has(&self, per_sec: u32, burst: u32, now: std::time::Instant) -> bool {
+        self.refilled(f64::from(per_sec), f64::from(burst.max(1)), now) >= 1.0
     }
 
     /// The tokens at `now`, refilled at `per_sec` up to `burst`.
@@ -147,7 +152,7 @@ impl Bucket {
 
     /// Takes one token at `now`; false if there is none.
     pub fn take(&mut self, per_sec: u32, burst: u32, now: std::time::Instant) -> bool {
-        let tokens = self.refilled(f64::from(per_sec), f64::from(burst), now);
+        let tokens = self.refilled(f64::from(per_sec), f64::from(burst.max(1)), now);
         let taken = tokens >= 1.0;
         *self = Self { tokens: if taken { tokens - 1.0 } else { tokens }, last: now.max(self.last) };
         taken
@@ -338,6 +343,20 @@ mod tests {
         }
         assert!(slow.tracked() > RATE_SWEEP_MIN, "sweeps ran and kept the entries that are not full");
         assert!(!slow.try_take(a, t + ms(500)), "its drained bucket was kept: half a token");
+    }
+
+    /// Two takes whose times come out of order (two threads) refill once.
+    #[test]
+    fn a_bucket_refills_once_when_times_come_out_of_order() {
+        let t = std::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        let mut b = Bucket::full(1, t);
+        assert!(b.take(1, 1, t));
+        assert!(b.take(1, 1, t + second), "refilled after a second");
+        assert!(!b.take(1, 1, t), "an earlier time refills nothing");
+        assert!(!b.take(1, 1, t + second), "nor does the same second again");
+        assert!(!b.has(1, 1, t + second));
+        assert!(b.has(1, 1, t + 2 * second));
     }
 
     #[test]

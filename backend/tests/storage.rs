@@ -86,7 +86,7 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
 /// looked up, so the same id without a hint is a new message.
 #[tokio::test]
 async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
-    use natter_backend::session::RESEND_CHECKS_PER_CONNECTION;
+    use natter_backend::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION as RESEND_CHECKS_PER_CONNECTION;
     let (mut cfg, _dir) = sqlite_config("resend-per-connection");
     cfg.rate.burst = 1_000;
     cfg.rate.per_sec = 1_000;
@@ -126,14 +126,14 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
 /// again shortly), never stored twice.
 #[tokio::test]
 async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
-    use natter_backend::session::RESEND_CHECKS_PER_CONNECTION;
+    use natter_backend::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION as RESEND_CHECKS_PER_CONNECTION;
     let (mut cfg, _dir) = sqlite_config("resend-per-address");
     cfg.rate.burst = 1_000;
     cfg.rate.per_sec = 1_000;
     // The default burst, and no refill while the test runs (any time it takes).
     cfg.rate.resend_checks_per_sec = 0;
     let cfg_burst = cfg.rate.resend_checks_burst;
-    assert_eq!(cfg_burst, natter_backend::session::RESEND_CHECKS_PER_ADDRESS_BURST);
+    assert_eq!(cfg_burst, natter_backend::config::DEFAULT_RESEND_CHECKS_PER_ADDRESS_BURST);
     let dir = cfg.storage.data_dir.clone();
     let server = TestServer::start(cfg).await;
     let (mut ada, w) = server.joined("Ada", "lobby").await;

@@ -1172,6 +1172,7 @@ impl Committed for Room {
                 }
                 (Draft::Message { cid, sender, .. }, Outcome::Failed(HistoryError::Busy)) => {
                     debug!(room = %self.name, conn = sender.id, "re-send not looked up: the writer is busy");
+                    self.metrics.rate_limited.inc();
                     sender.send_reply(&ServerMsg::Error(ErrorMsg {
                         code: ErrorCode::RateLimited,
                         message: "the server is busy; the message will be sent again shortly".into(),

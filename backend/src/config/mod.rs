@@ -96,6 +96,23 @@ pub const DEFAULT_RATE_PER_SEC: u32 = 5;
 pub const DEFAULT_RATE_BURST: u32 = 10;
 /// Frames refused in a row with `rate_limited` before the connection is closed with 1008.
 pub const DEFAULT_RATE_STRIKES: u32 = 10;
+/// Re-sends (a `say` with `after`) whose original is looked up at once per
+/// connection, and per second after that ([`DEFAULT_RESEND_CHECKS_PER_CONNECTION_PER_SEC`]).
+/// A page re-sends its in-flight window (5) after a reconnect, and a refused
+/// message again 1.5 s later. Beyond it a re-send is refused `rate_limited`
+/// (the page sends it again shortly), never stored without a look-up.
+/// Only the SQLite store looks re-sends up; the others check every message.
+pub const DEFAULT_RESEND_CHECKS_PER_CONNECTION: u32 = 16;
+/// See [`DEFAULT_RESEND_CHECKS_PER_CONNECTION`].
+pub const DEFAULT_RESEND_CHECKS_PER_CONNECTION_PER_SEC: u32 = 1;
+/// Re-sends looked up at once per client address (a NAT'd office
+/// reconnecting together), and per second after that. Beyond it a re-send
+/// is refused `rate_limited`, as above. Each look-up reads at most
+/// [`crate::store::sqlite::RESEND_SCAN_EVENTS`] events, and the writer's
+/// time for all of them is bounded by [`crate::store::sqlite::RESEND_LOOKUP_BUDGET`].
+pub const DEFAULT_RESEND_CHECKS_PER_ADDRESS_BURST: u32 = 256;
+/// See [`DEFAULT_RESEND_CHECKS_PER_ADDRESS_BURST`].
+pub const DEFAULT_RESEND_CHECKS_PER_ADDRESS_PER_SEC: u32 = 32;
 /// How often the server pings a connection.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long the server waits for any frame (normally the pong) after a ping.
@@ -357,7 +374,7 @@ pub struct RateConfig {
     pub burst: u32,
     pub strikes: u32,
     /// Re-send look-ups per connection and per client address: at once,
-    /// and per second after that ([`crate::session::RESEND_CHECKS_PER_CONNECTION`]
+    /// and per second after that ([`DEFAULT_RESEND_CHECKS_PER_CONNECTION`]
     /// and its kin by default; no flag).
     pub resend_checks_per_connection: u32,
     pub resend_checks_per_connection_per_sec: u32,
@@ -443,10 +460,10 @@ impl Default for RateConfig {
             per_sec: DEFAULT_RATE_PER_SEC,
             burst: DEFAULT_RATE_BURST,
             strikes: DEFAULT_RATE_STRIKES,
-            resend_checks_per_connection: crate::session::RESEND_CHECKS_PER_CONNECTION,
-            resend_checks_per_connection_per_sec: crate::session::RESEND_CHECKS_PER_CONNECTION_PER_SEC,
-            resend_checks_burst: crate::session::RESEND_CHECKS_PER_ADDRESS_BURST,
-            resend_checks_per_sec: crate::session::RESEND_CHECKS_PER_ADDRESS_PER_SEC,
+            resend_checks_per_connection: DEFAULT_RESEND_CHECKS_PER_CONNECTION,
+            resend_checks_per_connection_per_sec: DEFAULT_RESEND_CHECKS_PER_CONNECTION_PER_SEC,
+            resend_checks_burst: DEFAULT_RESEND_CHECKS_PER_ADDRESS_BURST,
+            resend_checks_per_sec: DEFAULT_RESEND_CHECKS_PER_ADDRESS_PER_SEC,
         }
     }
 }

@@ -14,11 +14,6 @@ mod reader;
 mod requests;
 mod writer;
 
-pub use requests::{
-    RESEND_CHECKS_PER_ADDRESS_BURST, RESEND_CHECKS_PER_ADDRESS_PER_SEC, RESEND_CHECKS_PER_CONNECTION,
-    RESEND_CHECKS_PER_CONNECTION_PER_SEC,
-};
-
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,7 +107,7 @@ struct Session {
     /// The joined session's slot under the per-address join cap.
     join_slot: Mutex<Option<Slot>>,
     /// The connection's rate of re-send look-ups
-    /// ([`requests::RESEND_CHECKS_PER_CONNECTION`]), made at its first re-send.
+    /// ([`crate::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION`]), made at its first re-send.
     resend_checks: Mutex<Option<Box<crate::address::Bucket>>>,
 }
 

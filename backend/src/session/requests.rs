@@ -18,24 +18,6 @@ use crate::chat::hub::HubError;
 use crate::chat::room::{Announce, JoinError, JoinKind, JoinRequest, Membership, NotMember, Room};
 use crate::config::HistoryKind;
 
-/// Re-sends (a `say` with `after`) whose original is looked up at once per
-/// connection, and per second after that ([`RESEND_CHECKS_PER_CONNECTION_PER_SEC`]).
-/// A page re-sends its in-flight window (5) after a reconnect, and a refused
-/// message again 1.5 s later. Beyond it a re-send is refused `rate_limited`
-/// (the page sends it again shortly), never stored without a look-up.
-/// Only the SQLite store looks re-sends up; the others check every message.
-pub const RESEND_CHECKS_PER_CONNECTION: u32 = 16;
-/// See [`RESEND_CHECKS_PER_CONNECTION`].
-pub const RESEND_CHECKS_PER_CONNECTION_PER_SEC: u32 = 1;
-/// Re-sends looked up at once per client address (a NAT'd office
-/// reconnecting together), and per second after that. Beyond it a re-send
-/// is refused `rate_limited`, as above. Each look-up reads at most
-/// [`crate::store::sqlite::RESEND_SCAN_EVENTS`] events, and the writer's
-/// time for all of them is bounded by [`crate::store::sqlite::RESEND_LOOKUP_BUDGET`].
-pub const RESEND_CHECKS_PER_ADDRESS_BURST: u32 = 256;
-/// See [`RESEND_CHECKS_PER_ADDRESS_BURST`].
-pub const RESEND_CHECKS_PER_ADDRESS_PER_SEC: u32 = 32;
-
 impl Session {
     /// Handles one text message from the client.
     pub(super) async fn handle_text(&self, text: &str) {
@@ -218,11 +200,16 @@ impl Session {
         let now = std::time::Instant::now();
         let mut mine = self.resend_checks.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = mine.get_or_insert_with(|| Box::new(Bucket::full(burst, now)));
-        if !bucket.take(per_sec, burst, now) {
+        // A token is taken from each only when both have one.
+        if !bucket.has(per_sec, burst, now) {
             debug!(conn = self.conn.id, "re-send refused: the connection's look-ups are spent");
             return false;
         }
-        self.app.resend_checks.try_take(self.client, now)
+        if !self.app.resend_checks.try_take(self.client, now) {
+            debug!(conn = self.conn.id, "re-send refused: the address's look-ups are spent");
+            return false;
+        }
+        bucket.take(per_sec, burst, now)
     }
 
     /// Announces a presence change in `room` (see [`crate::app::App::announce`]).

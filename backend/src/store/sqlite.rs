@@ -65,7 +65,9 @@ pub const WRITER_CACHE_KIB: i64 = 4096;
 /// Python's sqlite3); long messages spill into overflow pages that the
 /// look-up reads too (the `cid` column comes after the text): 13.5–30.9 ms
 /// over 4,096 events of 6,000-byte messages (Python's sqlite3, the file in
-/// the OS cache). [`RESEND_LOOKUP_BUDGET`] bounds their sum.
+/// the OS cache; 10.3–11.7 ms with `cid` before the text, whose leaf pages
+/// still hold only a few such rows each, so the columns stay as they are).
+/// [`RESEND_LOOKUP_BUDGET`] bounds their sum whatever they cost.
 pub const RESEND_SCAN_EVENTS: u64 = 4_096;
 /// The writer's time for re-send look-ups in each [`RESEND_LOOKUP_PERIOD`],
 /// whoever sends them: once spent, a re-send is answered `rate_limited`
@@ -90,11 +92,15 @@ impl LookupBudget {
         Self { budget, period, started: now, spent: Duration::ZERO }
     }
 
-    /// Whether a look-up may start at `now`.
+    /// Whether a look-up may start at `now`. Each whole period that has
+    /// passed pays back one budget of what was spent, so a look-up that
+    /// overran the budget (or the period) is paid for by the next periods.
     pub fn allows(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.started) >= self.period {
-            self.started = now;
-            self.spent = Duration::ZERO;
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed >= self.period && !self.period.is_zero() {
+            let periods = (elapsed.as_nanos() / self.period.as_nanos()).min(u128::from(u32::MAX)) as u32;
+            self.started += self.period * periods;
+            self.spent = self.spent.saturating_sub(self.budget.saturating_mul(periods));
         }
         self.spent < self.budget
     }
@@ -393,6 +399,24 @@ pub fn range(conn: &Connection, room: &RoomName, lo: Seq, hi: Seq, limit: usize)
 
 /// A room and its writes of one commit, in seq order.
 type RoomWrites = (Arc<dyn Committed>, Vec<(Draft, Outcome)>);
+
+/// Each room's head before a committed batch, for the rooms the batch
+/// stored events in (the seq below its first stored one), by the room's
+/// address.
+fn heads_before(batch: &[Pending], results: &[rusqlite::Result<Outcome>]) -> Vec<(*const (), Seq)> {
+    let mut heads: Vec<(*const (), Seq)> = Vec::new();
+    for (pending, result) in batch.iter().zip(results) {
+        if let Ok(Outcome::Stored(event)) = result {
+            let room = Arc::as_ptr(&pending.write.room).cast::<()>();
+            let below = Seq(event.seq().0.saturating_sub(1));
+            match heads.iter_mut().find(|(r, _)| *r == room) {
+                Some((_, head)) => *head = (*head).min(below),
+                None => heads.push((room, below)),
+            }
+        }
+    }
+    heads
+}
 
 /// Records `seq` as the latest of `room` in this transaction.
 fn note_head(heads: &mut Vec<(RoomName, Seq)>, room: &RoomName, seq: Seq) {
@@ -779,7 +803,7 @@ impl Writer {
                 // it can send its notices of the commit as one frame.
                 let mut rooms: Vec<RoomWrites> = Vec::new();
                 let mut index: HashMap<*const (), usize> = HashMap::new();
-                let writes = batch.len() as u64;
+                let before = heads_before(&batch, &results);
                 for (pending, result) in batch.into_iter().zip(results) {
                     match result {
                         Ok(outcome) => {
@@ -790,7 +814,11 @@ impl Writer {
                             });
                             rooms[at].1.push((draft, outcome));
                         }
-                        Err(e) => self.failed_alone(pending, e, writes),
+                        Err(e) => {
+                            let room = Arc::as_ptr(&pending.write.room).cast::<()>();
+                            let before = before.iter().find(|(r, _)| *r == room).map(|(_, seq)| *seq);
+                            self.failed_alone(pending, e, before);
+                        }
                     }
                 }
                 for (room, writes) in rooms {
@@ -911,10 +939,11 @@ impl Writer {
         Ok(results)
     }
 
-    /// A write failed on its own in a batch of `writes`: retried with the
-    /// next batch, or, after [`WRITE_ATTEMPTS`] failures, dropped with an
-    /// error to its sender.
-    fn failed_alone(&mut self, pending: Pending, error: rusqlite::Error, writes: u64) {
+    /// A write failed on its own: retried with the next batch, or, after
+    /// [`WRITE_ATTEMPTS`] failures, dropped with an error to its sender.
+    /// `before` is its room's head before the batch if the batch stored
+    /// events there (else the head read now is the same).
+    fn failed_alone(&mut self, pending: Pending, error: rusqlite::Error, before: Option<Seq>) {
         let failures = pending.failures + 1;
         let room = pending.write.room.room_name().clone();
         if failures >= WRITE_ATTEMPTS {
@@ -926,9 +955,14 @@ impl Writer {
             if let Draft::Message { resent_after: hint @ None, .. } = &mut pending.write.draft {
                 // Its page may send it again meanwhile (later in this batch,
                 // or after), and that copy be stored first: the retry looks
-                // for it after the head this batch started from, or below.
-                let head = head_of(&self.conn, &room).unwrap_or(Seq(0));
-                *hint = Some(Seq(head.0.saturating_sub(writes)));
+                // for it after the head this batch started from.
+                match before.map_or_else(|| head_of(&self.conn, &room), Ok) {
+                    Ok(head) => *hint = Some(head),
+                    Err(e) => {
+                        // Without a head to look after, the page sends it again.
+                        return pending.fail(storage_error(e));
+                    }
+                }
             }
             self.keep_for_retry(Pending { failures, ..pending });
         }
@@ -1148,8 +1182,8 @@ mod tests {
             sender,
             member: 1,
         };
-        // Seqs 1 and 2 stored before; the failing batch of 2 stored seq 3:
-        // the page's re-send of c1, later in that batch.
+        // Seqs 1 and 2 stored before; the failing batch stored seq 3: the
+        // page's re-send of c1, later in that batch.
         for seq in 1..=3 {
             insert_event(&conn, &room, &draft.clone().into_event(Seq(seq), Timestamp(seq))).expect("insert");
         }
@@ -1159,11 +1193,20 @@ mod tests {
         let options = StorageConfig { data_dir: dir.clone(), ..StorageConfig::default() };
         let mut writer = Writer::new(conn, lock, options, Arc::new(Metrics::new()));
         let write = Write { room: Arc::new(Quiet(room.clone())), draft };
-        writer.failed_alone(Pending { write, failures: 0 }, rusqlite::Error::InvalidQuery, 2);
+        let stored = Write { room: write.room.clone(), draft: write.draft.clone() };
+        let batch = [Pending { write: stored, failures: 0 }, Pending { write, failures: 0 }];
+        let results = [
+            Ok(Outcome::Stored(batch[0].write.draft.clone().into_event(Seq(3), Timestamp(3)))),
+            Err(rusqlite::Error::InvalidQuery),
+        ];
+        let before = heads_before(&batch, &results);
+        assert_eq!(before.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [Seq(2)], "the head before the batch");
+        let [_, failed] = batch;
+        writer.failed_alone(failed, rusqlite::Error::InvalidQuery, before.first().map(|(_, s)| *s));
         let retried = writer.retry.pop_front().expect("kept for a retry");
         assert_eq!(retried.failures, 1);
         let Draft::Message { resent_after, .. } = &retried.write.draft else { panic!("a message") };
-        assert_eq!(*resent_after, Some(Seq(1)), "the head its batch of 2 started from, or below");
+        assert_eq!(*resent_after, Some(Seq(2)), "the head its batch started from");
         let hour = Duration::from_secs(3600);
         let mut lookups = LookupBudget::new(hour, hour, Instant::now());
         let outcome =
@@ -1184,9 +1227,16 @@ mod tests {
         budget.spend(ms(60));
         assert!(!budget.allows(t + ms(20)), "spent (one look-up may overrun it)");
         assert!(!budget.allows(t + ms(999)));
-        assert!(budget.allows(t + ms(1000)), "a new period");
+        assert!(budget.allows(t + ms(1000)), "a new period pays back a budget: 20 ms owed");
         budget.spend(ms(100));
         assert!(!budget.allows(t + ms(1500)));
+        // A look-up of 2.5 s is paid for by the periods after it.
+        let mut budget = LookupBudget::new(ms(100), ms(1000), t);
+        assert!(budget.allows(t));
+        budget.spend(ms(2500));
+        assert!(!budget.allows(t + ms(5000)), "2,000 ms still owed after five periods");
+        assert!(!budget.allows(t + ms(24_999)));
+        assert!(budget.allows(t + ms(25_000)), "paid back after 25 periods");
     }
 
     /// A database of schema 3 (with the sender index) is migrated to 4: the
@@ -1201,9 +1251,13 @@ mod tests {
         let room = RoomName::default();
         {
             let conn = Connection::open(&path).expect("open");
-            migrate(&conn, &path, 0).expect("to 4");
-            // Back to schema 3 as an older natter left it.
-            conn.execute_batch(&format!("{} PRAGMA user_version = 3;", MIGRATIONS[1])).expect("schema 3");
+            // Schema 3, as an older natter left it.
+            conn.execute_batch(&format!(
+                "{} {} {} PRAGMA user_version = 3;",
+                MIGRATIONS[0], MIGRATIONS[1], MIGRATIONS[2]
+            ))
+            .expect("schema 3");
+            conn.execute("INSERT INTO meta (key, value) VALUES ('history_id', 'h3')", []).expect("history id");
             let name = UserName::parse("Ada").expect("name");
             let event = RoomEvent::Message(ChatMessage {
                 seq: Seq(1),
