@@ -80,6 +80,17 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "seqs never go back");
 }
 
+/// The next message is a `rate_limited` refusal of the message `cid`.
+async fn expect_rate_limited(client: &mut common::Client, cid: &str) {
+    match client.recv().await {
+        ServerMsg::Error(e) => {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.cid.as_deref(), Some(cid));
+        }
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+}
+
 /// A connection's re-sends are looked up `RESEND_CHECKS_PER_CONNECTION` at
 /// once; past that a re-send is refused `rate_limited` (the page sends it
 /// again shortly), never stored without a look-up. A first send is never
@@ -102,13 +113,7 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
         assert_eq!(ack_seq(ada.recv().await), first, "re-send {i} found");
     }
     ada.resend("c1", "once", w.seq_head).await;
-    match ada.recv().await {
-        ServerMsg::Error(e) => {
-            assert_eq!(e.code, ErrorCode::RateLimited);
-            assert_eq!(e.cid.as_deref(), Some("c1"));
-        }
-        other => panic!("expected rate_limited, got {other:?}"),
-    }
+    expect_rate_limited(&mut ada, "c1").await;
     // A first send is not limited by it, and is not looked up: the same id
     // without a hint is a new message.
     ada.say("c1", "again").await;
@@ -170,13 +175,7 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
     }
     let (mut fresh, _) = server.joined("Bo", "lobby").await;
     fresh.resend("b1", "x", Seq(0)).await;
-    match fresh.recv().await {
-        ServerMsg::Error(e) => {
-            assert_eq!(e.code, ErrorCode::RateLimited);
-            assert_eq!(e.cid.as_deref(), Some("b1"));
-        }
-        other => panic!("expected rate_limited, got {other:?}"),
-    }
+    expect_rate_limited(&mut fresh, "b1").await;
     // A first send from the same address is not limited by it; the refused
     // re-send took no seq.
     fresh.say("b2", "y").await;

@@ -147,7 +147,12 @@ async fn message_list_renders_text_as_text_and_offers_retry() {
             },
             0,
         ),
-        Line::Pending(Pending { cid: "c1".into(), text: "too long".into(), status: SendStatus::Failed("nope".into()) }),
+        Line::Pending(Pending {
+            cid: "c1".into(),
+            text: "too long".into(),
+            status: SendStatus::Failed("nope".into()),
+            after: None,
+        }),
     ]);
     let _mounted = mount_to(root.clone(), move || {
         view! {
