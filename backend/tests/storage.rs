@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, config, resume, sqlite_config, temp_dir};
+use natter_backend::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION as RESEND_CHECKS_PER_CONNECTION;
 use natter_backend::config::HistoryKind;
 use natter_backend::store::sqlite::{DB_FILE, MIGRATIONS, SCHEMA_VERSION};
 use natter_shared::{ClientMsg, ErrorCode, HistoryRequest, RoomEvent, RoomName, Seq, ServerMsg};
@@ -80,6 +81,14 @@ async fn history_survives_a_restart_and_seqs_and_dedupe_continue() {
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "seqs never go back");
 }
 
+/// An SQLite server whose frame rate lets a test re-send as fast as it likes.
+fn resend_config(name: &str) -> (natter_backend::Config, common::TempDir) {
+    let (mut cfg, dir) = sqlite_config(name);
+    cfg.rate.burst = 1_000;
+    cfg.rate.per_sec = 1_000;
+    (cfg, dir)
+}
+
 /// The next message is a `rate_limited` refusal of the message `cid`.
 async fn expect_rate_limited(client: &mut common::Client, cid: &str) {
     match client.recv().await {
@@ -97,10 +106,7 @@ async fn expect_rate_limited(client: &mut common::Client, cid: &str) {
 /// looked up, so the same id without a hint is a new message.
 #[tokio::test]
 async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
-    use natter_backend::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION as RESEND_CHECKS_PER_CONNECTION;
-    let (mut cfg, _dir) = sqlite_config("resend-per-connection");
-    cfg.rate.burst = 1_000;
-    cfg.rate.per_sec = 1_000;
+    let (mut cfg, _dir) = resend_config("resend-per-connection");
     // The default burst, and no refill while the test runs (any time it takes).
     cfg.rate.resend_checks_per_connection_per_sec = 0;
     assert_eq!(cfg.rate.resend_checks_per_connection, RESEND_CHECKS_PER_CONNECTION);
@@ -131,10 +137,7 @@ async fn re_sends_are_looked_up_at_a_bounded_rate_per_connection() {
 /// again shortly), never stored twice.
 #[tokio::test]
 async fn re_sends_are_looked_up_at_a_bounded_rate_per_address() {
-    use natter_backend::config::DEFAULT_RESEND_CHECKS_PER_CONNECTION as RESEND_CHECKS_PER_CONNECTION;
-    let (mut cfg, _dir) = sqlite_config("resend-per-address");
-    cfg.rate.burst = 1_000;
-    cfg.rate.per_sec = 1_000;
+    let (mut cfg, _dir) = resend_config("resend-per-address");
     // The default burst, and no refill while the test runs (any time it takes).
     cfg.rate.resend_checks_per_sec = 0;
     let cfg_burst = cfg.rate.resend_checks_burst;
