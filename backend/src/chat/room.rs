@@ -1781,29 +1781,40 @@ mod tests {
         assert_eq!(rx.kick().reason(), Some(CloseReason::Lagged), "members resume from the store");
     }
 
+    /// A message the writer did not store is refused to its sender with
+    /// the error's code (a storage failure, or the writer too busy to look
+    /// a re-send up: `rate_limited`, which the page sends again) and goes to
+    /// nobody else.
     #[test]
     fn a_failed_store_is_refused_to_the_sender_and_not_delivered() {
         let f = Fixture::new();
         let (ada, ada_conn, mut ada_rx) = f.join(1, "Ada", "t1");
         let (_, _, mut bob_rx) = f.join(2, "Bob", "t2");
         drain(&mut ada_rx);
-        let draft = f
-            .room
-            .say(
-                &ada,
-                &ada_conn,
-                ClientMsgId::parse("c1").expect("valid"),
-                MessageText::parse("x").expect("valid"),
-                None,
-            )
-            .expect("member");
-        f.room.committed(draft, Outcome::Failed(HistoryError::Unavailable("disk full".into())));
-        match drain(&mut ada_rx).as_slice() {
-            [ServerMsg::Error(e)] => {
-                assert_eq!(e.code, ErrorCode::StorageUnavailable);
-                assert_eq!(e.cid.as_deref(), Some("c1"));
+        let failures = [
+            (HistoryError::Unavailable("disk full".into()), ErrorCode::StorageUnavailable),
+            (HistoryError::Busy, ErrorCode::RateLimited),
+        ];
+        for (i, (error, code)) in failures.into_iter().enumerate() {
+            let cid = format!("c{i}");
+            let draft = f
+                .room
+                .say(
+                    &ada,
+                    &ada_conn,
+                    ClientMsgId::parse(&cid).expect("valid"),
+                    MessageText::parse("x").expect("valid"),
+                    Some(Seq(1)),
+                )
+                .expect("member");
+            f.room.committed(draft, Outcome::Failed(error));
+            match drain(&mut ada_rx).as_slice() {
+                [ServerMsg::Error(e)] => {
+                    assert_eq!(e.code, code);
+                    assert_eq!(e.cid.as_deref(), Some(cid.as_str()));
+                }
+                other => panic!("expected {code:?}, got {other:?}"),
             }
-            other => panic!("expected storage_unavailable, got {other:?}"),
         }
         assert!(drain(&mut bob_rx).is_empty());
         assert_eq!(f.room.head(), Seq(2));
