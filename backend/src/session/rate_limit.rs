@@ -3,6 +3,7 @@
 
 use tokio::time::Instant;
 
+use crate::address::Bucket;
 use crate::config::RateConfig;
 
 /// What to do with one incoming frame.
@@ -16,14 +17,13 @@ pub enum Verdict {
     Disconnect,
 }
 
-/// A token bucket with a count of refusals in a row.
+/// A token bucket ([`Bucket`]) with a count of refusals in a row.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    per_sec: f64,
-    burst: f64,
+    per_sec: u32,
+    burst: u32,
     max_strikes: u32,
-    tokens: f64,
-    last: Instant,
+    bucket: Bucket,
     strikes: u32,
 }
 
@@ -31,22 +31,17 @@ impl TokenBucket {
     /// A full bucket at `now`.
     pub fn new(config: RateConfig, now: Instant) -> Self {
         Self {
-            per_sec: f64::from(config.per_sec),
-            burst: f64::from(config.burst),
+            per_sec: config.per_sec,
+            burst: config.burst,
             max_strikes: config.strikes,
-            tokens: f64::from(config.burst),
-            last: now,
+            bucket: Bucket::full(config.burst, now.into_std()),
             strikes: 0,
         }
     }
 
     /// Takes one token for a frame arriving at `now`.
     pub fn take(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(self.per_sec, self.burst, now.into_std()) {
             self.strikes = 0;
             Verdict::Allow
         } else {
